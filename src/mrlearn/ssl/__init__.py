@@ -1,0 +1,1 @@
+"""mrlearn.ssl."""
