@@ -18,11 +18,12 @@ from mrlearn.errors import MrlearnError
 COMMANDS = ("demo", "simulate", "convert", "train", "reconstruct", "evaluate", "study", "qmri")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only`` set, just that sub-command is imported (fast start-up)."""
     parser = argparse.ArgumentParser(prog="mrlearn", description="Deep learning for MRI reconstruction and quantitative MRI.")
     parser.add_argument("--version", action="version", version=f"mrlearn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in (only,) if only in COMMANDS else COMMANDS:
         try:
             module = importlib.import_module(f"mrlearn.commands.{name}")
         except ModuleNotFoundError as exc:  # a command not built yet in this checkout
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=first)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

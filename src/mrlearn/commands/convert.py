@@ -1,0 +1,32 @@
+"""``mrlearn convert``: BART ``.cfl/.hdr`` k-space (+ sensitivity maps) <-> fastMRI-format HDF5 volumes."""
+
+from __future__ import annotations
+
+import argparse
+
+from mrlearn.data.convert import convert_path
+
+_HELP = """Convert BART k-space to fastMRI-format .h5 (one volume per file) or back; the direction follows INPUT.
+BART k-space dims: [readout, phase, 1, coils, ..., slices at dim 13] -> kspace [slices, coils, readout, phase].
+A folder is converted file by file; NAME_maps beside NAME is taken as its sensitivity maps."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("convert", help="BART .cfl/.hdr <-> fastMRI .h5", description=_HELP)
+    p.add_argument("input", help="BART k-space (base name, .cfl or .hdr), a fastMRI .h5, or a folder of either")
+    p.add_argument("output", help="output file (.h5 or BART base name) or folder")
+    p.add_argument("--maps", default=None, help="BART sensitivity maps for the k-space (a folder of NAME maps for a folder input)")
+    p.add_argument("--acquisition", default="BART", help="acquisition (contrast) name stored in the .h5 attrs (default: BART)")
+    p.add_argument("--patient-id", default="", help="patient_id attr (default: the input's base name)")
+    p.add_argument("--undersampled", action="store_true",
+                   help="k-space is undersampled: store the acquired columns as 'mask' and no target (test-file style)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    written = convert_path(args.input, args.output, maps=args.maps, acquisition=args.acquisition,
+                           patient_id=args.patient_id, undersampled=args.undersampled)
+    for path in written:
+        print(path)
+    print(f"mrlearn convert: wrote {len(written)} file(s)")
+    return 0
