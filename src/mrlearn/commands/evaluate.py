@@ -1,0 +1,35 @@
+"""``mrlearn evaluate``: fastMRI NMSE / PSNR / SSIM of reconstructions against targets, per volume and contrast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_HELP = """Score submission-format reconstructions (dataset 'reconstruction' [slices, h, w]) against fastMRI targets
+('reconstruction_rss' or 'reconstruction_esc') paired by file name. Metrics as fastMRI: NMSE and PSNR per volume
+(peak = target volume max), SSIM per slice (7x7 uniform window, data range = target volume max) averaged over slices;
+means and std over volumes, overall and per contrast ('acquisition'). A prediction larger than its target is
+centre-cropped to it. Prints a table and writes metrics.csv and metrics.json."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="NMSE/PSNR/SSIM of reconstructions vs targets", description=_HELP)
+    p.add_argument("--target", required=True, metavar="DIR", help="folder of fastMRI .h5 files with targets")
+    p.add_argument("--pred", required=True, metavar="DIR", help="folder of submission .h5 files (same file names)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write metrics.csv/metrics.json (default: --pred)")
+    p.add_argument("--contrast", nargs="+", default=None, metavar="ACQ",
+                   help="score only targets with these acquisition names (e.g. CORPD_FBK)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mrlearn.evaluation.evaluate import evaluate_folders, format_table
+
+    result = evaluate_folders(args.target, args.pred, args.out, args.contrast)
+    print(format_table(result["rows"], result["summary"]))
+    if result["missing"]:
+        names = ", ".join(result["missing"][:5]) + (" ..." if len(result["missing"]) > 5 else "")
+        print(f"mrlearn evaluate: warning: {len(result['missing'])} target(s) without a prediction, not scored: {names}",
+              file=sys.stderr)
+    print(f"mrlearn evaluate: wrote {result['csv']} and {result['json']}")
+    return 0
