@@ -1,1 +1,5 @@
-"""mrlearn.models."""
+"""mrlearn.models: plain ``torch.nn.Module`` networks (no Lightning).
+
+Each network registers itself with ``@mrlearn.registry.register("model", name)`` and is built from a config
+section with ``mrlearn.registry.build("model", cfg.model, "model")``. ``unet.Unet`` is the fastMRI baseline.
+"""

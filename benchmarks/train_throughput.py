@@ -1,0 +1,150 @@
+"""U-Net training throughput, peak memory and inference latency (prints a table; no asserts).
+
+Implementations: ``mrlearn`` (max pooling, as REFERENCE section 5), ``mrlearn-avg`` (average pooling, as the
+fastMRI code) and, with ``--reference-unet``, ``fastmri-ref``. Cases: the fastMRI baseline (320 x 320, chans 32, 4 pools, batch 1) and the demo network (128 x 128, chans 16,
+3 pools, batch 2). Training = forward + L1 loss + backward + RMSprop step; inference = forward under no_grad in
+eval mode. Each case runs in a fresh subprocess so peak memory is its own: CUDA ``max_memory_allocated`` on GPU,
+the process's peak resident set size (ru_maxrss, includes the Python/torch runtime) on CPU.
+
+Side by side with the fastMRI reference U-Net (``fastmri/models/unet.py``, needs only torch)::
+
+    python benchmarks/train_throughput.py --reference-unet /path/to/fastMRI/fastmri/models/unet.py
+
+Options: ``--device cpu|cuda``, ``--threads N`` (CPU intra-op threads), ``--steps``, ``--warmup``, ``--cases``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CASES = {
+    "fastmri320": {"size": (320, 320), "chans": 32, "pools": 4, "batch": 1},
+    "demo128": {"size": (128, 128), "chans": 16, "pools": 3, "batch": 2},
+}
+
+
+def load_model(impl: str, reference: str | None, chans: int, pools: int):
+    import torch  # noqa: F401
+
+    if impl.startswith("mrlearn"):
+        from mrlearn.models.unet import Unet
+
+        return Unet(1, 1, chans, pools, pool="avg" if impl == "mrlearn-avg" else "max")
+    spec = importlib.util.spec_from_file_location("reference_unet", reference)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module.Unet(in_chans=1, out_chans=1, chans=chans, num_pool_layers=pools, drop_prob=0.0)
+
+
+def reference_check(reference: str) -> float:
+    """Max |difference| of outputs between mrlearn's U-Net (pool="avg") and the reference with copied weights."""
+    import torch
+
+    from mrlearn.models.unet import Unet
+
+    ref = load_model("fastmri-ref", reference, 8, 3).eval()
+    ours = Unet(1, 1, 8, 3, pool="avg").eval()
+    mapped = {}
+    for key, value in ref.state_dict().items():
+        k = key.replace("down_sample_layers.", "down.").replace("up_transpose_conv.", "up_transpose.")
+        k = ("bottleneck." + k[5:]) if k.startswith("conv.") else k
+        mapped[k.replace(".layers.4.", ".layers.3.")] = value
+    ours.load_state_dict(mapped, strict=True)
+    x = torch.randn(2, 1, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((ours(x) - ref(x)).abs().max())
+
+
+def measure(impl: str, case: str, device: str, steps: int, warmup: int, threads: int, reference: str | None) -> dict:
+    import torch
+
+    if device == "cpu" and threads > 0:
+        torch.set_num_threads(threads)  # benchmark script, not library code
+    c = CASES[case]
+    torch.manual_seed(0)
+    model = load_model(impl, reference, c["chans"], c["pools"]).to(device)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    x = torch.randn(c["batch"], 1, *c["size"], device=device)
+    y = torch.randn(c["batch"], 1, *c["size"], device=device)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.l1_loss(model(x), y)
+        loss.backward()
+        opt.step()
+
+    model.train()
+    for _ in range(warmup):
+        train_step()
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    sync()
+    train_s = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    model.eval()
+    xi = x[:1]
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(xi)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model(xi)
+        sync()
+        infer_s = time.perf_counter() - t0
+    return {"impl": impl, "case": case, "params": sum(p.numel() for p in model.parameters()),
+            "train_slices_per_s": steps * c["batch"] / train_s, "peak_mib": peak / 2**20,
+            "infer_ms_per_slice": 1000 * infer_s / steps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--reference-unet", help="path to fastMRI's fastmri/models/unet.py for a side-by-side run")
+    p.add_argument("--one", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(measure(a.one[0], a.one[1], a.device, a.steps, a.warmup, a.threads, a.reference_unet)))
+        return
+    impls = ["mrlearn", "mrlearn-avg"] + (["fastmri-ref"] if a.reference_unet else [])
+    if a.reference_unet:
+        print(f"equivalence: max |mrlearn(pool=avg) - reference| with copied weights = {reference_check(a.reference_unet):.3g}")
+    print(f"device {a.device}, threads {a.threads or 'default'}, {a.steps} timed steps after {a.warmup} warm-up")
+    print(f"{'impl':<12} {'case':<11} {'params':>10} {'train slices/s':>15} {'peak MiB':>9} {'infer ms/slice':>15}")
+    for case in a.cases:
+        for impl in impls:
+            cmd = [sys.executable, __file__, "--one", impl, case, "--device", a.device, "--threads", str(a.threads),
+                   "--steps", str(a.steps), "--warmup", str(a.warmup)]
+            if a.reference_unet:
+                cmd += ["--reference-unet", a.reference_unet]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(f"{impl:<12} {case:<11} failed: {res.stderr.strip().splitlines()[-1] if res.stderr else res.returncode}")
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            print(f"{r['impl']:<12} {r['case']:<11} {r['params']:>10,} {r['train_slices_per_s']:>15.2f} "
+                  f"{r['peak_mib']:>9.0f} {r['infer_ms_per_slice']:>15.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""``mrlearn train``: fit an experiment config with Lightning and write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mrlearn.errors import input_error
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a reconstruction method from a YAML config",
+                              description="Train from a YAML experiment config (see configs/). The run folder gets "
+                                          "config.yaml, run.json, metrics.json, checkpoints/ and tensorboard/.")
+    p.add_argument("--config", help="experiment YAML, or a shipped config name (unet_demo, unet_fastmri_knee); "
+                                    "with --resume, defaults to the run folder's config.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.chans=16 (repeatable)")
+    p.add_argument("--out", help="run folder (default: the config's out_dir or runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <run>/checkpoints/last.ckpt")
+    p.add_argument("--devices", help="number of devices (processes), e.g. 2")
+    p.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
+    p.add_argument("--accelerator", help="cpu, gpu or auto")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mrlearn.config import load_config
+    from mrlearn.training.runner import train
+
+    overrides = list(args.overrides)
+    for key, value in (("trainer.devices", args.devices), ("trainer.strategy", args.strategy),
+                       ("trainer.accelerator", args.accelerator), ("out_dir", args.out)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config = args.config
+    if config is None:
+        if not (args.resume and args.out):
+            raise input_error("--config", "missing", "give --config FILE (or --resume --out RUN_DIR to continue a run)")
+        config = Path(args.out) / "config.yaml"
+        if not config.is_file():
+            raise input_error(args.out, "no run to resume here (no config.yaml)", "check --out or start the run with --config")
+    cfg = load_config(config, overrides)
+    result = train(cfg, resume=args.resume)
+    if result.rank != 0:
+        return 0
+    m = result.metrics
+    print(f"mrlearn train: finished {cfg.name} in {result.run_dir}")
+    if m:
+        print("  validation: " + ", ".join(f"{k[4:]} {m[k]:.4g}" for k in ("val_nmse", "val_psnr", "val_ssim") if k in m))
+    print(f"  checkpoints: {result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else ""))
+    print(f"  metrics: {result.run_dir / 'metrics.json'}; TensorBoard: tensorboard --logdir {result.run_dir / 'tensorboard'}")
+    return 0

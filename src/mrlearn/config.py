@@ -1,0 +1,323 @@
+"""Experiment configs: one YAML file -> typed dataclasses, validated on load.
+
+``load_config(path, overrides)`` reads the YAML with ``yaml.safe_load``, applies ``--set key.path=value``
+overrides (values parsed as YAML scalars/lists, so ``--set model.chans=16`` gives an int), then checks every
+key: unknown keys and wrong types raise a one-line :class:`~mrlearn.errors.MrlearnError` naming the key path
+(``model.chans``). Named sections (``mask``, ``model``, ``method``, ``method.loss``, ``optim``, ``scheduler``)
+are ``{name: ..., <keyword args>}`` and are validated against the registry entry's signature.
+
+Extensibility: later capabilities add top-level sections with :func:`register_section` (a dataclass per
+section); :data:`SECTION_PROVIDERS` names the module that registers a section, imported lazily when a
+config uses it. Registered sections land in ``ExperimentConfig.extra[name]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from mrlearn.errors import input_error
+
+# ----------------------------------------------------------------------------------------------- type checking
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type):
+        return {"int": "an integer", "float": "a number", "bool": "true/false", "str": "a string",
+                "list": "a list", "dict": "a mapping"}.get(hint.__name__, hint.__name__)
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (list, tuple, typing.Sequence):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return str(hint)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any or hint is typing.Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin in (list, typing.Sequence, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        return all(_matches(v, inner) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return False
+        kt, vt = args if args else (Any, Any)
+        return all(_matches(k, kt) and _matches(v, vt) for k, v in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # hints we do not understand are not checked
+
+
+def check_type(value: Any, hint: Any, where: str) -> None:
+    """Raise a one-line error at ``where`` unless ``value`` (plain YAML data) matches the type hint."""
+    if not _matches(value, hint):
+        raise input_error(where, f"expected {_type_name(hint)}, got {value!r}", "fix the value in the config or --set")
+
+
+# ------------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    """Where the slices come from and how they are batched.
+
+    ``root`` holds ``{train,val,test}/`` folders of fastMRI HDF5 volumes (``None``: the embedded dataset, built
+    and cached on first use). ``train``/``val``/``test`` name the split folders; when ``root`` has no such
+    folders its volumes are split by volume with ``split_fractions`` (seeded by ``seed``). ``contrasts`` keeps
+    only volumes whose ``acquisition`` is listed (e.g. ``[CORPD_FBK]``). ``volume_fraction``/``volume_count``
+    and ``slice_fraction``/``slice_count`` keep a seeded nested subset of the training volumes / slices.
+    ``recon_size`` ``[h, w]`` overrides the files' recon size (the target/crop size).
+    """
+
+    root: str | None = None
+    train: str = "train"
+    val: str = "val"
+    test: str = "test"
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    contrasts: list[str] | None = None
+    volume_fraction: float = 1.0
+    volume_count: int | None = None
+    slice_fraction: float = 1.0
+    slice_count: int | None = None
+    recon_size: list[int] | None = None
+    batch_size: int = 1
+    num_workers: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings. ``precision: auto`` = bf16-mixed on CUDA with bf16 support, else 32."""
+
+    max_epochs: int = 1
+    max_steps: int = -1
+    devices: Union[int, str] = 1
+    strategy: str = "auto"
+    accelerator: str = "auto"
+    precision: str = "auto"
+    gradient_clip_val: float | None = None
+    val_every: int = 1
+    checkpoint_every_n_steps: int = 0
+    deterministic: bool = True
+    log_every_n_steps: int = 10
+    image_every_n_epochs: int = 1
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    progress_bar: bool = True
+
+
+#: the named sections and their registry kinds
+NAMED_SECTIONS = {"mask": "mask", "model": "model", "method": "method", "optim": "optimizer", "scheduler": "scheduler"}
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment. Named sections are dicts ``{name: ..., **kwargs}`` validated against the registry."""
+
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: dict[str, Any] = field(default_factory=lambda: {"name": "random", "accelerations": [4], "center_fractions": [0.08]})
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "unet"})
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "supervised", "loss": {"name": "l1"}})
+    optim: dict[str, Any] = field(default_factory=lambda: {"name": "rmsprop", "lr": 1e-3})
+    scheduler: dict[str, Any] | None = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    out_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run_dir(self) -> Path:
+        """The run folder: ``out_dir`` or ``runs/<name>``."""
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+
+#: top-level section name -> module that calls register_section for it (lazily imported)
+SECTION_PROVIDERS: dict[str, str] = {"tasks": "mrlearn.mtl.config", "study": "mrlearn.study", "qmri": "mrlearn.qmri.config",
+                                     "ssl": "mrlearn.ssl.config", "layerwise": "mrlearn.layerwise.config"}
+_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Let a capability add a top-level config section parsed into the dataclass ``cls``."""
+    _SECTIONS[name] = cls
+
+
+def _section_class(name: str) -> type | None:
+    if name not in _SECTIONS and name in SECTION_PROVIDERS:
+        try:
+            importlib.import_module(SECTION_PROVIDERS[name])
+        except ModuleNotFoundError:
+            return None
+    return _SECTIONS.get(name)
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+
+
+def _to_dataclass(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise input_error(where, f"expected a mapping, got {raw!r}", "write the section as 'key: value' lines")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise input_error(path, "unknown key", f"valid keys: {', '.join(sorted(names))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _to_dataclass(hint, value, path)
+        else:
+            check_type(value, hint, path)
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _validate_named(cfg: ExperimentConfig) -> None:
+    from mrlearn import registry
+
+    for section, kind in NAMED_SECTIONS.items():
+        value = getattr(cfg, section)
+        if value is None:
+            if section == "scheduler":
+                continue
+            raise input_error(section, "is required", f"give it a 'name' ({', '.join(registry.available(kind))})")
+        if isinstance(value, str):
+            value = {"name": value}
+            setattr(cfg, section, value)
+        runtime = {"method": ("model", "loss", "cfg"), "optimizer": ("params",), "scheduler": ("optimizer",)}.get(kind, ())
+        if section == "method":  # its 'loss' is a sub-section, validated below
+            value = {k: v for k, v in value.items() if k != "loss"}
+        registry.validate(kind, value, section, runtime=runtime)
+    loss = cfg.method.get("loss")
+    if loss is not None:
+        if isinstance(loss, str):
+            cfg.method["loss"] = {"name": loss}
+        registry.validate("loss", cfg.method["loss"], "method.loss")
+
+
+def set_override(raw: dict[str, Any], override: str) -> None:
+    """Apply ``key.path=value`` to a raw config dict (value parsed as a YAML scalar or list)."""
+    if "=" not in override:
+        raise input_error(f"--set {override}", "expected key.path=value", "e.g. --set model.chans=16")
+    path, text = override.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise input_error(f"--set {override}", "empty key", "e.g. --set model.chans=16")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise input_error(f"--set {override}", f"cannot parse the value ({exc.__class__.__name__})",
+                          "quote strings, write lists as [1, 2]") from exc
+    node = raw
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    """Validate a raw dict (as from YAML) into an :class:`ExperimentConfig`."""
+    if not isinstance(raw, dict):
+        raise input_error(where, "the top level must be a mapping", "see configs/unet_demo.yaml for an example")
+    core, extra = {}, {}
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"extra"}
+    for key, value in raw.items():
+        if key in names:
+            core[key] = value
+            continue
+        cls = _section_class(key)
+        if cls is None:
+            valid = sorted(names | set(_SECTIONS))
+            raise input_error(f"{key}", "unknown key", f"valid keys: {', '.join(valid)}")
+        extra[key] = _to_dataclass(cls, value, key)
+    cfg = _to_dataclass(ExperimentConfig, core, "")
+    cfg.extra = extra
+    _validate_named(cfg)
+    t = cfg.trainer
+    for key in ("max_epochs", "val_every", "batch_size"):
+        obj = cfg.data if key == "batch_size" else t
+        if getattr(obj, key) < 1:
+            raise input_error(f"{'data' if key == 'batch_size' else 'trainer'}.{key}", "must be at least 1", "fix the value")
+    if cfg.data.recon_size is not None and (len(cfg.data.recon_size) != 2 or min(cfg.data.recon_size) < 1):
+        raise input_error("data.recon_size", "expected [h, w] with positive sizes", "e.g. [320, 320]")
+    for key in ("volume_fraction", "slice_fraction"):
+        if not 0 < getattr(cfg.data, key) <= 1:
+            raise input_error(f"data.{key}", "must be in (0, 1]", "fix the value")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment (``yaml.safe_load``), apply ``--set`` overrides, validate and return it.
+
+    ``path`` may also name a config shipped with mrlearn (``unet_demo`` or ``unet_demo.yaml``).
+    """
+    p = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" (line {line + 1})" if line is not None else ""
+        raise input_error(p, f"not valid YAML{at}", "fix the syntax") from exc
+    if not isinstance(raw, dict):
+        raise input_error(p, "the top level must be a mapping", "see configs/unet_demo.yaml for an example")
+    for item in overrides:
+        set_override(raw, item)
+    return config_from_dict(raw)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of one shipped in ``mrlearn/configs``."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = Path(__file__).parent / "configs" / (p.name if p.suffix else f"{p.name}.yaml")
+    if shipped.is_file() and len(p.parts) == 1:
+        return shipped
+    raise input_error(p, "config file not found", "give a path to a YAML file or a shipped config name")
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Plain-data view of a config (the inverse of :func:`config_from_dict`)."""
+    out = dataclasses.asdict(cfg)
+    extra = out.pop("extra")
+    out.update({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in cfg.extra.items()})
+    del extra
+    return out
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text (loads back to an equal config)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,157 @@
+"""Build models, losses, masks, optimizers, schedulers, methods and classical reconstructions by name.
+
+Every entry is a class or factory function registered under ``(kind, name)``::
+
+    @register("model", "unet")
+    class Unet(nn.Module):
+        def __init__(self, in_chans: int = 1, out_chans: int = 1, chans: int = 32, num_pool_layers: int = 4): ...
+
+A config section is a dict with ``name`` plus keyword arguments, e.g. ``{"name": "unet", "chans": 16}``.
+:func:`build` checks each key against the factory's signature and type hints, so a typo or a wrong type is a
+one-line :class:`~mrlearn.errors.MrlearnError` naming ``<where>.<key>`` and listing the valid keys.
+Run-time arguments that do not come from the config (model parameters for an optimizer, the model for a
+method) are passed as ``**runtime`` and are neither validated nor listed.
+
+Kinds and the call each entry must support:
+  ``model``      ``(**cfg) -> nn.Module``;  ``loss`` ``() -> nn.Module`` called ``loss(output, target, data_range)``;
+  ``mask``       ``(**cfg) -> MaskFunc`` (``physics.masks``);  ``optimizer`` ``(params, **cfg)``;
+  ``scheduler``  ``(optimizer, **cfg)`` (stepped per epoch);
+  ``method``     ``(model, loss, cfg, **cfg.method) -> training.module.ReconModule`` (a LightningModule);
+  ``recon``      ``(**options) -> fn`` with ``fn(sample) -> [h, w]`` magnitude, ``sample`` a dict of one slice's
+                 ``kspace`` (masked ``[C, H, W]`` complex64), ``mask``, ``sens_maps`` or None, ``recon_size``,
+                 ``fname``, ``slice`` (see ``training.inference``).
+
+Entries are registered by importing their module. :data:`PROVIDERS` maps each kind to those modules; they
+are imported lazily the first time a kind is looked up, so other packages only add a module name here
+(modules not present in this checkout are skipped).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from typing import Any, Callable
+
+from mrlearn.errors import MrlearnError, input_error
+
+#: kind -> modules whose import registers that kind's entries.
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "model": ("mrlearn.models.unet", "mrlearn.models.resnet", "mrlearn.models.unrolled", "mrlearn.layerwise.model"),
+    "loss": ("mrlearn.training.losses",),
+    "mask": ("mrlearn.physics.masks", "mrlearn.data.transforms"),
+    "optimizer": ("mrlearn.training.optim",),
+    "scheduler": ("mrlearn.training.optim",),
+    "method": ("mrlearn.training.supervised", "mrlearn.ssl.module", "mrlearn.mtl.module", "mrlearn.layerwise.module",
+               "mrlearn.qmri.module"),
+    "recon": ("mrlearn.recon", "mrlearn.recon.zero_filled", "mrlearn.recon.sense", "mrlearn.recon.cg_sense",
+              "mrlearn.recon.cs"),
+}
+
+_ENTRIES: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in PROVIDERS}
+_LOADED: set[str] = set()
+
+
+def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a class or factory as ``(kind, name)``; re-registering the same object is a no-op."""
+    if kind not in _ENTRIES:
+        raise ValueError(f"unknown registry kind {kind!r}; add it to mrlearn.registry.PROVIDERS")
+
+    def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
+        old = _ENTRIES[kind].get(name)
+        if old is not None and getattr(old, "__qualname__", old) != getattr(obj, "__qualname__", obj):
+            raise ValueError(f"registry: {kind} {name!r} registered twice ({old!r} and {obj!r})")
+        _ENTRIES[kind][name] = obj
+        return obj
+
+    return deco
+
+
+def _load(kind: str) -> None:
+    if kind in _LOADED:
+        return
+    _LOADED.add(kind)
+    for module in PROVIDERS.get(kind, ()):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # a provider not built in this checkout
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+
+
+def available(kind: str) -> list[str]:
+    """Sorted names registered under ``kind``."""
+    if kind not in _ENTRIES:
+        raise ValueError(f"unknown registry kind {kind!r}")
+    _load(kind)
+    return sorted(_ENTRIES[kind])
+
+
+def lookup(kind: str, name: str, where: str = "") -> Callable[..., Any]:
+    """The factory registered as ``(kind, name)``; unknown names raise a one-line error listing the choices."""
+    names = available(kind)
+    if name not in _ENTRIES[kind]:
+        raise input_error(where or kind, f"unknown {kind} {name!r}", f"choose one of: {', '.join(names) or '(none)'}")
+    return _ENTRIES[kind][name]
+
+
+def config_params(factory: Callable[..., Any], runtime: typing.Iterable[str] = ()) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of ``factory`` that a config may set (excludes ``self``, ``*args``, ``**kw`` and runtime)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    params = {}
+    for pname, p in inspect.signature(target).parameters.items():
+        if pname == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in runtime:
+            continue
+        params[pname] = p
+    return params
+
+
+def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: fall back to no type checks
+        return {}
+
+
+def section_name(section: Any, where: str) -> str:
+    """The ``name`` of a section given as a dict or as a bare string."""
+    if isinstance(section, str):
+        return section
+    if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+        raise input_error(where, "needs a 'name' (a string)", "write e.g. 'name: unet'")
+    return section["name"]
+
+
+def validate(kind: str, section: Any, where: str, runtime: typing.Iterable[str] = ()) -> dict[str, Any]:
+    """Check a section against its factory; returns the keyword arguments (without ``name``)."""
+    from mrlearn.config import check_type  # local: config imports this module
+
+    name = section_name(section, where)
+    factory = lookup(kind, name, f"{where}.name")
+    kwargs = {} if isinstance(section, str) else {k: v for k, v in section.items() if k != "name"}
+    params = config_params(factory, runtime)
+    hints = _hints(factory)
+    for key, value in kwargs.items():
+        if key not in params:
+            valid = ", ".join(sorted(params)) or "(none)"
+            raise input_error(f"{where}.{key}", f"unknown option for {kind} {name!r}", f"valid keys: {valid}")
+        if key in hints:
+            check_type(value, hints[key], f"{where}.{key}")
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise input_error(where, f"{kind} {name!r} needs {', '.join(missing)}", "add them to the section")
+    return kwargs
+
+
+def build(kind: str, section: Any, where: str, **runtime: Any) -> Any:
+    """Validate ``section`` and call its factory with the section's keywords plus ``runtime`` arguments."""
+    kwargs = validate(kind, section, where, runtime=runtime.keys())
+    factory = lookup(kind, section_name(section, where), f"{where}.name")
+    try:
+        return factory(**kwargs, **runtime)
+    except MrlearnError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise input_error(where, f"cannot build {kind} {section_name(section, where)!r}: {exc}",
+                          "check the section's values") from exc

@@ -1,0 +1,112 @@
+"""Reconstruct whole volumes of a data folder with a trained module or a classical method (no Lightning loop).
+
+:func:`iterate_volumes` runs a ``predict(batch) -> [B, h, w]`` function over a folder's slices in volume order
+and yields one volume at a time (``fname``, prediction ``[S, h, w]``, target ``[S, h, w]`` or None, zero-filled
+``[S, h, w]``), so memory stays at about one volume. Masks: the file's own ``mask`` when it has one, else the
+retrospective mask fixed per file name (``physics.masks.fixed_mask``).
+
+Classical methods (registry kind ``recon``) are factories ``(**options) -> fn`` where ``fn(sample) -> [h, w]``
+magnitude (data units) and ``sample`` is a dict of torch tensors for one slice: ``kspace`` masked ``[C, H, W]``
+complex64 (data units), ``mask``, ``sens_maps`` ``[C, H, W]`` or None, ``recon_size`` ``(h, w)``, ``fname``,
+``slice``. ``zero_filled`` is built in (the RSS/magnitude of the zero-filled coil images, cropped).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mrlearn import registry
+from mrlearn.data.dataset import SliceDataset
+from mrlearn.data.transforms import ReconTransform
+from mrlearn.training.data import TransformedDataset, VolumeSampler
+
+Predict = Callable[[dict[str, Any]], torch.Tensor]
+
+
+def eval_dataset(data: str | Path, mask_func: Any, recon_size: tuple[int, int] | None = None, keep_kspace: bool = False,
+                 contrasts: list[str] | None = None) -> TransformedDataset:
+    """A folder's slices through the evaluation transform (fixed per-file masks, or the files' own masks)."""
+    slices = SliceDataset(data, contrasts=contrasts, target_size=recon_size)
+    return TransformedDataset(slices, ReconTransform(mask_func, train=False, recon_size=recon_size, keep_kspace=keep_kspace))
+
+
+def module_predictor(module: torch.nn.Module, device: str | torch.device = "cpu") -> Predict:
+    """``predict`` of a trained :class:`~mrlearn.training.module.ReconModule` (no grad, eval mode)."""
+    module = module.to(device).eval()
+
+    def predict(batch: dict[str, Any]) -> torch.Tensor:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.no_grad():
+            return module.reconstruct(batch).float().cpu()
+
+    return predict
+
+
+def zero_filled_predictor() -> Predict:
+    """The zero-filled baseline: the un-normalised network input."""
+    return lambda batch: batch["zero_filled"][:, 0].float()
+
+
+def classical_predictor(name: str, options: dict[str, Any] | None = None) -> Predict:
+    """``predict`` of a classical method registered as ``("recon", name)`` (``zero_filled`` is built in)."""
+    if name == "zero_filled" and "zero_filled" not in registry.available("recon"):
+        return zero_filled_predictor()
+    fn = registry.build("recon", {"name": name, **(options or {})}, "--method")
+
+    def predict(batch: dict[str, Any]) -> torch.Tensor:
+        out = []
+        for i in range(len(batch["fname"])):
+            sample = {"kspace": batch["kspace"][i] * batch["scale"][i], "mask": batch["mask"][i],
+                      "sens_maps": batch["sens_maps"][i] if "sens_maps" in batch else None,
+                      "recon_size": tuple(batch["zero_filled"].shape[-2:]), "fname": batch["fname"][i],
+                      "slice": int(batch["slice"][i])}
+            out.append(torch.as_tensor(np.asarray(fn(sample))).abs().float())
+        return torch.stack(out)
+
+    return predict
+
+
+def iterate_volumes(dataset: TransformedDataset, predict: Predict, batch_size: int = 1, num_workers: int = 0,
+                    progress: bool = True, label: str = "reconstruct") -> Iterator[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]]:
+    """Yield ``(fname, pred, target, zero_filled)`` volumes ``[S, h, w]`` (slices in order)."""
+    sampler = VolumeSampler(dataset.slices)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    total = len(sampler)
+    current: str | None = None
+    parts: dict[str, list] = {"pred": [], "target": [], "zf": [], "has": []}
+    done, t0 = 0, time.perf_counter()
+
+    def flush() -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray]:
+        pred = np.stack(parts["pred"])
+        target = np.stack(parts["target"]) if all(parts["has"]) else None
+        zf = np.stack(parts["zf"])
+        for v in parts.values():
+            v.clear()
+        return current, pred, target, zf  # type: ignore[return-value]
+
+    for batch in loader:
+        pred = predict(batch)
+        for i, fname in enumerate(batch["fname"]):
+            if current is not None and fname != current:
+                yield flush()
+            current = fname
+            parts["pred"].append(pred[i].numpy())
+            parts["target"].append(batch["target"][i, 0].numpy())
+            parts["zf"].append(batch["zero_filled"][i, 0].numpy())
+            parts["has"].append(bool(batch["has_target"][i]))
+        done += len(batch["fname"])
+        if progress:
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            print(f"\r{label}: {done}/{total} slices ({rate:.1f} slices/s)", end="", file=sys.stderr, flush=True)
+    if current is not None:
+        yield flush()
+    if progress:
+        print(file=sys.stderr)
