@@ -67,16 +67,23 @@ def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..
     return deco
 
 
-def _load(kind: str) -> None:
+def _import_provider(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:  # a provider not built in this checkout
+        if exc.name is None or not module.startswith(exc.name):
+            raise
+
+
+def _load(kind: str, name: str | None = None) -> None:
+    """Import the providers of ``kind``; with ``name``, stop as soon as that entry is registered (fast start-up)."""
     if kind in _LOADED:
         return
-    _LOADED.add(kind)
     for module in PROVIDERS.get(kind, ()):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a provider not built in this checkout
-            if exc.name is None or not module.startswith(exc.name):
-                raise
+        if name is not None and name in _ENTRIES[kind]:
+            return
+        _import_provider(module)
+    _LOADED.add(kind)
 
 
 def available(kind: str) -> list[str]:
@@ -89,8 +96,11 @@ def available(kind: str) -> list[str]:
 
 def lookup(kind: str, name: str, where: str = "") -> Callable[..., Any]:
     """The factory registered as ``(kind, name)``; unknown names raise a one-line error listing the choices."""
-    names = available(kind)
+    if kind not in _ENTRIES:
+        raise ValueError(f"unknown registry kind {kind!r}")
+    _load(kind, name)
     if name not in _ENTRIES[kind]:
+        names = available(kind)
         raise input_error(where or kind, f"unknown {kind} {name!r}", f"choose one of: {', '.join(names) or '(none)'}")
     return _ENTRIES[kind][name]
 

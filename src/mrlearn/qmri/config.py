@@ -1,0 +1,89 @@
+"""The ``qmri`` section of an experiment config (registered with :mod:`mrlearn.config`).
+
+A study config is an ordinary mrlearn experiment YAML (``name``, ``seed``, ``optim``, ``trainer``, ``out_dir``)
+plus a ``qmri:`` section parsed into :class:`QmriConfig`; unknown keys and wrong types are one-line errors.
+Units: b-values s/mm^2, D and D* um^2/ms, SNR = S0 / sigma with S0 = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mrlearn.config import register_section
+from mrlearn.errors import input_error
+
+EPSTEIN_BVALS = [0.0, 10.0, 20.0, 30.0, 50.0, 80.0, 100.0, 200.0, 400.0, 800.0]
+METHODS = ("mle_fit", "net_gt", "net_mle", "net_ss", "hybrid")
+
+
+@dataclass
+class QmriConfig:
+    """Label study settings.
+
+    ``methods``: any of ``mle_fit`` (the per-voxel Rician MLE), ``net_gt`` / ``net_mle`` (supervised with
+    groundtruth / MLE labels), ``net_ss`` (self-supervised signal loss), ``hybrid`` (one network per entry of
+    ``alphas``); a ``_wide`` suffix on a network method (e.g. ``net_gt_wide``) uses ``wide_factor`` x width.
+    ``grid_points`` values per parameter of f, D, D* (S0 = 1) x ``repeats`` noise draws form the test set;
+    maps are drawn over ``map_axes`` at the middle value of the third parameter.
+    """
+
+    model: str = "ivim_additive"
+    bvals: list[float] | str = field(default_factory=lambda: list(EPSTEIN_BVALS))
+    ranges: dict[str, list[float]] = field(default_factory=lambda: {
+        "S0": [0.8, 1.2], "f": [0.1, 0.5], "D": [0.4, 3.0], "Dstar": [10.0, 150.0]})
+    fit_bounds: dict[str, list[float]] | None = None
+    snrs: list[float] = field(default_factory=lambda: [15.0, 30.0])
+    noise: str = "rician"
+    n_train: int = 100000
+    val_fraction: float = 0.1
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    width: int | None = None
+    wide_factor: int = 4
+    n_hidden: int = 3
+    batch_size: int = 256
+    patience: int = 10
+    grid_points: int = 5
+    repeats: int = 100
+    map_axes: list[str] = field(default_factory=lambda: ["f", "Dstar"])
+    fit_starts: int = 2
+    fit_max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        for m in self.methods:
+            base = m[:-5] if m.endswith("_wide") else m
+            if base not in METHODS or (m.endswith("_wide") and base == "mle_fit"):
+                raise input_error("qmri.methods", f"unknown method {m!r}", f"use {', '.join(METHODS)} (+ '_wide' for networks)")
+        if any(not 0 <= a <= 1 for a in self.alphas):
+            raise input_error("qmri.alphas", "every alpha must be in [0, 1]", "e.g. [0.25, 0.5, 0.75]")
+        for key in ("S0", "f", "D", "Dstar"):
+            r = self.ranges.get(key)
+            if r is None or len(r) != 2 or not r[0] < r[1]:
+                raise input_error(f"qmri.ranges.{key}", "needs [low, high] with low < high", "e.g. f: [0.1, 0.5]")
+        extra = set(self.ranges) - {"S0", "f", "D", "Dstar"}
+        if extra:
+            raise input_error("qmri.ranges", f"unknown parameter(s) {sorted(extra)}", "use S0, f, D, Dstar")
+        if self.model not in ("ivim", "ivim_additive"):
+            raise input_error("qmri.model", f"the label study needs an IVIM model, got {self.model!r}",
+                              "use 'ivim' or 'ivim_additive'")
+        if any(s <= 0 for s in self.snrs) or not self.snrs:
+            raise input_error("qmri.snrs", "needs positive SNR values", "e.g. [15, 30]")
+        if len(self.map_axes) != 2 or not set(self.map_axes) <= {"f", "D", "Dstar"} or self.map_axes[0] == self.map_axes[1]:
+            raise input_error("qmri.map_axes", "needs two different names of f, D, Dstar", "e.g. [f, Dstar]")
+        for key in ("n_train", "grid_points", "repeats", "batch_size", "n_hidden", "wide_factor", "fit_starts", "fit_max_iter"):
+            if getattr(self, key) < 1:
+                raise input_error(f"qmri.{key}", "must be at least 1", "fix the value")
+        if self.grid_points < 2:
+            raise input_error("qmri.grid_points", "must be at least 2", "e.g. 5")
+        if not 0 < self.val_fraction < 1:
+            raise input_error("qmri.val_fraction", "must be in (0, 1)", "e.g. 0.1")
+        if self.noise not in ("rician", "gaussian"):
+            raise input_error("qmri.noise", f"unknown noise {self.noise!r}", "use rician or gaussian")
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+        return asdict(self)
+
+
+register_section("qmri", QmriConfig)
