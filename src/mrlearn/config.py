@@ -162,7 +162,7 @@ class ExperimentConfig:
 
 #: top-level section name -> module that calls register_section for it (lazily imported)
 SECTION_PROVIDERS: dict[str, str] = {"tasks": "mrlearn.mtl.config", "study": "mrlearn.study", "qmri": "mrlearn.qmri.config",
-                                     "ssl": "mrlearn.ssl.config", "layerwise": "mrlearn.layerwise.config"}
+                                     "ssl": "mrlearn.ssl.config"}
 _SECTIONS: dict[str, type] = {}
 
 

@@ -1,1 +1,14 @@
-"""mrlearn.layerwise."""
+"""mrlearn.layerwise: layer-wise and convex training of reconstruction networks (seed 001, issue 7).
+
+Modules (the maths import no Lightning):
+  ``blocks``   TwoLayerBlock ``x + f(relu(g(x)))``, GatedBlock, LayerwiseNet (the stack)
+  ``patches``  conv <-> patch-matrix views
+  ``convex``   convex reformulation of a block (gated / cone-constrained), weight recovery, objectives
+  ``fista``    monotone FISTA with backtracking and restarts
+  ``data``     SENSE zero-filled input / fully sampled SENSE target samples (SenseTransform)
+  ``model``    registry model ``layerwise``
+  ``module``   Lightning methods ``layerwise_end_to_end``, ``layerwise_greedy``, ``layerwise_convex``
+  ``train``    fit a layerwise config through the spine (``python -m mrlearn.layerwise.train``)
+  ``memory``   peak memory of one training step in a fresh process
+  ``study``    the seed's comparison (``python -m mrlearn.layerwise.study``)
+"""

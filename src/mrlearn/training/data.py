@@ -14,7 +14,7 @@ Samplers (no Lightning distributed sampler: ``use_distributed_sampler=False``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +138,18 @@ def split_dataset(cfg: ExperimentConfig, split: str, transform: ReconTransform |
 
 
 class ReconDataModule(L.LightningDataModule):
-    """Train/val/test loaders for a config. ``keep_kspace``: keep masked k-space, mask and scale in samples."""
+    """Train/val/test loaders for a config. ``keep_kspace``: keep masked k-space, mask and scale in samples.
 
-    def __init__(self, cfg: ExperimentConfig, keep_kspace: bool = False):
+    ``transform_factory(mask_func, split) -> transform`` replaces the default ``ReconTransform`` for methods whose
+    samples differ (a method provides it as ``build_transform``; e.g. the layer-wise SENSE input/target).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, keep_kspace: bool = False,
+                 transform_factory: Callable[[Any, str], Any] | None = None):
         super().__init__()
         self.cfg = cfg
         self.keep_kspace = keep_kspace
+        self.transform_factory = transform_factory
         self.mask_func = registry.build("mask", cfg.mask, "mask")
         self.datasets: dict[str, TransformedDataset] = {}
         self.train_sampler: EpochSampler | None = None
@@ -162,8 +168,11 @@ class ReconDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> TransformedDataset:
         if split not in self.datasets:
             recon = tuple(self.cfg.data.recon_size) if self.cfg.data.recon_size else None
-            transform = ReconTransform(self.mask_func, seed=self.cfg.seed, train=split == "train", recon_size=recon,
-                                       keep_kspace=self.keep_kspace)
+            if self.transform_factory is not None:
+                transform = self.transform_factory(self.mask_func, split)
+            else:
+                transform = ReconTransform(self.mask_func, seed=self.cfg.seed, train=split == "train", recon_size=recon,
+                                           keep_kspace=self.keep_kspace)
             self.datasets[split] = TransformedDataset(split_dataset(self.cfg, split), transform)
         return self.datasets[split]
 

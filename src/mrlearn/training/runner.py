@@ -102,7 +102,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg)
-    datamodule = ReconDataModule(cfg, keep_kspace=module.keep_kspace)
+    datamodule = ReconDataModule(cfg, keep_kspace=module.keep_kspace,
+                                 transform_factory=getattr(module, "build_transform", None))
     trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks)
     info = RunInfo(run_dir, cfg.seed, {"name": cfg.name, "resumed": resume}) if trainer.is_global_zero else None
     if info is not None:

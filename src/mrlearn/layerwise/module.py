@@ -1,0 +1,301 @@
+"""Lightning methods for the layer-wise study (seed 001): ``layerwise_end_to_end``, ``layerwise_greedy``,
+``layerwise_convex`` (registry kind ``method``; model ``layerwise``).
+
+All three share the spine's :class:`~mrlearn.training.module.ReconModule` (per-volume fastMRI metrics on the
+magnitude, checkpoints, history) and read samples of :class:`mrlearn.layerwise.data.SenseTransform`: ``image``
+``[B, 2, h, w]`` (SENSE zero-filled / scale), ``target_complex`` ``[B, 2, h, w]`` (fully sampled SENSE / scale).
+The loss (``method.loss``, seed: l2) compares complex images as 2 channels in these units; reconstructions are
+``|output| * scale``.
+
+* end-to-end: the whole stack, jointly (Adam lr 1e-4, halved every ``lr_step_epochs = 10`` epochs).
+* greedy: ``epochs_per_block`` epochs per block. During stage ``i`` (epochs ``i * E .. (i + 1) * E - 1``) only
+  block ``i`` has ``requires_grad``; its input is the output of blocks ``< i`` computed under ``no_grad``
+  (recomputed every step, never stored: activations of frozen blocks are never kept for backward). The block
+  is trained to fit the target with its own skip, ``x_{i+1} = x_i + f_i(relu(g_i(x_i)))``; afterwards g_i and
+  f_i are both frozen (f_i stays: it maps the block back onto the 2-channel residual stream that the next
+  block reads, see docs/layerwise.md for why this differs from the seed's "drop f_i" figure). The learning
+  rate restarts at ``optim.lr`` for each block and is multiplied by ``lr_gamma`` every ``lr_step_epochs``.
+  Validation during stage ``i`` scores the first ``i + 1`` blocks (the seed's Fig. 2 curve).
+* convex: one epoch per block. The epoch's training steps compute the block input under ``no_grad`` and keep
+  ``patches_per_slice`` random pixels' patch rows and residual targets; the last step of the epoch solves the
+  block's convex problem (:mod:`mrlearn.layerwise.convex`, FISTA with restarts; ``variant`` gated or relu) and
+  installs the block (gated: :class:`~mrlearn.layerwise.blocks.GatedBlock`; relu: the recovered ReLU block).
+  Convex and recovered objectives, their gap, neurons and iterations are logged (``convex_*``) and kept in
+  ``self.convex_log``. Optimizer and scheduler sections are not used.
+
+``trained_blocks`` (a buffer, saved in checkpoints) is how many blocks the reconstruction uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mrlearn import registry
+from mrlearn.config import ExperimentConfig
+from mrlearn.errors import input_error
+from mrlearn.layerwise.blocks import GatedBlock, LayerwiseNet, TwoLayerBlock
+from mrlearn.layerwise.convex import ConvexProblem, recover_relu_weights, relu_objective, sample_gates, solve_convex
+from mrlearn.layerwise.convex import ConvexBlockResult
+from mrlearn.layerwise.patches import patch_matrix, pixel_matrix
+from mrlearn.physics.complex import channels_to_complex
+from mrlearn.registry import register
+from mrlearn.training.module import ReconModule
+
+
+class LayerwiseModule(ReconModule):
+    """Shared parts of the three layer-wise methods (see the module docstring)."""
+
+    keep_kspace = False
+
+    def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig):
+        if not isinstance(model, LayerwiseNet):
+            raise input_error("model.name", f"{type(model).__name__} is not a layer-wise network", "use 'model: {name: layerwise}'")
+        super().__init__(model, loss, cfg)
+        self.register_buffer("trained_blocks", torch.tensor(0, dtype=torch.long))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.model.blocks)
+
+    def build_transform(self, mask_func: Any, split: str):
+        """The sample transform this method needs (for the spine's data module)."""
+        from mrlearn.layerwise.data import SenseTransform
+
+        recon = tuple(self.cfg.data.recon_size) if self.cfg.data.recon_size else None
+        return SenseTransform(mask_func, seed=self.cfg.seed, train=split == "train", recon_size=recon)
+
+    def depth(self) -> int:
+        """Blocks used by :meth:`reconstruct` now."""
+        return max(1, int(self.trained_blocks))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image, self.depth())
+
+    def reconstruct(self, batch: dict[str, Any]) -> torch.Tensor:
+        out = channels_to_complex(self.model(batch["image"], self.depth()).float())
+        return out.abs() * batch["std"].reshape(-1, 1, 1).to(out.real.dtype)
+
+    def eval_loss(self, batch: dict[str, Any], output: torch.Tensor) -> torch.Tensor | None:
+        with torch.no_grad():
+            pred = self.model(batch["image"], self.depth())
+            return self.loss_fn(pred, batch["target_complex"]).detach()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self.history.setdefault(int(self.current_epoch), {"epoch": int(self.current_epoch)})["blocks"] = self.depth()
+
+    # ------------------------------------------------------------------ checkpoints with changed block shapes
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+        """Rebuild blocks whose saved shape differs (convex training changes widths/types), then load."""
+        for i in range(self.num_blocks):
+            prefix = f"model.blocks.{i}."
+            if prefix + "gates" in state_dict:
+                gates, values = state_dict[prefix + "gates"], state_dict[prefix + "values"]
+                if not isinstance(self.model.blocks[i], GatedBlock) or self.model.blocks[i].values.shape != values.shape:
+                    self.model.blocks[i] = GatedBlock(torch.zeros_like(gates), torch.zeros_like(values)).to(self.trained_blocks.device)
+            elif prefix + "g.weight" in state_dict:
+                g = state_dict[prefix + "g.weight"]
+                blk = self.model.blocks[i]
+                if not isinstance(blk, TwoLayerBlock) or blk.g.weight.shape != g.shape:
+                    new = TwoLayerBlock(int(g.shape[0]), int(g.shape[-1]), int(g.shape[1]))
+                    self.model.blocks[i] = new.to(self.trained_blocks.device)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _check_no_scheduler(cfg: ExperimentConfig, name: str) -> None:
+    if cfg.scheduler:
+        raise input_error("scheduler", f"is not used by method {name!r}",
+                          "remove it and set lr_step_epochs / lr_gamma in the method section")
+
+
+def _positive(value: float, where: str, todo: str) -> None:
+    if not value > 0:
+        raise input_error(where, f"must be > 0, got {value}", todo)
+
+
+class _AdamStageModule(LayerwiseModule):
+    """Gradient training with a per-stage step schedule (end-to-end: one stage)."""
+
+    def __init__(self, model, loss, cfg, name: str, epochs_per_stage: int, lr_step_epochs: int, lr_gamma: float):
+        super().__init__(model, loss, cfg)
+        _check_no_scheduler(cfg, name)
+        if lr_step_epochs < 1:
+            raise input_error("method.lr_step_epochs", f"must be >= 1, got {lr_step_epochs}", "use e.g. 10")
+        _positive(lr_gamma, "method.lr_gamma", "use e.g. 0.5")
+        self.epochs_per_stage, self.lr_step_epochs, self.lr_gamma = epochs_per_stage, lr_step_epochs, lr_gamma
+
+    def configure_optimizers(self) -> Any:
+        opt = registry.build("optimizer", self.cfg.optim, "optim", params=self.parameters())
+        E, S, g = self.epochs_per_stage, self.lr_step_epochs, self.lr_gamma
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: g ** ((epoch % E) // S))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+@register("method", "layerwise_end_to_end")
+class EndToEndModule(_AdamStageModule):
+    """The whole stack trained jointly (seed: Adam lr 1e-4, halved every 10 epochs)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, lr_step_epochs: int = 10,
+                 lr_gamma: float = 0.5):
+        super().__init__(model, loss, cfg, "layerwise_end_to_end", 10**9, lr_step_epochs, lr_gamma)
+        self.trained_blocks.fill_(self.num_blocks)
+
+    def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.loss_fn(self.model(batch["image"]), batch["target_complex"])
+
+
+@register("method", "layerwise_greedy")
+class GreedyModule(_AdamStageModule):
+    """Greedy layer-wise training: ``epochs_per_block`` epochs per block, earlier blocks frozen."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, epochs_per_block: int = 10,
+                 lr_step_epochs: int = 10, lr_gamma: float = 0.5):
+        if epochs_per_block < 1:
+            raise input_error("method.epochs_per_block", f"must be >= 1, got {epochs_per_block}", "use e.g. 10")
+        super().__init__(model, loss, cfg, "layerwise_greedy", epochs_per_block, lr_step_epochs, lr_gamma)
+        self.epochs_per_block = epochs_per_block
+        total = self.num_blocks * epochs_per_block
+        if cfg.trainer.max_epochs != total:
+            raise input_error("trainer.max_epochs", f"is {cfg.trainer.max_epochs} but greedy training of {self.num_blocks} "
+                              f"blocks x {epochs_per_block} epochs needs {total}", f"set trainer.max_epochs={total}")
+
+    def stage(self) -> int:
+        return min(int(self.current_epoch) // self.epochs_per_block, self.num_blocks - 1)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        s = self.stage()
+        self.model.freeze(s)
+        for blk in self.model.blocks[s + 1:]:  # later blocks are not trained yet either
+            for p in blk.parameters():
+                p.requires_grad_(False)
+        self.trained_blocks.fill_(s + 1)
+
+    def frozen_input(self, image: torch.Tensor) -> torch.Tensor:
+        """Input of the current block: earlier blocks under ``no_grad`` (no graph, ``requires_grad`` False)."""
+        return self.model.frozen_features(image, self.stage())
+
+    def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        x = self.frozen_input(batch["image"])
+        return self.loss_fn(self.model.blocks[self.stage()](x), batch["target_complex"])
+
+
+@register("method", "layerwise_convex")
+class ConvexModule(LayerwiseModule):
+    """Convex layer-wise training: one epoch per block (gather patches, solve by FISTA, install the block)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, variant: str = "gated",
+                 num_patterns: int = 128, beta: float = 1e-4, patches_per_slice: int = 2000, max_iter: int = 500,
+                 tol: float = 1e-7, rhos: list[float] = [10.0, 100.0, 1000.0]):  # noqa: B006
+        super().__init__(model, loss, cfg)
+        if variant not in ("gated", "relu"):
+            raise input_error("method.variant", f"unknown variant {variant!r}", "use gated or relu")
+        if num_patterns < 1 or patches_per_slice < 1 or max_iter < 1:
+            raise input_error("method", "num_patterns, patches_per_slice and max_iter must be >= 1", "fix the method section")
+        if beta < 0:
+            raise input_error("method.beta", f"must be >= 0, got {beta}", "use e.g. 1e-4")
+        if not rhos or any(r <= 0 for r in rhos):
+            raise input_error("method.rhos", f"must be positive penalty weights, got {rhos}", "use e.g. [10, 100, 1000]")
+        if cfg.trainer.max_epochs < self.num_blocks:
+            raise input_error("trainer.max_epochs", f"is {cfg.trainer.max_epochs}, fewer than the {self.num_blocks} blocks "
+                              "(one epoch per block)", f"set trainer.max_epochs={self.num_blocks}")
+        self.automatic_optimization = False
+        self.variant, self.num_patterns, self.beta = variant, num_patterns, beta
+        self.patches_per_slice, self.max_iter, self.tol, self.rhos = patches_per_slice, max_iter, tol, tuple(rhos)
+        self.convex_log: list[dict[str, float]] = []
+        self._rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def configure_optimizers(self) -> Any:
+        return None
+
+    def stage(self) -> int:
+        return int(self.trained_blocks)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._rows = []
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        s = self.stage()
+        if s >= self.num_blocks:
+            return None
+        k = self.model.blocks[s].kernel_size
+        with torch.no_grad():
+            x = self.model.frozen_features(batch["image"], s)
+            target = batch["target_complex"]
+            loss = self.loss_fn(x, target)  # the loss of the current (s-block) network
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.seed, s, int(self.current_epoch), batch_idx]).generate_state(1)[0]))
+            for i in range(x.shape[0]):
+                Y = patch_matrix(x[i:i + 1].float().cpu(), k)
+                X = pixel_matrix((target[i:i + 1] - x[i:i + 1]).float().cpu())
+                rows = torch.randperm(Y.shape[0], generator=gen)[: self.patches_per_slice]
+                self._rows.append((Y[rows], X[rows]))
+        n = len(batch["fname"])
+        self._train_sum += float(loss) * n
+        self._train_count += n
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        last = self.trainer.num_training_batches
+        if isinstance(last, (int, float)) and math.isfinite(last) and batch_idx == int(last) - 1:
+            self.solve_stage()
+        return None
+
+    def solve_stage(self) -> ConvexBlockResult:
+        """Solve the current block's convex problem on the gathered rows and install the block."""
+        s = self.stage()
+        block = self.model.blocks[s]
+        k, C = block.kernel_size, 2
+        Y = torch.cat([r[0] for r in self._rows])
+        X = torch.cat([r[1] for r in self._rows])
+        self._rows = []
+        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1000 + s)
+        H, G = sample_gates(Y, self.num_patterns, gen)
+        problem = ConvexProblem(Y=Y, X=X, G=G, beta=self.beta, variant=self.variant, H=H)
+        U, history, restarts, iterations = solve_convex(problem, self.max_iter, self.tol, self.rhos, generator=gen)
+        g, f = recover_relu_weights(U, self.variant, C, k)
+        result = ConvexBlockResult(
+            g_weight=g, f_weight=f, convex_objective=problem.objective(U), relu_objective=relu_objective(Y, X, g, f, self.beta),
+            cone_violation=problem.cone_violation(U), history=history, restarts=restarts, iterations=iterations,
+            num_neurons=int(g.shape[0]), variant=self.variant, solution=U, gate_filters=H.T.reshape(-1, C, k, k))
+        self.model.blocks[s] = result.block().to(self.trained_blocks.device)
+        for p in self.model.blocks[s].parameters():
+            p.requires_grad_(False)
+        self.trained_blocks.fill_(s + 1)
+        entry = {"block": s + 1, "convex_objective": result.convex_objective, "relu_objective": result.relu_objective,
+                 "gap": result.gap, "cone_violation": result.cone_violation, "neurons": result.num_neurons,
+                 "iterations": result.iterations, "restarts": result.restarts, "rows": int(Y.shape[0]),
+                 "start_objective": history[0] if history else math.nan}
+        self.convex_log.append(entry)
+        for key in ("convex_objective", "relu_objective", "gap", "cone_violation", "neurons"):
+            self.log(f"convex_{key}", float(entry[key]), on_step=True, on_epoch=False, batch_size=1)
+        if s + 1 >= self.num_blocks and getattr(self, "_trainer", None) is not None:
+            self.trainer.should_stop = True
+        return result
+
+    def on_train_epoch_end(self) -> None:
+        if self._rows:  # loaders without a known length: solve at the end of the epoch
+            self.solve_stage()
+        # ReconModule.on_train_epoch_end reads the optimizer's lr, which a run without optimizer lacks
+        total = torch.tensor([self._train_sum, float(self._train_count)], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            total = total.to(self.device)
+            torch.distributed.all_reduce(total)
+        entry = self.history.setdefault(int(self.current_epoch), {"epoch": int(self.current_epoch)})
+        if total[1] > 0:
+            entry.update(train_loss=float(total[0] / total[1]), step=int(self.global_step), lr=math.nan)
+        entry["convex"] = dict(self.convex_log[-1]) if self.convex_log else {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["mrlearn"]["convex_log"] = [dict(e) for e in self.convex_log]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.convex_log = [dict(e) for e in checkpoint.get("mrlearn", {}).get("convex_log", [])]
