@@ -7,12 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 from mrlearn.config import ExperimentConfig, load_config
 
-# The test machine is shared and small: one intra-op thread keeps tiny convolutions fast and timings stable.
-torch.set_num_threads(1)
 
 TINY_SET = ["model.chans=4", "model.num_pool_layers=2", "trainer.max_epochs=2", "trainer.val_every=1",
             "trainer.checkpoint_every_n_steps=2", "trainer.progress_bar=false", "trainer.accelerator=cpu",

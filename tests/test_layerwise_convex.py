@@ -12,15 +12,6 @@ from mrlearn.layerwise.fista import fista
 from mrlearn.layerwise.patches import patch_matrix, pixel_matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convs are far faster on one thread on this shared 2-core machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _images(seed=0, b=2, h=10, w=9):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, 2, h, w, generator=g)

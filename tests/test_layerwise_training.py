@@ -16,15 +16,6 @@ from mrlearn.layerwise.blocks import GatedBlock, TwoLayerBlock  # noqa: E402
 from mrlearn.layerwise.data import SenseTransform  # noqa: E402
 from mrlearn.training.runner import build_method  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convs are far faster on one thread on this shared 2-core machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MASK = {"name": "random", "accelerations": [4], "center_fractions": [0.2]}
 
 

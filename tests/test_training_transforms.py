@@ -11,7 +11,6 @@ from mrlearn.data.transforms import ReconTransform, denormalise, mask_to_tensor,
 from mrlearn.models.unet import Unet
 from mrlearn.physics.masks import fixed_mask
 
-torch.set_num_threads(1)
 
 
 def raw_sample(coils=15, h=23, w=18, seed=0, scale=1.0, target=True, mask=None, fname="vol_a.h5", sl=0, padding=None):

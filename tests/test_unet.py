@@ -8,7 +8,6 @@ from torch.nn import functional as F
 
 from mrlearn.models.unet import Unet
 
-torch.set_num_threads(1)
 
 
 def expected_params(in_chans: int, out_chans: int, chans: int, pools: int) -> int:
