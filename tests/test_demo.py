@@ -28,10 +28,13 @@ def test_demo_quick_writes_report_and_metrics(tmp_path, monkeypatch, capsys):
     demo = tmp_path / "runs" / "demo"
     rows = list(csv.DictReader((demo / "metrics.csv").open()))
     assert list(rows[0]) == ["method", "volume", "nmse", "psnr", "ssim"]
-    assert sorted({r["method"] for r in rows}) == ["U-Net", "zero-filled"] and len(rows) == 4
+    methods = ["CG-SENSE", "CS (L1-wavelet)", "U-Net", "unrolled", "zero-filled"]
+    assert sorted({r["method"] for r in rows}) == methods and len(rows) == 2 * len(methods)
+    mean_psnr = {m: np.mean([float(r["psnr"]) for r in rows if r["method"] == m]) for m in methods}
+    assert mean_psnr["CG-SENSE"] > mean_psnr["zero-filled"] and mean_psnr["CS (L1-wavelet)"] > mean_psnr["zero-filled"]
     # the zero-filled rows equal an independent computation: fixed per-file mask, numpy RSS, fastMRI metrics
     root = next((tmp_path / "cache" / "embedded").iterdir())
-    mask_func = build_mask_func("random", [4], [0.08])
+    mask_func = build_mask_func("random", [4], [0.25])  # the quick block's evaluation mask
     for r in rows:
         if r["method"] != "zero-filled":
             continue
@@ -46,6 +49,7 @@ def test_demo_quick_writes_report_and_metrics(tmp_path, monkeypatch, capsys):
     assert "Metrics (test volumes)" in html and "±" in html
     assert len(re.findall(r"data:image/png;base64,", html)) == 2  # examples + training curves
     assert (demo / "runs" / "u_net" / "checkpoints" / "best.ckpt").is_file()
+    assert (demo / "runs" / "unrolled" / "checkpoints" / "best.ckpt").is_file()
     # a second run reuses the dataset and retrains into the same folder
     assert main(["demo", "--quick"]) == 0
     assert "reused the embedded dataset" in capsys.readouterr().err

@@ -44,8 +44,7 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
     "scheduler": ("mrlearn.training.optim",),
     "method": ("mrlearn.training.supervised", "mrlearn.ssl.module", "mrlearn.mtl.module", "mrlearn.layerwise.module",
                "mrlearn.qmri.module"),
-    "recon": ("mrlearn.recon", "mrlearn.recon.zero_filled", "mrlearn.recon.sense", "mrlearn.recon.cg_sense",
-              "mrlearn.recon.cs"),
+    "recon": ("mrlearn.recon.methods",),
 }
 
 _ENTRIES: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in PROVIDERS}

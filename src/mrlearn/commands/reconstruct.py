@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a trained checkpoint (runs/<name>/checkpoints/best.ckpt)")
-    src.add_argument("--method", help="a classical method by name, e.g. zero_filled")
+    src.add_argument("--method", help="a classical method: zero-filled, sense, cg-sense, cs-l1 or tv (maps by ESPIRiT when the files carry none)")
     p.add_argument("--config", help="training config (default: the run folder's config.yaml)")
     p.add_argument("--data", required=True, help="folder of fastMRI-format .h5 volumes (or one file)")
     p.add_argument("--out", required=True, help="output folder for the submission files")

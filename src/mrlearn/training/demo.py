@@ -1,7 +1,7 @@
 """The demo study: several methods on the embedded dataset's test volumes -> ``report.html`` + ``metrics.csv``.
 
 A demo config (``configs/demo.yaml``) lists methods; each is classical (``recon: <name>``, a registry ``recon``
-entry; ``zero_filled`` is built in) or learned (``config: <experiment YAML or shipped name>`` plus ``set``
+entry, e.g. ``zero-filled``, ``cg-sense``, ``cs-l1``) or learned (``config: <experiment YAML or shipped name>`` plus ``set``
 overrides), so later capabilities only add entries. Learned methods are trained on the embedded dataset's
 ``train``/``val`` volumes of ``contrast`` with the demo's ``mask`` and evaluated, like the classical ones, on
 the ``test`` volumes with masks fixed per file. Metrics are fastMRI's per volume (NMSE, PSNR, SSIM with the
@@ -55,8 +55,8 @@ class DemoConfig:
 
 
 def load_demo_config(path: str | Path, quick: bool = False) -> DemoConfig:
-    """Read a demo YAML; ``quick`` applies its ``quick`` block (``simulation``, ``set`` for every learned method,
-    ``figure_slices``) and each method's ``quick_set``."""
+    """Read a demo YAML; ``quick`` applies its ``quick`` block (``simulation``, evaluation ``mask``, ``set`` for
+    every learned method, ``figure_slices``) and each method's ``quick_set``."""
     import yaml
 
     p = resolve_config_path(path)
@@ -70,18 +70,19 @@ def load_demo_config(path: str | Path, quick: bool = False) -> DemoConfig:
     for i, m in enumerate(methods):
         item = _to_dataclass(DemoMethod, m, f"methods[{i}]")
         if (item.recon is None) == (item.config is None):
-            raise input_error(f"methods[{i}]", "needs exactly one of 'recon' or 'config'", "classical: recon: zero_filled; learned: config: unet_demo")
+            raise input_error(f"methods[{i}]", "needs exactly one of 'recon' or 'config'", "classical: recon: zero-filled; learned: config: unet_demo")
         cfg.methods.append(item)
     if not cfg.methods:
         raise input_error(p, "no methods listed", "add at least one method")
-    registry.validate("mask", cfg.mask, "mask")
     if quick and cfg.quick:
         q = dict(cfg.quick)
         cfg.simulation = {**cfg.simulation, **(q.get("simulation") or {})}
+        cfg.mask = q.get("mask", cfg.mask)
         for m in cfg.methods:
             if m.config is not None:
                 m.set = list(m.set) + list(q.get("set") or []) + list(m.quick_set)
         cfg.figure_slices = int(q.get("figure_slices", cfg.figure_slices))
+    registry.validate("mask", cfg.mask, "mask")
     return cfg
 
 

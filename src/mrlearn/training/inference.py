@@ -8,7 +8,8 @@ retrospective mask fixed per file name (``physics.masks.fixed_mask``).
 Classical methods (registry kind ``recon``) are factories ``(**options) -> fn`` where ``fn(sample) -> [h, w]``
 magnitude (data units) and ``sample`` is a dict of torch tensors for one slice: ``kspace`` masked ``[C, H, W]``
 complex64 (data units), ``mask``, ``sens_maps`` ``[C, H, W]`` or None, ``recon_size`` ``(h, w)``, ``fname``,
-``slice``. ``zero_filled`` is built in (the RSS/magnitude of the zero-filled coil images, cropped).
+``slice``. Names take ``-`` or ``_`` (``cg-sense`` = ``cg_sense``); ``zero-filled`` reuses the transform's
+zero-filled image (the RSS/magnitude of the zero-filled coil images, cropped) instead of recomputing it.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def zero_filled_predictor() -> Predict:
 
 
 def classical_predictor(name: str, options: dict[str, Any] | None = None) -> Predict:
-    """``predict`` of a classical method registered as ``("recon", name)`` (``zero_filled`` is built in)."""
-    if name == "zero_filled" and "zero_filled" not in registry.available("recon"):
+    """``predict`` of a classical method registered as ``("recon", name)``."""
+    name = name.replace("_", "-")
+    if name == "zero-filled" and not options:
         return zero_filled_predictor()
     fn = registry.build("recon", {"name": name, **(options or {})}, "--method")
 

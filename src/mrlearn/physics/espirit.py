@@ -1,0 +1,260 @@
+"""Coil sensitivity maps from the auto-calibration (ACS) region: ESPIRiT and a low-resolution ACS estimate.
+
+Conventions: k-space ``[B, C, H, W]`` (or ``[C, H, W]``) complex, centred (DC at ``(H // 2, W // 2)``), the
+orthonormal ``fft2c``/``ifft2c`` of :mod:`mrlearn.physics.fft`; maps come back as ``[B, C, H, W]`` complex64
+(``[C, H, W]`` for unbatched input), unit norm over coils where kept, zero where cropped. Results do not depend on
+the k-space scaling (every threshold is relative).
+
+ESPIRiT (Uecker et al., MRM 2014), with the defaults of BART ``ecalib``:
+
+1. the calibration region is the largest fully sampled centred block, at most ``calib_size`` per axis;
+2. the calibration (block-Hankel) matrix holds every ``kernel_size x kernel_size x C`` patch of it as a row;
+   its right singular vectors with ``sigma_i^2 / sigma_0^2 > threshold`` (BART's convention: the threshold acts
+   on the eigenvalues of ``A^H A``, i.e. squared singular values) span the signal subspace;
+3. the k-space projection onto that subspace becomes, per pixel, ``G(x) = (1/K) g(x) g(x)^H`` (``C x C``, ``K``
+   kernel points, ``g`` the image-space kernels). ``G`` is a trigonometric polynomial of degree ``< kernel_size``,
+   so it is computed exactly on a ``2k x 2k`` grid and interpolated (Fourier zero-padding) to ``H x W``;
+4. per pixel the eigenvector of ``G`` with the largest eigenvalue (~1 inside the object) is the map; by default
+   by orthogonal (power) iteration as BART does, or by ``torch.linalg.eigh``;
+5. maps are zeroed where that eigenvalue is below ``crop``; the phase is made relative to the first principal
+   component of the calibration data (a virtual reference coil, as BART's ecalib does) — the map set is then
+   smooth and its phase does not depend on a single coil that may be weak somewhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mrlearn.errors import input_error
+from mrlearn.physics.fft import ifft2c
+
+
+def _batched(kspace: torch.Tensor, where: str) -> tuple[torch.Tensor, bool]:
+    if not torch.is_tensor(kspace):
+        raise input_error(where, "k-space must be a torch tensor", "convert it with torch.as_tensor")
+    if kspace.ndim == 3:
+        return kspace.unsqueeze(0), True
+    if kspace.ndim != 4:
+        raise input_error(where, f"k-space must be [C, H, W] or [B, C, H, W], got shape {tuple(kspace.shape)}",
+                          "pass multi-coil k-space with a coil axis")
+    return kspace, False
+
+
+def _central_run(ok: torch.Tensor, limit: int) -> tuple[int, int]:
+    """Start and length of the contiguous ``True`` run through the centre of a 1-D bool tensor, at most ``limit``."""
+    n = ok.numel()
+    c = n // 2
+    if not bool(ok[c]):
+        return c, 0
+    okl = ok.tolist()
+    lo = c
+    while lo - 1 >= 0 and okl[lo - 1]:
+        lo -= 1
+    hi = c
+    while hi + 1 < n and okl[hi + 1]:
+        hi += 1
+    if hi - lo + 1 > limit:  # keep a block of `limit` samples, as centred on c as the run allows
+        start = max(lo, c - limit // 2)
+        end = min(hi, start + limit - 1)
+        lo = max(lo, end - limit + 1)
+        hi = lo + limit - 1
+    length = hi - lo + 1
+    return lo, length
+
+
+def calibration_region(kspace: torch.Tensor, calib_size: int | tuple[int, int] = 24) -> tuple[slice, slice]:
+    """The largest fully sampled centred block (every coil, every slice non-zero), at most ``calib_size``.
+
+    ``kspace`` is ``[B, C, H, W]``; returns ``(rows, cols)`` slices. Either may be empty (length 0).
+    """
+    ch, cw = (calib_size, calib_size) if isinstance(calib_size, int) else calib_size
+    sampled = (kspace.abs() > 0).all(dim=1).all(dim=0)  # [H, W]
+    h, w = sampled.shape
+    # columns: sampled over the central calibration rows (rows themselves are usually all acquired)
+    r0 = max(0, h // 2 - ch // 2)
+    col_ok = sampled[r0 : r0 + min(ch, h)].all(dim=0)
+    c_lo, c_len = _central_run(col_ok, cw)
+    if c_len == 0:
+        return slice(h // 2, h // 2), slice(w // 2, w // 2)
+    row_ok = sampled[:, c_lo : c_lo + c_len].all(dim=1)
+    r_lo, r_len = _central_run(row_ok, ch)
+    return slice(r_lo, r_lo + r_len), slice(c_lo, c_lo + c_len)
+
+
+def _centered_interp_matrix(n_out: int, n_in: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[n_out, n_in]`` matrix: band-limited (Fourier zero-padding) interpolation between centred grids."""
+    eye = torch.eye(n_in, dtype=dtype, device=device)
+    coef = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(eye, dim=0), dim=0, norm="ortho"), dim=0)
+    pad = torch.zeros(n_out, n_in, dtype=dtype, device=device)
+    top = n_out // 2 - n_in // 2
+    pad[top : top + n_in] = coef
+    out = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(pad, dim=0), dim=0, norm="ortho"), dim=0)
+    return out * math.sqrt(n_out / n_in)
+
+
+def _signal_kernels(calib: torch.Tensor, kernel_size: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signal-subspace kernels ``[B, N, C, k, k]`` (unused ones zeroed) and the number kept per slice ``[B]``."""
+    b, c, _, _ = calib.shape
+    k = kernel_size
+    patches = calib.unfold(2, k, 1).unfold(3, k, 1)  # [B, C, nh, nw, k, k]
+    rows = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * k * k)  # calibration matrix [B, R, C k k]
+    scale = rows.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    rows = (rows / scale).to(torch.complex64)  # scale-free (k-space scaled anywhere from 1e-6 to 1e12)
+    cov = rows.mH @ rows  # [B, N, N]
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = evals.flip(-1).clamp_min(0), evecs.flip(-1)
+    keep = evals > threshold * evals[:, :1]  # sigma_i^2 / sigma_0^2 > threshold (BART ecalib)
+    n_keep = keep.sum(dim=1)
+    n_max = int(n_keep.max())
+    v = evecs[:, :, :n_max] * keep[:, None, :n_max]
+    kernels = v.permute(0, 2, 1).reshape(b, n_max, c, k, k)
+    return kernels, n_keep
+
+
+def _image_covariance(kernels: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Per-pixel ESPIRiT operator ``G(x)`` on the small ``2k x 2k`` grid: ``[B, 2k, 2k, C, C]`` (complex64)."""
+    b, n, c, k, _ = kernels.shape
+    m = 2 * k
+    pad = torch.zeros(b, n, c, m, m, dtype=kernels.dtype, device=kernels.device)
+    top = m // 2 - k // 2
+    pad[..., top : top + k, top : top + k] = kernels.conj()
+    # g_{c,n}(x) = sum_p conj(v[(c, p), n]) exp(+2 pi i p x): the centred inverse DFT, not normalised
+    g = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(pad, dim=(-2, -1)), norm="forward"), dim=(-2, -1))
+    gram = torch.einsum("bncxy,bndxy->bxycd", g, g.conj()) / (k * k)
+    return gram
+
+
+def _power_iterate(gram: torch.Tensor, v: torch.Tensor, num_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_iter`` power steps on per-pixel ``gram [B, C, C, h, w]`` from ``v [B, C, h, w]``.
+
+    Returns unit-norm vectors ``[B, C, h, w]`` and the Rayleigh quotients ``[B, h, w]`` (the eigenvalues).
+    """
+    for _ in range(num_iter):
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-30)
+        v = (gram * v.unsqueeze(1)).sum(dim=2)
+    v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-30)
+    val = (v.conj() * (gram * v.unsqueeze(1)).sum(dim=2)).sum(dim=1).real
+    return v, val
+
+
+def _upsample(v: torch.Tensor, step: int, h: int, w: int) -> torch.Tensor:
+    """Bilinear interpolation of complex ``[B, C, h0, w0]`` samples at every ``step``-th pixel to ``[B, C, h, w]``."""
+    b, c, h0, w0 = v.shape
+    size = ((h0 - 1) * step + 1, (w0 - 1) * step + 1)
+    parts = torch.cat([v.real, v.imag], dim=1)
+    parts = torch.nn.functional.interpolate(parts, size=size, mode="bilinear", align_corners=True)
+    v = torch.complex(parts[:, :c], parts[:, c:])
+    # the last rows/columns beyond the coarse grid repeat the edge
+    if v.shape[-2] < h:
+        v = torch.cat([v, v[..., -1:, :].expand(*v.shape[:-2], h - v.shape[-2], v.shape[-1])], dim=-2)
+    if v.shape[-1] < w:
+        v = torch.cat([v, v[..., -1:].expand(*v.shape[:-1], w - v.shape[-1])], dim=-1)
+    return v
+
+
+def _align_phase(vec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Rotate per-pixel vectors ``[B, C, h, w]`` so that ``<ref, v>`` is real and non-negative."""
+    phase = torch.einsum("bc,bchw->bhw", ref.conj(), vec)
+    return vec * torch.exp(-1j * torch.angle(phase)).unsqueeze(1).to(vec.dtype)
+
+
+def espirit_sens_maps(
+    kspace: torch.Tensor,
+    kernel_size: int = 6,
+    calib_size: int | tuple[int, int] = 24,
+    threshold: float = 0.001,
+    crop: float = 0.8,
+    eig_method: str = "eigh",
+    num_iter: int = 4,
+    coarse_step: int = 4,
+    chunk_rows: int = 32,
+    where: str = "kspace",
+) -> torch.Tensor:
+    """ESPIRiT maps (one set) from centred multi-coil k-space ``[B, C, H, W]`` or ``[C, H, W]``.
+
+    ``kernel_size``: k-space kernel width (k x k); ``calib_size``: largest calibration block used (per axis);
+    ``threshold``: signal subspace = singular vectors with ``sigma^2 / sigma_max^2 > threshold``;
+    ``crop``: maps are zeroed where the top eigenvalue is below it (0 keeps everything);
+    ``eig_method``: ``"eigh"`` (default: batched LAPACK at every pixel) or ``"power"``: exact ``eigh`` on every
+    ``coarse_step``-th pixel, interpolated start vectors, then ``num_iter`` power steps at every pixel (for GPUs).
+    Only unsampled locations must be exactly zero (the calibration block is found from the non-zero pattern).
+    """
+    ksp, unbatched = _batched(kspace, where)
+    b, c, h, w = ksp.shape
+    if not ksp.is_complex():
+        raise input_error(where, "k-space must be complex", "pass complex64 k-space")
+    if eig_method not in ("power", "eigh"):
+        raise input_error("eig_method", f"unknown value {eig_method!r}", "use 'power' or 'eigh'")
+    if kernel_size < 1 or threshold < 0 or not 0 <= crop < 1:
+        raise input_error("espirit", f"bad options kernel_size={kernel_size}, threshold={threshold}, crop={crop}",
+                          "use kernel_size >= 1, threshold >= 0 and 0 <= crop < 1")
+    rows, cols = calibration_region(ksp, calib_size)
+    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+    if min(n_rows, n_cols) < kernel_size:
+        raise input_error(where, f"only {n_rows} x {n_cols} fully sampled centre lines (ACS) but the ESPIRiT kernel"
+                          f" is {kernel_size} x {kernel_size}",
+                          "use a mask with more low-frequency lines (center fraction) or a smaller kernel_size")
+    calib = ksp[:, :, rows, cols]
+    kernels, _ = _signal_kernels(calib, kernel_size, threshold)
+    gram_small = _image_covariance(kernels, (h, w))  # [B, m, m, C, C]
+    m = gram_small.shape[1]
+    dev, cdt = ksp.device, torch.complex64
+    interp_h = _centered_interp_matrix(h, m, cdt, dev)  # [H, m]
+    interp_w = _centered_interp_matrix(w, m, cdt, dev)  # [W, m]
+    # reference for the phase: first principal component of the calibration data over coils
+    cal_flat = calib.reshape(b, c, -1).to(torch.complex64)
+    cal_flat = cal_flat / cal_flat.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    ref = torch.linalg.eigh(cal_flat @ cal_flat.mH)[1][:, :, -1]  # [B, C]
+    # interpolate along H once on the small grid (cheap), then chunks of full rows along W
+    gram_small = 0.5 * (gram_small + gram_small.mH)  # exactly Hermitian
+    gram_h = torch.einsum("hi,bijcd->bcdhj", interp_h, gram_small)  # [B, C, C, H, m]
+    if eig_method == "power":
+        # start vectors: exact eigenvectors on a coarse pixel grid (G and the maps are smooth), phase-aligned
+        # and interpolated; a few power steps at full resolution then converge them
+        sub_h, sub_w = torch.arange(0, h, coarse_step, device=dev), torch.arange(0, w, coarse_step, device=dev)
+        g0 = torch.einsum("bcdhj,wj->bhwcd", gram_h[:, :, :, sub_h], interp_w[sub_w])
+        _, v0 = torch.linalg.eigh(g0)
+        v0 = _align_phase(v0[..., -1].permute(0, 3, 1, 2), ref)  # [B, C, h0, w0]
+        v0 = _upsample(v0, coarse_step, h, w)
+    maps = torch.zeros(b, c, h, w, dtype=torch.complex64, device=dev)
+    for r0 in range(0, h, chunk_rows):
+        g = torch.einsum("bcdhj,wj->bcdhw", gram_h[:, :, :, r0 : r0 + chunk_rows], interp_w)
+        if eig_method == "eigh":
+            vals, vecs = torch.linalg.eigh(g.permute(0, 3, 4, 1, 2))
+            vec, val = vecs[..., -1].permute(0, 3, 1, 2), vals[..., -1]
+        else:
+            vec, val = _power_iterate(g, v0[:, :, r0 : r0 + chunk_rows], num_iter)
+        maps[:, :, r0 : r0 + chunk_rows] = _align_phase(vec, ref) * (val >= crop).unsqueeze(1)
+    return maps[0] if unbatched else maps
+
+
+def acs_sens_maps(
+    kspace: torch.Tensor,
+    calib_size: int | tuple[int, int] | None = None,
+    where: str = "kspace",
+) -> torch.Tensor:
+    """Low-resolution maps: ACS block only (Hann-windowed), zero-filled iFFT, divided by the RSS over coils.
+
+    ``kspace`` ``[B, C, H, W]`` or ``[C, H, W]``; ``calib_size`` limits the block (None = all contiguous
+    fully sampled centre lines). Returns ``[B, C, H, W]`` (unit norm over coils; zero where the RSS is below
+    1e-6 of its maximum).
+    """
+    ksp, unbatched = _batched(kspace, where)
+    _, _, h, w = ksp.shape
+    rows, cols = calibration_region(ksp, (h, w) if calib_size is None else calib_size)
+    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+    if min(n_rows, n_cols) < 2:
+        raise input_error(where, f"only {n_rows} x {n_cols} fully sampled centre lines (ACS)",
+                          "use a mask with low-frequency lines (center fraction > 0)")
+    win_r = torch.hann_window(n_rows + 2, periodic=False, dtype=torch.float32, device=ksp.device)[1:-1]
+    win_c = torch.hann_window(n_cols + 2, periodic=False, dtype=torch.float32, device=ksp.device)[1:-1]
+    low = torch.zeros_like(ksp)
+    low[..., rows, cols] = ksp[..., rows, cols] * (win_r[:, None] * win_c[None, :])
+    img = ifft2c(low)
+    norm = torch.sqrt((img.abs() ** 2).sum(dim=1, keepdim=True))
+    floor = 1e-6 * norm.amax(dim=(-2, -1), keepdim=True)
+    maps = torch.where(norm > floor, img / norm.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(img))
+    maps = maps.to(torch.complex64)
+    return maps[0] if unbatched else maps
