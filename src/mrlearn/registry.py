@@ -19,7 +19,8 @@ Kinds and the call each entry must support:
   ``method``     ``(model, loss, cfg, **cfg.method) -> training.module.ReconModule`` (a LightningModule);
   ``recon``      ``(**options) -> fn`` with ``fn(sample) -> [h, w]`` magnitude, ``sample`` a dict of one slice's
                  ``kspace`` (masked ``[C, H, W]`` complex64), ``mask``, ``sens_maps`` or None, ``recon_size``,
-                 ``fname``, ``slice`` (see ``training.inference``).
+                 ``fname``, ``slice`` (see ``training.inference``);
+  ``weighting``  ``(num_tasks, **cfg) -> mtl.weighting.Weighting`` (multi-task loss weighting / gradient combination).
 
 Entries are registered by importing their module. :data:`PROVIDERS` maps each kind to those modules; they
 are imported lazily the first time a kind is looked up, so other packages only add a module name here
@@ -37,7 +38,8 @@ from mrlearn.errors import MrlearnError, input_error
 
 #: kind -> modules whose import registers that kind's entries.
 PROVIDERS: dict[str, tuple[str, ...]] = {
-    "model": ("mrlearn.models.unet", "mrlearn.models.resnet", "mrlearn.models.unrolled", "mrlearn.layerwise.model"),
+    "model": ("mrlearn.models.unet", "mrlearn.models.resnet", "mrlearn.models.unrolled", "mrlearn.layerwise.model",
+              "mrlearn.mtl.networks"),
     "loss": ("mrlearn.training.losses",),
     "mask": ("mrlearn.physics.masks", "mrlearn.data.transforms"),
     "optimizer": ("mrlearn.training.optim",),
@@ -45,6 +47,7 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
     "method": ("mrlearn.training.supervised", "mrlearn.ssl.module", "mrlearn.mtl.module", "mrlearn.layerwise.module",
                "mrlearn.qmri.module"),
     "recon": ("mrlearn.recon.methods",),
+    "weighting": ("mrlearn.mtl.weighting",),
 }
 
 _ENTRIES: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in PROVIDERS}

@@ -102,8 +102,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg)
-    datamodule = ReconDataModule(cfg, keep_kspace=module.keep_kspace,
-                                 transform_factory=getattr(module, "build_transform", None))
+    datamodule = make_datamodule(cfg, module)
     trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks)
     info = RunInfo(run_dir, cfg.seed, {"name": cfg.name, "resumed": resume}) if trainer.is_global_zero else None
     if info is not None:
@@ -114,7 +113,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     if resume:
         ckpt = load_checkpoint(last)
         load_weights(module, ckpt["state_dict"], last)
-        datamodule.resume_at(int(ckpt.get("global_step", 0)))
+        if hasattr(datamodule, "resume_at"):
+            datamodule.resume_at(int(ckpt.get("global_step", 0)))
         ckpt_path = str(last)
     try:
         with warnings.catch_warnings():
@@ -137,6 +137,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
                                               "history": module.history_list()})
         info.finished(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch))
     return result
+
+
+def make_datamodule(cfg: ExperimentConfig, module: L.LightningModule) -> L.LightningDataModule:
+    """The method's own data module (``module.make_datamodule(cfg)``, e.g. multi-task), else ``ReconDataModule``
+    with the method's sample transform (``module.build_transform``, e.g. layer-wise SENSE samples) if it has one."""
+    if hasattr(module, "make_datamodule"):
+        return module.make_datamodule(cfg)
+    return ReconDataModule(cfg, keep_kspace=module.keep_kspace, transform_factory=getattr(module, "build_transform", None))
 
 
 def last_validation(history: list[dict[str, float]]) -> dict[str, float]:

@@ -1,0 +1,197 @@
+"""Multi-task data: one dataset per task, a task index per sample, and the three batching strategies.
+
+* ``shuffled``: one permutation of all tasks' samples per ``(seed, epoch)``, cut into batches of ``batch_size``
+  (tasks mix as their sizes dictate; a batch may lack a task).
+* ``stratified``: every batch holds ``n_t`` samples of task ``t`` with ``n_t`` proportional to ``tasks.ratio``
+  (largest remainder, at least 1 each, ``batch_size`` in total when it allows); each task is drawn from its own
+  seeded permutation, recycled when exhausted (the scarce task is oversampled); an epoch is
+  ``max_t ceil(N_t / n_t)`` batches.
+* ``accumulate``: every step takes ``batch_size`` samples of EACH task; the module runs forward and backward per
+  task (gradient accumulation over tasks) before one optimizer step.
+
+Sample keys are ``(global index, epoch)``; the transform's random mask is seeded by ``(seed, epoch, global
+index)``, so tasks never share a mask stream. Samples gain ``task`` (int) besides ``data.transforms``' keys
+(``keep_kspace=True``). No Lightning in the samplers; :class:`MultiTaskDataModule` wraps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mrlearn import registry
+from mrlearn.config import ExperimentConfig
+from mrlearn.data.dataset import SliceDataset
+from mrlearn.data.transforms import ReconTransform
+from mrlearn.mtl.config import TaskSpec, tasks_config
+from mrlearn.training.data import split_dataset
+
+
+def task_config(cfg: ExperimentConfig, spec: TaskSpec, split: str) -> ExperimentConfig:
+    """``cfg`` with its data section narrowed to one task (subset keys only for the training split)."""
+    d = cfg.data
+    changes: dict[str, Any] = {"contrasts": spec.contrasts if spec.contrasts is not None else d.contrasts}
+    if spec.root is not None:
+        changes["root"] = spec.root
+    if split == "train":
+        changes.update(volume_fraction=spec.volume_fraction, volume_count=spec.volume_count,
+                       slice_fraction=spec.slice_fraction, slice_count=spec.slice_count)
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, **changes))
+
+
+class MultiTaskDataset(Dataset):
+    """The tasks' slice datasets end to end; item ``(global index, epoch)`` -> transformed sample + ``task``."""
+
+    def __init__(self, datasets: list[SliceDataset], transform: ReconTransform):
+        self.datasets, self.transform = datasets, transform
+        self.sizes = [len(d) for d in datasets]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        t = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return t, int(index - self.offsets[t])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        t, local = self.locate(int(index))
+        sample = self.transform(self.datasets[t][local], int(index), int(epoch))
+        sample["task"] = t
+        return sample
+
+
+def stratified_counts(batch_size: int, ratio: list[float]) -> list[int]:
+    """Samples per task in a batch: proportional to ``ratio`` (largest remainder), at least one each."""
+    r = np.asarray(ratio, dtype=np.float64)
+    total = max(int(batch_size), r.size)
+    raw = r / r.sum() * total
+    counts = np.maximum(np.floor(raw).astype(int), 1)
+    while counts.sum() < total:
+        counts[int(np.argmax(raw - counts))] += 1
+    while counts.sum() > total:
+        j = int(np.argmax(np.where(counts > 1, counts - raw, -np.inf)))
+        counts[j] -= 1
+    return counts.tolist()
+
+
+class MultiTaskBatchSampler(Sampler):
+    """Batches of ``(global index, epoch)`` keys for a strategy (see the module docstring); deterministic."""
+
+    def __init__(self, sizes: list[int], strategy: str, batch_size: int, seed: int, ratio: list[float] | None = None):
+        self.sizes, self.strategy, self.batch_size, self.seed = list(sizes), strategy, int(batch_size), int(seed)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        if strategy == "accumulate":
+            self.counts = [self.batch_size] * len(sizes)
+        else:
+            self.counts = stratified_counts(self.batch_size, ratio or [1.0] * len(sizes))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.strategy == "shuffled":
+            return math.ceil(sum(self.sizes) / self.batch_size)
+        return max(math.ceil(n / c) for n, c in zip(self.sizes, self.counts))
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The global indices of every batch of ``epoch``."""
+        if self.strategy == "shuffled":
+            order = np.random.default_rng([self.seed, 104729, epoch]).permutation(int(self.offsets[-1]))
+            return [order[i : i + self.batch_size].tolist() for i in range(0, order.size, self.batch_size)]
+        n_batches = len(self)
+        streams = []
+        for t, (n, c) in enumerate(zip(self.sizes, self.counts)):
+            rng = np.random.default_rng([self.seed, 104729, epoch, t])
+            need = n_batches * c
+            reps = [rng.permutation(n) for _ in range(math.ceil(need / n))]
+            streams.append(np.concatenate(reps)[:need] + self.offsets[t])
+        out = []
+        for b in range(n_batches):
+            batch: list[int] = []
+            for s, c in zip(streams, self.counts):
+                batch.extend(s[b * c : (b + 1) * c].tolist())
+            out.append(batch)
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches(self.epoch):
+            yield [(int(i), self.epoch) for i in batch]
+
+
+class EvalSampler(Sampler):
+    """Validation/test order: volumes by name, slices in order; ``expected`` slice counts per file."""
+
+    def __init__(self, dataset: MultiTaskDataset):
+        keys = []
+        for t, d in enumerate(dataset.datasets):
+            keys.extend((d.sample_key(i), int(dataset.offsets[t]) + i) for i in range(len(d)))
+        self.indices = [i for _, i in sorted(keys)]
+        self.expected: dict[str, int] = {}
+        for (name, _), _ in keys:
+            self.expected[name] = self.expected.get(name, 0) + 1
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Train/val/test loaders over the ``tasks`` section (single process; ``data.batch_size`` per batch/task)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tasks = tasks_config(cfg)
+        self.mask_func = registry.build("mask", cfg.mask, "mask")
+        self.datasets: dict[str, MultiTaskDataset] = {}
+        self.train_sampler: MultiTaskBatchSampler | None = None
+
+    def dataset(self, split: str) -> MultiTaskDataset:
+        if split not in self.datasets:
+            recon = tuple(self.cfg.data.recon_size) if self.cfg.data.recon_size else None
+            transform = ReconTransform(self.mask_func, seed=self.cfg.seed, train=split == "train", recon_size=recon,
+                                       keep_kspace=True)
+            parts = [split_dataset(task_config(self.cfg, spec, split), split) for spec in self.tasks.specs]
+            self.datasets[split] = MultiTaskDataset(parts, transform)
+        return self.datasets[split]
+
+    def task_of_file(self, split: str) -> dict[str, int]:
+        """File name -> task index for the volumes of ``split``."""
+        ds = self.dataset(split)
+        return {v.path.name: t for t, d in enumerate(ds.datasets) for v in d.volumes}
+
+    def sizes(self) -> list[int]:
+        return self.dataset("train").sizes
+
+    def make_train_sampler(self) -> MultiTaskBatchSampler:
+        return MultiTaskBatchSampler(self.sizes(), self.tasks.strategy, self.cfg.data.batch_size, self.cfg.seed, self.tasks.ratio)
+
+    def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+        nw = self.cfg.data.num_workers
+        return DataLoader(dataset, num_workers=nw, persistent_workers=nw > 0, pin_memory=torch.cuda.is_available(), **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        self.train_sampler = self.make_train_sampler()
+        return self._loader(self.dataset("train"), batch_sampler=self.train_sampler)
+
+    def eval_loader(self, split: str) -> DataLoader:
+        ds = self.dataset(split)
+        return self._loader(ds, sampler=EvalSampler(ds), batch_size=self.cfg.data.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader("test")

@@ -1,0 +1,206 @@
+"""Study YAML -> a list of runs (arms x grid points x seeds), each an experiment config plus overrides.
+
+A study file (``yaml.safe_load``)::
+
+    name: mtl_contrasts
+    base: mtl_tiny            # experiment config: a path (relative to the study file), a shipped name, or inline
+    set: [trainer.max_epochs=4]   # overrides for every run (dotted keys; list items by index: tasks.tasks.1.x)
+    seeds: [0, 1]
+    grid:                     # dotted key -> values; the runs are the Cartesian product
+      tasks.tasks.1.slice_fraction: [0.25, 0.5]
+    arms:                     # named settings of several keys at once (default: one arm "base")
+      stl: {tasks.pooled: false, model.sharing: all}
+      mtl_dwa_early: {model.sharing: early, tasks.weighting: {name: dwa}}
+    runner: auto              # auto | mtl | train (how one run is executed; see study.runner.RUNNERS)
+    summary:                  # what the report compares (all optional)
+      baseline: stl           # arm for the paired per-slice differences
+      fraction_key: tasks.tasks.1.slice_fraction   # x axis of the "metric vs fraction" plot
+      scarce_task: t2         # task (group) shown in that plot
+
+Run ids are ``<arm>[__<key>-<value>...]__seed<k>`` (file-name safe); the seed override sets ``seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mrlearn.errors import input_error
+
+STUDY_KEYS = ("name", "base", "set", "seeds", "grid", "arms", "runner", "summary", "description")
+SUMMARY_KEYS = ("baseline", "fraction_key", "scarce_task", "metrics", "examples")
+
+
+@dataclass
+class RunSpec:
+    """One run of a study: its id, arm, grid point, seed and the overrides (key -> value) on the base config."""
+
+    run_id: str
+    arm: str
+    point: dict[str, Any]
+    seed: int
+    overrides: dict[str, Any]
+
+
+@dataclass
+class StudySpec:
+    """A parsed study file (see the module docstring)."""
+
+    name: str
+    base: Path | dict[str, Any]
+    path: Path | None = None
+    set: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    arms: dict[str, dict[str, Any]] = field(default_factory=lambda: {"base": {}})
+    runner: str = "auto"
+    summary: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def runs(self) -> list[RunSpec]:
+        """Every run, in the order they are run: seeds, then grid points (product, file order), then arms.
+
+        So a study stopped early has complete arm comparisons for the first seeds and grid points.
+        """
+        out = []
+        keys = list(self.grid)
+        for seed in self.seeds:
+            for values in itertools.product(*(self.grid[k] for k in keys)) if keys else [()]:
+                point = dict(zip(keys, values))
+                for arm, settings in self.arms.items():
+                    parts = [arm] + [f"{_short(k)}-{_token(v)}" for k, v in point.items()] + [f"seed{seed}"]
+                    overrides = {**settings, **point, "seed": int(seed)}
+                    out.append(RunSpec("__".join(parts), arm, point, int(seed), overrides))
+        return out
+
+
+def _short(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def _token(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+def apply_override(raw: dict[str, Any], key: str, value: Any, where: str = "") -> None:
+    """Set ``raw[k1][k2]...`` for a dotted ``key``; numeric parts index into lists (``tasks.tasks.1.slice_fraction``)."""
+    parts = [p for p in str(key).split(".") if p]
+    if not parts:
+        raise input_error(where or key, "empty key", "use dotted keys such as model.chans")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise input_error(where or key, f"'{part}' is not an index of a list of {len(node)} item(s)",
+                                  "check the key against the base config")
+            if last:
+                node[int(part)] = copy.deepcopy(value)
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise input_error(where or key, f"cannot set '{part}' inside a {type(node).__name__}", "check the key")
+        if last:
+            node[part] = copy.deepcopy(value)
+        else:
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+
+
+def _check(cond: bool, where: str, what: str, todo: str) -> None:
+    if not cond:
+        raise input_error(where, what, todo)
+
+
+def study_from_dict(raw: Any, where: str, base_dir: Path | None = None) -> StudySpec:
+    """Validate a raw study dict (as loaded from YAML)."""
+    _check(isinstance(raw, dict), where, "the top level must be a mapping", "see configs/mtl_contrasts.yaml")
+    unknown = sorted(set(raw) - set(STUDY_KEYS))
+    _check(not unknown, f"{where}: {unknown[0] if unknown else ''}", "unknown key", f"valid keys: {', '.join(STUDY_KEYS)}")
+    _check(isinstance(raw.get("base"), (str, dict)), f"{where}: base", "missing, or neither a string nor a mapping",
+           "name the experiment config the study varies (a path or a shipped config name), or write it inline")
+    base: Path | dict = raw["base"] if isinstance(raw["base"], dict) else Path(raw["base"])
+    if isinstance(base, Path) and base_dir is not None and not base.is_absolute() and (base_dir / base).is_file():
+        base = base_dir / base
+    sets = raw.get("set") or []
+    _check(isinstance(sets, list) and all(isinstance(s, str) and "=" in s for s in sets), f"{where}: set",
+           "expected a list of key=value strings", "e.g. [trainer.max_epochs=2]")
+    seeds = raw.get("seeds", [0])
+    _check(isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds),
+           f"{where}: seeds", f"expected a non-empty list of integers, got {seeds!r}", "e.g. [0, 1, 2]")
+    _check(len(set(seeds)) == len(seeds), f"{where}: seeds", "repeated seed", "list each seed once")
+    grid = raw.get("grid") or {}
+    _check(isinstance(grid, dict) and all(isinstance(v, list) and v for v in grid.values()), f"{where}: grid",
+           "expected a mapping of dotted keys to non-empty lists", "e.g. grid: {tasks.tasks.1.slice_fraction: [0.25, 0.5]}")
+    arms = raw.get("arms") or {"base": {}}
+    _check(isinstance(arms, dict) and all(isinstance(v, dict) or v is None for v in arms.values()), f"{where}: arms",
+           "expected a mapping of arm names to mappings of dotted keys", "e.g. arms: {stl: {model.sharing: all}}")
+    for arm in arms:
+        _check(bool(re.fullmatch(r"[A-Za-z0-9_.+-]+", str(arm))), f"{where}: arms.{arm}", "arm names may hold only "
+               "letters, digits and _ . + -", "rename the arm")
+    arms = {str(k): dict(v or {}) for k, v in arms.items()}
+    runner = raw.get("runner", "auto")
+    _check(isinstance(runner, str), f"{where}: runner", "expected a string", "auto, mtl or train")
+    summary = raw.get("summary") or {}
+    _check(isinstance(summary, dict), f"{where}: summary", "expected a mapping", "see configs/mtl_contrasts.yaml")
+    bad = sorted(set(summary) - set(SUMMARY_KEYS))
+    _check(not bad, f"{where}: summary.{bad[0] if bad else ''}", "unknown key", f"valid keys: {', '.join(SUMMARY_KEYS)}")
+    if summary.get("baseline") is not None:
+        _check(summary["baseline"] in arms, f"{where}: summary.baseline", f"arm {summary['baseline']!r} is not in arms",
+               f"choose one of: {', '.join(arms)}")
+    name = raw.get("name") or (Path(where).stem if where else "study")
+    return StudySpec(name=str(name), base=base, set=list(sets), seeds=[int(s) for s in seeds],
+                     grid={str(k): list(v) for k, v in grid.items()}, arms=arms, runner=runner, summary=dict(summary),
+                     description=str(raw.get("description") or ""))
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """Read a study YAML (a path or a shipped config name); ``overrides`` (``key=value``) go to every run's config."""
+    from mrlearn.config import resolve_config_path
+
+    p = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise input_error(p, "not valid YAML", "fix the syntax") from exc
+    if isinstance(raw, dict) and "base" not in raw and ("model" in raw or "method" in raw):
+        raw = {"name": raw.get("name") or p.stem, "base": str(p)}  # an experiment config: a study of one run
+    spec = study_from_dict(raw, str(p), p.parent)
+    spec.path = p
+    spec.set = spec.set + list(overrides)
+    return spec
+
+
+def run_config(spec: StudySpec, run: RunSpec, run_dir: Path):
+    """The validated :class:`~mrlearn.config.ExperimentConfig` of one run (base + set + arm/grid/seed + out_dir)."""
+    from mrlearn.config import config_from_dict, resolve_config_path, set_override
+
+    if isinstance(spec.base, dict):
+        raw, where = copy.deepcopy(spec.base), f"{spec.path or spec.name}: base"
+    else:
+        base = resolve_config_path(spec.base)
+        where = str(base)
+        try:
+            raw = yaml.safe_load(base.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise input_error(base, "not valid YAML", "fix the syntax") from exc
+    for item in spec.set:
+        key, _, text = item.partition("=")
+        if any(part.isdigit() for part in key.split(".")):
+            apply_override(raw, key, yaml.safe_load(text) if text.strip() else None, f"--set {item}")
+        else:
+            set_override(raw, item)
+    for key, value in run.overrides.items():
+        apply_override(raw, key, value, f"{spec.name}: {run.arm}: {key}")
+    raw["out_dir"] = str(run_dir)
+    raw["name"] = f"{spec.name}/{run.run_id}"
+    return config_from_dict(raw, where=where)
