@@ -91,7 +91,7 @@ def test_runs_skip_finished_and_resume_after_kill(tmp_path):
     diffs = list(csv.DictReader(open(out / "paired_differences.csv")))
     # killed arm: lr 0.2 vs 0.1 -> +1 dB on every slice exactly
     assert all(float(d["dpsnr_mean"]) == pytest.approx(1.0) for d in diffs)
-    assert all(d["verdict"] == "gain" or int(d["slices"]) >= 5 for d in diffs)
+    assert all(d["verdict"] == "better" or int(d["slices"]) >= 5 for d in diffs)
     result = json.loads((out / "runs" / "low__chans-4__seed1" / "result.json").read_text())
     assert result["status"] == "finished" and result["seed"] == 1
 

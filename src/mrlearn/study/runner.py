@@ -51,7 +51,8 @@ class RunOutcome:
 
 Runner = Callable[[Any], RunOutcome]
 RUNNERS: dict[str, Runner] = {}
-_LAZY = {"mtl": "mrlearn.mtl.train:study_runner", "train": "mrlearn.study.runner:train_runner"}
+_LAZY = {"mtl": "mrlearn.mtl.train:study_runner", "train": "mrlearn.study.runner:train_runner",
+         "ssl": "mrlearn.ssl.study:study_runner"}
 
 
 def register_runner(name: str, fn: Runner) -> None:

@@ -5,7 +5,7 @@ Report sections:
   * paired per-slice difference against the baseline arm (``summary.baseline``): for the same grid point, seed,
     group, file and slice, ``d = metric(arm) - metric(baseline)``; mean and 95 % confidence interval
     ``mean +- t_{0.975, n-1} s / sqrt(n)`` over all paired slices (seeds pooled); an interval below zero marks
-    negative transfer, above zero a gain;
+    "worse" than the baseline (negative transfer, in a multi-task study), above zero "better";
   * the scarce group's PSNR against ``summary.fraction_key`` per arm (mean +- std over seeds, a plot);
   * example images: target, zero-filled input and each arm's output for the first example slice of each group.
 """
@@ -120,7 +120,7 @@ def paired_differences(out: Path, runs: list[RunSpec], baseline: str, metric: st
     rows = []
     for (arm, point, group), d in sorted(diffs.items()):
         mean, low, high, n = paired_ci(d)
-        verdict = "gain" if low > 0 else "negative transfer" if high < 0 else "no significant difference"
+        verdict = "better" if low > 0 else "worse" if high < 0 else "no significant difference"
         rows.append({"arm": arm, "point": _point_label({k: json.loads(v) for k, v in point}), "group": group,
                      f"d{metric}_mean": mean, "ci95_low": low, "ci95_high": high, "slices": n, "verdict": verdict})
     return rows

@@ -42,6 +42,8 @@ class ReconModule(L.LightningModule):
     """Shared engine of every reconstruction method (see the module docstring)."""
 
     keep_kspace: bool = False
+    #: (metric, "max" | "min") that picks ``best.ckpt``; self-supervised methods use their validation loss
+    checkpoint_monitor: tuple[str, str] = ("val_ssim", "max")
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig):
         super().__init__()

@@ -63,12 +63,13 @@ def resolve_precision(cfg: ExperimentConfig) -> str:
     return "32-true"
 
 
-def make_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) -> tuple[L.Trainer, AtomicCheckpoint]:
+def make_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks: Sequence[L.Callback] = (),
+                 monitor: tuple[str, str] = ("val_ssim", "max")) -> tuple[L.Trainer, AtomicCheckpoint]:
     """The Lightning Trainer for ``cfg`` with the atomic checkpoint callback and a TensorBoard logger."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     t = cfg.trainer
-    ckpt = AtomicCheckpoint(run_dir / "checkpoints", every_n_steps=t.checkpoint_every_n_steps, monitor="val_ssim", mode="max")
+    ckpt = AtomicCheckpoint(run_dir / "checkpoints", every_n_steps=t.checkpoint_every_n_steps, monitor=monitor[0], mode=monitor[1])
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     strategy: Any = t.strategy
@@ -103,7 +104,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg)
     datamodule = make_datamodule(cfg, module)
-    trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks)
+    trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=getattr(module, "checkpoint_monitor", ("val_ssim", "max")))
     info = RunInfo(run_dir, cfg.seed, {"name": cfg.name, "resumed": resume}) if trainer.is_global_zero else None
     if info is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
