@@ -24,13 +24,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mrlearn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in (only,) if only in COMMANDS else COMMANDS:
-        try:
-            module = importlib.import_module(f"mrlearn.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not built yet in this checkout
-            if exc.name == f"mrlearn.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"mrlearn.commands.{name}").register(sub)
     return parser
 
 

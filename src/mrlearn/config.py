@@ -161,8 +161,7 @@ class ExperimentConfig:
 
 
 #: top-level section name -> module that calls register_section for it (lazily imported)
-SECTION_PROVIDERS: dict[str, str] = {"tasks": "mrlearn.mtl.config", "study": "mrlearn.study", "qmri": "mrlearn.qmri.config",
-                                     "ssl": "mrlearn.ssl.config"}
+SECTION_PROVIDERS: dict[str, str] = {"tasks": "mrlearn.mtl.config", "qmri": "mrlearn.qmri.config"}
 _SECTIONS: dict[str, type] = {}
 
 
@@ -173,10 +172,7 @@ def register_section(name: str, cls: type) -> None:
 
 def _section_class(name: str) -> type | None:
     if name not in _SECTIONS and name in SECTION_PROVIDERS:
-        try:
-            importlib.import_module(SECTION_PROVIDERS[name])
-        except ModuleNotFoundError:
-            return None
+        importlib.import_module(SECTION_PROVIDERS[name])
     return _SECTIONS.get(name)
 
 

@@ -23,8 +23,7 @@ Kinds and the call each entry must support:
   ``weighting``  ``(num_tasks, **cfg) -> mtl.weighting.Weighting`` (multi-task loss weighting / gradient combination).
 
 Entries are registered by importing their module. :data:`PROVIDERS` maps each kind to those modules; they
-are imported lazily the first time a kind is looked up, so other packages only add a module name here
-(modules not present in this checkout are skipped).
+are imported lazily (only as far as needed to find a name), so other packages only add a module name here.
 """
 
 from __future__ import annotations
@@ -69,14 +68,6 @@ def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..
     return deco
 
 
-def _import_provider(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:  # a provider not built in this checkout
-        if exc.name is None or not module.startswith(exc.name):
-            raise
-
-
 def _load(kind: str, name: str | None = None) -> None:
     """Import the providers of ``kind``; with ``name``, stop as soon as that entry is registered (fast start-up)."""
     if kind in _LOADED:
@@ -84,7 +75,7 @@ def _load(kind: str, name: str | None = None) -> None:
     for module in PROVIDERS.get(kind, ()):
         if name is not None and name in _ENTRIES[kind]:
             return
-        _import_provider(module)
+        importlib.import_module(module)
     _LOADED.add(kind)
 
 
@@ -122,7 +113,7 @@ def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         return typing.get_type_hints(target)
-    except Exception:  # unresolvable annotations: fall back to no type checks
+    except (NameError, TypeError):  # unresolvable annotations: fall back to no type checks
         return {}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="end-to-end demo: embedded data, U-Net vs zero-filled, HTML report",
+    p = subparsers.add_parser("demo", help="end-to-end demo: embedded data, classical baselines vs U-Net vs unrolled, HTML report",
                               description="Builds (or reuses) the embedded dataset, trains the methods of the demo "
                                           "config, evaluates them on the test volumes and writes report.html and "
                                           "metrics.csv.")

@@ -307,7 +307,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def __del__(self) -> None:
         try:
             self._handles.close()
-        except Exception:
+        except (OSError, RuntimeError, AttributeError, TypeError, ValueError):  # interpreter shutdown: nothing to save
             pass
 
 
