@@ -141,12 +141,16 @@ class ReconTransform:
             mask[..., right:] = 0
         return mask
 
-    def __call__(self, sample: dict[str, Any], index: int = 0, epoch: int = 0) -> dict[str, Any]:
+    def kspace_and_mask(self, sample: dict[str, Any], index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """The sample's k-space as complex64 ``[C, H, W]``, its mask (see :meth:`select_mask`) and ``(H, W)``."""
         kspace = torch.as_tensor(np.asarray(sample["kspace"])).to(torch.complex64)
         if kspace.ndim == 2:
             kspace = kspace.unsqueeze(0)
         shape = (int(kspace.shape[-2]), int(kspace.shape[-1]))
-        mask = self.select_mask(sample, shape, index, epoch)
+        return kspace, self.select_mask(sample, shape, index, epoch), shape
+
+    def __call__(self, sample: dict[str, Any], index: int = 0, epoch: int = 0) -> dict[str, Any]:
+        kspace, mask, shape = self.kspace_and_mask(sample, index, epoch)
         masked = apply_mask(kspace, mask)
         zf = rss(ifft2c(masked), dim=-3)
         size = self.recon_size or tuple(int(s) for s in (sample.get("recon_size") or shape))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from mrlearn.data.transforms import ReconTransform
@@ -51,11 +50,7 @@ class SenseTransform(ReconTransform):
         self.calib = (int(calib[0]), int(calib[1]))
 
     def __call__(self, sample: dict[str, Any], index: int = 0, epoch: int = 0) -> dict[str, Any]:
-        kspace = torch.as_tensor(np.asarray(sample["kspace"])).to(torch.complex64)
-        if kspace.ndim == 2:
-            kspace = kspace.unsqueeze(0)
-        shape = (int(kspace.shape[-2]), int(kspace.shape[-1]))
-        mask = self.select_mask(sample, shape, index, epoch)
+        kspace, mask, shape = self.kspace_and_mask(sample, index, epoch)
         zf, full = sense_images(kspace, mask, self.calib, where=str(sample.get("fname", "kspace")))
         size = self.recon_size or tuple(int(s) for s in (sample.get("recon_size") or shape))
         zf, full = crop_or_pad(zf, size), crop_or_pad(full, size)
