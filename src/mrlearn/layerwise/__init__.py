@@ -8,7 +8,7 @@ Modules (the maths import no Lightning):
   ``data``     SENSE zero-filled input / fully sampled SENSE target samples (SenseTransform)
   ``model``    registry model ``layerwise``
   ``module``   Lightning methods ``layerwise_end_to_end``, ``layerwise_greedy``, ``layerwise_convex``
-  ``train``    fit a layerwise config through the spine (``python -m mrlearn.layerwise.train``)
+  ``train``    fit a layerwise config and score its test split (``mrlearn train`` fits it the same way)
   ``memory``   peak memory of one training step in a fresh process
-  ``study``    the seed's comparison (``python -m mrlearn.layerwise.study``)
+  ``study``    study runner ``layerwise``: metrics after each added block (``mrlearn study layerwise_study``)
 """

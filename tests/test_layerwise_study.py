@@ -1,0 +1,134 @@
+"""Layer-wise study through the shared study runner (``runner: layerwise``): tiny end-to-end study, resume,
+consistency of the per-depth scores with the spine's test metrics, the shipped CPU study, input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mrlearn.cli import main
+from mrlearn.errors import MrlearnError
+
+ARMS = ("end_to_end", "greedy", "convex_gated")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The tiny study run once on a 40 x 40 phantom dataset (2/1/1 volumes x 2 slices, 4 coils)."""
+    from mrlearn.data.simulate import SimulationOptions, simulate_dataset
+    from mrlearn.layerwise.study import PRESETS
+
+    tmp = tmp_path_factory.mktemp("lwstudy")
+    root = simulate_dataset(tmp / "data", SimulationOptions(contrasts=("PD",), seed=0, **PRESETS["tiny"][1]))
+    out = tmp / "study"
+    argv = ["study", "layerwise_study_tiny", "--out", str(out), "--set", f"data.root={root}"]
+    assert main(argv) == 0
+    return out, argv
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _results(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")}
+
+
+def test_study_csv_has_every_depth_for_every_arm_and_mask(study):
+    out, _ = study
+    rows = _rows(out / "study.csv")
+    assert (out / "report.html").is_file() and "convex_gated" in (out / "report.html").read_text()
+    got = {(r["arm"], json.loads(r["mask"])["name"], r["group"]) for r in rows}
+    want = {(a, m, f"blocks={d}") for a in ARMS for m in ("poisson", "random") for d in (1, 2)}
+    assert got == want and len(rows) == len(want)
+    for r in rows:
+        assert math.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1 and float(r["nmse"]) > 0
+    paired = _rows(out / "paired_differences.csv")
+    assert {(p["arm"], p["group"]) for p in paired} == {(a, f"blocks={d}") for a in ARMS[1:] for d in (1, 2)}
+
+
+def test_depth_scores_match_the_spine_and_greedy_block_one_equals_end_to_end(study):
+    out, _ = study
+    results = _results(out)
+    assert len(results) == 6
+    for run_id, res in results.items():
+        groups = res["groups"]
+        if res["arm"] == "end_to_end":  # one network per depth, each scored like Lightning's test loop
+            for d in (1, 2):
+                test = json.loads((out / "runs" / run_id / f"depth{d}" / "metrics.json").read_text())["test"]
+                assert groups[f"blocks={d}"]["psnr"] == pytest.approx(test["test_psnr"], abs=1e-3)
+                assert groups[f"blocks={d}"]["ssim"] == pytest.approx(test["test_ssim"], abs=1e-4)
+            # training helps: the full network beats its zero-filled input
+            assert groups["blocks=2"]["psnr"] > res["extra"]["zero_filled"]["psnr"]
+            assert res["extra"]["memory"]["mode"] == "end_to_end"
+        else:  # the full depth of a staged run is what the spine's test loop scored
+            test = json.loads((out / "runs" / run_id / "metrics.json").read_text())["test"]
+            assert groups["blocks=2"]["psnr"] == pytest.approx(test["test_psnr"], abs=1e-3)
+            assert res["extra"]["memory"]["mode"] == "layerwise"
+        assert res["extra"]["memory"]["peak_mib"] > 0
+        slices = _rows(out / "runs" / run_id / "slices.csv")
+        assert {s["group"] for s in slices} == {"blocks=1", "blocks=2"} and len(slices) == 4  # 1 test volume x 2
+    # greedy stage 1 is the 1-block end-to-end network (same seed, data order, optimiser): identical scores
+    for mask in ("calib_16_16_name_poisson", "center_fractions_0.08_name_random"):
+        e2e = results[f"end_to_end__mask-accelerations_4_{mask}__seed0"]["groups"]["blocks=1"]
+        greedy = results[f"greedy__mask-accelerations_4_{mask}__seed0"]["groups"]["blocks=1"]
+        assert greedy["psnr"] == pytest.approx(e2e["psnr"], abs=1e-6)
+
+
+def test_convex_runs_log_gaps_and_patterns(study):
+    out, _ = study
+    for res in _results(out).values():
+        if res["arm"] != "convex_gated":
+            continue
+        log = res["extra"]["convex_log"]
+        assert [e["block"] for e in log] == [1, 2]
+        for e in log:  # the gap is measured between the two logged objectives
+            assert e["gap"] == pytest.approx(e["relu_objective"] - e["convex_objective"], rel=1e-6, abs=1e-12)
+        gaps = res["extra"]["gap_vs_patterns"]
+        assert [g["patterns"] for g in gaps] == [1, 2, 8]  # P // 16, P // 4, P for P = 8
+        assert all(g["convex_objective"] > 0 and math.isfinite(g["relu_objective"]) for g in gaps)
+
+
+def test_rerun_skips_finished_runs(study, capsys):
+    out, argv = study
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.count("finished before, skipped") == 6 and ": running" not in text
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_shipped_cpu_study_is_the_seed_setup_and_every_arm_builds(tmp_path):
+    from mrlearn.study import load_study, run_config
+    from mrlearn.training.runner import build_method
+
+    spec = load_study("layerwise_study")
+    assert spec.runner == "layerwise" and spec.summary["baseline"] == "end_to_end"
+    runs = spec.runs()
+    assert len(runs) == 6 and {r.arm for r in runs} == set(ARMS)
+    masks = [r.point["mask"] for r in runs]
+    assert {"name": "poisson", "accelerations": [4], "calib": [16, 16]} in masks
+    assert {"name": "random", "accelerations": [4], "center_fractions": [0.04]} in masks
+    for run in runs[:3]:
+        cfg = run_config(spec, run, tmp_path / run.run_id)
+        assert (cfg.model["num_blocks"], cfg.model["hidden"], cfg.model["kernel_size"]) == (5, 256, 7)
+        build_method(cfg)  # e.g. greedy's max_epochs == blocks x epochs_per_block is checked here
+
+
+def test_runner_rejects_a_method_that_is_not_layerwise(tmp_path):
+    from mrlearn.config import load_config
+    from mrlearn.layerwise.study import study_runner
+
+    cfg = load_config("unet_demo")
+    cfg.out_dir = str(tmp_path / "run")
+    with pytest.raises(MrlearnError) as err:
+        study_runner(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and "method.name" in msg and "layerwise_end_to_end" in msg
+    assert not (tmp_path / "run").exists()
