@@ -13,6 +13,7 @@ Report sections:
 from __future__ import annotations
 
 import csv
+import re
 import io
 import json
 import math
@@ -150,6 +151,42 @@ def fraction_figure(rows: list[dict[str, Any]], key: str, group: str | None):
     return fig
 
 
+def numeric_groups(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float]] | None:
+    """``("blocks", {"blocks=1": 1.0, ...})`` when every group is ``<name>=<number>`` with one name, else None."""
+    parsed = {}
+    for g in {str(r["group"]) for r in rows}:
+        m = re.fullmatch(r"(\w+)=([-+]?\d+(?:\.\d+)?)", g)
+        if m is None:
+            return None
+        parsed[g] = (m.group(1), float(m.group(2)))
+    names = {name for name, _ in parsed.values()}
+    return (names.pop(), {g: v for g, (_, v) in parsed.items()}) if len(names) == 1 else None
+
+
+def group_curve_figure(rows: list[dict[str, Any]], grid_keys: list[str], name: str, xs: dict[str, float]):
+    """PSNR and SSIM against a numeric group (e.g. ``blocks=d``), one line per arm and grid point (mean +- std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    lines = sorted({(r["arm"], *(str(r.get(k)) for k in grid_keys)) for r in rows})
+    for line in lines:
+        sel = [r for r in rows if (r["arm"], *(str(r.get(k)) for k in grid_keys)) == line]
+        groups = sorted({r["group"] for r in sel}, key=lambda g: xs[g])
+        for ax, metric in zip(axes, ("psnr", "ssim")):
+            stats = [mean_std([r[metric] for r in sel if r["group"] == g]) for g in groups]
+            ax.errorbar([xs[g] for g in groups], [st[0] for st in stats],
+                        yerr=[0 if st[1] != st[1] else st[1] for st in stats], marker="o", capsize=3, label=" ".join(line))
+    for ax, metric in zip(axes, ("PSNR (dB)", "SSIM")):
+        ax.set_xlabel(name)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
 def examples_figure(out: Path, runs: list[RunSpec]):
     """Target | input | each arm's output (first seed, first grid point) for every group in the examples."""
     import matplotlib
@@ -217,6 +254,10 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec]) -> Path:
             report.add_table(f"Paired per-slice PSNR difference against '{baseline}' (95 % CI)", diffs,
                              caption="d = PSNR(arm) - PSNR(baseline) per slice (dB; same grid point, seed, file and "
                                      "slice), Student-t interval over slices pooled over seeds.")
+    numeric = numeric_groups(rows) if rows else None
+    if numeric is not None:
+        report.add_figure(f"Metrics against {numeric[0]}", group_curve_figure(rows, grid_keys, *numeric),
+                          caption=f"mean +- std over seeds, per arm and grid point; x = {numeric[0]}")
     key = spec.summary.get("fraction_key")
     if key and rows and any(r.get(key) is not None for r in rows):
         report.add_figure("Scarce-task PSNR against the scarce fraction", fraction_figure(rows, key, spec.summary.get("scarce_task")),
