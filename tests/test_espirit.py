@@ -118,3 +118,28 @@ def test_espirit_agrees_with_bart_ecalib():
     ip = _inner(torch.from_numpy(ours), torch.from_numpy(theirs)).numpy()
     assert inside.sum() > 0.9 * (img.abs().numpy() > 0.2).sum()
     assert ip[inside].min() >= 0.95
+
+
+def test_top_eig_skip_by_frobenius_bound_and_threaded_eigh_are_exact():
+    """The Frobenius skip only drops pixels that crop removes anyway; threaded eigh equals one batched call."""
+    from mrlearn.physics.espirit import _eigh_threaded, _top_eig_cropped
+
+    gen = torch.Generator().manual_seed(3)
+    b, c, h, w = 1, 4, 6, 7
+    g = torch.randn(b, h, w, c, 2, dtype=torch.complex64, generator=gen)
+    g = g * torch.linspace(0.05, 1.0, h * w).reshape(1, h, w, 1, 1)  # eigenvalues from far below to above crop
+    gram = (g @ g.mH).permute(0, 3, 4, 1, 2).contiguous()  # PSD rank 2, [B, C, C, h, w]
+    crop = 0.8
+    vals, vecs = torch.linalg.eigh(gram.permute(0, 3, 4, 1, 2))
+    keep = vals[..., -1] >= crop
+    assert 0 < int(keep.sum()) < h * w  # both kinds of pixel present
+    vec, val = _top_eig_cropped(gram, crop)
+    assert torch.equal(val >= crop, keep)
+    assert torch.allclose(val[keep], vals[..., -1][keep], atol=1e-5)
+    top = vecs[..., -1].permute(0, 3, 1, 2)
+    overlap = (top.conj() * vec).sum(dim=1).abs()  # eigenvectors agree up to a phase where kept
+    assert torch.allclose(overlap[keep], torch.ones_like(overlap[keep]), atol=1e-5)
+    mats = gram.permute(0, 3, 4, 1, 2).reshape(-1, c, c)
+    ref_vals, ref_vecs = torch.linalg.eigh(mats)
+    t_vals, t_vecs = _eigh_threaded(mats, min_per_thread=1)
+    assert torch.equal(t_vals, ref_vals) and torch.equal(t_vecs, ref_vecs)

@@ -67,3 +67,67 @@ def test_cs_l1_wavelet_matches_bart_pics_l1(problem):
     zf = _psnr(gt, sense_adjoint(problem["kt"], problem["st"], problem["mt"])[0].numpy())
     assert _psnr(gt, theirs) > zf + 1  # the comparison is not trivial: CS improves on zero-filling
     assert abs(_psnr(gt, ours) - _psnr(gt, theirs)) < 0.2
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    """48 x 40, 4 coils, 8 ACS + ~30 % random columns, 1 % noise; BART ESPIRiT maps."""
+    from mrlearn.recon import bart
+
+    h, w, c = 48, 40, 4
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    img = ((yy / 0.85) ** 2 + (xx / 0.7) ** 2 < 1) * 1.0 - 0.6 * (((yy - 0.2) / 0.3) ** 2 + (xx / 0.25) ** 2 < 1)
+    img = img + 0.4 * (((yy + 0.35) / 0.12) ** 2 + ((xx - 0.2) / 0.2) ** 2 < 1)
+    maps = np.stack([np.exp(-((yy - 1.2 * np.sin(a)) ** 2 + (xx - 1.2 * np.cos(a)) ** 2) / 1.2 + 1j * (0.3 * i + xx))
+                     for i, a in enumerate(np.linspace(0, 2 * np.pi, c, endpoint=False))])
+    rng = np.random.default_rng(0)
+    ksp = fft2c(torch.from_numpy((maps * img).astype(np.complex64))).numpy()
+    ksp = ksp + 0.01 * np.abs(ksp).max() * (rng.standard_normal(ksp.shape) + 1j * rng.standard_normal(ksp.shape))
+    ksp = ksp.astype(np.complex64)
+    sens, _ = bart.ecalib(ksp, calib_size=16, threads=1)
+    mask = (rng.random(w) < 0.3).astype(np.float32)
+    mask[w // 2 - 4: w // 2 + 4] = 1
+    kt, mt = torch.from_numpy(ksp * mask)[None], torch.from_numpy(mask).reshape(1, 1, 1, w)
+    st = torch.from_numpy(sens)[None]
+    gt = sense_adjoint(torch.from_numpy(ksp)[None], st).abs()[0].numpy()
+    return dict(ksp=ksp * mask, sens=sens, kt=kt, mt=mt, st=st, gt=gt)
+
+
+def test_anisotropic_tv_matches_bart_pics_tv(small_problem):
+    """Ours ``anisotropic=True`` and BART ``-R T:1:0:lam -R T:2:0:lam`` solve the same objective to convergence."""
+    from mrlearn.recon import bart
+    from mrlearn.recon.cs import absolute_lambda
+    from mrlearn.recon.tv import tv_recon
+
+    p, lam = small_problem, 0.01
+    lam_abs = f"{float(absolute_lambda(p['kt'], p['mt'], p['st'], lam)[0]):.6g}"
+    ours = tv_recon(p["kt"], p["mt"], p["st"], lam=lam, max_iter=200, rho=0.1, anisotropic=True)[0].numpy()
+    theirs, _ = bart.pics(p["ksp"], p["sens"], ["-R", f"T:1:0:{lam_abs}", "-R", f"T:2:0:{lam_abs}"], 500,
+                          ["-u", "0.1"], threads=1)
+    gt = p["gt"]
+    zf = _psnr(gt, sense_adjoint(p["kt"], p["st"], p["mt"])[0].numpy())
+    assert _psnr(gt, theirs) > zf + 2  # TV clearly improves on zero-filling: the comparison is not trivial
+    assert abs(_psnr(gt, ours) - _psnr(gt, theirs)) <= 0.2
+    assert np.linalg.norm(ours - theirs) < 5e-3 * np.linalg.norm(theirs)  # same image (complex), not just PSNR
+
+
+def test_isotropic_tv_vs_bart_joint_tv(small_problem):
+    """BART ``-R T:3:0:lam``: same PSNR within 0.2 dB, and ours reaches at least as low an isotropic-TV objective.
+
+    BART 0.8's joint form plateaus above the isotropic minimum whatever ``-u`` and ``-C`` (see recon/tv.py), so
+    the images are close but not identical; the objective check shows ours is the better-converged of the two.
+    """
+    from mrlearn.recon import bart
+    from mrlearn.recon.cs import absolute_lambda
+    from mrlearn.recon.tv import tv_objective, tv_recon
+
+    p, lam = small_problem, 0.01
+    lam_abs = float(absolute_lambda(p["kt"], p["mt"], p["st"], lam)[0])
+    ours = tv_recon(p["kt"], p["mt"], p["st"], lam=lam, max_iter=200, rho=0.1)
+    theirs, _ = bart.pics(p["ksp"], p["sens"], ["-R", f"T:3:0:{lam_abs:.6g}"], 500, ["-u", "0.1"], threads=1)
+    gt = p["gt"]
+    assert abs(_psnr(gt, ours[0].numpy()) - _psnr(gt, theirs)) <= 0.2
+    args = (p["kt"].to(torch.complex128), p["mt"], p["st"].to(torch.complex128), lam_abs)
+    f_ours = float(tv_objective(ours.to(torch.complex128), *args)[0])
+    f_theirs = float(tv_objective(torch.from_numpy(theirs)[None].to(torch.complex128), *args)[0])
+    assert f_ours <= f_theirs * (1 + 1e-5)

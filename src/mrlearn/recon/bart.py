@@ -3,7 +3,7 @@
 BART stores arrays as ``name.hdr`` (dimensions, column-major) + ``name.cfl`` (interleaved complex float32).
 Our k-space ``[C, H, W]`` maps to BART dims ``[H, W, 1, C]`` (x = readout rows, y = columns, coils in dim 3),
 maps ``[C, H, W]`` to ``[H, W, 1, C, 1]``, images ``[H, W]`` to ``[H, W]``. BART's FFT is centred and unitary
-like ours for even sizes. :func:`available` says whether ``bart`` is on PATH; callers skip when it is not.
+like ours for sizes that are multiples of 4 (at 8 x 6 a sign flip was seen). :func:`available` says whether ``bart`` is on PATH; callers skip when it is not.
 """
 
 from __future__ import annotations

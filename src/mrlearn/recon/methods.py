@@ -56,9 +56,11 @@ def cs_l1_method(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_ma
 
 
 def tv_method(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
-              lam: float = 0.002, max_iter: int = 30, cg_iter: int = 10, rho: float = 0.5) -> torch.Tensor:
-    """Isotropic TV (ADMM), ``lam`` relative to ``max|A^H y|``."""
-    return tv_recon(kspace, mask, sens_maps, lam=lam, max_iter=max_iter, cg_iter=cg_iter, rho=rho)
+              lam: float = 0.002, max_iter: int = 30, cg_iter: int = 10, rho: float = 0.5,
+              anisotropic: bool = False) -> torch.Tensor:
+    """TV (ADMM; isotropic unless ``anisotropic``), ``lam`` relative to ``max|A^H y|``."""
+    return tv_recon(kspace, mask, sens_maps, lam=lam, max_iter=max_iter, cg_iter=cg_iter, rho=rho,
+                    anisotropic=anisotropic)
 
 
 #: method name -> function; the names ``mrlearn reconstruct --method`` accepts.
@@ -182,6 +184,8 @@ def cs_l1_factory(lam: float = 0.005, max_iter: int = 100, wavelet: str = "db4")
 
 
 @register("recon", "tv")
-def tv_factory(lam: float = 0.002, max_iter: int = 30, cg_iter: int = 10, rho: float = 0.5) -> SliceRecon:
-    """Isotropic TV (ADMM), ``lam`` relative to ``max|A^H y|``."""
-    return SliceRecon("tv", {"lam": lam, "max_iter": max_iter, "cg_iter": cg_iter, "rho": rho})
+def tv_factory(lam: float = 0.002, max_iter: int = 30, cg_iter: int = 10, rho: float = 0.5,
+               anisotropic: bool = False) -> SliceRecon:
+    """TV (ADMM; isotropic unless ``anisotropic``, BART ``-R T:1:0 -R T:2:0``), ``lam`` relative to ``max|A^H y|``."""
+    return SliceRecon("tv", {"lam": lam, "max_iter": max_iter, "cg_iter": cg_iter, "rho": rho,
+                             "anisotropic": bool(anisotropic)})

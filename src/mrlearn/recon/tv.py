@@ -1,9 +1,13 @@
-"""Isotropic total-variation reconstruction: ``argmin_x 1/2 ||A x - y||^2 + lam sum_p |grad x|_p`` by ADMM.
+"""Total-variation reconstruction: ``argmin_x 1/2 ||A x - y||^2 + lam sum_p |grad x|_p`` by ADMM.
 
-``grad`` = periodic forward differences along H and W (as BART's ``-R T:3:0:lam``); ``|.|_p`` is the l2 norm
-of the two differences at pixel p (isotropic). ADMM with the splitting ``z = grad x``: the x-update solves
+``grad`` = periodic forward differences along H and W (BART's ``linop_grad``). Default (isotropic): ``|.|_p`` is
+the l2 norm of the two complex differences at pixel p. ``anisotropic=True``: the sum of their moduli,
+``lam (||D_H x||_1 + ||D_W x||_1)`` -- exactly BART ``pics -R T:1:0:lam -R T:2:0:lam`` (tested to agree).
+Note: BART 0.8's joint form ``-R T:3:0:lam`` does not converge to the isotropic minimiser of this objective
+(its result has a higher isotropic objective, independent of ``-u``/``-C``); see tests/test_recon_bart.py.
+ADMM with the splitting ``z = grad x``: the x-update solves
 ``(A^H A + rho grad^H grad) x = A^H y + rho grad^H (z - u)`` by a few warm-started CG steps, the z-update is a
-joint (per-pixel) soft-threshold at ``lam / rho``.
+joint (per-pixel, isotropic) or element-wise (anisotropic) soft-threshold at ``lam / rho``.
 
 ``lam`` is relative: absolute weight = ``lam * max|A^H y|`` per sample (scale-free; ``absolute=True`` to give
 it directly). ``rho`` is dimensionless. kspace/maps ``[B, C, H, W]``, output complex ``[B, H, W]``.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from mrlearn.physics.sense import sense_adjoint, sense_normal
+from mrlearn.physics.sense import apply_mask, sense_adjoint, sense_forward, sense_normal
 from mrlearn.recon.cg import conjugate_gradient
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
 
@@ -35,10 +39,32 @@ def joint_soft_threshold(g: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
     return g * torch.clamp(1 - thresh / norm.clamp_min(1e-30), min=0)
 
 
+def soft_threshold(g: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
+    """Element-wise complex soft-threshold of ``g`` (modulus shrunk by ``thresh`` ``[B, 1, 1, 1]``)."""
+    mag = g.abs()
+    return g * torch.clamp(1 - thresh / mag.clamp_min(1e-30), min=0)
+
+
+def tv_objective(x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None,
+                 lam_abs: torch.Tensor | float, anisotropic: bool = False) -> torch.Tensor:
+    """``1/2 ||A x - y||^2 + lam_abs TV(x)`` per sample ``[B]`` (``lam_abs`` absolute, scalar or ``[B]``)."""
+    kspace = check_kspace(kspace)
+    mask = check_mask(mask, kspace)
+    maps = check_sens_maps(sens_maps, kspace)
+    res = sense_forward(x, maps, mask) - apply_mask(kspace, mask)
+    g = grad2d(x)
+    tv = g.abs().sum(dim=(1, 2, 3)) if anisotropic else torch.sqrt((g.abs() ** 2).sum(dim=1)).sum(dim=(1, 2))
+    return 0.5 * (res.abs() ** 2).sum(dim=(1, 2, 3)) + torch.as_tensor(lam_abs, dtype=tv.dtype) * tv
+
+
 def tv_recon(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
              lam: float = 0.002, max_iter: int = 30, cg_iter: int = 10, rho: float = 0.5,
-             absolute: bool = False) -> torch.Tensor:
-    """ADMM-TV image ``[B, H, W]``: ``max_iter`` outer iterations of ``cg_iter`` CG steps each."""
+             absolute: bool = False, anisotropic: bool = False) -> torch.Tensor:
+    """ADMM-TV image ``[B, H, W]``: ``max_iter`` outer iterations of ``cg_iter`` CG steps each.
+
+    ``anisotropic=False`` (default): isotropic TV; ``True``: anisotropic (l1 of each difference, BART's
+    ``-R T:1:0:lam -R T:2:0:lam``).
+    """
     kspace = check_kspace(kspace)
     mask = check_mask(mask, kspace)
     maps = check_sens_maps(sens_maps, kspace)
@@ -49,12 +75,13 @@ def tv_recon(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: 
     def normal(x: torch.Tensor) -> torch.Tensor:
         return sense_normal(x, maps, mask) + rho * grad2d_adjoint(grad2d(x))
 
+    shrink = soft_threshold if anisotropic else joint_soft_threshold
     x = torch.zeros_like(rhs)
     z = torch.zeros(rhs.shape[0], 2, *rhs.shape[-2:], dtype=rhs.dtype, device=rhs.device)
     u = torch.zeros_like(z)
     for _ in range(int(max_iter)):
         x = conjugate_gradient(normal, rhs + rho * grad2d_adjoint(z - u), x0=x, max_iter=cg_iter)
         gx = grad2d(x)
-        z = joint_soft_threshold(gx + u, thresh)
+        z = shrink(gx + u, thresh)
         u = u + gx - z
     return x
