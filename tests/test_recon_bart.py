@@ -22,11 +22,11 @@ def _psnr(gt: np.ndarray, x: np.ndarray) -> float:
     return float(10 * np.log10(gt.max() ** 2 / np.mean((x - gt) ** 2)))
 
 
-@pytest.fixture(scope="module")
-def problem():
+def _phantom_problem(h: int, w: int, c: int, noise: float, calib: int, density: float, acs: int) -> dict:
+    """Ellipse phantom x smooth complex coil profiles, complex Gaussian noise (``noise`` x max |k|), BART ESPIRiT
+    maps, a column mask with ``acs`` centre columns plus random columns of the given density (seeded)."""
     from mrlearn.recon import bart
 
-    h, w, c = 64, 48, 6
     yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     img = ((yy / 0.85) ** 2 + (xx / 0.7) ** 2 < 1) * 1.0 - 0.6 * (((yy - 0.2) / 0.3) ** 2 + (xx / 0.25) ** 2 < 1)
     img = img + 0.4 * (((yy + 0.35) / 0.12) ** 2 + ((xx - 0.2) / 0.2) ** 2 < 1)
@@ -34,14 +34,21 @@ def problem():
                      for i, a in enumerate(np.linspace(0, 2 * np.pi, c, endpoint=False))])
     rng = np.random.default_rng(0)
     ksp = fft2c(torch.from_numpy((maps * img).astype(np.complex64))).numpy()
-    ksp = (ksp + 0.003 * np.abs(ksp).max() * (rng.standard_normal(ksp.shape) + 1j * rng.standard_normal(ksp.shape)))
+    ksp = ksp + noise * np.abs(ksp).max() * (rng.standard_normal(ksp.shape) + 1j * rng.standard_normal(ksp.shape))
     ksp = ksp.astype(np.complex64)
-    sens, _ = bart.ecalib(ksp, calib_size=20, threads=1)
-    mask = (rng.random(w) < 0.25).astype(np.float32)
-    mask[w // 2 - 5: w // 2 + 5] = 1
-    kt, mt, st = torch.from_numpy(ksp * mask)[None], torch.from_numpy(mask).reshape(1, 1, 1, w), torch.from_numpy(sens)[None]
+    sens, _ = bart.ecalib(ksp, calib_size=calib, threads=1)
+    mask = (rng.random(w) < density).astype(np.float32)
+    mask[w // 2 - acs // 2: w // 2 + acs // 2] = 1
+    kt, mt = torch.from_numpy(ksp * mask)[None], torch.from_numpy(mask).reshape(1, 1, 1, w)
+    st = torch.from_numpy(sens)[None]
     gt = sense_adjoint(torch.from_numpy(ksp)[None], st).abs()[0].numpy()
     return dict(ksp=ksp * mask, sens=sens, kt=kt, mt=mt, st=st, gt=gt)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """64 x 48, 6 coils, 10 ACS + ~25 % random columns, 0.3 % noise."""
+    return _phantom_problem(64, 48, 6, noise=0.003, calib=20, density=0.25, acs=10)
 
 
 def test_cg_sense_matches_bart_pics_l2(problem):
@@ -71,26 +78,8 @@ def test_cs_l1_wavelet_matches_bart_pics_l1(problem):
 
 @pytest.fixture(scope="module")
 def small_problem():
-    """48 x 40, 4 coils, 8 ACS + ~30 % random columns, 1 % noise; BART ESPIRiT maps."""
-    from mrlearn.recon import bart
-
-    h, w, c = 48, 40, 4
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    img = ((yy / 0.85) ** 2 + (xx / 0.7) ** 2 < 1) * 1.0 - 0.6 * (((yy - 0.2) / 0.3) ** 2 + (xx / 0.25) ** 2 < 1)
-    img = img + 0.4 * (((yy + 0.35) / 0.12) ** 2 + ((xx - 0.2) / 0.2) ** 2 < 1)
-    maps = np.stack([np.exp(-((yy - 1.2 * np.sin(a)) ** 2 + (xx - 1.2 * np.cos(a)) ** 2) / 1.2 + 1j * (0.3 * i + xx))
-                     for i, a in enumerate(np.linspace(0, 2 * np.pi, c, endpoint=False))])
-    rng = np.random.default_rng(0)
-    ksp = fft2c(torch.from_numpy((maps * img).astype(np.complex64))).numpy()
-    ksp = ksp + 0.01 * np.abs(ksp).max() * (rng.standard_normal(ksp.shape) + 1j * rng.standard_normal(ksp.shape))
-    ksp = ksp.astype(np.complex64)
-    sens, _ = bart.ecalib(ksp, calib_size=16, threads=1)
-    mask = (rng.random(w) < 0.3).astype(np.float32)
-    mask[w // 2 - 4: w // 2 + 4] = 1
-    kt, mt = torch.from_numpy(ksp * mask)[None], torch.from_numpy(mask).reshape(1, 1, 1, w)
-    st = torch.from_numpy(sens)[None]
-    gt = sense_adjoint(torch.from_numpy(ksp)[None], st).abs()[0].numpy()
-    return dict(ksp=ksp * mask, sens=sens, kt=kt, mt=mt, st=st, gt=gt)
+    """48 x 40, 4 coils, 8 ACS + ~30 % random columns, 1 % noise."""
+    return _phantom_problem(48, 40, 4, noise=0.01, calib=16, density=0.3, acs=8)
 
 
 def test_anisotropic_tv_matches_bart_pics_tv(small_problem):
