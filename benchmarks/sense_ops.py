@@ -1,6 +1,6 @@
 """Benchmark: SENSE forward + adjoint pairs per second (``mrlearn.physics.sense``).
 
-One pair = ``sense_forward`` (image -> masked coil k-space) then ``sense_adjoint`` (back to one image), complex64,
+One pair = ``SenseOperator.forward`` (image -> masked coil k-space) then ``.adjoint`` (back to one image), complex64,
 for ``--coils`` (default 15) coils at ``--height`` x ``--width`` (default 640 x 368, fastMRI knee raw size), batch
 ``--batch`` (default 1), with a fastMRI random column mask (4x, centre fraction 0.08). Prints pairs/s, ms per pair
 and the implied coil-image FFT throughput, on CPU and, when available, on CUDA (timed with synchronisation).
@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
-from mrlearn.physics.masks import build_mask_func
-from mrlearn.physics.sense import sense_adjoint, sense_forward
+from mrlearn.physics.masks import RandomMaskFunc
+from mrlearn.physics.sense import SenseOperator
 
 
 def _data(batch: int, coils: int, h: int, w: int, device: torch.device):
@@ -30,8 +29,7 @@ def _data(batch: int, coils: int, h: int, w: int, device: torch.device):
     image = crandn(batch, h, w)
     maps = crandn(batch, coils, h, w)
     maps = maps / torch.sqrt((maps.abs() ** 2).sum(dim=1, keepdim=True))  # sum_c |S_c|^2 = 1
-    mask_np = build_mask_func("random", [4], [0.08])((h, w), np.random.default_rng(0))
-    mask = torch.from_numpy(mask_np).reshape(1, 1, 1, w).to(device)
+    mask = RandomMaskFunc([0.08], [4])((h, w), seed=0)[0].reshape(1, 1, 1, w).to(device)
     return image, maps, mask
 
 
@@ -42,13 +40,14 @@ def _sync(device: torch.device) -> None:
 
 def bench(device: torch.device, batch: int, coils: int, h: int, w: int, seconds: float) -> dict[str, float]:
     image, maps, mask = _data(batch, coils, h, w, device)
+    op = SenseOperator(maps, mask)
     with torch.no_grad():
         for _ in range(3):  # warm-up (FFT plans, allocator)
-            out = sense_adjoint(sense_forward(image, maps, mask), maps, mask)
+            out = op.adjoint(op.forward(image))
         _sync(device)
         n, t0 = 0, time.perf_counter()
         while True:
-            out = sense_adjoint(sense_forward(image, maps, mask), maps, mask)
+            out = op.adjoint(op.forward(image))
             n += 1
             if n % 5 == 0:
                 _sync(device)

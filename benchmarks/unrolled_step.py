@@ -51,7 +51,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from mrlearn.models.unrolled import UnrolledNet
-    from mrlearn.physics.sense import sense_forward
+    from mrlearn.physics.sense import SenseOperator
 
     dev = torch.device(args.device)
     if args.threads:
@@ -70,7 +70,7 @@ def child(args: argparse.Namespace) -> None:
     mask = (torch.rand(b, 1, 1, w, generator=g) < 0.2).float()
     mask[..., w // 2 - max(1, round(0.04 * w)) : w // 2 + max(1, round(0.04 * w))] = 1
     mask = mask.to(dev)
-    kspace = sense_forward(target.to(torch.complex64), maps, mask)
+    kspace = SenseOperator(maps, mask).forward(target.to(torch.complex64))
     given = None if (opts.get("sens_refine") or opts.get("maps", "given") != "given") else maps
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 

@@ -11,7 +11,7 @@ from helpers_data import rss_target
 from helpers_training import TINY_SET, tiny_dataset
 from mrlearn.cli import main
 from mrlearn.data.fastmri import read_kspace, read_reconstruction, write_volume
-from mrlearn.physics.masks import build_mask_func, fixed_mask
+from mrlearn.physics.masks import EquiSpacedMaskFunc, file_seed
 
 pytest.importorskip("mrlearn.evaluation.metrics")
 
@@ -81,12 +81,12 @@ def test_reconstruct_uses_the_file_mask_or_a_fixed_retrospective_mask(data, tmp_
     own[14:18] = 1
     folder = tmp_path / "masked"
     write_volume(folder / "with_mask.h5", k * own, acquisition="PD", mask=own, attrs={"acceleration": 3, "num_low_frequency": 4})
-    assert main(["reconstruct", "--method", "zero_filled", "--data", str(folder), "--out", str(tmp_path / "a")]) == 0
+    assert main(["reconstruct", "--method", "zero-filled", "--data", str(folder), "--out", str(tmp_path / "a")]) == 0
     assert np.allclose(read_reconstruction(tmp_path / "a" / "with_mask.h5"), rss_target(k * own), rtol=1e-4, atol=1e-6)
     # fully sampled file: retrospective mask fixed by the file name
-    assert main(["reconstruct", "--method", "zero_filled", "--data", str(src), "--out", str(tmp_path / "b"),
+    assert main(["reconstruct", "--method", "zero-filled", "--data", str(src), "--out", str(tmp_path / "b"),
                  "--mask-type", "equispaced", "--acceleration", "4", "--center-fraction", "0.1"]) == 0
-    m = fixed_mask(build_mask_func("equispaced", [4], [0.1]), k.shape[-2:], src.name).reshape(-1)
+    m = EquiSpacedMaskFunc([0.1], [4])(k.shape[-2:], seed=file_seed(src.name))[0].numpy().reshape(-1)
     assert np.allclose(read_reconstruction(tmp_path / "b" / src.name), rss_target(k * m), rtol=1e-4, atol=1e-6)
 
 
@@ -97,7 +97,7 @@ def test_reconstruct_uses_the_file_mask_or_a_fixed_retrospective_mask(data, tmp_
     (["--batch-size", "0"], "--batch-size: 0 is below 1"),
 ])
 def test_reconstruct_option_errors(extra, fragment, data, tmp_path, capsys):
-    assert main(["reconstruct", "--method", "zero_filled", "--data", str(data / "test"), "--out", str(tmp_path), *extra]) == 2
+    assert main(["reconstruct", "--method", "zero-filled", "--data", str(data / "test"), "--out", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and "\n" not in err
 
@@ -106,7 +106,7 @@ def test_reconstruct_missing_checkpoint_or_data(tmp_path, data, capsys):
     assert main(["reconstruct", "--checkpoint", str(tmp_path / "x.ckpt"), "--config", "unet_demo", "--data", str(data / "test"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    assert main(["reconstruct", "--method", "zero_filled", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["reconstruct", "--method", "zero-filled", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["reconstruct", "--method", "magic", "--data", str(data / "test"), "--out", str(tmp_path / "o")]) == 2
     assert "unknown recon 'magic'" in capsys.readouterr().err

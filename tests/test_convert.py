@@ -26,17 +26,17 @@ def _crandn(shape, seed=0):
 
 
 def test_axis_mapping_with_slice_dim(tmp_path):
-    # BART [X=6, Y=5, 1, C=3, 1 x 9, S=2]: slices at dim 13
-    b = _crandn((6, 5, 1, 3) + (1,) * 9 + (2,))
+    # BART [X=10, Y=9, 1, C=3, 1 x 9, S=2]: slices at dim 13
+    b = _crandn((10, 9, 1, 3) + (1,) * 9 + (2,))
     write_cfl(tmp_path / "k", b)
     p = bart_to_fastmri(tmp_path / "k", tmp_path / "k.h5", acquisition="AXT1")
     k = read_kspace(p)
-    assert k.shape == (2, 3, 6, 5)
+    assert k.shape == (2, 3, 10, 9)
     for s in range(2):
         for c in range(3):
             np.testing.assert_array_equal(k[s, c], b[:, :, 0, c, 0, 0, 0, 0, 0, 0, 0, 0, 0, s])
     info = read_volume_info(p)
-    assert info.acquisition == "AXT1" and info.recon_size == (6, 5) and info.padding is None
+    assert info.acquisition == "AXT1" and info.recon_size == (10, 9) and info.padding is None
     ref = rss_target(k)
     np.testing.assert_allclose(read_target(p), ref, rtol=1e-4, atol=1e-5 * ref.max())
 
@@ -126,8 +126,8 @@ def test_cli_folder_round_trip_pairs_maps(tmp_path, capsys):
 
 
 def test_first_espirit_map_set_is_kept(tmp_path):
-    write_cfl(tmp_path / "k", _crandn((8, 6, 1, 2)))
-    m = _crandn((8, 6, 1, 2, 2), seed=2)  # two ESPIRiT map sets in BART dim 4
+    write_cfl(tmp_path / "k", _crandn((10, 8, 1, 2)))
+    m = _crandn((10, 8, 1, 2, 2), seed=2)  # two ESPIRiT map sets in BART dim 4
     write_cfl(tmp_path / "m", m)
     p = bart_to_fastmri(tmp_path / "k", tmp_path / "o.h5", maps_path=tmp_path / "m")
     np.testing.assert_array_equal(read_sens_maps(p)[0], np.transpose(m[:, :, 0, :, 0], (2, 0, 1)))
@@ -143,17 +143,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_bad_bart_inputs(tmp_path):
-    write_cfl(tmp_path / "k3d", _crandn((8, 6, 4, 2)))  # 3-D k-space
-    with pytest.raises(MrlearnError, match="3-D"):
-        bart_to_fastmri(tmp_path / "k3d", tmp_path / "o.h5")
-    write_cfl(tmp_path / "te", _crandn((8, 6, 1, 2, 1, 3)))  # echoes in dim 5
-    with pytest.raises(MrlearnError, match=r"extra BART dims \[5\]"):
+    write_cfl(tmp_path / "slab", _crandn((10, 8, 4, 2) + (1,) * 9 + (3,)))  # dim 2 and slices both used
+    with pytest.raises(MrlearnError, match=r"dim 2 and 3 slices in dim 13; convert one slab at a time \(e.g. `bart slice 13 0"):
+        bart_to_fastmri(tmp_path / "slab", tmp_path / "o.h5")
+    write_cfl(tmp_path / "te", _crandn((10, 8, 1, 2, 1, 3)))  # echoes in dim 5
+    with pytest.raises(MrlearnError, match=r"extra BART dims \[5\] with sizes \[3\]; select one entry of each first \(e.g. `bart slice 5 0"):
         bart_to_fastmri(tmp_path / "te", tmp_path / "o.h5")
-    write_cfl(tmp_path / "k", _crandn((8, 6, 1, 2)))
-    write_cfl(tmp_path / "m", _crandn((8, 6, 1, 3)))
+    write_cfl(tmp_path / "k", _crandn((10, 8, 1, 2)))
+    write_cfl(tmp_path / "m", _crandn((10, 8, 1, 3)))
     with pytest.raises(MrlearnError, match="maps have shape"):
         bart_to_fastmri(tmp_path / "k", tmp_path / "o.h5", maps_path=tmp_path / "m")
-    bad = _crandn((8, 6, 1, 2))
+    bad = _crandn((10, 8, 1, 2))
     bad[0, 0, 0, 1] = np.nan
     write_cfl(tmp_path / "nan", bad)
     with pytest.raises(MrlearnError, match="NaN"):

@@ -1,5 +1,6 @@
 """SliceDataset: volume-level splits, contrast filter, nested seeded subsets, lazy bounded file access."""
 
+import gc
 import os
 import pickle
 from pathlib import Path
@@ -131,6 +132,7 @@ def test_nested_subset_is_prefix_of_one_order():
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 @pytest.mark.parametrize("max_open", [0, 2])
 def test_handles_stay_bounded(root, max_open):
+    gc.collect()  # datasets of earlier tests close their handles when collected: count only this test's
     before = _open_h5_fds()
     ds = SliceDataset(root, max_open_files=max_open)
     order = np.random.default_rng(0).integers(0, len(ds), 300)

@@ -45,9 +45,15 @@ def _make(tmp_path, specs, pad=((0, 0), (0, 0), (0, 0))):
     return tdir, pdir, arrays
 
 
-def _reference(t, p):
-    """fastMRI's evaluation written with numpy/skimage directly."""
+def _reference(t, p, square=True):
+    """fastMRI's evaluation written with numpy/skimage directly (``t``, ``p`` of the same size, uncropped).
+
+    fastMRI's evaluate.py crops target and prediction to (w, w), w the target's width, from row (h - w) // 2.
+    """
     t64, p64 = t.astype(np.float64), p.astype(np.float64)
+    h, w = t.shape[-2:]
+    if square and h > w:
+        t64, p64 = t64[:, (h - w) // 2:(h - w) // 2 + w], p64[:, (h - w) // 2:(h - w) // 2 + w]
     vmax = t64.max()
     return {
         "nmse": np.linalg.norm(t64 - p64) ** 2 / np.linalg.norm(t64) ** 2,
@@ -86,6 +92,24 @@ def test_evaluate_folders_matches_reference_and_writes_outputs(tmp_path, capsys)
     mean_all = next(r for r in rows if r["volume"] == "mean" and r["acquisition"] == "all")
     assert float(mean_all["ssim"]) == pytest.approx(np.mean(all_ssim), rel=1e-6)
     assert not list(out.glob("*.tmp"))
+    assert report["square_crop"] is True
+
+
+def test_square_crop_is_fastmri_default_and_optional(tmp_path):
+    """A 20 x 18 target is scored on its central 18 x 18 (as fastMRI); --no-square-crop scores it whole."""
+    tdir, pdir, arrays = _make(tmp_path, [("a.h5", "PD", 0.05)])
+    (t, p), = arrays.values()
+    assert t.shape[-2:] == (20, 18)
+    cropped = evaluate_folders(tdir, pdir, tmp_path / "o1")["rows"][0]
+    assert main(["evaluate", "--target", str(tdir), "--pred", str(pdir), "--out", str(tmp_path / "o2"),
+                 "--no-square-crop"]) == 0
+    whole = json.loads((tmp_path / "o2" / "metrics.json").read_text())["volumes"][0]
+    for m in ("nmse", "psnr", "ssim"):
+        assert cropped[m] == pytest.approx(_reference(t, p)[m], rel=1e-6, abs=1e-7)
+        assert whole[m] == pytest.approx(_reference(t, p, square=False)[m], rel=1e-6, abs=1e-7)
+    assert cropped["psnr"] != pytest.approx(whole["psnr"], rel=1e-4)
+    wide = np.ones((1, 8, 12))  # wider than tall: kept whole (fastMRI's script cannot crop it to (12, 12))
+    assert evaluate_volumes([("w", wide, wide * 0.5)])[0]["slices"] == 1
 
 
 def test_contrast_filter_and_missing_predictions(tmp_path, capsys):
@@ -131,6 +155,9 @@ def test_prediction_is_cropped_about_the_centre():
     t = np.arange(2 * 6 * 7, dtype=np.float64).reshape(2, 6, 7)
     big = np.pad(t, ((0, 0), (1, 2), (3, 3)), constant_values=-1)  # offset (9 - 6) // 2 = 1 as fastMRI
     np.testing.assert_array_equal(match_prediction(t, big), t)
+    t = np.arange(2 * 5 * 7, dtype=np.float64).reshape(2, 5, 7)
+    big = np.pad(t, ((0, 0), (2, 3), (1, 2)), constant_values=-1)  # 10 -> 5 rows: from (10 - 5) // 2 = 2, not 3
+    np.testing.assert_array_equal(match_prediction(t, big), t)
 
 
 @pytest.mark.parametrize("case,match", [
@@ -143,7 +170,7 @@ def test_shape_and_value_errors(tmp_path, case, match):
     pdir = tmp_path / "p"
     t = _target(0)
     _write_target(tdir / "x.h5", t, "PD")
-    p = {"slices": t[:2], "smaller": t[:, 1:, :], "nan": np.where(t > 0.5, np.nan, t)}[case]
+    p = {"slices": t[:2], "smaller": t[:, :, 1:], "nan": np.where(t > 0.5, np.nan, t)}[case]
     write_reconstruction(pdir / "x.h5", p)
     with pytest.raises(MrlearnError, match=match) as exc:
         evaluate_folders(tdir, pdir, tmp_path / "o")

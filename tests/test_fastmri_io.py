@@ -124,6 +124,31 @@ def test_test_file_with_mask(tmp_path):
     assert s["mask"].dtype == np.float32 and s["target"] is None
 
 
+@pytest.mark.parametrize("per_slice", [False, True])
+def test_file_with_2d_mask(tmp_path, per_slice):
+    from mrlearn.data.dataset import SliceDataset
+    from mrlearn.data.transforms import ReconTransform
+
+    k = make_kspace(2, 3, 16, 12, seed=3)
+    rng = np.random.default_rng(0)
+    masks = rng.random((2, 16, 12)) < 0.4
+    masks[:, 6:10, 4:8] = True  # calibration box
+    if not per_slice:
+        masks[1] = masks[0]
+    stored = masks if per_slice else masks[0]
+    p = write_volume(tmp_path / "t.h5", k * masks[:, None], acquisition="PD", mask=stored, attrs={"acceleration": 2.5})
+    info = read_volume_info(p)
+    assert info.mask_shape == ((2, 16, 12) if per_slice else (16, 12))
+    ds = SliceDataset(p)
+    for i in range(2):
+        s = ds[i]
+        assert s["mask"].shape == (16, 12) and s["mask"].dtype == np.float32
+        np.testing.assert_array_equal(s["mask"], masks[i].astype(np.float32))
+        np.testing.assert_array_equal(s["kspace"] * s["mask"], s["kspace"])  # masked k-space and mask agree
+        out = ReconTransform(None, keep_kspace=True)(s, i, 0)
+        np.testing.assert_array_equal(np.asarray(out["mask"]).reshape(16, 12), masks[i].astype(np.float32))
+
+
 def test_submission_round_trip(tmp_path):
     recon = np.random.default_rng(0).random((3, 8, 6)).astype(np.float32)
     p = write_reconstruction(tmp_path / "sub" / "r.h5", recon)

@@ -55,7 +55,7 @@ def test_single_coil_uses_no_maps():
     t = SenseTransform(_mask(POISSON), seed=0, train=True)
     o = t({"kspace": k, "fname": "s.h5", "slice": 0, "single_coil": True})
     full = torch.complex(o["target_complex"][0], o["target_complex"][1]) * o["std"]
-    img = sense_adjoint(torch.from_numpy(k), None)[0]
+    img = sense_adjoint(torch.from_numpy(k), None)  # [1, H, W]: one coil -> [H, W]
     assert torch.allclose(full, img, atol=1e-5 * float(img.abs().max()))
 
 

@@ -1,12 +1,19 @@
-"""fastMRI metrics: closed forms for NMSE/PSNR, SSIM equal to skimage's, and the differentiable SSIM loss."""
+"""fastMRI metrics: closed forms for NMSE/PSNR, SSIM equal to skimage's, the per-volume scorer, the SSIM loss."""
 
 import numpy as np
 import pytest
 import torch
-from skimage.metrics import structural_similarity
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from mrlearn.errors import MrlearnError
-from mrlearn.evaluation.metrics import SSIMLoss, nmse, psnr, slice_ssim, ssim, volume_metrics
+from mrlearn.evaluation.metrics import SSIMLoss, nmse, psnr, slice_ssim, ssim
+from mrlearn.evaluation.scoring import (
+    VolumeCollector,
+    mean_metrics,
+    slice_metrics,
+    summarise_volumes,
+    volume_metrics,
+)
 
 
 def _image_like(shape, seed=0):
@@ -78,8 +85,48 @@ def test_ssim_with_explicit_maxval_and_single_slice():
     rng = np.random.default_rng(5)
     gt, pred = rng.random((30, 26)), rng.random((30, 26))
     assert abs(ssim(gt, pred, maxval=3.0) - structural_similarity(gt, pred, data_range=3.0)) < 1e-6
-    vm = volume_metrics(gt[None], pred[None])
-    assert set(vm) == {"nmse", "psnr", "ssim"}
+
+
+def test_volume_and_slice_metrics_equal_skimage_with_the_volume_max():
+    gt = _image_like((4, 40, 34), seed=8)
+    gt[2] *= 3.0  # one bright slice: the volume max differs from every other slice's max
+    pred = gt + 0.05 * np.random.default_rng(9).standard_normal(gt.shape)
+    vmax = gt.max()
+    vm = volume_metrics(gt.astype(np.float32), pred.astype(np.float32))
+    assert list(vm) == ["nmse", "psnr", "ssim"]
+    g32, p32 = gt.astype(np.float32).astype(np.float64), pred.astype(np.float32).astype(np.float64)
+    assert vm["psnr"] == pytest.approx(peak_signal_noise_ratio(g32, p32, data_range=g32.max()), abs=1e-9)
+    ref_ssim = np.mean([structural_similarity(g, p, data_range=g32.max()) for g, p in zip(g32, p32)])
+    assert vm["ssim"] == pytest.approx(ref_ssim, abs=1e-9)
+    assert vm["nmse"] == pytest.approx(np.sum((g32 - p32) ** 2) / np.sum(g32**2), rel=1e-12)
+    rows = slice_metrics(gt, pred)
+    for g, p, row in zip(gt, pred, rows):
+        assert row["psnr"] == pytest.approx(peak_signal_noise_ratio(g, p, data_range=vmax), abs=1e-9)
+        assert row["ssim"] == pytest.approx(structural_similarity(g, p, data_range=vmax), abs=1e-9)
+        assert row["nmse"] == pytest.approx(np.sum((g - p) ** 2) / np.sum(g**2), rel=1e-12)
+
+
+def test_volume_collector_scores_each_volume_in_slice_order_once_complete():
+    vols = {"a.h5": _image_like((3, 20, 18), seed=1), "b.h5": _image_like((2, 20, 18), seed=2)}
+    preds = {k: v + 0.1 * np.random.default_rng(3).random(v.shape) for k, v in vols.items()}
+    c = VolumeCollector({"a.h5": 3}, slice_rows=True, examples=1, group="g")
+    for s in (2, 0):  # out of order
+        c.add("a.h5", s, preds["a.h5"][s], vols["a.h5"][s], 2 * vols["a.h5"][s])
+    assert not c.results
+    c.add("a.h5", 1, torch.from_numpy(preds["a.h5"][1]), torch.from_numpy(vols["a.h5"][1]), 2 * vols["a.h5"][1])
+    assert set(c.results) == {"a.h5"}  # complete: scored at once
+    for s in range(2):
+        c.add("b.h5", s, preds["b.h5"][s], vols["b.h5"][s])
+    results = c.finish()
+    for k in vols:
+        expect = volume_metrics(vols[k].astype(np.float32), preds[k].astype(np.float32))
+        assert results[k] == pytest.approx(expect, rel=1e-12)
+    rows = [(r["fname"], r["slice"], r["group"]) for r in c.slices]
+    assert rows == [("a.h5", 0, "g"), ("a.h5", 1, "g"), ("a.h5", 2, "g"), ("b.h5", 0, "g"), ("b.h5", 1, "g")]
+    assert list(c.examples) == ["a.h5"] and np.allclose(c.examples["a.h5"]["input"], 2 * vols["a.h5"][1])
+    summary = summarise_volumes(results)
+    assert summary["psnr"] == pytest.approx((results["a.h5"]["psnr"] + results["b.h5"]["psnr"]) / 2)
+    assert mean_metrics(results.values())["volumes"] == 2 and mean_metrics([]) == {}
 
 
 def test_metric_input_errors():

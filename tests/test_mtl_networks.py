@@ -125,3 +125,39 @@ def test_bad_options_raise_one_line_errors():
         m = MultiTaskUnrolled(num_tasks=2, sharing="all", **SMALL)
         k, mask = _data()
         m(k, mask, None, torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("dc", ["gradient", "cg"])
+@pytest.mark.parametrize("coils", [1, 2])
+def test_each_task_is_the_unrolled_network_of_its_cascades(dc, coils):
+    """Composition: task t of an unshared multi-task network equals models.unrolled.UnrolledNet with task t's weights."""
+    from mrlearn.models.unrolled import UnrolledNet
+
+    torch.manual_seed(4)
+    m = MultiTaskUnrolled(num_tasks=2, sharing="none", dc=dc, multicoil=coils > 1, **SMALL)
+    k, mask = _data(b=2, c=coils)
+    task = torch.tensor([1, 0])
+    with torch.no_grad():
+        out = m(k, mask, None, task)
+    for t in (0, 1):
+        single = UnrolledNet(cascades=4, dc=dc, share_weights=False, chans=4, num_blocks=1, multicoil=coils > 1,
+                             maps="acs")
+        state = {}
+        for i in range(4):
+            state.update({f"cascades.{i}.regulariser.{k_}": v for k_, v in m.regs[i][t].net.state_dict().items()})
+            state.update({f"cascades.{i}.dc.{k_}": v for k_, v in m.dcs[i][t].state_dict().items()})
+        single.load_state_dict(state)
+        idx = torch.nonzero(task == t).flatten()
+        with torch.no_grad():
+            ref = single(k[idx], mask[idx], None)
+        assert torch.equal(out[idx], ref)
+
+
+def test_single_coil_kspace_keeps_its_coil_axis():
+    torch.manual_seed(5)
+    m = MultiTaskUnrolled(num_tasks=2, sharing="early", split=2, multicoil=False, **SMALL)
+    k, mask = _data(b=3, c=1)
+    out = m(k, mask, None, torch.tensor([0, 1, 1]))
+    assert out.shape == (3, 16, 16) and torch.isfinite(out).all()
+    with pytest.raises(MrlearnError, match="model.multicoil"):
+        m(torch.cat([k, k], dim=1), mask, None, torch.tensor([0, 1, 1]))

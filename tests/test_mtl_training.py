@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -43,7 +44,7 @@ def test_study_of_mtl_arms_runs_and_reruns_identically(tmp_path, data):
     out = run_study(load_study(_study(tmp_path, data, arms)), tmp_path / "out", log=lambda s: None)
     rows = list(csv.DictReader(open(out / "study.csv")))
     assert {(r["arm"], r["group"]) for r in rows} == {("stl", "pd"), ("stl", "scarce"), ("mgda", "pd"), ("mgda", "scarce")}
-    assert all(10 < float(r["psnr"]) < 60 and 0 < float(r["ssim"]) <= 1 for r in rows)
+    assert all(np.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1 for r in rows)  # 3 steps: bookkeeping only
     mgda = out / "runs" / "mgda__seed0"
     metrics = json.loads((mgda / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["train_sizes"] == {"pd": 4, "scarce": 1}
@@ -125,10 +126,29 @@ def test_knee_study_on_single_slice_320_volumes_without_header(tmp_path):
             write_volume(root / f"{acq}_{i}.h5", kspace, target=target, acquisition=acq)
     spec = load_study("mtl_knee_fastmri", [f"data.root={root}", "data.num_workers=0", "model.cascades=2",
                                            "model.chans=2", "model.num_pools=1", "trainer.max_steps=2",
-                                           "trainer.accelerator=cpu", "trainer.val_every=100"])
+                                           "trainer.accelerator=cpu", "trainer.val_every=100",
+                                           "tasks.tasks.0.slice_count=1", "tasks.tasks.1.slice_count=1"])
     spec.seeds, spec.grid = [0], {}
     spec.arms = {"mtl_dwa_early": {"model.sharing": "early", "model.split": 1}}
     out = run_study(spec, tmp_path / "out", log=lambda s: None)
     rows = list(csv.DictReader(open(out / "study.csv")))
     assert {r["group"] for r in rows} == {"pd", "scarce"} and len(rows) == 2
     assert all(np.isfinite(float(r["psnr"])) for r in rows)
+
+
+def test_multitask_training_beats_zero_filled_on_every_task(tmp_path, data):
+    """A learned method must improve on its input: every task's test PSNR beats the zero-filled input by 0.5 dB."""
+    from mrlearn.config import load_config
+    from mrlearn.mtl.train import train_mtl
+
+    cfg = load_config("mtl_tiny", [f"data.root={data}", *TINY, "trainer.max_steps=60", "trainer.val_every=10",
+                                   "tasks.weighting=equal", "optim.lr=0.003", f"out_dir={tmp_path / 'run'}"])
+    outcome = train_mtl(cfg)
+    zf = outcome.extra["zero_filled"]
+    assert set(outcome.groups) == set(zf) == {"pd", "scarce"}
+    for task, m in outcome.groups.items():
+        assert m["psnr"] > zf[task]["psnr"] + 0.5, (task, m["psnr"], zf[task]["psnr"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["selected"] == "best" and metrics["best_step"] is not None
+    # shuffled: an epoch is the 5 training slices (pd 4, scarce 1) in 3 batches, so 60 steps = 20 epochs
+    assert metrics["samples_per_task"] == {"pd": 80, "scarce": 20}

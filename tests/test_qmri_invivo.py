@@ -85,8 +85,8 @@ def _write(path, arr):
 
 @pytest.mark.parametrize("case,match", [
     ("bvals_count", "9 b-values for 10 volumes"),
-    ("nan", "NaN"),
-    ("negative", "negative signal"),
+    ("nan", "cannot be fitted (NaN/inf first)"),
+    ("negative", "cannot be fitted (negative first)"),
     ("empty_mask", "mask is empty"),
     ("three_d", "expected a 4-D image"),
     ("mask_shape", "mask shape"),
@@ -95,6 +95,8 @@ def _write(path, arr):
     ("net_without_model", "--model"),
     ("net_wrong_protocol", "differ from the network"),
     ("bad_sigma", "--sigma"),
+    ("si_units", "look like s/m^2"),
+    ("bad_bounds", "--bounds"),
 ])
 def test_fit_input_errors_are_one_line(dwi_case, case, match, capsys):
     d, _, mask = dwi_case
@@ -109,6 +111,7 @@ def test_fit_input_errors_are_one_line(dwi_case, case, match, capsys):
         bad[2, 2, 0, 3] = np.nan if case == "nan" else -4.0
         _write(d / "bad.nii.gz", bad)
         args["--dwi"] = d / "bad.nii.gz"
+        extra = ["--bad-voxels", "error"]
     elif case == "empty_mask":
         _write(d / "m0.nii.gz", np.zeros(mask.shape))
         args["--mask"] = d / "m0.nii.gz"
@@ -130,6 +133,11 @@ def test_fit_input_errors_are_one_line(dwi_case, case, match, capsys):
         extra = ["--method", "net", "--model", str(d / "n.pt")]
     elif case == "bad_sigma":
         extra = ["--sigma", "-1"]
+    elif case == "si_units":
+        (d / "b_si.txt").write_text(" ".join(str(b * 1e6) for b in BV))
+        args["--bvals"] = d / "b_si.txt"
+    elif case == "bad_bounds":
+        extra = ["--bounds", "f=0.5:0.1"]
     argv = ["qmri", "fit", "--out", str(d / "o")] + [x for k, v in args.items() for x in (k, str(v))] + extra
     rc = main(argv)
     err = capsys.readouterr().err.strip()

@@ -18,15 +18,28 @@ def _hpd(b: int, n: int, cond: list[float], gen: torch.Generator) -> torch.Tenso
 
 
 def test_cg_solves_batched_hpd_systems_with_per_sample_steps():
+    """Per-sample steps: three systems of condition 1, 10, 100 solved in one batch to rounding level.
+
+    Tolerances follow the conditioning, not one CPU's rounding: in floating point CG loses the finite-termination
+    property (n steps) but reaches a relative error of order ``kappa * eps`` once converged, so after ``4 n``
+    iterations each sample must be within ``n * kappa * eps`` (float64), with a factor 10 of margin. Condition 1
+    (the identity times a constant) is solved by the first step exactly.
+    """
     gen = torch.Generator().manual_seed(0)
-    a = _hpd(3, 12, [1.0, 10.0, 100.0], gen)
-    x_true = torch.randn(3, 12, dtype=torch.complex128, generator=gen)
+    n, conds = 12, [1.0, 10.0, 100.0]
+    a = _hpd(3, n, conds, gen)
+    x_true = torch.randn(3, n, dtype=torch.complex128, generator=gen)
     rhs = (a @ x_true.unsqueeze(-1)).squeeze(-1)
-    x = conjugate_gradient(lambda v: (a @ v.unsqueeze(-1)).squeeze(-1), rhs, max_iter=12)
-    # exact in n steps (Krylov dimension) for every sample although their spectra differ
-    assert torch.allclose(x, x_true, atol=1e-6)
-    # a single shared step size would not be exact: check the samples really differ in conditioning
-    assert not torch.allclose(a[0], a[2])
+    op = lambda v: (a @ v.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    x = conjugate_gradient(op, rhs, max_iter=4 * n)
+    eps = torch.finfo(torch.float64).eps
+    rel = torch.linalg.vector_norm(x - x_true, dim=-1) / torch.linalg.vector_norm(x_true, dim=-1)
+    for i, kappa in enumerate(conds):
+        assert float(rel[i]) <= 10 * n * kappa * eps, (kappa, float(rel[i]))
+    one = conjugate_gradient(op, rhs, max_iter=1)
+    assert float(torch.linalg.vector_norm(one[0] - x_true[0]) / torch.linalg.vector_norm(x_true[0])) <= 10 * eps
+    # a single shared step size would not solve all three: check the samples really differ in conditioning
+    assert float(torch.linalg.vector_norm(one[2] - x_true[2])) > 1e-3 * float(torch.linalg.vector_norm(x_true[2]))
 
 
 def test_cg_tolerance_freezes_converged_samples_and_respects_x0():

@@ -1,4 +1,6 @@
-"""reconstruct / reconstruct_volume / registry entries, TV operators, scale invariance and bad input."""
+"""mrlearn.recon.reconstruct, the registered solvers, options, the fast normal operator, map support check."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -6,11 +8,14 @@ import torch
 
 from mrlearn.errors import MrlearnError
 from mrlearn.physics.fft import fft2c
-from mrlearn.recon.methods import METHOD_NAMES, reconstruct, reconstruct_volume
+from mrlearn.physics.sense import sense_normal
+from mrlearn.recon import METHOD_NAMES, reconstruct, valid_options
+from mrlearn.recon.methods import solver
+from mrlearn.recon.normal import SenseNormal
 from mrlearn.recon.tv import grad2d, grad2d_adjoint
 
 
-def _problem(s: int = 2, c: int = 4, h: int = 40, w: int = 32, seed: int = 0):
+def _problem(s: int = 2, c: int = 4, h: int = 40, w: int = 32, seed: int = 0, noise: float = 1e-3):
     gen = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
     img = (((yy / 0.8) ** 2 + (xx / 0.7) ** 2) < 1).float() - 0.5 * ((((yy - 0.2) / 0.3) ** 2 + (xx / 0.3) ** 2) < 1).float()
@@ -19,7 +24,7 @@ def _problem(s: int = 2, c: int = 4, h: int = 40, w: int = 32, seed: int = 0):
     maps = (maps / torch.sqrt((maps.abs() ** 2).sum(0))).to(torch.complex64)
     ksp = fft2c(maps * img).to(torch.complex64)
     ksp = torch.stack([ksp * (1 + 0.1 * i) for i in range(s)])
-    ksp = ksp + 1e-3 * ksp.abs().max() * torch.randn(ksp.shape, dtype=torch.complex64, generator=gen)
+    ksp = ksp + noise * ksp.abs().max() * torch.randn(ksp.shape, dtype=torch.complex64, generator=gen)
     mask = torch.zeros(w)
     mask[::2] = 1
     mask[w // 2 - 5: w // 2 + 5] = 1
@@ -35,51 +40,102 @@ def test_tv_gradient_adjoint():
     assert grad2d(torch.ones(1, 5, 5)).abs().max() == 0
 
 
+@pytest.mark.parametrize("shape", [(24, 20), (23, 19)])
+def test_fast_normal_operator_equals_the_centred_one(shape):
+    """F_c^H M F_c = F^H ifftshift(M) F for column, 2-D and no masks, even and odd sizes (float64 rounding)."""
+    h, w = shape
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 3, h, w, dtype=torch.complex128, generator=gen)
+    x = torch.randn(2, h, w, dtype=torch.complex128, generator=gen)
+    for mask in (None, (torch.rand(2, 1, 1, w, generator=gen) > 0.5).double(),
+                 (torch.rand(2, 1, h, w, generator=gen) > 0.5).double()):
+        ref = sense_normal(x, maps, mask)
+        assert torch.allclose(SenseNormal(maps, mask)(x), ref, atol=1e-12 * float(ref.abs().max()))
+
+
 @pytest.mark.parametrize("method", ["cg-sense", "cs-l1", "tv"])
 def test_regularised_methods_are_scale_equivariant_and_improve_on_zero_filling(method):
     ksp, mask, maps, img = _problem(s=1, h=32, w=24)
+    fn = solver(method)
     opts = {"max_iter": 8, "cg_iter": 4} if method == "tv" else {"max_iter": 15}
-    base = reconstruct(method, ksp * mask, mask, maps, **opts)
+    base = fn(ksp * mask, mask, maps, **opts)
     for scale in (1e-6, 1e12):
-        scaled = reconstruct(method, ksp * mask * scale, mask, maps, **opts)
+        scaled = fn(ksp * mask * scale, mask, maps, **opts)
         assert torch.allclose(scaled / scale, base, rtol=1e-3, atol=1e-4 * base.abs().max())
-    zf = reconstruct("sense", ksp * mask, mask, maps)
+    zf = solver("sense")(ksp * mask, mask, maps)
     err = lambda x: float(((x.abs()[0] - img) ** 2).mean())  # noqa: E731
     assert err(base) < err(zf)
 
 
-def test_reconstruct_volume_numpy_in_out_with_espirit_and_crop():
-    ksp, mask, maps, img = _problem(s=2, c=4, h=40, w=32)
-    out = reconstruct_volume("cg-sense", ksp.numpy(), mask[0, 0, 0].numpy(), None, recon_size=(30, 36),
-                             batch_size=1, espirit={"calib_size": 10, "kernel_size": 5}, max_iter=10)
+def test_reconstruct_numpy_torch_slice_volume_masks_and_crop():
+    ksp, mask, maps, _ = _problem(s=2, c=4, h=40, w=32)
+    out = reconstruct(ksp.numpy(), mask[0, 0, 0].numpy(), "cg-sense", recon_size=(30, 36), batch_size=1,
+                      calib_size=10, kernel_size=5, max_iter=10)
     assert isinstance(out, np.ndarray) and out.shape == (2, 30, 36) and out.dtype == np.float32
-    rss = reconstruct_volume("zero-filled", ksp, mask, recon_size=None)
-    assert torch.is_tensor(rss) and rss.shape == (2, 40, 32)
-    single = reconstruct_volume("cs-l1", ksp[:, :1], mask, recon_size=None, max_iter=5)
+    one = reconstruct(ksp[0], mask[0, 0, 0], "cg-sense", maps[0], max_iter=10)
+    assert torch.is_tensor(one) and one.shape == (40, 32)
+    # no mask: the sampling pattern is read from the zeros of the data; a 2-D [H, W] mask is the same thing
+    assert torch.allclose(reconstruct(ksp[0] * mask[0], None, "cg-sense", maps[0], max_iter=10), one, atol=1e-5)
+    two_d = mask[0, 0].expand(40, 32)
+    assert torch.allclose(reconstruct(ksp[0], two_d, "cg-sense", maps[0], max_iter=10), one, atol=1e-5)
+    rss = reconstruct(ksp, mask, "zero-filled")
+    assert rss.shape == (2, 40, 32)
+    single = reconstruct(ksp[:, :1], mask, "cs-l1", max_iter=5)
     assert single.shape == (2, 40, 32)
 
 
-def test_registry_and_bad_input():
+def test_poisson_like_2d_mask_calibrates_from_a_16_box():
+    ksp, _, maps, img = _problem(s=1, c=6, h=64, w=48, noise=1e-3)
+    gen = np.random.default_rng(0)
+    mask = (gen.random((64, 48)) < 0.2).astype(np.float32)
+    mask[24:40, 16:32] = 1  # a 16 x 16 calibration box, random samples elsewhere
+    zf = reconstruct(ksp[0].numpy() * mask, mask, "zero-filled")
+    out = reconstruct(ksp[0].numpy() * mask, mask, "cs-l1")
+    inside = img.abs().numpy() > 0.3
+    ref = reconstruct(ksp[0].numpy(), None, "sense", maps[0].numpy())
+    err = lambda x: np.mean((x[inside] / x[inside].mean() - ref[inside] / ref[inside].mean()) ** 2)  # noqa: E731
+    assert err(out) < 0.5 * err(zf)
+
+
+def test_map_support_check_falls_back_without_crop():
+    """Maps cropped to a sliver of the object (crop 0.99 on noisy data) would black out the image: a warning, then
+    maps without crop; with enough calibration the default crop keeps most of the energy and stays silent."""
+    from mrlearn.recon.driver import estimate_maps, support_energy
+
+    ksp, mask, _, _ = _problem(s=1, c=8, h=64, w=48, noise=0.03)
+    k = ksp * mask
+    with pytest.warns(UserWarning, match="ESPIRiT map support keeps only"):
+        maps = estimate_maps(k, mask, {"crop": 0.99, "calib_size": 10})
+    assert float(support_energy(k, maps)[0]) > 0.99
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        maps = estimate_maps(k, mask, {})
+    assert float(support_energy(k, maps)[0]) > 0.5
+
+
+def test_registry_options_and_bad_input():
     from mrlearn import registry
 
     assert set(METHOD_NAMES) <= set(registry.available("recon"))
+    assert registry.lookup("recon", "cs-l1") is solver("cs-l1")
+    assert {"lam", "max_iter", "calib_size", "kernel_size", "crop", "threshold", "lambda_convention"} <= set(
+        valid_options("cs-l1"))
     ksp, mask, maps, _ = _problem(s=1)
-    predict = registry.build("recon", {"name": "cg-sense", "lam": 0.02, "max_iter": 3}, "--method")
-    out = predict({"kspace": ksp[0], "mask": mask[0, 0, 0], "sens_maps": maps[0], "recon_size": (20, 20)})
-    direct = reconstruct("cg-sense", ksp * mask, mask, maps, lam=0.02, max_iter=3).abs()[0, 10:30, 6:26]
-    assert out.shape == (20, 20) and torch.allclose(out, direct, atol=1e-5)
-    with pytest.raises(MrlearnError, match="--method.lambda_: unknown option"):
-        registry.build("recon", {"name": "tv", "lambda_": 1.0}, "--method")
-    with pytest.raises(MrlearnError, match="method: unknown reconstruction method 'grappa'; choose one of"):
-        reconstruct("grappa", ksp, mask, maps)
+    with pytest.raises(MrlearnError, match="options.lambda_: unknown option for method 'tv'; valid keys: .*lam") as exc:
+        reconstruct(ksp, mask, "tv", maps, lambda_=1.0)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(MrlearnError, match="unknown recon 'grappa'; choose one of"):
+        reconstruct(ksp, mask, "grappa", maps)
+    with pytest.raises(MrlearnError, match="options.max_iter"):
+        reconstruct(ksp, mask, "cg-sense", maps, max_iter="many")
     with pytest.raises(MrlearnError, match=r"sens_maps: shape \(1, 3, 40, 32\) does not match k-space"):
-        reconstruct_volume("sense", ksp, mask, maps[:, :3])
-    with pytest.raises(MrlearnError, match="cs-l1 options"):
-        reconstruct("cs-l1", ksp, mask, maps, lambda_=1.0)
+        reconstruct(ksp, mask, "sense", maps[:, :3])
+    with pytest.raises(MrlearnError, match="lambda_convention: unknown value 'fast'"):
+        reconstruct(ksp, mask, "cs-l1", maps, lambda_convention="fast")
     few = torch.zeros(32)
     few[::4] = 1
-    with pytest.raises(MrlearnError, match="ACS"):
-        reconstruct_volume("cg-sense", ksp, few, None)
+    with pytest.raises(MrlearnError, match="fully sampled centre box"):
+        reconstruct(ksp, few, "cg-sense", None)
 
 
 @pytest.mark.parametrize("anisotropic", [False, True])
@@ -91,8 +147,9 @@ def test_tv_recon_minimises_its_own_objective(anisotropic):
     ksp, mask, maps, _ = _problem(s=1, h=24, w=20)
     ksp = ksp * mask
     lam_abs = 0.02 * float(ksp.abs().max())
-    x = tv_recon(ksp, mask, maps, lam=lam_abs, max_iter=150, rho=0.2, absolute=True, anisotropic=anisotropic)
-    other = tv_recon(ksp, mask, maps, lam=lam_abs, max_iter=150, rho=0.2, absolute=True, anisotropic=not anisotropic)
+    kw = dict(lam=lam_abs, max_iter=150, cg_iter=10, rho=0.2, lambda_convention="absolute")
+    x = tv_recon(ksp, mask, maps, anisotropic=anisotropic, **kw)
+    other = tv_recon(ksp, mask, maps, anisotropic=not anisotropic, **kw)
     args = (ksp.to(torch.complex128), mask, maps.to(torch.complex128), lam_abs, anisotropic)
     f = float(tv_objective(x.to(torch.complex128), *args)[0])
     assert f < float(tv_objective(other.to(torch.complex128), *args)[0]) * (1 - 1e-4)

@@ -51,3 +51,23 @@ def test_sizes_and_errors():
         dwt2(torch.zeros(1, 20, 16), 3)
     with pytest.raises(MrlearnError, match="unknown wavelet 'db9'"):
         dwt2(torch.zeros(1, 16, 16), 1, "db9")
+
+
+@pytest.mark.parametrize("name", list(DAUBECHIES))
+def test_one_level_equals_pywavelets_periodization_after_a_shift(name):
+    """One level of ours on ``x`` rolled by ``N - 1`` samples per axis (``N`` vanishing moments: 1 pixel for db2,
+    BART's dau2; none for Haar) equals PyWavelets' ``dwt2(x, mode="periodization")``; in-place layout
+    ``[[cA, cV], [cH, cD]]`` (rows = the first axis)."""
+    pywt = pytest.importorskip("pywt")
+    import numpy as np
+
+    shift = int(name[2:]) - 1
+    x = np.random.default_rng(0).standard_normal((32, 24))
+    ca, (ch, cv, cd) = pywt.dwt2(x, name, mode="periodization")
+    ours = dwt2(torch.from_numpy(np.roll(x, (shift, shift), axis=(0, 1))), 1, name).numpy()
+    np.testing.assert_allclose(ours[:16, :12], ca, atol=1e-12)
+    np.testing.assert_allclose(ours[16:, :12], ch, atol=1e-12)
+    np.testing.assert_allclose(ours[:16, 12:], cv, atol=1e-12)
+    np.testing.assert_allclose(ours[16:, 12:], cd, atol=1e-12)
+    if shift:  # without the shift they differ: the offset is real, not a tolerance artefact
+        assert not np.allclose(dwt2(torch.from_numpy(x), 1, name).numpy()[:16, :12], ca, atol=1e-3)

@@ -80,7 +80,7 @@ def test_overrides_are_parsed_as_yaml():
     ("data.contrasts=PD", "data.contrasts: expected a list or null"),
     ("optim.name=sgdx", "optim.name: unknown optimizer 'sgdx'"),
     ("method.loss.name=l3", "method.loss.name: unknown loss 'l3'"),
-    ("trainer.max_epochs=0", "trainer.max_epochs: must be at least 1"),
+    ("trainer.max_epochs=0", "trainer.max_epochs: 0 is not at least 1"),
     ("data.recon_size=[320]", "data.recon_size: expected [h, w]"),
     ("bogus=1", "bogus: unknown key"),
     ("model.chans", "--set model.chans: expected key.path=value"),

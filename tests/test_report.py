@@ -52,3 +52,34 @@ def test_report_rejects_missing_or_non_png_figures(tmp_path):
 def test_format_value():
     assert format_value(0.123456789) == "0.1235" and format_value(3) == "3" and format_value("a") == "a"
     assert format_value(float("nan")) == "-" and format_value(True) == "True"
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    import struct
+
+    assert png.startswith(b"\x89PNG")
+    return struct.unpack(">II", png[16:24])  # IHDR width, height
+
+
+def test_image_grid_panels_are_readable(tmp_path):
+    import numpy as np
+
+    from mrlearn.evaluation.report import Strong
+
+    rng = np.random.default_rng(0)
+    target = rng.random((40, 30)).astype(np.float32)
+    panels = [("target", target), ("input", 0.5 * target)] + [(f"arm{i}", target) for i in range(9)]  # 11 panels
+    report = Report("grid")
+    report.add_images("Examples", {"PD": panels, "T2": [("target", np.ones((300, 300)))]}, caption="same scale")
+    report.add_table("t", [{"arm": "a", "convergence": Strong("not converged (1/3 runs)"), "other": "converged"}])
+    html = report.to_html()
+    pngs = [base64.b64decode(i) for i in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+    assert len(pngs) == 12  # one image per panel: a wrapping grid, not one squeezed strip
+    sizes = [_png_size(p) for p in pngs]
+    assert all(w >= 256 for w, _ in sizes) and sizes[0] == (270, 360)  # 30 px wide x 9 (nearest neighbour)
+    assert sizes[-1] == (300, 300)  # already wide enough: not enlarged
+    assert pngs[0] == pngs[2] != pngs[1]  # one grey scale per row: equal images give equal panels
+    assert html.count('class="grid"') == 2 and "repeat(auto-fill, minmax(260px" in html
+    assert "<td><strong>not converged (1/3 runs)</strong></td>" in html and "<td>converged</td>" in html
+    with pytest.raises(ValueError, match="2-D"):
+        report.add_images("bad", {"x": [("a", np.zeros((2, 3, 4)))]})

@@ -99,3 +99,33 @@ def test_bad_options_are_one_line_errors(kw, fragment):
     with pytest.raises(MrlearnError) as err:
         SplitOptions(**kw)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_networks_are_called_by_their_declared_input_kind_not_by_argument_names():
+    """ssdu.run_model: ``input_kind = "kspace"`` gets (k-space on Theta, Theta, maps); others a 2-channel image."""
+    from torch import nn
+
+    from mrlearn.ssl.ssdu import adjoint, run_model
+
+    seen = {}
+
+    class KspaceNet(nn.Module):
+        input_kind = "kspace"
+
+        def forward(self, x, m, s):  # argument names say nothing
+            seen["kspace"] = (x.shape, m.shape, s)
+            return adjoint(x, m, s)
+
+    class ImageNet(nn.Module):
+        def forward(self, kspace):  # an image network, whatever its argument is called
+            seen["image"] = kspace.shape
+            return kspace
+
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(2, 1, 8, 12, dtype=torch.complex64, generator=g)
+    mask = column_mask(12, centre=4, extra=3).reshape(1, 1, 1, 12).expand(2, 1, 1, 12)
+    a = run_model(KspaceNet(), k, mask, None)
+    b = run_model(ImageNet(), k, mask, None)
+    assert seen["kspace"] == ((2, 1, 8, 12), (2, 1, 1, 12), None) and seen["image"] == (2, 2, 8, 12)
+    zero_filled = adjoint(k * mask, mask, None)
+    assert torch.allclose(a, zero_filled) and torch.allclose(b, zero_filled, rtol=1e-6, atol=1e-6)

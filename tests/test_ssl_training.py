@@ -17,11 +17,25 @@ import helpers_training  # noqa: F401  (one torch thread: the test machine is sm
 from helpers_training import tiny_dataset
 from mrlearn.cli import main
 from mrlearn.data.fastmri import read_kspace, write_volume
-from mrlearn.physics.masks import build_mask_func, fixed_mask
+from mrlearn.physics.masks import RandomMaskFunc, file_seed
 
-pytest.importorskip("mrlearn.evaluation.metrics")
 
 TINY = ["trainer.max_epochs=1", "data.batch_size=2", "data.contrasts=null"]
+# 3x with 8 of the 32 lines in the centre: the ACS maps are usable and the outer lines carry information a learned
+# method can use (ssl_tiny's own 4x / 0.25 mask keeps only the 8 centre lines: a low-pass image nothing beats by much)
+MASK3 = ["mask.accelerations=[3]", "mask.center_fractions=[0.25]"]
+MARGIN_DB = 0.5  # measured with these seeds: SSDU +0.77 dB (4 epochs), distillation +0.93 dB (8 epochs) on val
+
+
+def zero_filled_psnr(root: Path, split: str, *extra: str) -> float:
+    """Mean volume PSNR of the zero-filled input on ``split`` (same per-file masks and scoring as the runs)."""
+    from mrlearn.config import load_config
+    from mrlearn.ssl.study import score
+    from mrlearn.training.data import ReconDataModule
+    from mrlearn.training.runner import build_method
+
+    cfg = load_config("ssl_tiny", [f"data.root={root}", *TINY, *extra, "method={name: reference, recon: zero_filled}"])
+    return score(build_method(cfg), ReconDataModule(cfg, keep_kspace=True).eval_loader(split)).groups["all"]["psnr"]
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +47,12 @@ def data(tmp_path_factory) -> Path:
 def targetless(data, tmp_path_factory) -> Path:
     """The tiny volumes as a scanner would give them: undersampled k-space with its mask, no target, no header."""
     out = tmp_path_factory.mktemp("ssl_nt") / "data"
-    func = build_mask_func("random", [3], [0.25])
+    func = RandomMaskFunc([0.25], [3])
     for split in ("train", "val"):
         (out / split).mkdir(parents=True)
         for f in sorted((data / split).glob("*.h5")):
             k = read_kspace(f)
-            mask = fixed_mask(func, k.shape[-2:], f.name).reshape(-1).astype(np.float32)
+            mask = func(k.shape[-2:], seed=file_seed(f.name))[0].numpy().reshape(-1).astype(np.float32)
             write_volume(out / split / f.name, (k * mask).astype(np.complex64), acquisition="PD", mask=mask)
     return out
 
@@ -61,10 +75,13 @@ def test_ssdu_trains_and_validates_on_files_without_any_target(targetless, tmp_p
 
 
 def test_distillation_on_retrospectively_undersampled_files_logs_the_collapse_monitor(data, tmp_path):
-    metrics = _train(tmp_path / "run", data, "method={name: ssl_distill, centre: [2, 2], ema_momentum: 0.9}")
+    metrics = _train(tmp_path / "run", data, "method={name: ssl_distill, centre: [2, 2], ema_momentum: 0.9}",
+                     "trainer.max_epochs=8", "optim.lr=0.003", *MASK3)
     final = metrics["final"]
     assert final["val_collapse_energy"] > 0.3  # anchored: no collapse
-    assert 5 < final["val_psnr"] < 60 and math.isfinite(final["val_loss"])
+    zf = zero_filled_psnr(data, "val", *MASK3)
+    assert final["val_psnr"] > zf + MARGIN_DB, (final["val_psnr"], zf)
+    assert math.isfinite(final["val_loss"]) and metrics["best_step"] is not None and metrics["steps"] == 48
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
@@ -101,7 +118,7 @@ def test_bad_settings_are_one_line_errors(data, tmp_path, capsys, setting, fragm
 def two_contrasts(tmp_path_factory) -> Path:
     from mrlearn.data.simulate import SimulationOptions, simulate_dataset
 
-    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=2, volumes=(2, 1, 1), contrasts=("PD", "T2"), coils=2)
+    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=2, volumes=(2, 1, 1), contrasts=("PD", "T2"), coils=4)
     return Path(simulate_dataset(tmp_path_factory.mktemp("ssl_mtl") / "data", opts))
 
 
@@ -130,22 +147,27 @@ def test_multitask_ssdu_loss_never_reads_the_scarce_targets(two_contrasts):
 def test_multitask_ssdu_trains_one_model_through_the_multitask_runner(two_contrasts, tmp_path):
     from mrlearn.study import load_study, run_study
 
-    tiny = ["trainer.max_steps=3", "trainer.max_epochs=100", "trainer.val_every=100", "model.cascades=2", "model.chans=4",
-            "model.split=1", "data.batch_size=2", f"data.root={two_contrasts}"]
+    # every scarce slice (4), CG data consistency, 3x with 8 centre lines: measured +1.5 dB (pd) and +0.8 dB (scarce,
+    # trained by the SSDU loss only) over zero-filled after 60 steps; 2 coils or 4x / 0.08 stay below zero-filled
+    tiny = ["trainer.max_steps=60", "trainer.max_epochs=1000", "trainer.val_every=4", "model.cascades=2", "model.chans=4",
+            "model.split=1", "model.dc=cg", "data.batch_size=2", "optim.lr=0.003", f"data.root={two_contrasts}", *MASK3,
+            "tasks.tasks=[{name: pd, contrasts: [PD]}, {name: scarce, contrasts: [T2]}]"]
     arms = {"ssl_mtl": {"method": {"name": "mtl_ssdu", "ssl_tasks": ["scarce"], "centre": [2, 2], "loss": {"name": "l1"}}}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"name": "tiny", "base": "mtl_tiny", "set": tiny, "seeds": [0], "arms": arms}))
     out = run_study(load_study(path), tmp_path / "out", log=lambda s: None)
     rows = {r["group"]: r for r in csv.DictReader(open(out / "study.csv"))}
     assert set(rows) == {"pd", "scarce"}  # one model, both contrasts scored
-    assert all(5 < float(r["psnr"]) < 60 for r in rows.values())
+    zf = json.loads((out / "runs" / "ssl_mtl__seed0" / "result.json").read_text())["extra"]["zero_filled"]
+    for group, r in rows.items():
+        assert float(r["psnr"]) > zf[group]["psnr"] + MARGIN_DB, (group, r["psnr"], zf[group]["psnr"])
 
 
 def test_study_runner_scores_references_and_ssdu_on_the_test_split(data, tmp_path):
     from mrlearn.study import load_study, run_study
 
     study = {"name": "tiny_ssl", "base": "ssl_tiny", "runner": "ssl", "seeds": [0],
-             "set": [f"data.root={data}", *TINY],
+             "set": [f"data.root={data}", *TINY, *MASK3, "trainer.max_epochs=4"],
              "arms": {"zero_filled": {"method": {"name": "reference", "recon": "zero_filled"}},
                       "cs": {"method": {"name": "reference", "recon": "cs", "cs_iters": 10}},
                       "ssdu": {"method": {"name": "ssdu", "centre": [2, 2]}}},
@@ -156,7 +178,9 @@ def test_study_runner_scores_references_and_ssdu_on_the_test_split(data, tmp_pat
     rows = {r["arm"]: r for r in csv.DictReader(open(out / "study.csv"))}
     assert set(rows) == {"zero_filled", "cs", "ssdu"}
     for r in rows.values():
-        assert 5 < float(r["psnr"]) < 60 and 0 < float(r["ssim"]) <= 1 and float(r["nmse"]) > 0
+        assert 0 < float(r["ssim"]) <= 1 and float(r["nmse"]) > 0
+    assert float(rows["zero_filled"]["psnr"]) == pytest.approx(zero_filled_psnr(data, "test", *MASK3), abs=1e-6)
+    assert float(rows["ssdu"]["psnr"]) > float(rows["zero_filled"]["psnr"]) + MARGIN_DB
     slices = list(csv.DictReader(open(out / "runs" / "ssdu__seed0" / "slices.csv")))
     assert len(slices) == 8  # 2 test volumes x 4 slices
     assert (out / "report.html").is_file()

@@ -1,4 +1,5 @@
-"""Lightning engine on tiny phantom data: exact resume after SIGKILL, NaN stop, checkpoints, per-volume metrics."""
+"""Lightning engine on tiny phantom data: exact resume after SIGKILL, NaN stop, checkpoints, per-volume metrics
+(scored with the weights the run reports: best.ckpt by validation)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ def test_validation_metrics_are_fastmri_metrics_per_volume(reference_run):
     from mrlearn.training.inference import eval_dataset, iterate_volumes, module_predictor
 
     cfg, result = reference_run
-    module = load_module(result.run_dir / "checkpoints" / "last.ckpt", cfg)
+    evaluated = json.loads((result.run_dir / "metrics.json").read_text())["evaluated"]
+    assert evaluated["weights"] == "best" and evaluated["checkpoint"].endswith("best.ckpt")
+    module = load_module(evaluated["checkpoint"], cfg)
     ds = eval_dataset(cfg.data.root + "/val",
                       registry.build("mask", cfg.mask, "mask"))
     for fname, pred, target, _ in iterate_volumes(ds, module_predictor(module), progress=False):
@@ -138,6 +141,7 @@ def test_non_finite_loss_stops_naming_step_and_batch_and_keeps_last_good_checkpo
         train(cfg, callbacks=[Poison()])
     msg = str(err.value)
     assert "loss is nan at step 3 (epoch 0, batch 3:" in msg and "PD_" in msg and "\n" not in msg
+    assert "finite checkpoints kept:" in msg and "last.ckpt (step 2)" in msg
     info = json.loads((tmp_path / "nan" / "run.json").read_text())
     assert info["status"] == "failed" and "step 3" in info["error"]
     ckpt = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.ckpt")

@@ -9,7 +9,7 @@ import torch
 from mrlearn import registry
 from mrlearn.data.transforms import ReconTransform, denormalise, mask_to_tensor, normalise_target
 from mrlearn.models.unet import Unet
-from mrlearn.physics.masks import fixed_mask
+from mrlearn.physics.masks import RandomMaskFunc, file_seed
 
 
 
@@ -43,8 +43,8 @@ def test_training_masks_are_seeded_by_seed_epoch_index(mask_func):
     a, b = t(s, index=5, epoch=2), t(s, index=5, epoch=2)
     m = t.select_mask(s, (23, 18), 5, 2)
     assert torch.equal(a["image"], b["image"]) and m.shape == (1, 1, 18)
-    expected = mask_func((23, 18), np.random.default_rng([3, 2, 5]))
-    assert np.array_equal(m.numpy().reshape(-1), expected.reshape(-1))
+    expected = mask_func((23, 18), seed=(3, 2, 5))[0]
+    assert np.array_equal(m.numpy().reshape(-1), expected.numpy().reshape(-1))
     others = [t.select_mask(s, (23, 18), 5, e) for e in range(3, 8)] + [t.select_mask(s, (23, 18), i, 2) for i in range(6, 11)]
     assert any(not torch.equal(m, o) for o in others)
 
@@ -54,7 +54,7 @@ def test_eval_masks_are_fixed_per_file_and_file_masks_win(mask_func):
     s0, s1, other = raw_sample(sl=0), raw_sample(sl=1, seed=1), raw_sample(fname="vol_b.h5")
     m0, m1 = t.select_mask(s0, (23, 18), 0, 0), t.select_mask(s1, (23, 18), 9, 4)
     assert torch.equal(m0, m1)
-    assert np.array_equal(m0.numpy().reshape(-1), fixed_mask(mask_func, (23, 18), "vol_a.h5").reshape(-1))
+    assert np.array_equal(m0.numpy().reshape(-1), mask_func((23, 18), seed=file_seed("vol_a.h5"))[0].numpy().reshape(-1))
     assert not torch.equal(m0, t.select_mask(other, (23, 18), 0, 0))
     own = np.zeros(18, dtype=np.float32)
     own[[2, 9, 10]] = 1
@@ -64,7 +64,9 @@ def test_eval_masks_are_fixed_per_file_and_file_masks_win(mask_func):
     assert padded[..., :3].sum() == 0 and padded[..., 15:].sum() == 0
 
 
-def test_zero_filled_input_and_normalisation_match_a_numpy_reference(mask_func):
+def test_zero_filled_input_and_normalisation_match_a_numpy_reference():
+    # a dense mask (R = 2): the target of this noise k-space then lies within the +-6 clamp of the input's statistics
+    mask_func = RandomMaskFunc([0.25], [2])
     t = ReconTransform(mask_func, seed=0, train=False, keep_kspace=True)
     s = raw_sample()
     out = t(s)
@@ -113,3 +115,83 @@ def test_single_coil_and_bad_masks():
     assert out["image"].shape == (1, 20, 16)
     with pytest.raises(ValueError, match="does not fit"):
         mask_to_tensor(np.ones(17, dtype=np.float32), (23, 18))
+
+
+# ------------------------------------------------------------------------------------------ typed samples
+
+
+def test_transform_gives_a_typed_sample_that_reads_as_a_dict(mask_func):
+    from mrlearn.data.sample import Sample
+
+    out = ReconTransform(mask_func, train=False, keep_kspace=True)(raw_sample(padding=(1, 17)))
+    assert isinstance(out, Sample)
+    assert out.kspace.shape == (15, 23, 18) and out.kspace.dtype == torch.complex64
+    assert out.image.shape == out.target.shape == out.zero_filled.shape == (1, 20, 16)
+    assert (out.fname, out.slice, out.acquisition, out.recon_size, out.padding) == ("vol_a.h5", 0, "PD", (20, 16), (1, 17))
+    assert out["kspace"] is out.kspace and out["scale"] is out.scale and out.get("sens_maps") is None
+    assert "sens_maps" not in out and "task" not in out and "kspace" in out
+    assert set(out) == {"kspace", "mask", "target", "image", "zero_filled", "mean", "std", "max", "scale", "has_target",
+                        "fname", "slice", "acquisition", "recon_size", "padding"}
+    out["task"] = 1  # multi-task datasets add the task index
+    assert out.task == 1
+    with pytest.raises(KeyError, match="no field 'colour'"):
+        out["colour"] = 3
+    plain = ReconTransform(mask_func, train=False)(raw_sample())
+    assert "kspace" not in plain and "mask" not in plain and "scale" not in plain
+
+
+def test_a_dataloader_collates_samples_into_a_batch_with_the_dict_numbers(mask_func):
+    from torch.utils.data import DataLoader, default_collate
+
+    from mrlearn.data.sample import Batch, collate
+
+    t = ReconTransform(mask_func, seed=2, train=True, keep_kspace=True)
+    samples = [t(raw_sample(seed=i, sl=i), index=i) for i in range(3)]
+    batch = next(iter(DataLoader(samples, batch_size=3)))
+    assert isinstance(batch, Batch) and batch.size == 3
+    as_dicts = default_collate([{k: s[k] for k in s if k not in ("recon_size", "padding", "acquisition")} for s in samples])
+    for key, value in as_dicts.items():
+        got = batch[key]
+        assert (torch.equal(got, value) if torch.is_tensor(value) else got == value), key
+    assert batch.max.dtype == torch.float64 and batch.slice.tolist() == [0, 1, 2]
+    assert batch.recon_size == [(20, 16)] * 3 and batch.acquisition == ["PD"] * 3 and batch.padding == [None] * 3
+    assert batch.sens_maps is None and "sens_maps" not in batch and batch.get("sens_maps") is None
+    with_maps = [t(dict(raw_sample(seed=i), sens_maps=np.ones((15, 23, 18), np.complex64)), index=i) for i in range(2)]
+    assert collate(with_maps).sens_maps.shape == (2, 15, 23, 18)
+    with pytest.raises(ValueError, match="'sens_maps' is set in 1 of 2"):
+        collate([with_maps[0], samples[0]])
+
+
+def test_batches_move_between_devices_as_batches(mask_func):
+    """Lightning moves a batch with ``apply_to_collection`` (field by field for a dataclass): a Batch stays a Batch."""
+    from lightning_utilities.core.apply_func import apply_to_collection
+
+    from mrlearn.data.sample import Batch, collate
+
+    t = ReconTransform(mask_func, train=False, keep_kspace=True)
+    batch = collate([t(raw_sample(sl=i)) for i in range(2)])
+    moved = apply_to_collection(batch, torch.Tensor, lambda x: x.to(torch.device("cpu"), copy=True))
+    assert isinstance(moved, Batch) and moved.kspace is not batch.kspace and torch.equal(moved.kspace, batch.kspace)
+    assert moved.fname == batch.fname and moved.sens_maps is None
+
+
+def test_pinned_batches_stay_batches(mask_func, monkeypatch):
+    """A DataLoader with pin_memory=True copies the batch and updates it key by key (MutableMapping)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from mrlearn.data.sample import Batch, collate
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self.clone())  # no CUDA needed
+    batch = collate([ReconTransform(mask_func, train=False, keep_kspace=True)(raw_sample(sl=i)) for i in range(2)])
+    pinned = pin_memory(batch)
+    assert isinstance(pinned, Batch) and pinned is not batch and pinned.kspace is not batch.kspace
+    assert torch.equal(pinned.kspace, batch.kspace) and pinned.fname == batch.fname and pinned.sens_maps is None
+
+
+def test_sample_docstring_examples_run():
+    import doctest
+
+    import mrlearn.data.sample as sample
+
+    result = doctest.testmod(sample, verbose=False)
+    assert result.attempted >= 1 and result.failed == 0

@@ -9,7 +9,6 @@ from torch.nn import functional as F
 from mrlearn.models.unet import Unet
 
 
-
 def expected_params(in_chans: int, out_chans: int, chans: int, pools: int) -> int:
     """Closed form: conv blocks (2 bias-free 3x3 convs), transpose convs (2x2, no bias), final 1x1 conv (bias)."""
     block = lambda i, o: 9 * i * o + 9 * o * o  # noqa: E731
@@ -67,3 +66,15 @@ def test_every_parameter_gets_a_gradient_and_bad_input_is_rejected():
         model(torch.randn(1, 2, 8, 8))
     with pytest.raises(ValueError):
         Unet(chans=0)
+
+
+def test_default_pooling_is_fastmri_average_and_max_is_an_option():
+    torch.manual_seed(3)
+    avg, mx = Unet(1, 1, chans=4, num_pool_layers=2).eval(), Unet(1, 1, chans=4, num_pool_layers=2, pool="max").eval()
+    mx.load_state_dict(avg.state_dict())  # same weights: only the pooling differs
+    assert avg.pool is F.avg_pool2d and mx.pool is F.max_pool2d
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(avg(x), mx(x), atol=1e-3)
+    with pytest.raises(ValueError, match="avg"):
+        Unet(pool="min")

@@ -118,8 +118,6 @@ def test_gradient_dc_decreases_the_data_residual(coils):
     b = 2
     maps = None if coils is None else _maps(b, coils, seed=4)
     mask = _column_mask(b, seed=8)
-    if coils is None:
-        mask = mask[:, 0]
     kspace = sense_forward(_crandn(b, H, W, seed=9), maps, mask)
     dc = GradientDC(eta_init=1.0).double()
     for seed in range(3):
@@ -208,7 +206,7 @@ def test_forward_backward_single_and_multi_coil(multicoil, dc, regulariser):
         maps = maps / maps.abs().pow(2).sum(1, keepdim=True).sqrt()
         kspace = sense_forward(image, maps, mask)
     else:
-        kspace = sense_forward(image, None, mask[:, 0]).unsqueeze(1)
+        kspace = sense_forward(image, None, mask)  # single-coil: the coil axis is kept, C = 1
     model = UnrolledNet(cascades=2, dc=dc, regulariser=regulariser, share_weights=False, chans=4, num_blocks=2,
                         num_pools=2, multicoil=multicoil)
     out = model(kspace, mask, maps)
@@ -366,19 +364,59 @@ def test_bf16_autocast_keeps_complex_float32():
     assert out.dtype == torch.complex64 and torch.isfinite(out).all()
 
 
-def test_reconstruct_batch_crops_and_rescales():
+@pytest.mark.parametrize("typed", [True, False])
+def test_reconstruct_batch_crops_and_rescales(typed):
     """The training-sample adapter: |model(kspace / scale)| cropped to the target size, times the scale."""
+    from mrlearn.data.sample import Batch
     from mrlearn.models.unrolled import reconstruct_batch
 
     kspace, mask, maps = _problem(b=2, c=3, seed=23, dtype=torch.complex64)
     model = UnrolledNet(cascades=1, dc="gradient", chans=4, num_blocks=1)
     scale = torch.tensor([2.0, 1e-3])
-    batch = {"kspace": kspace, "mask": mask, "sens_maps": maps, "scale": scale, "target": torch.zeros(2, 1, 10, 12)}
-    out = reconstruct_batch(model, batch)
+    fields = {"kspace": kspace, "mask": mask, "sens_maps": maps, "scale": scale, "target": torch.zeros(2, 1, 10, 12)}
+    out = reconstruct_batch(model, Batch(**fields) if typed else fields)
     with torch.no_grad():
         full = model(kspace, mask, maps).abs()
     assert out.shape == (2, 10, 12)
     assert torch.allclose(out, full[:, 3:13, 2:14] * scale[:, None, None], rtol=1e-5)
+
+
+def test_single_coil_network_equals_the_explicit_maps_of_ones():
+    """Single-coil data run through the same operator as one coil whose map is all ones."""
+    from mrlearn.models.unrolled import normalised_start, run_cascades
+
+    image = _crandn(2, H, W, seed=30, dtype=torch.complex64)
+    mask = _column_mask(2, seed=31, dtype=torch.float32)
+    kspace = sense_forward(image, None, mask)
+    assert kspace.shape == (2, 1, H, W)
+    torch.manual_seed(3)
+    model = UnrolledNet(cascades=2, dc="cg", share_weights=False, chans=4, num_blocks=1, multicoil=False)
+    ones = torch.ones(2, 1, H, W, dtype=torch.complex64)
+    with torch.no_grad():
+        got = model(kspace, mask, None)
+        x, y, scale = normalised_start(kspace, mask, ones)
+        ref = run_cascades([model.cascade(i) for i in range(2)], x, y, mask, ones) * scale
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_model_input_protocol():
+    from torch import nn
+
+    from mrlearn.models.protocol import input_kind
+    from mrlearn.models.unet import Unet
+    from mrlearn.mtl.networks import MultiTaskUnrolled
+
+    assert input_kind(UnrolledNet(cascades=1, chans=4, num_blocks=1)) == "kspace"
+    assert input_kind(MultiTaskUnrolled(cascades=2, split=1, chans=4, num_blocks=1)) == "kspace"
+    assert input_kind(ResNet(chans=4, num_blocks=1)) == "image"
+    assert input_kind(Unet(chans=4, num_pool_layers=2)) == "image"
+    assert input_kind(nn.Conv2d(2, 2, 3)) == "image"  # undeclared: an image network
+
+    class Odd(nn.Module):
+        input_kind = "sinogram"
+
+    with pytest.raises(MrlearnError, match="input_kind"):
+        input_kind(Odd())
 
 
 def test_espirit_maps_are_estimated_when_none_are_given():

@@ -2,17 +2,20 @@
 
 Each sub-command lives in ``mrlearn.commands.<name>`` and exposes ``register(subparsers)``, which adds its
 parser and sets ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
-User errors (:class:`mrlearn.errors.MrlearnError`) are printed as one line and exit with status 2.
+User errors (:class:`mrlearn.errors.MrlearnError`) are printed as one line and exit with status 2. A run stopped
+by SIGTERM/SIGINT (:class:`mrlearn.errors.RunInterrupted`) prints one line saying how to resume and exits
+``128 + signal`` (143 / 130). Output into a closed pipe (``mrlearn ... | head``) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from mrlearn import __version__
-from mrlearn.errors import MrlearnError
+from mrlearn.errors import MrlearnError, RunInterrupted
 
 # Order is the order shown in ``mrlearn --help``.
 COMMANDS = ("demo", "simulate", "convert", "train", "reconstruct", "evaluate", "study", "qmri")
@@ -29,6 +32,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # e.g. --help into `| head`
+        _quiet_stdout()
+        return 141
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=first)
@@ -37,13 +48,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
     except MrlearnError as exc:
-        print(f"mrlearn: error: {exc}", file=sys.stderr)
+        _say(f"mrlearn: error: {exc}")
         return 2
+    except RunInterrupted as exc:
+        _say(f"mrlearn: {exc}")
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("mrlearn: interrupted", file=sys.stderr)
+        _say("mrlearn: interrupted")
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _quiet_stdout() -> None:
+    """After the reader of stdout went away: point stdout at /dev/null so the final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
 """Experiment configs: one YAML file -> typed dataclasses, validated on load.
 
-``load_config(path, overrides)`` reads the YAML with ``yaml.safe_load``, applies ``--set key.path=value``
+``load_config(path, overrides)`` reads the YAML with a safe loader that reads floats as YAML 1.2 does (``1e-4``
+is a number; :mod:`mrlearn.yamlfile`), refuses an empty file, applies ``--set key.path=value``
 overrides (values parsed as YAML scalars/lists, so ``--set model.chans=16`` gives an int), then checks every
 key: unknown keys and wrong types raise a one-line :class:`~mrlearn.errors.MrlearnError` naming the key path
 (``model.chans``). Named sections (``mask``, ``model``, ``method``, ``method.loss``, ``optim``, ``scheduler``)
 are ``{name: ..., <keyword args>}`` and are validated against the registry entry's signature.
 
 Extensibility: later capabilities add top-level sections with :func:`register_section` (a dataclass per
-section); :data:`SECTION_PROVIDERS` names the module that registers a section, imported lazily when a
+section); the entry-point group ``mrlearn.section`` names the module that registers a section, imported lazily when a
 config uses it. Registered sections land in ``ExperimentConfig.extra[name]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +23,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from mrlearn import registry
 from mrlearn.errors import input_error
+from mrlearn.yamlfile import YamlLoader, read_yaml_file, yaml_load  # noqa: F401 - re-exported
+
 
 # ----------------------------------------------------------------------------------------------- type checking
 
@@ -115,14 +118,33 @@ class DataConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop when the validation metric ``monitor`` (default: the method's best-checkpoint metric, e.g. ``val_ssim``)
+    has not improved by more than ``min_delta`` for ``patience`` validations in a row; ``mode`` max/min (default:
+    min for losses and errors, else max). The same metric picks ``best.ckpt``."""
+
+    monitor: str | None = None
+    mode: Literal["max", "min"] | None = None
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainerConfig:
-    """Lightning Trainer settings. ``precision: auto`` = bf16-mixed on CUDA with bf16 support, else 32."""
+    """Lightning Trainer settings. ``precision: auto`` = bf16-mixed on CUDA with bf16 support, else 32.
+
+    Budget and convergence: caps ``max_epochs`` (-1: none), ``max_steps`` (-1: none), ``max_time`` (seconds or
+    ``"DD:HH:MM:SS"``); validation every ``val_every`` epochs or every ``val_every_n_steps`` steps;
+    ``early_stopping`` (see :class:`EarlyStoppingConfig`); ``final_weights``: the weights the final evaluation uses
+    (``best`` by validation, or ``last``). ``logger``: tensorboard, csv or mlflow (where installed).
+    """
 
     max_epochs: int = 1
     max_steps: int = -1
+    max_time: float | str | None = None
     devices: Union[int, str] = 1
     strategy: str = "auto"
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     precision: str = "auto"
     gradient_clip_val: float | None = None
     val_every: int = 1
@@ -133,6 +155,10 @@ class TrainerConfig:
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
     progress_bar: bool = True
+    val_every_n_steps: int | None = None
+    early_stopping: EarlyStoppingConfig | None = None
+    final_weights: Literal["best", "last"] = "best"
+    logger: Literal["tensorboard", "csv", "mlflow"] = "tensorboard"
 
 
 #: the named sections and their registry kinds
@@ -156,27 +182,31 @@ class ExperimentConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def run_dir(self) -> Path:
-        """The run folder: ``out_dir`` or ``runs/<name>``."""
-        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+        """The run folder: ``out_dir`` or ``runs/<name>`` (a ``name`` may not leave ``runs/``)."""
+        from mrlearn.engine.runfolder import safe_child
 
-
-#: top-level section name -> module that calls register_section for it (lazily imported)
-SECTION_PROVIDERS: dict[str, str] = {"tasks": "mrlearn.mtl.config", "qmri": "mrlearn.qmri.config"}
-_SECTIONS: dict[str, type] = {}
+        return Path(self.out_dir) if self.out_dir else safe_child("runs", self.name, "name")
 
 
 def register_section(name: str, cls: type) -> None:
-    """Let a capability add a top-level config section parsed into the dataclass ``cls``."""
-    _SECTIONS[name] = cls
+    """Let a capability add a top-level config section parsed into the dataclass ``cls`` (registry kind
+    ``section``; the capability declares its module in the entry-point group ``mrlearn.section``)."""
+    registry.register("section", name)(cls)
 
 
 def _section_class(name: str) -> type | None:
-    if name not in _SECTIONS and name in SECTION_PROVIDERS:
-        importlib.import_module(SECTION_PROVIDERS[name])
-    return _SECTIONS.get(name)
+    return registry.find("section", name)
 
 
 # ------------------------------------------------------------------------------------------------- parsing
+
+
+def _optional_dataclass(hint: Any) -> type | None:
+    """The dataclass ``X`` of a hint ``X | None``, else None."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        classes = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return classes[0] if len(classes) == 1 else None
+    return None
 
 
 def _to_dataclass(cls: type, raw: Any, where: str) -> Any:
@@ -192,8 +222,11 @@ def _to_dataclass(cls: type, raw: Any, where: str) -> Any:
         if key not in names:
             raise input_error(path, "unknown key", f"valid keys: {', '.join(sorted(names))}")
         hint = hints[key]
+        inner = _optional_dataclass(hint)
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _to_dataclass(hint, value, path)
+        elif inner is not None and value is not None:
+            kwargs[key] = _to_dataclass(inner, value, path)
         else:
             check_type(value, hint, path)
             kwargs[key] = value
@@ -215,6 +248,8 @@ def _validate_named(cfg: ExperimentConfig) -> None:
         runtime = {"method": ("model", "loss", "cfg"), "optimizer": ("params",), "scheduler": ("optimizer",)}.get(kind, ())
         if section == "method":  # its 'loss' is a sub-section, validated below
             value = {k: v for k, v in value.items() if k != "loss"}
+        if section == "mask":  # fixed_per_slice says how training masks are drawn (data module), not a mask option
+            value = {k: v for k, v in value.items() if k != "fixed_per_slice"}
         registry.validate(kind, value, section, runtime=runtime)
     loss = cfg.method.get("loss")
     if loss is not None:
@@ -232,7 +267,7 @@ def set_override(raw: dict[str, Any], override: str) -> None:
     if not keys:
         raise input_error(f"--set {override}", "empty key", "e.g. --set model.chans=16")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
         raise input_error(f"--set {override}", f"cannot parse the value ({exc.__class__.__name__})",
                           "quote strings, write lists as [1, 2]") from exc
@@ -256,17 +291,18 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentCo
             continue
         cls = _section_class(key)
         if cls is None:
-            valid = sorted(names | set(_SECTIONS))
+            valid = sorted(names | set(registry.available("section")))
             raise input_error(f"{key}", "unknown key", f"valid keys: {', '.join(valid)}")
         extra[key] = _to_dataclass(cls, value, key)
     cfg = _to_dataclass(ExperimentConfig, core, "")
     cfg.extra = extra
     _validate_named(cfg)
     t = cfg.trainer
-    for key in ("max_epochs", "val_every", "batch_size"):
+    for key in ("val_every", "batch_size"):
         obj = cfg.data if key == "batch_size" else t
         if getattr(obj, key) < 1:
             raise input_error(f"{'data' if key == 'batch_size' else 'trainer'}.{key}", "must be at least 1", "fix the value")
+    _validate_budget(cfg)
     if cfg.data.recon_size is not None and (len(cfg.data.recon_size) != 2 or min(cfg.data.recon_size) < 1):
         raise input_error("data.recon_size", "expected [h, w] with positive sizes", "e.g. [320, 320]")
     for key in ("volume_fraction", "slice_fraction"):
@@ -275,18 +311,41 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentCo
     return cfg
 
 
+def _validate_budget(cfg: ExperimentConfig) -> None:
+    """Caps, validation interval, early stopping, workers and the run name."""
+    t = cfg.trainer
+    if t.max_epochs == 0 or t.max_epochs < -1:
+        raise input_error("trainer.max_epochs", f"{t.max_epochs} is not at least 1 (or -1: no epoch cap)", "fix the value")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise input_error("trainer.max_steps", f"{t.max_steps} is not at least 1 (or -1: no step cap)", "fix the value")
+    if t.max_epochs == -1 and t.max_steps == -1 and t.max_time is None and t.early_stopping is None:
+        raise input_error("trainer.max_epochs", "-1 (no cap) needs another way to stop",
+                          "set trainer.max_steps, trainer.max_time or trainer.early_stopping")
+    if t.val_every_n_steps is not None and t.val_every_n_steps < 1:
+        raise input_error("trainer.val_every_n_steps", "must be at least 1 (or null: every val_every epochs)", "fix the value")
+    if isinstance(t.max_time, (int, float)) and not isinstance(t.max_time, bool) and t.max_time <= 0:
+        raise input_error("trainer.max_time", f"{t.max_time} is not a positive number of seconds", "e.g. 3600 or '00:01:00:00'")
+    es = t.early_stopping
+    if es is not None and (es.patience < 1 or es.min_delta < 0):
+        raise input_error("trainer.early_stopping", "patience must be at least 1 and min_delta at least 0", "fix the values")
+    if t.checkpoint_every_n_steps < 0:
+        raise input_error("trainer.checkpoint_every_n_steps", "must be 0 (never mid-epoch) or more", "fix the value")
+    if cfg.data.num_workers < 0:
+        raise input_error("data.num_workers", f"{cfg.data.num_workers} is negative", "use 0 (load in the main process) or more")
+    if cfg.out_dir is None:
+        cfg.run_dir()  # a name that would leave runs/ is refused here
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> ExperimentConfig:
-    """Read a YAML experiment (``yaml.safe_load``), apply ``--set`` overrides, validate and return it.
+    """Read a YAML experiment (:func:`read_yaml_file`), apply ``--set`` overrides, validate and return it.
 
     ``path`` may also name a config shipped with mrlearn (``unet_demo`` or ``unet_demo.yaml``).
     """
     p = resolve_config_path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" (line {line + 1})" if line is not None else ""
-        raise input_error(p, f"not valid YAML{at}", "fix the syntax") from exc
+    raw = read_yaml_file(p)
+    if raw is None:
+        raise input_error(p, "the config is empty (no settings, only comments or blank lines)",
+                          "write the experiment's sections (see configs/unet_demo.yaml) or name a shipped config")
     if not isinstance(raw, dict):
         raise input_error(p, "the top level must be a mapping", "see configs/unet_demo.yaml for an example")
     for item in overrides:

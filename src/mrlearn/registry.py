@@ -22,12 +22,20 @@ Kinds and the call each entry must support:
                  ``fname``, ``slice`` (see ``training.inference``);
   ``weighting``  ``(num_tasks, **cfg) -> mtl.weighting.Weighting`` (multi-task loss weighting / gradient combination).
 
-Entries are registered by importing their module. :data:`PROVIDERS` maps each kind to those modules; they
-are imported lazily (only as far as needed to find a name), so other packages only add a module name here.
+Entries are registered by importing their module. Which modules provide a kind is declared as package entry
+points, one group per kind (``mrlearn.model``, ``mrlearn.recon``, ``mrlearn.method``, ..., ``mrlearn.section``,
+``mrlearn.runner``), e.g. in ``pyproject.toml``::
+
+    [project.entry-points."mrlearn.model"]
+    unet = "mrlearn.models.unet"
+
+Core lists no capability: a capability (in mrlearn or in another installed package) declares its modules there.
+They are imported lazily, in declaration order, only as far as needed to find a name (fast start-up).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import typing
@@ -35,28 +43,32 @@ from typing import Any, Callable
 
 from mrlearn.errors import MrlearnError, input_error
 
-#: kind -> modules whose import registers that kind's entries.
-PROVIDERS: dict[str, tuple[str, ...]] = {
-    "model": ("mrlearn.models.unet", "mrlearn.models.resnet", "mrlearn.models.unrolled", "mrlearn.layerwise.model",
-              "mrlearn.mtl.networks"),
-    "loss": ("mrlearn.training.losses",),
-    "mask": ("mrlearn.physics.masks", "mrlearn.data.transforms"),
-    "optimizer": ("mrlearn.training.optim",),
-    "scheduler": ("mrlearn.training.optim",),
-    "method": ("mrlearn.training.supervised", "mrlearn.ssl.module", "mrlearn.mtl.module", "mrlearn.layerwise.module",
-               "mrlearn.qmri.module"),
-    "recon": ("mrlearn.recon.methods",),
-    "weighting": ("mrlearn.mtl.weighting",),
-}
+#: the kinds of entries; each has the entry-point group ``mrlearn.<kind>``
+KINDS = ("model", "loss", "mask", "optimizer", "scheduler", "method", "recon", "weighting", "section", "runner")
 
-_ENTRIES: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in PROVIDERS}
+_ENTRIES: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
 _LOADED: set[str] = set()
+
+
+@functools.lru_cache(maxsize=None)
+def _entry_points(kind: str) -> tuple[tuple[str, str], ...]:
+    from importlib.metadata import entry_points
+
+    return tuple((ep.name, ep.value.split(":")[0]) for ep in entry_points(group=f"mrlearn.{kind}"))
+
+
+def providers(kind: str, name: str | None = None) -> tuple[str, ...]:
+    """Modules declared (entry-point group ``mrlearn.<kind>``) to register entries of ``kind``; with ``name``,
+    the module(s) of an entry point of that name come first (an entry point named like the entry it provides)."""
+    eps = _entry_points(kind)
+    first = [module for ep_name, module in eps if ep_name == name]
+    return tuple(dict.fromkeys([*first, *(module for _, module in eps)]))
 
 
 def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a class or factory as ``(kind, name)``; re-registering the same object is a no-op."""
     if kind not in _ENTRIES:
-        raise ValueError(f"unknown registry kind {kind!r}; add it to mrlearn.registry.PROVIDERS")
+        raise ValueError(f"unknown registry kind {kind!r}; kinds: {', '.join(KINDS)}")
 
     def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
         old = _ENTRIES[kind].get(name)
@@ -72,7 +84,7 @@ def _load(kind: str, name: str | None = None) -> None:
     """Import the providers of ``kind``; with ``name``, stop as soon as that entry is registered (fast start-up)."""
     if kind in _LOADED:
         return
-    for module in PROVIDERS.get(kind, ()):
+    for module in providers(kind, name):
         if name is not None and name in _ENTRIES[kind]:
             return
         importlib.import_module(module)
@@ -85,6 +97,14 @@ def available(kind: str) -> list[str]:
         raise ValueError(f"unknown registry kind {kind!r}")
     _load(kind)
     return sorted(_ENTRIES[kind])
+
+
+def find(kind: str, name: str) -> Callable[..., Any] | None:
+    """The entry ``(kind, name)`` or None when no provider registers it."""
+    if kind not in _ENTRIES:
+        raise ValueError(f"unknown registry kind {kind!r}")
+    _load(kind, name)
+    return _ENTRIES[kind].get(name)
 
 
 def lookup(kind: str, name: str, where: str = "") -> Callable[..., Any]:

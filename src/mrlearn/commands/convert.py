@@ -7,8 +7,11 @@ import argparse
 from mrlearn.data.convert import convert_path
 
 _HELP = """Convert BART k-space to fastMRI-format .h5 (one volume per file) or back; the direction follows INPUT.
-BART k-space dims: [readout, phase, 1, coils, ..., slices at dim 13] -> kspace [slices, coils, readout, phase].
-A folder is converted file by file; NAME_maps beside NAME is taken as its sensitivity maps."""
+BART k-space dims: [readout, phase, 1, coils, ..., slices at dim 13] -> kspace [slices, coils, readout, phase];
+[1, ky, kz, coils] (a slice of a 3-D acquisition) is one ky x kz slice; coils or slices left in dim 2 and 3-D
+k-space are detected and converted (a note says what was done). A folder is converted file by file; NAME_maps
+beside NAME is taken as its sensitivity maps. --undersampled stores the sampling pattern found in the data
+(1-D columns or 2-D, e.g. Poisson-disc) as 'mask' with its acceleration and calibration size."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,13 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--acquisition", default="BART", help="acquisition (contrast) name stored in the .h5 attrs (default: BART)")
     p.add_argument("--patient-id", default="", help="patient_id attr (default: the input's base name)")
     p.add_argument("--undersampled", action="store_true",
-                   help="k-space is undersampled: store the acquired columns as 'mask' and no target (test-file style)")
+                   help="k-space is undersampled: store where the data are non-zero (any coil) as 'mask' ([W] or 2-D [H, W]) "
+                        "and no target (test-file style)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     written = convert_path(args.input, args.output, maps=args.maps, acquisition=args.acquisition,
-                           patient_id=args.patient_id, undersampled=args.undersampled)
+                           patient_id=args.patient_id, undersampled=args.undersampled,
+                           log=lambda msg: print(f"mrlearn convert: note: {msg}"))
     for path in written:
         print(path)
     print(f"mrlearn convert: wrote {len(written)} file(s)")

@@ -8,8 +8,9 @@ import sys
 _HELP = """Score submission-format reconstructions (dataset 'reconstruction' [slices, h, w]) against fastMRI targets
 ('reconstruction_rss' or 'reconstruction_esc') paired by file name. Metrics as fastMRI: NMSE and PSNR per volume
 (peak = target volume max), SSIM per slice (7x7 uniform window, data range = target volume max) averaged over slices;
-means and std over volumes, overall and per contrast ('acquisition'). A prediction larger than its target is
-centre-cropped to it. Prints a table and writes metrics.csv and metrics.json."""
+means and std over volumes, overall and per contrast ('acquisition'). Crops as fastMRI's evaluate.py: a target
+taller than wide is centre-cropped to (w, w) (--no-square-crop keeps it whole), and a prediction larger than its
+target is centre-cropped to it. Prints a table and writes metrics.csv and metrics.json."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,13 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="where to write metrics.csv/metrics.json (default: --pred)")
     p.add_argument("--contrast", nargs="+", default=None, metavar="ACQ",
                    help="score only targets with these acquisition names (e.g. CORPD_FBK)")
+    p.add_argument("--no-square-crop", dest="square", action="store_false",
+                   help="score non-square targets whole instead of fastMRI's (w, w) centre crop")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mrlearn.evaluation.evaluate import evaluate_folders, format_table
 
-    result = evaluate_folders(args.target, args.pred, args.out, args.contrast)
+    result = evaluate_folders(args.target, args.pred, args.out, args.contrast, args.square)
     print(format_table(result["rows"], result["summary"]))
     if result["missing"]:
         names = ", ".join(result["missing"][:5]) + (" ..." if len(result["missing"]) > 5 else "")

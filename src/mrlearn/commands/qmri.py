@@ -1,4 +1,5 @@
-"""``mrlearn qmri study CONFIG`` (the label study) and ``mrlearn qmri fit`` (IVIM maps from a 4-D NIfTI)."""
+"""``mrlearn qmri fit`` (IVIM maps from a 4-D NIfTI), ``mrlearn qmri train`` (a network for a protocol) and
+``mrlearn qmri study`` (the label study, a thin preset over ``mrlearn study``)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,46 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("qmri", help="quantitative MRI: IVIM label study and voxel-wise fits")
+    p = subparsers.add_parser("qmri", help="quantitative MRI: IVIM maps, networks for a protocol, label study")
     sub = p.add_subparsers(dest="qmri_command", metavar="ACTION")
     s = sub.add_parser("study", help="train networks with GT / MLE / self-supervised / hybrid labels and compare")
     s.add_argument("config", help="study YAML (e.g. configs/ivim_labels.yaml or the shipped name ivim_labels)")
-    s.add_argument("--out", help="output folder (default: the config's out_dir or runs/<name>)")
+    s.add_argument("--out", help="output folder (default: runs/<name>)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set qmri.n_train=2000")
     s.set_defaults(func=run_study)
     f = sub.add_parser("fit", help="IVIM maps (S0, f, D, Dstar) from a 4-D diffusion NIfTI")
-    f.add_argument("--dwi", required=True, help="4-D NIfTI [X, Y, Z, N]")
-    f.add_argument("--bvals", required=True, help="text file with N b-values (s/mm^2)")
-    f.add_argument("--mask", help="3-D NIfTI mask on the DWI grid (default: voxels with any positive signal)")
+    f.add_argument("--dwi", required=True, help="4-D NIfTI [X, Y, Z, N] (int16 with scale/intercept is fine)")
+    f.add_argument("--bvals", required=True, help="text file with N b-values in s/mm^2 (b = 0 not required)")
+    f.add_argument("--mask", help="3-D NIfTI mask on the DWI grid (default: Otsu on the lowest-b image, printed)")
     f.add_argument("--method", default="mle", choices=("mle", "nlls", "net"))
-    f.add_argument("--model", help="trained network file (.pt from 'mrlearn qmri study', models/) for --method net")
+    f.add_argument("--model", help="trained network file (.pt from 'mrlearn qmri train') for --method net")
     f.add_argument("--signal-model", default="ivim", choices=("ivim", "ivim_additive"),
                    help="IVIM convention for mle/nlls (ivim: f e^{-bD*}; ivim_additive: f e^{-b(D+D*)})")
+    f.add_argument("--bounds", help="fit bounds NAME=LOW:HIGH,... e.g. 'f=0:0.5,Dstar=3:100' (D, D* in um^2/ms; "
+                                    "S0 in multiples of the lowest-b signal); default: physics and data, see docs")
+    f.add_argument("--bad-voxels", default="skip", choices=("skip", "error"),
+                   help="voxels of the mask with NaN, negative or no signal: skip and count them (default) or refuse")
     f.add_argument("--sigma", type=float, help="noise sd in signal units for mle (default: estimated, see docs)")
     f.add_argument("--device", default="cpu", help="torch device for the fit (cpu, cuda)")
     f.add_argument("--out", required=True, help="output folder")
     f.set_defaults(func=run_fit)
+    t = sub.add_parser("train", help="train a parameter network for your protocol (simulated signals)")
+    t.add_argument("--bvals", required=True, help="text file with the protocol's b-values in s/mm^2")
+    t.add_argument("--label", default="mle", choices=("gt", "mle", "ss", "hybrid"),
+                   help="training label: groundtruth, Rician MLE fit, self-supervised signal loss, or hybrid")
+    t.add_argument("--alpha", type=float, default=0.5, help="hybrid weight of the MLE label (0: GT, 1: MLE)")
+    t.add_argument("--snr", default="30", help="SNR at S0 of the simulated signals: a value or LOW:HIGH (uniform)")
+    t.add_argument("--signal-model", default="ivim", choices=("ivim", "ivim_additive"))
+    t.add_argument("--n-train", type=int, default=100000, help="simulated training signals (10%% for validation)")
+    t.add_argument("--patience", type=int, default=30, help="epochs without validation improvement before stopping")
+    t.add_argument("--max-epochs", type=int, default=1000, help="cap on epochs (the run says if it was hit)")
+    t.add_argument("--no-init-from-gt", action="store_true",
+                   help="for mle/ss/hybrid: do not start from a trained groundtruth-label network (default: do)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu, gpu or auto")
+    t.add_argument("--out", required=True, help="run folder (network.pt, run.json, metrics.json)")
+    t.set_defaults(func=run_train)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
@@ -36,8 +57,21 @@ def run_fit(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     info = fit_dwi(args.dwi, args.bvals, args.out, method=args.method, mask=args.mask, network=args.model,
-                   sigma=args.sigma, model=args.signal_model, device=args.device)
+                   sigma=args.sigma, model=args.signal_model, device=args.device, bounds=args.bounds,
+                   bad_voxels=args.bad_voxels)
     print(f"qmri fit: {info['voxels']} voxels by {args.method} in {time.time() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mrlearn.qmri.train import train_for_protocol
+
+    record = train_for_protocol(args.bvals, args.out, label=args.label, alpha=args.alpha, snr=args.snr,
+                                model=args.signal_model, n_train=args.n_train, patience=args.patience,
+                                max_epochs=args.max_epochs, init_from_gt=not args.no_init_from_gt, seed=args.seed,
+                                accelerator=args.device)
+    print(f"qmri train: {record['label']} network, {record['steps']} steps, best at step {record['best_step']}, "
+          f"stopped by {record['stopped_by']} -> {Path(args.out) / 'network.pt'}")
     return 0
 
 

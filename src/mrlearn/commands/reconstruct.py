@@ -1,9 +1,10 @@
 """``mrlearn reconstruct``: write fastMRI submission files (``reconstruction`` ``[S, h, w]``) for a data folder.
 
-Learned (``--checkpoint``; the run's ``config.yaml`` gives model and method) or classical (``--method``).
-Files that carry a ``mask`` are reconstructed from their own samples; fully sampled files are undersampled
-retrospectively with a mask fixed per file name (``--mask-type/--acceleration/--center-fraction``, defaulting
-to the training config's mask, or random 4x with centre fraction 0.08).
+Learned (``--checkpoint``; the run's ``config.yaml`` gives model and method) or classical (``--method``, options
+by ``--set key=value``, e.g. ``--set lam=0.01 --set calib_size=20``; the classical path never imports Lightning).
+Files that carry a ``mask`` (1-D or 2-D) are reconstructed from their own samples; fully sampled files are
+undersampled retrospectively with a mask fixed per file name (``--mask-type/--acceleration/--center-fraction``,
+defaulting to the training config's mask, or random 4x with centre fraction 0.08).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a trained checkpoint (runs/<name>/checkpoints/best.ckpt)")
     src.add_argument("--method", help="a classical method: zero-filled, sense, cg-sense, cs-l1 or tv (maps by ESPIRiT when the files carry none)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a classical method option, e.g. --set lam=0.01, max_iter, calib_size, kernel_size, crop, "
+                        "threshold, lambda_convention (repeatable; a wrong key lists the valid ones)")
     p.add_argument("--config", help="training config (default: the run folder's config.yaml)")
     p.add_argument("--data", required=True, help="folder of fastMRI-format .h5 volumes (or one file)")
     p.add_argument("--out", required=True, help="output folder for the submission files")
@@ -52,36 +56,78 @@ def mask_section(args: argparse.Namespace, default: dict | None) -> dict:
     return {"name": kind, "accelerations": [accel], "center_fractions": [cf]}
 
 
-def run(args: argparse.Namespace) -> int:
+def method_options(method: str, overrides: list[str]) -> dict:
+    """``--set key=value`` pairs as method options, checked against the method (one-line error listing valid keys)."""
+    from mrlearn.config import set_override
+    from mrlearn.recon.driver import split_options
+
+    raw: dict = {}
+    for item in overrides:
+        set_override(raw, item)
+    if any(isinstance(v, dict) for v in raw.values()):
+        raise input_error("--set", "method options have no dotted keys", "write --set lam=0.01")
+    split_options(method, raw, "--set")
+    return raw
+
+
+def _device(name: str) -> str:
     import torch
 
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise input_error("--device", f"{name} requested but no CUDA device is available", "use --device cpu")
+    return name
+
+
+def run_classical(args: argparse.Namespace) -> int:
+    """``--method``: mrlearn.recon over the folder (no Lightning)."""
+    from mrlearn import registry
+    from mrlearn.data.fastmri import write_reconstruction
+    from mrlearn.recon.folder import iterate_folder
+
+    options = method_options(args.method, args.options)
+    if args.batch_size < 1:
+        raise input_error("--batch-size", f"{args.batch_size} is below 1", "use 1 or more")
+    options.setdefault("batch_size", args.batch_size)
+    options.setdefault("device", _device(args.device))
+    mask_func = registry.build("mask", mask_section(args, None), "mask options")
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    count = slices = 0
+    for fname, pred, _target in iterate_folder(args.data, args.method, options, mask_func):
+        write_reconstruction(out / fname, pred, attrs={"method": args.method})
+        count += 1
+        slices += pred.shape[0]
+    print(f"mrlearn reconstruct: {count} volumes ({slices} slices) in {time.perf_counter() - t0:.1f} s -> {out}/ "
+          f"(fastMRI submission format, dataset 'reconstruction')")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.method:
+        return run_classical(args)
+    if args.options:
+        raise input_error("--set", "applies to classical methods (--method)", "drop it, or set a learned model's "
+                          "options in its training config")
     from mrlearn import registry
     from mrlearn.config import load_config
     from mrlearn.data.fastmri import write_reconstruction
-    from mrlearn.training.inference import classical_predictor, eval_dataset, iterate_volumes, module_predictor
+    from mrlearn.training.inference import eval_dataset, iterate_volumes, module_predictor
     from mrlearn.training.runner import config_for_checkpoint, load_module, quiet_lightning
 
     quiet_lightning()
     if args.batch_size < 1:
         raise input_error("--batch-size", f"{args.batch_size} is below 1", "use 1 or more")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise input_error("--device", f"{device} requested but no CUDA device is available", "use --device cpu")
+    device = _device(args.device)
     out = Path(args.out)
     t0 = time.perf_counter()
-    if args.checkpoint:
-        cfg = load_config(args.config) if args.config else config_for_checkpoint(args.checkpoint)
-        module = load_module(args.checkpoint, cfg)
-        predict = module_predictor(module, device)
-        mask = mask_section(args, cfg.mask)
-        recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None
-        keep_kspace, label = module.keep_kspace, Path(args.checkpoint).name
-    else:
-        predict = classical_predictor(args.method)
-        mask = mask_section(args, None)
-        recon_size, keep_kspace, label = None, True, args.method
+    cfg = load_config(args.config) if args.config else config_for_checkpoint(args.checkpoint)
+    module = load_module(args.checkpoint, cfg)
+    predict = module_predictor(module, device)
+    mask = mask_section(args, cfg.mask)
+    recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None
+    keep_kspace, label = module.keep_kspace, Path(args.checkpoint).name
     mask_func = registry.build("mask", mask, "mask options")
     dataset = eval_dataset(args.data, mask_func, recon_size, keep_kspace)
     count = slices = 0

@@ -1,4 +1,4 @@
-"""``mrlearn simulate``: build (or reuse) the embedded multi-contrast dataset."""
+"""``mrlearn simulate``: build (or reuse) the embedded multi-contrast dataset, or simulate k-space from user images."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ _D = SimulationOptions.__dataclass_fields__
 _HELP = f"""Simulate fastMRI-format multi-coil k-space from the MNI ICBM152 2009 templates shipped in nilearn
 (or a procedural phantom): one .h5 per volume under OUT/{{train,val,test}}/ plus OUT/manifest.json.
 Contrasts: {', '.join(f'{c} ({p.sequence} TR {p.tr_ms:g} TE {p.te_ms:g}' + (f' TI {p.ti_ms:g}' if p.ti_ms else '') + ')'
-                      for c, p in PROTOCOLS.items())} ms. The same options reuse an existing dataset."""
+                      for c, p in PROTOCOLS.items())} ms. The same options reuse an existing dataset.
+With --from-images PATH (NIfTI magnitude/complex, BART coil-combined image .cfl, or fastMRI files' targets; a file or
+a folder), the user's images go through the same coil, phase, noise and oversampling model instead and are written
+as OUT/<name>.h5 (fastMRI format, targets reconstruction_rss and reconstruction_noiseless), ready for train/study."""
+_EMBEDDED_ONLY = ("matrix", "slices", "volumes", "contrasts", "anatomy", "jitter")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jitter", type=float, default=_D["jitter"].default, help="relative TR/TE jitter per volume (default: 0.05)")
     p.add_argument("--sens-maps", action="store_true", help="also store the true coil maps as 'sens_maps'")
     p.add_argument("--seed", type=int, default=_D["seed"].default, help="random seed (default: 0)")
+    p.add_argument("--from-images", default=None, metavar="PATH",
+                   help="simulate k-space from these images (file or folder: .nii/.nii.gz, BART .cfl, fastMRI .h5 targets)")
+    p.add_argument("--acquisition", default=None,
+                   help="with --from-images: acquisition name stored in the files (default: the input's, else UNKNOWN)")
     p.set_defaults(func=run)
 
 
@@ -46,8 +54,34 @@ def options_from_args(args: argparse.Namespace) -> SimulationOptions:
         anatomy=args.anatomy, fov_mm=args.fov, jitter=args.jitter, sens_maps=args.sens_maps, seed=args.seed)
 
 
+def run_from_images(args: argparse.Namespace) -> int:
+    """``--from-images``: the user's images through the acquisition model (see data/simulate/from_images.py)."""
+    from mrlearn.data.simulate.from_images import simulate_from_images
+    from mrlearn.errors import input_error
+
+    if args.out is None:
+        raise input_error("--out", "required with --from-images", "give the folder for the simulated .h5 files")
+    for name in _EMBEDDED_ONLY:
+        if getattr(args, name) != (list(_D[name].default) if isinstance(_D[name].default, tuple) else _D[name].default):
+            raise input_error(f"--{name}", "applies to the embedded dataset only, not to --from-images",
+                              "drop it (the images give the matrix and slices)")
+    written = simulate_from_images(args.from_images, args.out, acquisition=args.acquisition, coils=args.coils,
+                                   snr=args.snr, oversample=args.oversample, single_coil=args.single_coil,
+                                   seed=args.seed, fov_mm=args.fov, sens_maps=args.sens_maps,
+                                   log=lambda msg: print(f"mrlearn simulate: {msg}"))
+    print(f"mrlearn simulate: wrote {len(written)} file(s) to {args.out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from mrlearn.data.simulate.build import load_manifest, simulate_dataset
+
+    if args.from_images is not None:
+        return run_from_images(args)
+    if args.acquisition is not None:
+        from mrlearn.errors import input_error
+
+        raise input_error("--acquisition", "only used with --from-images", "the embedded dataset names its contrasts")
 
     options = options_from_args(args)
     root = simulate_dataset(args.out, options, log=lambda msg: print(f"mrlearn simulate: {msg}"))

@@ -1,4 +1,4 @@
-"""``mrlearn study CONFIG [--out DIR] [--set k=v]``: run a study grid (resumable) and write study.csv + report.html."""
+"""``mrlearn study CONFIG [--out DIR] [--set k=v] [--executor sequential|local|ray] [--workers N] [--address A]``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("study", help="run a grid of experiments (arms x settings x seeds) and report",
                               description="Run every run of a study YAML that is not finished yet (each in "
                                           "OUT/runs/<id>/), then write OUT/study.csv and OUT/report.html. "
-                                          "Rerunning a killed study continues it.")
-    p.add_argument("config", help="study YAML, or a shipped study name (mtl_contrasts, mtl_tiny, mtl_knee_fastmri)")
+                                          "Rerunning a killed study continues it; several processes may share "
+                                          "one study folder (each run is locked while it runs).")
+    p.add_argument("config", help="study YAML, or a shipped study name (e.g. mtl_contrasts, mtl_tiny)")
     p.add_argument("--out", help="study folder (default: runs/<study name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value in every run's experiment config, e.g. --set data.root=/data/knee")
+                   help="override a value in every run's config (e.g. data.root=/data/knee), or the study's seeds, "
+                        "grid, arms, budget, resources (e.g. seeds=[0,1,2], grid.model.chans=[8,16], arms=[stl,mtl])")
+    p.add_argument("--executor", choices=("sequential", "local", "ray"), default="sequential",
+                   help="sequential (default), local: N runs at once on this machine, ray: each run a Ray task")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local: runs at once (default 2); ray: CPUs of the local Ray instance (default: all)")
+    p.add_argument("--address", default=None,
+                   help="ray: join this cluster (auto, HOST:PORT or ray://HOST:10001) instead of a local instance")
     p.add_argument("--summary-only", action="store_true", help="do not train; rewrite study.csv/report.html from finished runs")
     p.set_defaults(func=run)
 
@@ -22,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from mrlearn.study import load_study, run_study
 
     spec = load_study(args.config, args.overrides)
-    out = run_study(spec, args.out, only_summary=args.summary_only)
+    out = run_study(spec, args.out, only_summary=args.summary_only, executor=args.executor, workers=args.workers,
+                    address=args.address)
     print(f"mrlearn study: {spec.name}: {out / 'study.csv'}, {out / 'report.html'}")
     return 0

@@ -11,7 +11,9 @@ from mrlearn.errors import input_error
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a reconstruction method from a YAML config",
                               description="Train from a YAML experiment config (see configs/). The run folder gets "
-                                          "config.yaml, run.json, metrics.json, checkpoints/ and tensorboard/.")
+                                          "config.yaml, run.json, metrics.json, checkpoints/ and the logger's folder "
+                                          "(tensorboard/ by default). SIGTERM/SIGINT save a resumable checkpoint and "
+                                          "exit 143/130; continue with --resume.")
     p.add_argument("--config", help="experiment YAML, or a shipped config name (unet_demo, unet_fastmri_knee); "
                                     "with --resume, defaults to the run folder's config.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -48,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"mrlearn train: finished {cfg.name} in {result.run_dir}")
     if m:
         print("  validation: " + ", ".join(f"{k[4:]} {m[k]:.4g}" for k in ("val_nmse", "val_psnr", "val_ssim") if k in m))
+    c = result.convergence
+    if c:
+        state = "converged" if c.get("converged") else "NOT converged (still improving when stopped)"
+        print(f"  {c.get('steps')} steps, stopped by {c.get('stopped_by') or 'interruption'}, best {c.get('monitor')} at "
+              f"step {c.get('best_step')}: {state}")
     print(f"  checkpoints: {result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else ""))
-    print(f"  metrics: {result.run_dir / 'metrics.json'}; TensorBoard: tensorboard --logdir {result.run_dir / 'tensorboard'}")
+    logs = {"tensorboard": f"TensorBoard: tensorboard --logdir {result.run_dir / 'tensorboard'}",
+            "csv": f"CSV log: {result.run_dir / 'csv'}", "mlflow": f"MLflow: {result.run_dir / 'mlruns'}"}
+    print(f"  metrics: {result.run_dir / 'metrics.json'}; {logs.get(cfg.trainer.logger, '')}")
     return 0

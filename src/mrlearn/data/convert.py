@@ -1,19 +1,25 @@
 """Convert between BART ``.cfl/.hdr`` arrays and fastMRI-format HDF5 volumes (one volume per file).
 
-Axis mapping (BART dims, see :mod:`mrlearn.data.cfl`): BART k-space ``[X, Y, 1, C, 1, ..., S]`` (X readout = dim 0,
-Y phase encoding = dim 1, coils = dim 3, slices = dim 13 SLICE_DIM, absent = one slice) <-> fastMRI
-``kspace[S, C, H=X, W=Y]``. Sensitivity maps ``[X, Y, 1, C, M, ..., S or 1]`` (M = ESPIRiT map sets, the first
-is kept) are stored as ``sens_maps[S, C, H, W]`` complex64. Single-coil k-space without maps becomes a single-coil
-file (``kspace[S, H, W]``, target ``reconstruction_esc``). Both sides use the same sample values; mrlearn's
-transforms apply the centered orthonormal FFT, so BART users should compare with ``bart fft -u -i 3``.
+Axis mapping: BART k-space ``[X, Y, 1, C, 1, ..., S]`` (X readout = dim 0, Y phase encoding = dim 1, coils =
+dim 3, slices = dim 13 SLICE_DIM, absent = one slice) <-> fastMRI ``kspace[S, C, H=X, W=Y]``. Other layouts
+(``[1, ky, kz, coils]`` slices of a 3-D acquisition, coils or slices left in dim 2, 3-D k-space) are detected
+and converted as :mod:`mrlearn.data.bart_layout` describes, or refused with the BART command that fixes them;
+the layout used is stored in the attr ``bart_layout``. Sensitivity maps ``[X, Y, 1, C, M, ..., S or 1]`` (M =
+ESPIRiT map sets, the first is kept) follow the k-space's layout and are stored as ``sens_maps[S, C, H, W]``
+complex64. Single-coil k-space without maps becomes a single-coil file (``kspace[S, H, W]``, target
+``reconstruction_esc``). Both sides use the same sample values; mrlearn's transforms apply the centered
+orthonormal FFT, so BART users should compare with ``bart fft -u -i 3``.
 
 Converted files carry no ISMRMRD header: readers use the full matrix. The default target is the RSS (or the
-magnitude, single-coil) of the centered orthonormal inverse FFT of the full matrix, no crop; ``undersampled=True``
-instead stores the acquired columns as ``mask`` (a test-style file without target).
+magnitude, single-coil) of the centered orthonormal inverse FFT of the full matrix, no crop. ``undersampled=True``
+instead stores the sampling pattern found in the data (where any coil is non-zero) as ``mask``: ``[W]`` when whole
+columns are sampled, else 2-D ``[H, W]`` (``[S, H, W]`` when slices differ), with attrs ``acceleration`` and
+``num_low_frequency`` (and ``calibration_box`` for 2-D) computed from it (a test-style file without target).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -21,28 +27,16 @@ import numpy as np
 import torch
 
 from mrlearn.data import cfl as bart
+from mrlearn.data.bart_layout import Layout, detect_layout, to_scwh
+from mrlearn.data.checks import check_kspace, check_mask_values, check_matrix
 from mrlearn.data.fastmri import read_kspace, read_sens_maps, read_volume_info, write_volume
+from mrlearn.data.sampling import describe_pattern, sampled_points, simplify_pattern
 from mrlearn.errors import input_error
 from mrlearn.physics.fft import ifft2c
 
-_KEPT_KSPACE_DIMS = (bart.READ_DIM, bart.PHS1_DIM, bart.COIL_DIM, bart.SLICE_DIM)
 _H5_SUFFIXES = (".h5", ".hdf5")
-
-
-def _bart_to_scwh(arr: np.ndarray, where: Path, what: str, allow_maps: bool = False) -> np.ndarray:
-    """BART ``[X, Y, 1, C, (M), ..., S]`` -> ``[S, C, X, Y]`` (first map set when ``allow_maps``)."""
-    a = bart.pad_dims(arr)
-    if a.shape[bart.PHS2_DIM] != 1:
-        raise input_error(where, f"{what} is 3-D (BART dim 2 = {a.shape[bart.PHS2_DIM]})",
-                          "inverse-FFT the partition axis (bart fft -u -i 4) and move it to the slice dim (bart transpose 2 13)")
-    kept = _KEPT_KSPACE_DIMS + ((bart.MAPS_DIM,) if allow_maps else ())
-    extra = [d for d in range(bart.BART_DIMS) if d not in kept and a.shape[d] != 1]
-    if extra:
-        raise input_error(where, f"{what} has extra BART dims {extra} with sizes {[a.shape[d] for d in extra]}",
-                          "select one echo/time point/average first (e.g. bart slice), keeping dims 0, 1, 3 and 13")
-    index = tuple(slice(None) if d in _KEPT_KSPACE_DIMS else 0 for d in range(bart.BART_DIMS))
-    sel = a[index]  # [X, Y, C, S]
-    return np.ascontiguousarray(np.transpose(sel, (3, 2, 0, 1)))
+LOOKS_UNDERSAMPLED = 0.75  # below this sampled fraction a conversion without --undersampled prints a note
+Log = Callable[[str], None]
 
 
 def _coil_image_target(kspace_scwh: np.ndarray) -> np.ndarray:
@@ -51,22 +45,20 @@ def _coil_image_target(kspace_scwh: np.ndarray) -> np.ndarray:
     return torch.sqrt((img.abs() ** 2).sum(dim=1)).numpy().astype(np.float32)
 
 
-def _acquired_columns(kspace_scwh: np.ndarray) -> np.ndarray:
-    return np.any(kspace_scwh != 0, axis=(0, 1, 2))
-
-
-def _centre_run(mask: np.ndarray) -> int:
-    """Length of the contiguous run of acquired columns through the centre column ``W // 2``."""
-    c = mask.shape[0] // 2
-    if not mask[c]:
-        return 0
-    left = c
-    while left > 0 and mask[left - 1]:
-        left -= 1
-    right = c
-    while right < mask.shape[0] - 1 and mask[right + 1]:
-        right += 1
-    return right - left + 1
+def read_bart_kspace(path: str | Path, log: Log | None = None) -> tuple[np.ndarray, Layout]:
+    """A BART k-space as complex64 ``[S, C, H, W]`` and the :class:`Layout` it was read with (checked: finite,
+    not all zero, no float32 overflow, a matrix of at least 8 x 8)."""
+    src = bart.cfl_base(path)
+    a = bart.pad_dims(bart.read_cfl(src))
+    if not np.isfinite(a.view(np.float32)).all():
+        raise input_error(src, "k-space contains NaN or Inf", "fix the data before converting")
+    layout = detect_layout(a, src)
+    if layout.note and log is not None:
+        log(f"{src}: {layout.note}")
+    k = to_scwh(a, layout)
+    check_matrix(src, k.shape[2], k.shape[3])
+    check_kspace(src, k)
+    return k, layout
 
 
 def bart_to_fastmri(
@@ -77,30 +69,35 @@ def bart_to_fastmri(
     acquisition: str = "BART",
     patient_id: str = "",
     undersampled: bool = False,
+    log: Log | None = None,
 ) -> Path:
     """Convert one BART k-space (and optional maps) to a fastMRI-format ``.h5`` (see module docstring)."""
     src = bart.cfl_base(kspace_path)
-    k = _bart_to_scwh(bart.read_cfl(src), src, "k-space")
-    if not np.isfinite(k.view(np.float32)).all():
-        raise input_error(src, "k-space contains NaN or Inf", "fix the data before converting")
+    k, layout = read_bart_kspace(src, log)
     s, c, h, w = k.shape
     maps = None
     if maps_path is not None:
         mbase = bart.cfl_base(maps_path)
-        m = _bart_to_scwh(bart.read_cfl(mbase), mbase, "sensitivity maps", allow_maps=True)
+        ma = bart.pad_dims(bart.read_cfl(mbase))
+        extra = [d for d in range(bart.BART_DIMS) if d not in (0, 1, 2, 3, 4, bart.SLICE_DIM) and ma.shape[d] != 1]
+        if extra:
+            raise input_error(mbase, f"sensitivity maps have extra BART dims {extra}", "pass maps [X, Y, Z, C, M, ..., S]")
+        m = to_scwh(ma, layout, transform=False)
         if m.shape[1:] != (c, h, w) or m.shape[0] not in (1, s):
             raise input_error(mbase, f"maps have shape [S, C, H, W] = {list(m.shape)}, k-space has {[s, c, h, w]}",
                               "pass maps computed from this k-space (e.g. bart ecalib -m1)")
         maps = np.ascontiguousarray(np.broadcast_to(m, (s, c, h, w)))
     single = c == 1 and maps is None
-    target, mask, attrs = None, None, {}
+    target, mask, attrs = None, None, {"bart_layout": layout.name}
     if undersampled:
-        cols = _acquired_columns(k)
-        if not cols.any():
-            raise input_error(src, "k-space is all zero", "check the input")
-        mask = cols
-        attrs = {"acceleration": float(w / cols.sum()), "num_low_frequency": int(_centre_run(cols))}
+        mask = simplify_pattern(sampled_points(k))
+        check_mask_values(f"{src} (sampling pattern found in the data)", mask)
+        attrs.update(describe_pattern(mask))
     else:
+        frac = float(sampled_points(k).mean())
+        if frac < LOOKS_UNDERSAMPLED and log is not None:
+            log(f"{src}: only {100 * frac:.0f} % of k-space is non-zero, as in undersampled data; the target is "
+                "computed from it as if fully sampled (pass --undersampled to store the sampling pattern instead)")
         target = _coil_image_target(k)
     return write_volume(
         out_path,
@@ -163,20 +160,22 @@ def convert_path(
     acquisition: str = "BART",
     patient_id: str = "",
     undersampled: bool = False,
+    log: Log | None = None,
 ) -> list[Path]:
     """Convert a file or a folder; the direction follows the input (BART -> fastMRI or fastMRI -> BART).
 
     Folder of BART arrays -> folder of ``NAME.h5``; a ``NAME_maps`` array beside ``NAME`` (or ``maps/NAME`` when
     ``maps`` is a folder) is taken as its sensitivity maps. Folder of ``.h5`` -> folder of ``NAME`` BART arrays
-    (plus ``NAME_maps`` where maps are stored). Returns the paths written.
+    (plus ``NAME_maps`` where maps are stored). Returns the paths written. ``log`` receives one line per input
+    whose layout was not BART's standard one (what was done with it).
     """
     src, dst = Path(src), Path(dst)
     if src.is_dir():
-        return _convert_folder(src, dst, maps, acquisition, patient_id, undersampled)
+        return _convert_folder(src, dst, maps, acquisition, patient_id, undersampled, log)
     if _is_bart(src):
         name = bart.cfl_base(src).name
         return [bart_to_fastmri(src, _out_file(dst, name, ".h5"), maps_path=maps, acquisition=acquisition,
-                                patient_id=patient_id or name, undersampled=undersampled)]
+                                patient_id=patient_id or name, undersampled=undersampled, log=log)]
     if src.exists() and _is_h5(src):
         if maps is not None:
             raise input_error("--maps", "only used when converting BART to fastMRI", "stored maps are written as <output>_maps")
@@ -186,7 +185,8 @@ def convert_path(
     raise input_error(src, "neither a BART .cfl/.hdr pair nor an HDF5 file", "pass BART k-space, a fastMRI .h5 or a folder of them")
 
 
-def _convert_folder(src: Path, dst: Path, maps, acquisition: str, patient_id: str, undersampled: bool) -> list[Path]:
+def _convert_folder(src: Path, dst: Path, maps, acquisition: str, patient_id: str, undersampled: bool,
+                    log: Log | None) -> list[Path]:
     h5s = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in _H5_SUFFIXES)
     hdrs = sorted(p for p in src.iterdir() if p.is_file() and p.suffix == ".hdr")
     if not h5s and not hdrs:
@@ -218,5 +218,5 @@ def _convert_folder(src: Path, dst: Path, maps, acquisition: str, patient_id: st
         elif name + "_maps" in names:
             mpath = src / (name + "_maps")
         written.append(bart_to_fastmri(src / name, dst / (name + ".h5"), maps_path=mpath, acquisition=acquisition,
-                                       patient_id=patient_id or name, undersampled=undersampled))
+                                       patient_id=patient_id or name, undersampled=undersampled, log=log))
     return written

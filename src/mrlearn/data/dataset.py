@@ -8,8 +8,9 @@
   stay bounded over any number of reads. No file is held open after ``__init__`` (safe for DataLoader workers,
   fork or spawn).
 * Each raw sample keeps its own matrix size (docs/architecture.md). ``target_size=(h, w)`` centre-crops or
-  zero-pads the image-domain *target* to ``(h, w)`` (index ``n // 2`` stays central, as
-  :func:`mrlearn.physics.complex.center_crop`) and reports ``recon_size = (h, w)``; k-space is never resized.
+  zero-pads the image-domain *target* (and ``target_noiseless``, the noiseless reference of simulated files) to
+  ``(h, w)``; a size beyond twice a file's k-space matrix is refused (the crop starts at ``(H - h) // 2`` as
+  :func:`mrlearn.physics.complex.center_crop` and fastMRI) and reports ``recon_size = (h, w)``; k-space is never resized.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import h5py
 import numpy as np
 import torch
 
-from mrlearn.data.fastmri import VolumeInfo, read_slice_from_handle, read_volume_info
+from mrlearn.data import checks
+from mrlearn.data.fastmri import VolumeInfo, open_h5, read_slice_from_handle, read_volume_info
 from mrlearn.errors import MrlearnError, input_error
 
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -41,6 +43,8 @@ def list_volumes(root: str | Path | Iterable[str | Path]) -> list[Path]:
         if root.is_file():
             return [root]
         files = sorted((p for p in root.iterdir() if p.is_file() and p.suffix.lower() in H5_SUFFIXES), key=lambda p: p.name)
+        for p in files:
+            checks.check_name(p)
         if not files:
             what = "folder is empty" if not any(root.iterdir()) else "folder holds no .h5 files"
             raise input_error(root, what, "point to a folder of fastMRI-format volumes (mrlearn simulate or mrlearn convert make them)")
@@ -49,6 +53,7 @@ def list_volumes(root: str | Path | Iterable[str | Path]) -> list[Path]:
     if not files:
         raise MrlearnError("data: empty list of volumes; pass at least one .h5 file")
     for p in files:
+        checks.check_name(p)
         if not p.is_file():
             raise input_error(p, "not found", "check the data path")
     return files
@@ -145,11 +150,7 @@ class _HandleCache:
         if f is not None and f.id.valid:
             self._files.move_to_end(key)
             return f
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise input_error(path, f"cannot open HDF5 file, truncated or corrupt ({' '.join(str(exc).split())[:160]})",
-                              "re-copy or re-download it") from None
+        f = open_h5(path)
         if self.max_open > 0:
             self._files[key] = f
             while len(self._files) > self.max_open:
@@ -249,6 +250,8 @@ class SliceDataset(torch.utils.data.Dataset):
             target_size = (int(target_size[0]), int(target_size[1]))
             if min(target_size) < 1:
                 raise MrlearnError(f"target_size: {target_size} must be two positive integers (h, w)")
+            for info in kept_infos:  # before anything of that size is allocated
+                checks.check_recon_size(info.path, target_size, info.matrix_size, "requested recon size (data.recon_size)")
         self.target_size = target_size
         self.transform = transform
         self._handles = _HandleCache(max_open_files)
@@ -285,13 +288,13 @@ class SliceDataset(torch.utils.data.Dataset):
         try:
             sample = read_slice_from_handle(f, info, int(self._slice[index]))
         except OSError as exc:
-            raise input_error(info.path, f"cannot read HDF5 data, truncated or corrupt ({' '.join(str(exc).split())[:160]})",
-                              "re-copy or re-download it") from None
+            raise checks.open_error(info.path, exc, "read") from None
         finally:
             self._handles.release(f)
         if self.target_size is not None:
-            if sample["target"] is not None:
-                sample["target"] = _crop_or_pad(sample["target"], self.target_size)
+            for key in ("target", "target_noiseless"):
+                if sample.get(key) is not None:
+                    sample[key] = _crop_or_pad(sample[key], self.target_size)
             sample["recon_size"] = self.target_size
         return self.transform(sample) if self.transform is not None else sample
 
@@ -315,9 +318,9 @@ def _crop_or_pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Centre crop / zero-pad ``[h, w]`` to ``size`` (same centring as physics.complex.crop_or_pad)."""
     h, w = image.shape[-2:]
     ch, cw = min(size[0], h), min(size[1], w)
-    top, left = h // 2 - ch // 2, w // 2 - cw // 2
+    top, left = (h - ch) // 2, (w - cw) // 2
     image = image[..., top : top + ch, left : left + cw]
     out = np.zeros(image.shape[:-2] + tuple(size), dtype=image.dtype)
-    t, l = size[0] // 2 - ch // 2, size[1] // 2 - cw // 2
+    t, l = (size[0] - ch) // 2, (size[1] - cw) // 2
     out[..., t : t + ch, l : l + cw] = image
     return out

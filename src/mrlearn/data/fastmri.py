@@ -1,26 +1,29 @@
-"""fastMRI HDF5 volumes: read, validate and write (one file per volume).
+"""fastMRI HDF5 volumes: read and validate (one file per volume); writing lives in :mod:`fastmri_write`.
 
 Layout (REFERENCE section 1):
   ``kspace``              complex64 ``[S, H, W]`` (single-coil) or ``[S, C, H, W]`` (multi-coil); H is the readout
-                          (frequency-encoding) axis, W the phase-encoding axis (masks select columns of W).
+                          (frequency-encoding) axis, W the phase-encoding axis (1-D masks select columns of W).
   ``reconstruction_rss``  float32 ``[S, h, w]`` multi-coil target (RSS of the fully sampled coil images);
   ``reconstruction_esc``  float32 ``[S, h, w]`` single-coil target. Absent in test/challenge files,
-                          which carry ``mask`` (length W) and attrs ``acceleration``, ``num_low_frequency``.
+                          which carry ``mask`` and attrs ``acceleration``, ``num_low_frequency``.
+  ``mask``                bool/0-1: ``[W]`` (columns, fastMRI), or 2-D ``[H, W]`` (all slices) / ``[S, H, W]``
+                          (per slice), e.g. a Poisson-disc acquisition converted with ``mrlearn convert``.
+  ``reconstruction_noiseless`` (mrlearn extension, simulated files) float32 ``[S, h, w]``: the target without noise.
   ``ismrmrd_header``      XML: encoded/recon matrix sizes, encodingLimits of kspace_encoding_step_1.
   ``sens_maps``           (mrlearn extension, e.g. from ``mrlearn convert --maps``) complex64 ``[S, C, H, W]``.
   attrs                   ``max`` (target volume max), ``norm`` (L2 norm of the target volume), ``acquisition``,
                           ``patient_id``.
 Submission files hold one dataset ``reconstruction`` float32 ``[S, h, w]``.
 
-Every user-caused problem (missing file, not HDF5, truncated file, missing/ill-shaped/non-complex/non-finite
-k-space, a mask that does not fit) raises :class:`mrlearn.errors.MrlearnError` naming the file.
+Every user-caused problem (see :mod:`mrlearn.data.checks`: missing, unreadable, locked, non-HDF5 or truncated file,
+non-UTF-8 name, missing/ill-shaped/non-complex/non-finite/all-zero/overflowing k-space, a matrix too small, a mask
+that does not fit or samples (almost) nothing, a recon size beyond the matrix, a non-numeric ``max``) raises
+:class:`mrlearn.errors.MrlearnError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +32,23 @@ from typing import Any
 import h5py
 import numpy as np
 
-from mrlearn.errors import MrlearnError, input_error
+from mrlearn.data import checks
+from mrlearn.data.fastmri_write import (  # noqa: F401  (re-exported: the one import place for fastMRI I/O)
+    NOISELESS_KEY,
+    SUBMISSION_KEY,
+    mask_layout_error,
+    write_reconstruction,
+    write_volume,
+)
+from mrlearn.data.ismrmrd import (  # noqa: F401  (re-exported)
+    ISMRMRD_NS,
+    make_ismrmrd_header,
+    padding_from_limits,
+    parse_ismrmrd_header,
+)
+from mrlearn.errors import input_error
 
 TARGET_KEYS = ("reconstruction_rss", "reconstruction_esc")
-SUBMISSION_KEY = "reconstruction"
-ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 
 
 @dataclass
@@ -45,7 +60,8 @@ class VolumeInfo:
     transforms crop to it), else the header's reconSpace matrix, else the full k-space matrix ``(H, W)``.
     ``encoding_size`` is the header's encodedSpace matrix ``(x, y, z)`` or the k-space ``(H, W, 1)`` without header.
     ``padding`` ``(left, right)``: columns ``[left, right)`` of W hold acquired data (fastMRI convention), None
-    without header limits.
+    without header limits. ``mask_shape``: the stored mask's shape normalised to ``(W,)``, ``(H, W)`` or
+    ``(S, H, W)`` (None without mask). ``has_noiseless``: the file stores ``reconstruction_noiseless``.
     """
 
     path: Path
@@ -62,6 +78,8 @@ class VolumeInfo:
     has_mask: bool
     has_sens_maps: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)
+    mask_shape: tuple[int, ...] | None = None
+    has_noiseless: bool = False
 
     @property
     def matrix_size(self) -> tuple[int, int]:
@@ -69,144 +87,35 @@ class VolumeInfo:
         return (int(self.kspace_shape[-2]), int(self.kspace_shape[-1]))
 
 
-# ----------------------------------------------------------------------------------------------------- header
-def make_ismrmrd_header(
-    kspace_hw: tuple[int, int],
-    recon_hw: tuple[int, int],
-    enc_center: int | None = None,
-    enc_max: int | None = None,
-    fov_mm: tuple[float, float, float] | None = None,
-) -> str:
-    """A minimal valid ISMRMRD XML header for a 2-D Cartesian acquisition.
-
-    ``kspace_hw`` = encoded matrix (readout x, phase y); ``recon_hw`` = recon matrix; ``enc_center``/``enc_max``
-    are the encodingLimits of kspace_encoding_step_1 (default: all W columns acquired, centre ``W // 2``).
-    ``fov_mm`` is the encoded field of view (default 1 mm per encoded sample); the recon FOV scales with the
-    matrix ratio.
-    """
-    (h, w), (rh, rw) = (int(kspace_hw[0]), int(kspace_hw[1])), (int(recon_hw[0]), int(recon_hw[1]))
-    center = w // 2 if enc_center is None else int(enc_center)
-    maximum = w - 1 if enc_max is None else int(enc_max)
-    fx, fy, fz = (float(h), float(w), 1.0) if fov_mm is None else tuple(float(v) for v in fov_mm)
-    rfx, rfy = fx * rh / h, fy * rw / w
-
-    def space(tag: str, mx: int, my: int, fovx: float, fovy: float) -> str:
-        return (
-            f"<{tag}><matrixSize><x>{mx}</x><y>{my}</y><z>1</z></matrixSize>"
-            f"<fieldOfView_mm><x>{fovx:g}</x><y>{fovy:g}</y><z>{fz:g}</z></fieldOfView_mm></{tag}>"
-        )
-
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        f'<ismrmrdHeader xmlns="{ISMRMRD_NS}">'
-        "<experimentalConditions><H1resonanceFrequency_Hz>127000000</H1resonanceFrequency_Hz>"
-        "</experimentalConditions>"
-        "<encoding>"
-        + space("encodedSpace", h, w, fx, fy)
-        + space("reconSpace", rh, rw, rfx, rfy)
-        + "<encodingLimits>"
-        f"<kspace_encoding_step_1><minimum>0</minimum><maximum>{maximum}</maximum><center>{center}</center>"
-        "</kspace_encoding_step_1>"
-        "<kspace_encoding_step_2><minimum>0</minimum><maximum>0</maximum><center>0</center>"
-        "</kspace_encoding_step_2>"
-        "</encodingLimits><trajectory>cartesian</trajectory></encoding>"
-        "</ismrmrdHeader>\n"
-    )
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _child(node: ET.Element | None, *names: str) -> ET.Element | None:
-    for name in names:
-        if node is None:
-            return None
-        node = next((c for c in node if _local(c.tag) == name), None)
-    return node
-
-
-def _int(node: ET.Element | None) -> int | None:
-    if node is None or node.text is None:
-        return None
-    return int(float(node.text.strip()))
-
-
-def _triple(node: ET.Element | None, cast=int) -> tuple | None:
-    if node is None:
-        return None
-    vals = [_child(node, a) for a in ("x", "y", "z")]
-    if any(v is None or v.text is None for v in vals[:2]):
-        return None
-    return tuple(cast(float(v.text.strip())) for v in vals if v is not None and v.text is not None)
-
-
-def parse_ismrmrd_header(xml: str | bytes, where: str | Path = "ismrmrd_header") -> dict[str, Any]:
-    """Parse the fields mrlearn uses from an ISMRMRD XML header (namespace-agnostic; first ``encoding``).
-
-    Returns ``encoding_size`` (x, y, z), ``recon_size`` (x, y, z), ``encoding_fov_mm``, ``recon_fov_mm`` (or None
-    where absent) and ``enc_limits_center``/``enc_limits_max``/``enc_limits_min`` of kspace_encoding_step_1.
-    """
-    if isinstance(xml, bytes):
-        xml = xml.decode("utf-8", errors="replace")
-    try:
-        root = ET.fromstring(str(xml).strip())
-    except ET.ParseError as exc:
-        raise input_error(where, f"ismrmrd_header is not valid XML ({exc})", "fix or delete the header dataset") from None
-    enc = _child(root, "encoding")
-    lims = _child(enc, "encodingLimits", "kspace_encoding_step_1")
-    try:
-        out = {
-            "encoding_size": _triple(_child(enc, "encodedSpace", "matrixSize")),
-            "recon_size": _triple(_child(enc, "reconSpace", "matrixSize")),
-            "encoding_fov_mm": _triple(_child(enc, "encodedSpace", "fieldOfView_mm"), float),
-            "recon_fov_mm": _triple(_child(enc, "reconSpace", "fieldOfView_mm"), float),
-            "enc_limits_center": _int(_child(lims, "center")),
-            "enc_limits_max": _int(_child(lims, "maximum")),
-            "enc_limits_min": _int(_child(lims, "minimum")),
-        }
-    except ValueError as exc:
-        raise input_error(where, f"ismrmrd_header has a non-numeric size or limit ({exc})", "fix the header") from None
-    return out
-
-
-def _padding(width: int, center: int | None, maximum: int | None) -> tuple[int, int] | None:
-    """fastMRI: ``left = W // 2 - center``, ``right = left + maximum + 1``; None when absent or inconsistent."""
-    if center is None or maximum is None:
-        return None
-    left = width // 2 - center
-    right = left + maximum + 1
-    if not (0 <= left < right <= width):
-        return None
-    return (int(left), int(right))
-
-
 # ----------------------------------------------------------------------------------------------------- reading
 @contextlib.contextmanager
 def open_volume(path: str | Path) -> Iterator[h5py.File]:
-    """Open a fastMRI file read-only, turning missing/non-HDF5/corrupt files into :class:`MrlearnError`."""
+    """Open a fastMRI file read-only, turning every unusable file into a one-line :class:`MrlearnError`."""
     path = Path(path)
+    checks.check_name(path)
     if not path.exists():
         raise input_error(path, "file not found", "check the path")
     if path.is_dir():
         raise input_error(path, "is a folder, expected a fastMRI .h5 file", "pass a file inside it")
+    checks.check_readable(path)
     if not h5py.is_hdf5(path):
         raise input_error(path, "not an HDF5 file", "pass a fastMRI-format .h5 volume (or convert it with `mrlearn convert`)")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise input_error(path, f"cannot open HDF5 file, truncated or corrupt ({_short(exc)})", "re-copy or re-download it") from None
+    f = open_h5(path)
     try:
         yield f
     except OSError as exc:
-        raise input_error(path, f"cannot read HDF5 data, truncated or corrupt ({_short(exc)})", "re-copy or re-download it") from None
+        raise checks.open_error(path, exc, "read") from None
     finally:
         with contextlib.suppress(Exception):
             f.close()
 
 
-def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:160]
+def open_h5(path: str | Path) -> h5py.File:
+    """``h5py.File(path, "r")`` with open errors (permissions, a writer's lock, corruption) as one line."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise checks.open_error(path, exc) from None
 
 
 def _attr(value: Any) -> Any:
@@ -228,8 +137,38 @@ def _header_text(f: h5py.File) -> str | None:
     return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
+def _image_shape(f: h5py.File, key: str, path: Path, num_slices: int) -> tuple[int, int]:
+    tshape = tuple(int(s) for s in f[key].shape)
+    if len(tshape) != 3 or tshape[0] != num_slices:
+        raise input_error(path, f"'{key}' has shape {tshape}, expected [{num_slices}, h, w] (one image per k-space slice)",
+                          "fix or remove the dataset")
+    return (tshape[1], tshape[2])
+
+
+def _mask_shape(f: h5py.File, path: Path, s: int, h: int, w: int) -> tuple[int, ...]:
+    """Validate the stored mask (layout and values) and return its normalised shape ``(W,)``/``(H, W)``/``(S, H, W)``."""
+    ds = f["mask"]
+    mshape = tuple(int(v) for v in ds.shape)
+    problem = mask_layout_error(mshape, s, h, w)
+    if problem is not None:
+        raise input_error(path, problem, "store a column mask [W] or a 2-D mask [H, W] / [S, H, W]")
+    if ds.dtype.kind not in "biuf":
+        raise input_error(path, f"'mask' is {ds.dtype}, not numbers", "store a 0/1 or bool mask")
+    values = np.asarray(ds[()])
+    if not np.isfinite(values).all():
+        raise input_error(path, "'mask' contains NaN or Inf", "store a 0/1 or bool mask")
+    if values.ndim == 3 and values.shape[0] == s and s > 1:
+        for i in range(s):
+            checks.check_mask_values(f"{path} (mask of slice {i})", values[i])
+    else:
+        checks.check_mask_values(path, values)
+    if int(np.prod(mshape)) == w:
+        return (w,)
+    return (h, w) if len(mshape) == 2 or mshape[0] == 1 else (s, h, w)
+
+
 def info_from_handle(f: h5py.File, path: str | Path) -> VolumeInfo:
-    """Build and validate :class:`VolumeInfo` from an open file (metadata only, no k-space samples are read)."""
+    """Build and validate :class:`VolumeInfo` from an open file (metadata and mask only, no k-space samples)."""
     path = Path(path)
     if "kspace" not in f or not isinstance(f["kspace"], h5py.Dataset):
         raise input_error(path, "no 'kspace' dataset", "this is not a fastMRI raw-data file (targets-only files go to --target)")
@@ -243,22 +182,17 @@ def info_from_handle(f: h5py.File, path: str | Path) -> VolumeInfo:
     if min(shape) < 1:
         raise input_error(path, f"'kspace' is empty (shape {shape})", "pass a file with at least one slice")
     num_slices, h, w = shape[0], shape[-2], shape[-1]
+    checks.check_matrix(path, h, w)
     single = len(shape) == 3
 
     target_key = next((k for k in TARGET_KEYS if k in f), None)
-    target_hw = None
-    if target_key is not None:
-        tshape = tuple(int(s) for s in f[target_key].shape)
-        if len(tshape) != 3 or tshape[0] != num_slices:
-            raise input_error(path, f"'{target_key}' has shape {tshape}, expected [{num_slices}, h, w] (one image per k-space slice)",
-                              "fix or remove the target dataset")
-        target_hw = (tshape[1], tshape[2])
+    target_hw = _image_shape(f, target_key, path, num_slices) if target_key is not None else None
+    has_noiseless = NOISELESS_KEY in f
+    if has_noiseless and _image_shape(f, NOISELESS_KEY, path, num_slices) != target_hw:
+        raise input_error(path, f"'{NOISELESS_KEY}' does not have the target's shape", "fix or remove it")
 
     has_mask = "mask" in f
-    if has_mask:
-        mshape = tuple(int(s) for s in f["mask"].shape)
-        if int(np.prod(mshape)) != w or max(mshape, default=0) != w:
-            raise input_error(path, f"'mask' has shape {mshape} but k-space width is {w}", "store a 1-D column mask of length W")
+    mask_shape = _mask_shape(f, path, num_slices, h, w) if has_mask else None
 
     has_maps = "sens_maps" in f
     if has_maps:
@@ -268,6 +202,8 @@ def info_from_handle(f: h5py.File, path: str | Path) -> VolumeInfo:
             raise input_error(path, f"'sens_maps' has shape {mshape}, expected {want}", "store maps as [slices, coils, H, W]")
 
     attrs = {k: _attr(v) for k, v in f.attrs.items()}
+    if "max" in attrs:
+        attrs["max"] = checks.check_max_attr(path, attrs["max"])
     header = _header_text(f)
     hdr = parse_ismrmrd_header(header, where=path) if header else None
     encoding_size: tuple[int, ...] = (h, w, 1)
@@ -278,9 +214,10 @@ def info_from_handle(f: h5py.File, path: str | Path) -> VolumeInfo:
             encoding_size = tuple(hdr["encoding_size"])
         if hdr["recon_size"]:
             recon_size = (int(hdr["recon_size"][0]), int(hdr["recon_size"][1]))
-        padding = _padding(w, hdr["enc_limits_center"], hdr["enc_limits_max"])
+        padding = padding_from_limits(w, hdr["enc_limits_center"], hdr["enc_limits_max"])
     if target_hw is not None:
         recon_size = target_hw
+    checks.check_recon_size(path, recon_size, (h, w), "recon size (ismrmrd_header reconSpace or target)")
     return VolumeInfo(
         path=path,
         num_slices=num_slices,
@@ -296,6 +233,8 @@ def info_from_handle(f: h5py.File, path: str | Path) -> VolumeInfo:
         has_mask=has_mask,
         has_sens_maps=has_maps,
         attrs=attrs,
+        mask_shape=mask_shape,
+        has_noiseless=has_noiseless,
     )
 
 
@@ -330,23 +269,28 @@ def all_finite(x: np.ndarray) -> bool:
 def read_slice_from_handle(f: h5py.File, info: VolumeInfo, index: int) -> dict[str, Any]:
     """The raw sample (docs/architecture.md) of slice ``index`` from an open file with known ``info``.
 
-    ``kspace`` complex64 ``[C, H, W]`` (C = 1 for single-coil); ``target`` float32 ``[h, w]`` or None; ``mask``
-    float32 ``[W]`` or None; ``sens_maps`` complex64 ``[C, H, W]`` or None (only when stored); metadata
+    ``kspace`` complex64 ``[C, H, W]`` (C = 1 for single-coil); ``target`` float32 ``[h, w]`` or None;
+    ``target_noiseless`` float32 ``[h, w]`` or None (simulated files); ``mask`` float32 ``[W]`` or ``[H, W]``
+    (this slice's 2-D pattern) or None; ``sens_maps`` complex64 ``[C, H, W]`` or None (only when stored); metadata
     ``fname``, ``slice``, ``acquisition``, ``max``, ``recon_size``, ``padding``, ``single_coil``.
+    The k-space is checked (:func:`mrlearn.data.checks.check_kspace`): finite, not all zero, no float32 overflow,
+    and, with a mask, holding data at the sampled positions.
     """
     path = info.path
     i = _check_index(path, index, info.num_slices)
     kspace = np.asarray(f["kspace"][i], dtype=np.complex64)
     if info.single_coil:
         kspace = kspace[None]
-    if not all_finite(kspace):
-        raise input_error(path, f"k-space of slice {i} contains NaN or Inf", "fix or exclude this volume")
+    mask = None
+    if info.has_mask:
+        ds = f["mask"]
+        raw = ds[i] if len(info.mask_shape or ()) == 3 else ds[()]
+        mask = np.asarray(raw, dtype=np.float32).reshape(info.mask_shape[-2:] if len(info.mask_shape or ()) >= 2 else (-1,))
+    checks.check_kspace(path, kspace, f"k-space of slice {i}", mask)
     target = None
     if info.target_key is not None:
         target = np.asarray(f[info.target_key][i], dtype=np.float32)
-    mask = None
-    if info.has_mask:
-        mask = np.asarray(f["mask"][()], dtype=np.float32).reshape(-1)
+    noiseless = np.asarray(f[NOISELESS_KEY][i], dtype=np.float32) if info.has_noiseless else None
     sens_maps = None
     if info.has_sens_maps:
         sens_maps = np.asarray(f["sens_maps"][i], dtype=np.complex64)
@@ -354,6 +298,7 @@ def read_slice_from_handle(f: h5py.File, info: VolumeInfo, index: int) -> dict[s
     return {
         "kspace": kspace,
         "target": target,
+        "target_noiseless": noiseless,
         "mask": mask,
         "sens_maps": sens_maps,
         "fname": path.name,
@@ -374,13 +319,25 @@ def read_slice(path: str | Path, index: int) -> dict[str, Any]:
 
 
 def read_kspace(path: str | Path) -> np.ndarray:
-    """The whole k-space volume as complex64 ``[S, C, H, W]`` (C = 1 for single-coil), checked finite."""
+    """The whole k-space volume as complex64 ``[S, C, H, W]`` (C = 1 for single-coil), checked per slice as
+    :func:`read_slice_from_handle` does (finite, not all zero, no float32 overflow)."""
     with open_volume(path) as f:
         info = info_from_handle(f, path)
         k = np.asarray(f["kspace"][()], dtype=np.complex64)
         if not all_finite(k):
             raise input_error(path, "k-space contains NaN or Inf", "fix or exclude this volume")
+        for i in range(k.shape[0]):
+            checks.check_kspace(path, k[i], f"k-space of slice {i}")
         return k[:, None] if info.single_coil else k
+
+
+def read_mask(path: str | Path) -> np.ndarray | None:
+    """The stored mask as float32 ``[W]``, ``[H, W]`` or ``[S, H, W]`` (validated), or None without one."""
+    with open_volume(path) as f:
+        info = info_from_handle(f, path)
+        if not info.has_mask:
+            return None
+        return np.asarray(f["mask"][()], dtype=np.float32).reshape(info.mask_shape)
 
 
 def read_sens_maps(path: str | Path) -> np.ndarray | None:
@@ -390,9 +347,14 @@ def read_sens_maps(path: str | Path) -> np.ndarray | None:
         return np.asarray(f["sens_maps"][()], dtype=np.complex64) if info.has_sens_maps else None
 
 
-def read_target(path: str | Path) -> np.ndarray:
-    """The target volume float32 ``[S, h, w]`` (``reconstruction_rss`` or ``reconstruction_esc``)."""
+def read_target(path: str | Path, noiseless: bool = False) -> np.ndarray:
+    """The target volume float32 ``[S, h, w]`` (``reconstruction_rss`` or ``reconstruction_esc``; with
+    ``noiseless`` the simulated ``reconstruction_noiseless``)."""
     with open_volume(path) as f:
+        if noiseless:
+            if NOISELESS_KEY not in f:
+                raise input_error(path, f"no '{NOISELESS_KEY}' dataset", "only files made by `mrlearn simulate` have one")
+            return _read_3d(f, NOISELESS_KEY, path)
         key = next((k for k in TARGET_KEYS if k in f), None)
         if key is None:
             raise input_error(path, "no target dataset (reconstruction_rss / reconstruction_esc)",
@@ -415,97 +377,3 @@ def _read_3d(f: h5py.File, key: str, path: str | Path) -> np.ndarray:
     if arr.dtype.kind not in "fiu":
         raise input_error(path, f"'{key}' is {arr.dtype}, expected real magnitude images", "store float32 magnitudes")
     return np.asarray(arr[()], dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------------------------------- writing
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
-@contextlib.contextmanager
-def _atomic_h5(path: str | Path) -> Iterator[h5py.File]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def write_volume(
-    path: str | Path,
-    kspace: np.ndarray,
-    *,
-    target: np.ndarray | None = None,
-    target_key: str | None = None,
-    acquisition: str,
-    patient_id: str = "",
-    mask: np.ndarray | None = None,
-    header: str | None = None,
-    attrs: dict[str, Any] | None = None,
-    sens_maps: np.ndarray | None = None,
-) -> Path:
-    """Write a fastMRI-format volume atomically and return its path.
-
-    ``kspace`` complex ``[S, H, W]`` (single-coil) or ``[S, C, H, W]`` (multi-coil), stored as complex64.
-    ``target`` float ``[S, h, w]`` stored under ``target_key`` (default ``reconstruction_rss`` for 4-D k-space,
-    ``reconstruction_esc`` for 3-D); attrs ``max``/``norm`` are computed from it. ``mask`` (length W) makes a
-    test-style file (pass ``acceleration``/``num_low_frequency`` in ``attrs``). ``header`` is an ISMRMRD XML string
-    (see :func:`make_ismrmrd_header`); without one, readers use the full matrix. ``sens_maps`` ``[S, C, H, W]``.
-    """
-    path = Path(path)
-    kspace = np.asarray(kspace)
-    if kspace.ndim not in (3, 4) or kspace.dtype.kind != "c":
-        raise input_error(path, f"k-space to write must be complex [S, H, W] or [S, C, H, W], got {kspace.dtype} {kspace.shape}",
-                          "pass complex k-space with a slice axis")
-    s, h, w = kspace.shape[0], kspace.shape[-2], kspace.shape[-1]
-    if target is not None:
-        target = np.asarray(target, dtype=np.float32)
-        if target.ndim != 3 or target.shape[0] != s:
-            raise input_error(path, f"target shape {target.shape} does not match {s} k-space slices", "pass [S, h, w]")
-    if mask is not None:
-        mask = np.asarray(mask).reshape(-1)
-        if mask.shape[0] != w:
-            raise input_error(path, f"mask length {mask.shape[0]} does not match k-space width {w}", "pass a length-W column mask")
-    if sens_maps is not None:
-        sens_maps = np.asarray(sens_maps, dtype=np.complex64)
-        want = (s, 1 if kspace.ndim == 3 else kspace.shape[1], h, w)
-        if sens_maps.shape != want:
-            raise input_error(path, f"sens_maps shape {sens_maps.shape}, expected {want}", "pass [S, C, H, W] maps")
-    key = target_key or ("reconstruction_rss" if kspace.ndim == 4 else "reconstruction_esc")
-    with _atomic_h5(path) as f:
-        f.create_dataset("kspace", data=kspace.astype(np.complex64, copy=False))
-        if target is not None:
-            f.create_dataset(key, data=target)
-            f.attrs["max"] = float(target.max())
-            f.attrs["norm"] = float(np.linalg.norm(target.astype(np.float64)))
-        if mask is not None:
-            f.create_dataset("mask", data=mask.astype(bool))
-        if sens_maps is not None:
-            f.create_dataset("sens_maps", data=sens_maps)
-        if header is not None:
-            f.create_dataset("ismrmrd_header", data=np.bytes_(header.encode("utf-8")))
-        f.attrs["acquisition"] = str(acquisition)
-        f.attrs["patient_id"] = str(patient_id)
-        for k, v in (attrs or {}).items():
-            f.attrs[k] = v
-    return path
-
-
-def write_reconstruction(path: str | Path, recon: np.ndarray, attrs: dict[str, Any] | None = None) -> Path:
-    """Write a fastMRI submission file (dataset ``reconstruction`` float32 ``[S, h, w]``) atomically."""
-    path = Path(path)
-    recon = np.asarray(recon)
-    if recon.ndim != 3 or recon.dtype.kind == "c":
-        raise MrlearnError(f"{path}: reconstruction must be real [slices, h, w], got {recon.dtype} {recon.shape}; "
-                           "pass magnitude images with a slice axis")
-    with _atomic_h5(path) as f:
-        f.create_dataset(SUBMISSION_KEY, data=recon.astype(np.float32, copy=False))
-        for k, v in (attrs or {}).items():
-            f.attrs[k] = v
-    return path

@@ -2,13 +2,15 @@
 
 Mask (``[1, 1, W]`` column mask or ``[1, H, W]`` 2-D mask, float32 0/1, broadcast over coils):
   * the file's own ``mask`` when it has one (test/challenge files: already undersampled);
-  * training: a random mask drawn with ``numpy.random.default_rng([seed, epoch, index])`` so that a run resumed
+  * training: a random mask drawn with ``mask_func(shape, seed=(seed, epoch, index))`` so that a run resumed
     mid-epoch sees exactly the same masks;
-  * validation/test: ``physics.masks.fixed_mask`` seeded from the file name (the same for every slice, every run);
+  * validation/test: ``mask_func(shape, seed=file_seed(fname))``, fastMRI's per-file seed (the same for every
+    slice, every run, and the mask fastMRI's code draws for that file);
   * columns outside the file's ``padding`` (acquired columns ``[left, right)``) are zeroed.
 
 U-Net input (fastMRI convention): the zero-filled image ``x = RSS_c |F^-1 (M y_c)|`` (the magnitude for
-single-coil) centre-cropped (or zero-padded) to the recon size ``[h, w]``; instance-normalised with the input's
+single-coil) centre-cropped (or zero-padded) to the recon size ``[h, w]`` (a k-space width ``W`` below ``w``, as
+in narrow FLAIR volumes, crops input and target to ``(W, W)`` instead, as fastMRI); instance-normalised with the input's
 own mean and standard deviation, ``x_n = clamp((x - mean) / std, -6, 6)``; the target is kept in data units and
 normalised by the training module with the *same* mean/std (:func:`normalise_target`, also clamped to +-6).
 Network outputs are de-normalised with ``out * std + mean`` (:func:`denormalise`). Because mean and std
@@ -19,63 +21,26 @@ Physics-based networks also get (``keep_kspace=True``): ``kspace`` the masked k-
 divided by ``scale``, ``mask``, ``scale`` (a per-slice float: the maximum of the zero-filled image, 1 when that
 is zero) and ``sens_maps`` ``[C, H, W]`` when the raw sample has them. Multiply their output by ``scale``.
 
-A training sample (a dict; default-collated into batches):
-``image`` ``[1, h, w]`` float32 (normalised), ``target`` ``[1, h, w]`` float32 in data units (zeros without a target), ``has_target`` bool,
-``zero_filled`` ``[1, h, w]`` the un-normalised zero-filled input (data units), ``mean``, ``std``, ``max`` (target volume max, NaN when unknown), ``fname``, ``slice``, ``mask``, and the
-physics entries above when requested.
+A training sample is a :class:`mrlearn.data.sample.Sample` (collated into a :class:`~mrlearn.data.sample.Batch`;
+shapes and units are stated there): ``image`` ``[1, h, w]`` (normalised), ``target`` ``[1, h, w]`` in data units
+(zeros without a target), ``has_target``, ``zero_filled`` ``[1, h, w]`` (data units), ``mean``, ``std``, ``max``
+(target volume max, NaN when unknown), ``fname``, ``slice``, ``acquisition``, ``recon_size``, ``padding``, and the
+physics entries above when requested. It also reads as a dict of those keys.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from mrlearn.data.sample import Sample
 from mrlearn.physics.complex import crop_or_pad
 from mrlearn.physics.fft import ifft2c
+from mrlearn.physics.masks import MaskFunc, file_seed
 from mrlearn.physics.sense import apply_mask, rss
-from mrlearn.registry import register
-
-MaskFunc = Callable[[tuple[int, int], np.random.Generator], np.ndarray]
-
-
-def _column_mask(kind: str) -> Callable[..., MaskFunc]:
-    def factory(accelerations: list[float] = [4], center_fractions: list[float] = [0.08]) -> MaskFunc:  # noqa: B006
-        from mrlearn.physics.masks import build_mask_func
-
-        return build_mask_func(kind, list(accelerations), list(center_fractions))
-
-    factory.__qualname__ = f"mask_{kind}"
-    factory.__doc__ = f"fastMRI {kind} column mask: one centre fraction per acceleration."
-    return factory
-
-
-def _poisson_mask(accelerations: list[float] = [4], calib: list[int] = [16, 16]) -> MaskFunc:  # noqa: B006
-    """2-D variable-density Poisson-disc mask with a fully sampled ``calib`` box."""
-    from mrlearn.physics.masks import build_mask_func
-
-    return build_mask_func("poisson", list(accelerations), None, calib=tuple(int(c) for c in calib))
-
-
-def _register_masks() -> None:
-    """Register the fastMRI mask families unless ``physics.masks`` registered its own entries (imported first)."""
-    from mrlearn import registry
-
-    try:
-        importlib.import_module("mrlearn.physics.masks")
-    except ModuleNotFoundError:
-        pass
-    entries = {k: _column_mask(k) for k in ("random", "equispaced", "equispaced_fraction")}
-    entries["poisson"] = _poisson_mask
-    for kind, factory in entries.items():
-        if kind not in registry._ENTRIES["mask"]:
-            register("mask", kind)(factory)
-
-
-_register_masks()
 
 
 def mask_to_tensor(mask: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -127,12 +92,9 @@ class ReconTransform:
         elif self.mask_func is None:
             return None
         elif self.train:
-            rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-            mask = mask_to_tensor(self.mask_func(shape, rng), shape)
+            mask = mask_to_tensor(self.mask_func(shape, seed=(self.seed, int(epoch), int(index)))[0], shape)
         else:
-            from mrlearn.physics.masks import fixed_mask
-
-            mask = mask_to_tensor(fixed_mask(self.mask_func, shape, str(sample["fname"])), shape)
+            mask = mask_to_tensor(self.mask_func(shape, seed=file_seed(str(sample["fname"])))[0], shape)
         padding = sample.get("padding")
         if padding is not None:
             left, right = int(padding[0]), int(padding[1])
@@ -149,11 +111,13 @@ class ReconTransform:
         shape = (int(kspace.shape[-2]), int(kspace.shape[-1]))
         return kspace, self.select_mask(sample, shape, index, epoch), shape
 
-    def __call__(self, sample: dict[str, Any], index: int = 0, epoch: int = 0) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any], index: int = 0, epoch: int = 0) -> Sample:
         kspace, mask, shape = self.kspace_and_mask(sample, index, epoch)
         masked = apply_mask(kspace, mask)
         zf = rss(ifft2c(masked), dim=-3)
         size = self.recon_size or tuple(int(s) for s in (sample.get("recon_size") or shape))
+        if shape[1] < size[1]:  # narrow (FLAIR) volume, as fastMRI: crop to (W, W) instead of padding the width
+            size = (shape[1], shape[1])
         image = crop_or_pad(zf, size)
         image_n, mean, std = normalise(image)
         target = sample.get("target")
@@ -165,25 +129,29 @@ class ReconTransform:
         else:
             target_t = torch.zeros(size)
         vmax = sample.get("max")
-        out: dict[str, Any] = {
-            "image": image_n.unsqueeze(0),
-            "target": target_t.float().unsqueeze(0),
-            "has_target": has_target,
-            "zero_filled": image.float().unsqueeze(0),
-            "mean": torch.tensor(mean, dtype=torch.float32),
-            "std": torch.tensor(std, dtype=torch.float32),
-            "max": float(vmax) if vmax is not None else float("nan"),
-            "fname": str(sample["fname"]),
-            "slice": int(sample["slice"]),
-        }
+        padding = sample.get("padding")
+        out = Sample(
+            image=image_n.unsqueeze(0),
+            target=target_t.float().unsqueeze(0),
+            has_target=has_target,
+            zero_filled=image.float().unsqueeze(0),
+            mean=torch.tensor(mean, dtype=torch.float32),
+            std=torch.tensor(std, dtype=torch.float32),
+            max=float(vmax) if vmax is not None else float("nan"),
+            fname=str(sample["fname"]),
+            slice=int(sample["slice"]),
+            acquisition=sample.get("acquisition"),
+            recon_size=(int(size[0]), int(size[1])),
+            padding=None if padding is None else (int(padding[0]), int(padding[1])),
+        )
         if self.keep_kspace:
             scale = float(zf.abs().max())
             scale = scale if math.isfinite(scale) and scale > 0 else 1.0
-            out["kspace"] = masked / scale
-            out["mask"] = mask if mask is not None else torch.ones(1, 1, shape[1])
-            out["scale"] = torch.tensor(scale, dtype=torch.float32)
+            out.kspace = masked / scale
+            out.mask = mask if mask is not None else torch.ones(1, 1, shape[1])
+            out.scale = torch.tensor(scale, dtype=torch.float32)
             if sample.get("sens_maps") is not None:
-                out["sens_maps"] = torch.as_tensor(np.asarray(sample["sens_maps"])).to(torch.complex64)
+                out.sens_maps = torch.as_tensor(np.asarray(sample["sens_maps"])).to(torch.complex64)
         return out
 
 

@@ -1,12 +1,13 @@
 """Score reconstructions against fastMRI targets: per volume, mean and std overall and per contrast.
 
 Targets are fastMRI files (``reconstruction_rss`` / ``reconstruction_esc``, attr ``acquisition``); predictions are
-submission files (dataset ``reconstruction``) with the same file names. As fastMRI, a prediction larger than
-its target is centre-cropped to the target's ``(h, w)`` (``physics.complex.center_crop``); a smaller prediction or
-a different number of slices is an error. (fastMRI's script also crops both to a square of the target's width;
-we do not, as targets here need not be square.) Metrics are ``evaluation.metrics`` with the defaults: NMSE, PSNR
-with ``maxval = target.max()`` of the volume, SSIM per slice with the volume max as data range, averaged over
-slices; summaries average over volumes (std with ``ddof = 1``, 0 for a single volume).
+submission files (dataset ``reconstruction``) with the same file names. Crops, as fastMRI's ``evaluate.py``: a
+target taller than wide (``h > w``) is centre-cropped to ``(w, w)`` (``square=False`` keeps it whole; fastMRI's
+script cannot score targets wider than tall, we score them whole); the prediction is centre-cropped to the
+target's size (``physics.complex.center_crop``, from ``(H - h) // 2``); a smaller prediction or a different number
+of slices is an error. Scores are ``evaluation.scoring.volume_metrics``: NMSE, PSNR with ``maxval = target.max()``
+of the volume, SSIM per slice with the volume max as data range, averaged over slices; summaries average over
+volumes (std with ``ddof = 1``, 0 for a single volume).
 
 Outputs (atomic writes): ``metrics.csv`` with columns ``volume, acquisition, nmse, psnr, ssim``: one row per
 volume, then ``mean`` and ``std`` rows for ``all`` and for each contrast; ``metrics.json`` with the same numbers
@@ -20,7 +21,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from mrlearn.errors import input_error
-from mrlearn.evaluation.metrics import nmse, psnr, ssim
+from mrlearn.evaluation.scoring import METRIC_NAMES, volume_metrics
+from mrlearn.io import atomic_write_text
 from mrlearn.physics.complex import center_crop
 
-METRIC_NAMES = ("nmse", "psnr", "ssim")
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -61,6 +61,16 @@ def _load(value: np.ndarray | str | Path, kind: str) -> tuple[np.ndarray, str]:
     return np.asarray(value), kind
 
 
+def _crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return center_crop(torch.from_numpy(np.ascontiguousarray(x)), size).numpy()
+
+
+def square_target(target: np.ndarray) -> np.ndarray:
+    """fastMRI's evaluation crop: a target ``[S, h, w]`` with ``h > w`` centre-cropped to ``(w, w)``, else as is."""
+    h, w = target.shape[-2:]
+    return _crop(target, (w, w)) if h > w else target
+
+
 def match_prediction(target: np.ndarray, pred: np.ndarray, where: str = "prediction") -> np.ndarray:
     """The prediction centre-cropped to the target's ``(h, w)``; errors for other slice counts or smaller images."""
     if target.ndim != 3 or pred.ndim != 3:
@@ -73,15 +83,15 @@ def match_prediction(target: np.ndarray, pred: np.ndarray, where: str = "predict
         raise input_error(where, f"image size {pred.shape[1:]} is smaller than the target's {target.shape[1:]}",
                           "reconstruct at (or crop to) the target size")
     if pred.shape[1:] != target.shape[1:]:
-        pred = center_crop(torch.from_numpy(np.ascontiguousarray(pred)), target.shape[1:]).numpy()
+        pred = _crop(pred, target.shape[1:])
     return pred
 
 
-def evaluate_volumes(pairs: Iterable[VolumePair | Sequence[Any]]) -> list[dict[str, Any]]:
+def evaluate_volumes(pairs: Iterable[VolumePair | Sequence[Any]], square: bool = True) -> list[dict[str, Any]]:
     """Score each pair; rows ``{"volume", "acquisition", "slices", "nmse", "psnr", "ssim"}`` in input order.
 
     A pair is a :class:`VolumePair` or a tuple ``(volume, target, pred[, acquisition])``; target/pred are float
-    arrays ``[S, h, w]`` or file paths.
+    arrays ``[S, h, w]`` or file paths. ``square``: fastMRI's ``(w, w)`` crop of targets taller than wide.
     """
     rows = []
     for item in pairs:
@@ -89,14 +99,15 @@ def evaluate_volumes(pairs: Iterable[VolumePair | Sequence[Any]]) -> list[dict[s
         target, t_where = _load(pair.target, "target")
         pred, p_where = _load(pair.pred, "prediction")
         target = np.asarray(target, dtype=np.float64)
+        if square and target.ndim == 3:
+            target = square_target(target)
         pred = match_prediction(target, np.asarray(pred, dtype=np.float64), p_where)
         if not np.all(np.isfinite(pred)):
             raise input_error(p_where, "prediction contains NaN or Inf", "fix the reconstruction before scoring")
         if not np.all(np.isfinite(target)):
             raise input_error(t_where, "target contains NaN or Inf", "use a valid target file")
         rows.append({"volume": str(pair.volume), "acquisition": str(pair.acquisition), "slices": int(target.shape[0]),
-                     "nmse": float(nmse(target, pred)), "psnr": float(psnr(target, pred)),
-                     "ssim": float(ssim(target, pred))})
+                     **volume_metrics(target, pred)})
     return rows
 
 
@@ -180,15 +191,6 @@ def _finite_or_none(x: Any) -> Any:
     return x
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
 def csv_rows(rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-volume rows then ``mean``/``std`` rows for ``all`` and each contrast (columns volume, acquisition, metrics)."""
     out = [{"volume": r["volume"], "acquisition": r["acquisition"], **{m: r[m] for m in METRIC_NAMES}} for r in rows]
@@ -205,14 +207,16 @@ def write_outputs(out_dir: str | Path, rows: list[dict[str, Any]], summary: dict
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise input_error(f"--out {out}", "is a file", "pass a folder for metrics.csv and metrics.json")
+    out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["volume", "acquisition", *METRIC_NAMES], lineterminator="\n")
     writer.writeheader()
     for r in csv_rows(rows, summary):
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-    csv_path = _atomic_write(out / "metrics.csv", buf.getvalue())
+    csv_path = atomic_write_text(out / "metrics.csv", buf.getvalue())
     payload = {"volumes": rows, "summary": summary, "missing_predictions": list(missing), **(extra or {})}
-    json_path = _atomic_write(out / "metrics.json", json.dumps(_finite_or_none(payload), indent=2, allow_nan=False) + "\n")
+    json_path = atomic_write_text(out / "metrics.json",
+                                  json.dumps(_finite_or_none(payload), indent=2, allow_nan=False) + "\n")
     return csv_path, json_path
 
 
@@ -237,15 +241,17 @@ def format_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
 
 def evaluate_folders(target_dir: str | Path, pred_dir: str | Path, out_dir: str | Path | None = None,
-                     contrasts: Sequence[str] | None = None) -> dict[str, Any]:
-    """Pair, score, summarise and write outputs (default ``out_dir``: the prediction folder).
+                     contrasts: Sequence[str] | None = None, square: bool = True) -> dict[str, Any]:
+    """Pair, score, summarise and write outputs (default ``out_dir``: the prediction folder; ``square``: see
+    :func:`evaluate_volumes`).
 
     Returns ``{"rows", "summary", "missing", "csv", "json"}``.
     """
     pairs, missing = pair_folders(target_dir, pred_dir, contrasts)
-    rows = evaluate_volumes(pairs)
+    rows = evaluate_volumes(pairs, square)
     summary = summarise(rows)
     out = Path(out_dir) if out_dir is not None else Path(pred_dir)
-    extra = {"target_dir": str(target_dir), "pred_dir": str(pred_dir), "contrasts": list(contrasts or [])}
+    extra = {"target_dir": str(target_dir), "pred_dir": str(pred_dir), "contrasts": list(contrasts or []),
+             "square_crop": bool(square)}
     csv_path, json_path = write_outputs(out, rows, summary, missing, extra)
     return {"rows": rows, "summary": summary, "missing": missing, "csv": csv_path, "json": json_path}

@@ -8,7 +8,8 @@ float64. Conventions, exactly as fastMRI's evaluation:
   ``data_range = maxval`` (default ``gt.max()`` over the whole volume), the SSIM map averaged over the pixels
   whose window lies fully inside the image (skimage crops ``(win - 1) // 2`` at each border); then averaged over
   slices. This equals ``skimage.metrics.structural_similarity(gt[s], pred[s], data_range=maxval)``.
-Numbers from other SSIMs (11 x 11 Gaussian, data_range 1) are not comparable.
+Numbers from other SSIMs (11 x 11 Gaussian, data_range 1) are not comparable. Whole volumes are scored with
+``evaluation.scoring`` (the one per-volume scorer), which uses these functions.
 """
 
 from __future__ import annotations
@@ -87,14 +88,6 @@ def slice_ssim(gt: np.ndarray, pred: np.ndarray, maxval: float | None = None) ->
     gt, pred = _pair(gt, pred, "ssim")
     maxval = float(gt.max()) if maxval is None else float(maxval)
     return np.array([ssim_map(g, p, maxval).mean() for g, p in zip(gt, pred)])
-
-
-METRICS = {"nmse": nmse, "psnr": psnr, "ssim": ssim}
-
-
-def volume_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """``{"nmse", "psnr", "ssim"}`` of one volume with the fastMRI defaults."""
-    return {name: float(fn(gt, pred)) for name, fn in METRICS.items()}
 
 
 class SSIMLoss(torch.nn.Module):

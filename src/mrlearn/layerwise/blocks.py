@@ -112,8 +112,48 @@ class LayerwiseNet(nn.Module):
         """Input of block ``num_blocks`` computed without gradients (the greedy scheme's frozen features)."""
         return self.forward(x, num_blocks).detach()
 
+    def stage_output(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Output of block ``stage`` on the frozen features of the blocks before it (greedy training)."""
+        return self.blocks[stage](self.frozen_features(x, stage))
+
     def freeze(self, upto: int) -> None:
         """``requires_grad = False`` for blocks ``< upto``, True for the others."""
         for i, block in enumerate(self.blocks):
             for p in block.parameters():
                 p.requires_grad_(i >= upto)
+
+
+class FeatureStackNet(LayerwiseNet):
+    """The seed figure's greedy scheme ("train block i, freeze g_i, drop f_i"): features are stacked, not the image.
+
+    ``h_0 = x`` (2 channels), ``h_i = relu(g_i(h_{i-1}))`` (``hidden`` channels; ``g_1``: 2 -> hidden, later
+    ``g_i``: hidden -> hidden, k x k), and the output after ``n`` blocks is ``x + f_n(h_n)`` with ``f_n`` the 1 x 1
+    head of block ``n``: only the last block's head is used, earlier heads are dropped. Greedy stage ``i`` trains
+    ``g_i`` and ``f_i`` on the frozen ``h_{i-1}``. Same ``[B, 2, H, W] -> [B, 2, H, W]`` interface as the stack.
+    """
+
+    def __init__(self, num_blocks: int = 5, hidden: int = 256, kernel_size: int = 7, channels: int = 2):
+        super().__init__(num_blocks, hidden, kernel_size, channels)
+        for block in list(self.blocks)[1:]:  # later blocks read the hidden features
+            k = block.kernel_size
+            block.g = nn.Conv2d(hidden, hidden, k, padding=k // 2, bias=False)
+
+    def features(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        for block in self.blocks[:num_blocks]:
+            x = block.features(x)
+        return x
+
+    def forward(self, x: torch.Tensor, num_blocks: int | None = None) -> torch.Tensor:
+        n = len(self.blocks) if num_blocks is None else num_blocks
+        if n == 0:
+            return x
+        return x + self.blocks[n - 1].f(self.features(x, n))
+
+    @torch.no_grad()
+    def frozen_features(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """``h_{num_blocks}`` computed without gradients."""
+        return self.features(x, num_blocks).detach()
+
+    def stage_output(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        block = self.blocks[stage]
+        return x + block.f(block.features(self.frozen_features(x, stage)))

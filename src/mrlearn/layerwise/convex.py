@@ -210,6 +210,7 @@ class ConvexBlockResult:
     restarts: int = 0
     iterations: int = 0
     num_neurons: int = 0
+    converged: bool = False  # every FISTA run met its tolerance (not stopped by max_iter)
     variant: str = "gated"
     solution: torch.Tensor | None = None  # U: V [P, d, c] (gated) or stack(W, Z) [2, P, d, c] (relu)
     gate_filters: torch.Tensor | None = None  # [P, C, k, k] the random filters of the sign patterns
@@ -242,23 +243,44 @@ class ConvexBlockResult:
         return self.relu_objective - self.convex_objective
 
 
-def solve_convex(problem: ConvexProblem, max_iter: int = 500, tol: float = 1e-7,
-                 rhos: tuple[float, ...] = (10.0, 100.0, 1000.0), U0: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None):
-    """Solve ``problem`` by FISTA (relu variant: one warm-started FISTA run per penalty weight in ``rhos``).
+@dataclass
+class ConvexSolve:
+    """A solve: solution ``U``, objective per accepted iterate, restarts, iterations used, tolerance met."""
 
-    Returns ``(U, history, restarts, iterations)``; ``history`` holds the objective of every accepted iterate
-    (smooth part including the current penalty, plus the group lasso), monotone within each run.
+    U: torch.Tensor
+    history: list[float]
+    restarts: int
+    iterations: int
+    converged: bool
+
+
+def solve_convex_report(problem: ConvexProblem, max_iter: int = 5000, tol: float = 1e-6,
+                        rhos: tuple[float, ...] = (10.0, 100.0, 1000.0), U0: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None) -> ConvexSolve:
+    """Solve ``problem`` by FISTA to the relative tolerance ``tol`` (``max_iter``: safety cap per FISTA run).
+
+    Relu variant: one warm-started FISTA run per penalty weight in ``rhos``. ``history`` holds the objective of
+    every accepted iterate (smooth part including the current penalty, plus the group lasso), monotone within
+    each run; ``converged`` is True when every run stopped on its tolerance rather than on ``max_iter``.
     """
     U = torch.zeros(problem.shape, dtype=problem.Y.dtype) if U0 is None else U0.clone()
-    history, restarts, iterations = [], 0, 0
+    history, restarts, iterations, converged = [], 0, 0, True
     for rho in ((0.0,) if problem.variant == "gated" else rhos):
         res = fista(lambda V, r=rho: problem.smooth(V, r), lambda V, t: group_prox(V, t * problem.beta),
                     problem.regulariser, U, problem.lipschitz(rho, generator), max_iter=max_iter, tol=tol,
                     value=lambda V, r=rho: problem.smooth_value(V, r))
         U, restarts, iterations = res.x, restarts + res.restarts, iterations + res.iterations
+        converged = converged and res.converged
         history.extend(res.history)
-    return U, history, restarts, iterations
+    return ConvexSolve(U, history, restarts, iterations, converged)
+
+
+def solve_convex(problem: ConvexProblem, max_iter: int = 5000, tol: float = 1e-6,
+                 rhos: tuple[float, ...] = (10.0, 100.0, 1000.0), U0: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+    """:func:`solve_convex_report` as a tuple ``(U, history, restarts, iterations)``."""
+    r = solve_convex_report(problem, max_iter, tol, rhos, U0, generator)
+    return r.U, r.history, r.restarts, r.iterations
 
 
 def block_problem(x_in: torch.Tensor, target: torch.Tensor, kernel_size: int, num_patterns: int, beta: float,
@@ -280,8 +302,8 @@ def block_problem(x_in: torch.Tensor, target: torch.Tensor, kernel_size: int, nu
 
 
 def solve_block(x_in: torch.Tensor, target: torch.Tensor, kernel_size: int = 7, num_patterns: int = 128,
-                beta: float = 1e-4, variant: str = "gated", max_patches: int | None = 20000, max_iter: int = 500,
-                tol: float = 1e-7, rhos: tuple[float, ...] = (10.0, 100.0, 1000.0), seed: int = 0) -> ConvexBlockResult:
+                beta: float = 1e-4, variant: str = "gated", max_patches: int | None = 20000, max_iter: int = 5000,
+                tol: float = 1e-6, rhos: tuple[float, ...] = (10.0, 100.0, 1000.0), seed: int = 0) -> ConvexBlockResult:
     """Train one two-layer block convexly: build the problem, solve by FISTA, recover the ReLU weights.
 
     ``x_in``, ``target``: ``[B, C, H, W]`` real (2-channel images); deterministic for a given ``seed``.
@@ -289,10 +311,11 @@ def solve_block(x_in: torch.Tensor, target: torch.Tensor, kernel_size: int = 7, 
     gen = torch.Generator().manual_seed(seed)
     x_in, target = x_in.detach().to(torch.float32).cpu(), target.detach().to(torch.float32).cpu()
     problem = block_problem(x_in, target, kernel_size, num_patterns, beta, variant, max_patches, gen)
-    U, history, restarts, iterations = solve_convex(problem, max_iter, tol, rhos, generator=gen)
+    sol = solve_convex_report(problem, max_iter, tol, rhos, generator=gen)
+    U = sol.U
     g, f = recover_relu_weights(U, variant, x_in.shape[1], kernel_size)
     return ConvexBlockResult(
         g_weight=g, f_weight=f, convex_objective=problem.objective(U),
         relu_objective=relu_objective(problem.Y, problem.X, g, f, beta), cone_violation=problem.cone_violation(U),
-        history=history, restarts=restarts, iterations=iterations, num_neurons=int(g.shape[0]), variant=variant,
-        solution=U, gate_filters=problem.H.T.reshape(-1, x_in.shape[1], kernel_size, kernel_size))
+        history=sol.history, restarts=sol.restarts, iterations=sol.iterations, num_neurons=int(g.shape[0]),
+        variant=variant, converged=sol.converged, solution=U, gate_filters=problem.H.T.reshape(-1, x_in.shape[1], kernel_size, kernel_size))

@@ -36,7 +36,7 @@ def sense_images(kspace: torch.Tensor, mask: torch.Tensor | None, calib: tuple[i
     """Complex ``(zero_filled, fully_sampled)`` SENSE images ``[H, W]`` of ``kspace [C, H, W]`` and ``mask``."""
     masked = kspace if mask is None else kspace * mask + 0.0
     if kspace.shape[0] == 1:
-        return sense_adjoint(masked, None)[0], sense_adjoint(kspace, None)[0]
+        return sense_adjoint(masked, None), sense_adjoint(kspace, None)
     maps = acs_sens_maps(masked, calib, where=where)
     return sense_adjoint(masked, maps), sense_adjoint(kspace, maps)
 

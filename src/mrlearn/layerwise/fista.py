@@ -40,12 +40,15 @@ def fista(
     max_iter: int = 500,
     tol: float = 1e-7,
     value: Callable[[torch.Tensor], float] | None = None,
+    window: int = 10,
 ) -> FistaResult:
     """Run FISTA from ``x0`` with initial Lipschitz estimate ``lipschitz`` (doubled on failed backtracking).
 
-    Stops after ``max_iter`` iterations or when the relative objective decrease over an accepted step falls
-    below ``tol`` (``converged = True``). ``value(x)``: the smooth part's value alone (cheaper than ``smooth``;
-    default ``smooth(x)[0]``).
+    Stopping rule (``converged = True``): the relative objective decrease over the last ``window`` accepted
+    iterates, ``(F_{k-window} - F_k) / |F_k|``, falls below ``tol`` (a plateau, not one slow step), or a plain
+    proximal step from the current iterate no longer decreases the objective. ``max_iter`` is only a safety net:
+    a run that reaches it has ``converged = False``. ``value(x)``: the smooth part's value alone (cheaper than
+    ``smooth``; default ``smooth(x)[0]``).
     """
     value = value or (lambda v: smooth(v)[0])
     L = max(float(lipschitz), 1e-12)
@@ -73,9 +76,9 @@ def fista(
             continue
         t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
         y = x_new + ((t - 1.0) / t_new) * (x_new - x)
-        decrease = F_x - F_new
         x, F_x, t = x_new, F_new, t_new
         history.append(F_x)
+        decrease = history[max(0, len(history) - 1 - max(1, int(window)))] - F_x
         if decrease <= tol * max(abs(F_x), 1e-30):
             converged = True
             break

@@ -18,10 +18,10 @@ The loss (``method.loss``, seed: l2) compares complex images as 2 channels in th
   Validation during stage ``i`` scores the first ``i + 1`` blocks (the seed's Fig. 2 curve).
 * convex: one epoch per block. The epoch's training steps compute the block input under ``no_grad`` and keep
   ``patches_per_slice`` random pixels' patch rows and residual targets; the last step of the epoch solves the
-  block's convex problem (:mod:`mrlearn.layerwise.convex`, FISTA with restarts; ``variant`` gated or relu) and
-  installs the block (gated: :class:`~mrlearn.layerwise.blocks.GatedBlock`; relu: the recovered ReLU block).
-  Convex and recovered objectives, their gap, neurons and iterations are logged (``convex_*``) and kept in
-  ``self.convex_log``. Optimizer and scheduler sections are not used.
+  block's convex problem (:mod:`mrlearn.layerwise.convex`, FISTA with restarts to the relative tolerance
+  ``tol``, ``max_iter`` a safety cap; ``variant`` gated or relu) and installs the block (gated: :class:`~mrlearn.layerwise.blocks.GatedBlock`; relu: the recovered ReLU block).
+  Convex and recovered objectives, their gap, neurons, iterations used and whether the tolerance was met
+  (``tolerance_met``) are logged (``convex_*``) and kept in ``self.convex_log``. Optimizer and scheduler sections are not used.
 
 ``trained_blocks`` (a buffer, saved in checkpoints) is how many blocks the reconstruction uses.
 """
@@ -38,11 +38,12 @@ from torch import nn
 from mrlearn import registry
 from mrlearn.config import ExperimentConfig
 from mrlearn.errors import input_error
-from mrlearn.layerwise.blocks import GatedBlock, LayerwiseNet, TwoLayerBlock
-from mrlearn.layerwise.convex import ConvexProblem, recover_relu_weights, relu_objective, sample_gates, solve_convex
-from mrlearn.layerwise.convex import ConvexBlockResult
+from mrlearn.layerwise.blocks import FeatureStackNet, GatedBlock, LayerwiseNet, TwoLayerBlock
+from mrlearn.layerwise.convex import (ConvexBlockResult, ConvexProblem, recover_relu_weights, relu_objective,
+                                      sample_gates, solve_convex_report)
 from mrlearn.layerwise.patches import patch_matrix, pixel_matrix
 from mrlearn.physics.complex import channels_to_complex
+from mrlearn.physics.masks import seed_from_name
 from mrlearn.registry import register
 from mrlearn.training.module import ReconModule
 
@@ -51,6 +52,8 @@ class LayerwiseModule(ReconModule):
     """Shared parts of the three layer-wise methods (see the module docstring)."""
 
     keep_kspace = False
+    #: how :func:`mrlearn.layerwise.train.train` selects the weights it scores
+    selection = "best_checkpoint"
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig):
         if not isinstance(model, LayerwiseNet):
@@ -154,12 +157,15 @@ class EndToEndModule(_AdamStageModule):
 class GreedyModule(_AdamStageModule):
     """Greedy layer-wise training: ``epochs_per_block`` epochs per block, earlier blocks frozen."""
 
+    selection = "per_block_best"
+
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, epochs_per_block: int = 10,
                  lr_step_epochs: int = 10, lr_gamma: float = 0.5):
         if epochs_per_block < 1:
             raise input_error("method.epochs_per_block", f"must be >= 1, got {epochs_per_block}", "use e.g. 10")
         super().__init__(model, loss, cfg, "layerwise_greedy", epochs_per_block, lr_step_epochs, lr_gamma)
         self.epochs_per_block = epochs_per_block
+        self._best: tuple[int, float, dict[str, torch.Tensor]] | None = None  # (stage, score, block weights)
         total = self.num_blocks * epochs_per_block
         if cfg.trainer.max_epochs != total:
             raise input_error("trainer.max_epochs", f"is {cfg.trainer.max_epochs} but greedy training of {self.num_blocks} "
@@ -168,32 +174,57 @@ class GreedyModule(_AdamStageModule):
     def stage(self) -> int:
         return min(int(self.current_epoch) // self.epochs_per_block, self.num_blocks - 1)
 
+    def _restore_best(self) -> None:
+        """Put back the best-validation weights of the block whose stage just ended."""
+        if self._best is not None:
+            stage, _, weights = self._best
+            self.model.blocks[stage].load_state_dict(weights)
+            self._best = None
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        key, mode = self.checkpoint_monitor
+        value = self.trainer.callback_metrics.get(key)
+        if value is None or not math.isfinite(float(value)):
+            return
+        s, v = self.stage(), float(value)
+        if self._best is None or self._best[0] != s or (v > self._best[1] if mode == "max" else v < self._best[1]):
+            self._best = (s, v, {k: t.detach().clone() for k, t in self.model.blocks[s].state_dict().items()})
+
+    def on_train_end(self) -> None:
+        self._restore_best()
+
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         s = self.stage()
+        if self._best is not None and self._best[0] != s:
+            self._restore_best()
         self.model.freeze(s)
         for blk in self.model.blocks[s + 1:]:  # later blocks are not trained yet either
             for p in blk.parameters():
                 p.requires_grad_(False)
         self.trained_blocks.fill_(s + 1)
 
-    def frozen_input(self, image: torch.Tensor) -> torch.Tensor:
-        """Input of the current block: earlier blocks under ``no_grad`` (no graph, ``requires_grad`` False)."""
-        return self.model.frozen_features(image, self.stage())
-
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        x = self.frozen_input(batch["image"])
-        return self.loss_fn(self.model.blocks[self.stage()](x), batch["target_complex"])
+        """Loss of the current block on the frozen features of the earlier ones (computed under ``no_grad``)."""
+        return self.loss_fn(self.model.stage_output(batch["image"], self.stage()), batch["target_complex"])
 
 
 @register("method", "layerwise_convex")
 class ConvexModule(LayerwiseModule):
     """Convex layer-wise training: one epoch per block (gather patches, solve by FISTA, install the block)."""
 
+    selection = "solved"
+
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, variant: str = "gated",
-                 num_patterns: int = 128, beta: float = 1e-4, patches_per_slice: int = 2000, max_iter: int = 500,
-                 tol: float = 1e-7, rhos: list[float] = [10.0, 100.0, 1000.0]):  # noqa: B006
+                 num_patterns: int = 128, beta: float = 1e-4, patches_per_slice: int = 2000, max_iter: int = 5000,
+                 tol: float = 1e-6, rhos: list[float] = [10.0, 100.0, 1000.0]):  # noqa: B006
         super().__init__(model, loss, cfg)
+        if isinstance(model, FeatureStackNet):
+            raise input_error("model.scheme", "drop_f stacks hidden features, which the convex blocks do not solve",
+                              "use model.scheme: stream with layerwise_convex")
         if variant not in ("gated", "relu"):
             raise input_error("method.variant", f"unknown variant {variant!r}", "use gated or relu")
         if num_patterns < 1 or patches_per_slice < 1 or max_iter < 1:
@@ -209,7 +240,7 @@ class ConvexModule(LayerwiseModule):
         self.variant, self.num_patterns, self.beta = variant, num_patterns, beta
         self.patches_per_slice, self.max_iter, self.tol, self.rhos = patches_per_slice, max_iter, tol, tuple(rhos)
         self.convex_log: list[dict[str, float]] = []
-        self._rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._rows: list[tuple[tuple[str, int], torch.Tensor, torch.Tensor]] = []  # ((fname, slice), Y, X)
 
     def configure_optimizers(self) -> Any:
         return None
@@ -232,12 +263,14 @@ class ConvexModule(LayerwiseModule):
             x = self.model.frozen_features(batch["image"], s)
             target = batch["target_complex"]
             loss = self.loss_fn(x, target)  # the loss of the current (s-block) network
-            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.seed, s, int(self.current_epoch), batch_idx]).generate_state(1)[0]))
-            for i in range(x.shape[0]):
+            for i in range(x.shape[0]):  # rows drawn per slice (seeded by its name): independent of batching
+                key = (str(batch["fname"][i]), int(batch["slice"][i]))
+                seq = [self.cfg.seed, s, int(self.current_epoch), seed_from_name(key[0]), key[1]]
+                gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seq).generate_state(1)[0]))
                 Y = patch_matrix(x[i:i + 1].float().cpu(), k)
                 X = pixel_matrix((target[i:i + 1] - x[i:i + 1]).float().cpu())
                 rows = torch.randperm(Y.shape[0], generator=gen)[: self.patches_per_slice]
-                self._rows.append((Y[rows], X[rows]))
+                self._rows.append((key, Y[rows], X[rows]))
         n = len(batch["fname"])
         self._train_sum += float(loss) * n
         self._train_count += n
@@ -252,28 +285,39 @@ class ConvexModule(LayerwiseModule):
         s = self.stage()
         block = self.model.blocks[s]
         k, C = block.kernel_size, 2
-        Y = torch.cat([r[0] for r in self._rows])
-        X = torch.cat([r[1] for r in self._rows])
+        rows = self._rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process solves the same
+            parts: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, rows)
+            rows = [r for part in parts for r in part]
+        unique: dict[tuple[str, int], Any] = {}
+        for r in rows:  # by (fname, slice): the order of one process; a slice seen twice counts once
+            unique.setdefault(r[0], r)
+        Y = torch.cat([unique[key][1] for key in sorted(unique)])
+        X = torch.cat([unique[key][2] for key in sorted(unique)])
         self._rows = []
         gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1000 + s)
         H, G = sample_gates(Y, self.num_patterns, gen)
         problem = ConvexProblem(Y=Y, X=X, G=G, beta=self.beta, variant=self.variant, H=H)
-        U, history, restarts, iterations = solve_convex(problem, self.max_iter, self.tol, self.rhos, generator=gen)
+        sol = solve_convex_report(problem, self.max_iter, self.tol, self.rhos, generator=gen)
+        U, history = sol.U, sol.history
         g, f = recover_relu_weights(U, self.variant, C, k)
         result = ConvexBlockResult(
             g_weight=g, f_weight=f, convex_objective=problem.objective(U), relu_objective=relu_objective(Y, X, g, f, self.beta),
-            cone_violation=problem.cone_violation(U), history=history, restarts=restarts, iterations=iterations,
-            num_neurons=int(g.shape[0]), variant=self.variant, solution=U, gate_filters=H.T.reshape(-1, C, k, k))
+            cone_violation=problem.cone_violation(U), history=history, restarts=sol.restarts, iterations=sol.iterations,
+            num_neurons=int(g.shape[0]), variant=self.variant, converged=sol.converged, solution=U,
+            gate_filters=H.T.reshape(-1, C, k, k))
         self.model.blocks[s] = result.block().to(self.trained_blocks.device)
         for p in self.model.blocks[s].parameters():
             p.requires_grad_(False)
         self.trained_blocks.fill_(s + 1)
         entry = {"block": s + 1, "convex_objective": result.convex_objective, "relu_objective": result.relu_objective,
                  "gap": result.gap, "cone_violation": result.cone_violation, "neurons": result.num_neurons,
-                 "iterations": result.iterations, "restarts": result.restarts, "rows": int(Y.shape[0]),
+                 "iterations": result.iterations, "max_iter": self.max_iter, "tol": self.tol,
+                 "tolerance_met": bool(result.converged), "restarts": result.restarts, "rows": int(Y.shape[0]),
                  "start_objective": history[0] if history else math.nan}
         self.convex_log.append(entry)
-        for key in ("convex_objective", "relu_objective", "gap", "cone_violation", "neurons"):
+        for key in ("convex_objective", "relu_objective", "gap", "cone_violation", "neurons", "iterations", "tolerance_met"):
             self.log(f"convex_{key}", float(entry[key]), on_step=True, on_epoch=False, batch_size=1)
         if s + 1 >= self.num_blocks and getattr(self, "_trainer", None) is not None:
             self.trainer.should_stop = True

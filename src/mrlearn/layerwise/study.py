@@ -1,6 +1,6 @@
 """Study runner ``layerwise`` (seed 001, Fig. 2-4) for the shared study machinery (``mrlearn study``).
 
-``runner: layerwise`` in a study YAML (``configs/layerwise_study.yaml``) makes :func:`study_runner` run each arm:
+``runner: layerwise`` (registry kind ``runner``) in a study YAML (``configs/layerwise_study.yaml``) makes :func:`study_runner` run each arm:
 
 * ``layerwise_end_to_end``: one network per depth ``d = 1..N`` (``N = model.num_blocks``), each trained jointly
   with ``model.num_blocks = d`` in ``<run>/depth<d>/``; group ``blocks=d`` scores the d-block network;
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrlearn.study.runner import RunOutcome, register_runner
+from mrlearn.registry import register
+from mrlearn.study.runner import RunOutcome
 
 METHODS = ("layerwise_end_to_end", "layerwise_greedy", "layerwise_convex")
 _MEMORY: dict[tuple, dict[str, Any]] = {}  # memory probes are identical across masks/arms of one size: measure once
@@ -51,7 +52,7 @@ def score_depths(module: Any, cfg: Any, depths: list[int]) -> tuple[dict[str, di
     Returns (groups ``blocks=d`` -> mean metrics over volumes, per-slice rows, examples of the deepest depth,
     zero-filled input metrics). Images are magnitudes in the data's units (``|x| * scale``).
     """
-    from mrlearn.evaluation import metrics as M
+    from mrlearn.evaluation.scoring import mean_metrics, slice_metrics, volume_metrics
     from mrlearn.physics.complex import channels_to_complex
     from mrlearn.training.data import ReconDataModule
 
@@ -83,21 +84,16 @@ def score_depths(module: Any, cfg: Any, depths: list[int]) -> tuple[dict[str, di
         vmax = float(gt.max())
         for d in per_depth:
             pred = np.stack(v[d])[order]
-            per_depth[d].append({"psnr": M.psnr(gt, pred, vmax), "ssim": M.ssim(gt, pred, vmax),
-                                 "nmse": M.nmse(gt, pred)})
+            per_depth[d].append(volume_metrics(gt, pred, vmax))
             if d == 0:
                 continue
-            ssims = M.slice_ssim(gt, pred, vmax)
-            for j, s in enumerate(np.asarray(v["slice"])[order]):
-                slices.append({"group": group_name(d), "fname": fname, "slice": int(s),
-                               "psnr": M.psnr(gt[j], pred[j], vmax),
-                               "ssim": float(ssims[j]), "nmse": M.nmse(gt[j], pred[j])})
+            for s, row in zip(np.asarray(v["slice"])[order], slice_metrics(gt, pred, vmax)):
+                slices.append({"group": group_name(d), "fname": fname, "slice": int(s), **row})
         if not examples and depths:
             mid, top = len(order) // 2, max(depths)
             examples[group_name(top)] = {"target": gt[mid], "input": np.stack(v[0])[order][mid],
                                          "output": np.stack(v[top])[order][mid]}
-    mean = {d: {k: float(np.mean([m[k] for m in ms])) for k in ("psnr", "ssim", "nmse")} | {"volumes": len(ms)}
-            for d, ms in per_depth.items() if ms}
+    mean = {d: mean_metrics(ms) for d, ms in per_depth.items() if ms}
     groups = {group_name(d): mean[d] for d in depths if d in mean}
     return groups, slices, examples, mean.get(0, {})
 
@@ -131,7 +127,7 @@ def gap_vs_patterns(module: Any, cfg: Any, patterns: list[int]) -> list[dict[str
     for P in patterns:
         prob = ConvexProblem(Y=Y, X=X, G=G[:, :P].contiguous(), beta=beta, variant=variant, H=H[:, :P])
         t0 = time.perf_counter()
-        U, _, restarts, iters = solve_convex(prob, int(m.get("max_iter", 300)), float(m.get("tol", 1e-7)))
+        U, _, restarts, iters = solve_convex(prob, int(m.get("max_iter", 5000)), float(m.get("tol", 1e-6)))
         gw, fw = recover_relu_weights(U, variant, 2, k)
         conv, relu = prob.objective(U), relu_objective(Y, X, gw, fw, beta)
         out.append({"variant": variant, "patterns": P, "convex_objective": conv, "relu_objective": relu,
@@ -154,6 +150,7 @@ def step_memory(mode: str, cfg: Any, size: tuple[int, int], blocks: int) -> dict
     return dict(_MEMORY[key])
 
 
+@register("runner", "layerwise")
 def study_runner(cfg: Any) -> RunOutcome:
     """Train one arm of a layer-wise study (see the module docstring) and score every depth on the test split."""
     from mrlearn.errors import input_error
@@ -193,8 +190,6 @@ def study_runner(cfg: Any) -> RunOutcome:
                                       (int(size[0]), int(size[1])), N)
     return RunOutcome(groups=groups, slices=slices, examples=examples, extra=extra)
 
-
-register_runner("layerwise", study_runner)
 
 # ------------------------------------------------------------------------------------------ standalone wrapper
 #: preset -> (shipped study, embedded-dataset options or None for data.root as configured, extra overrides)

@@ -1,8 +1,14 @@
-"""Fit a layer-wise config and score its test split (used by the layer-wise study).
+"""Fit a layer-wise config through the engine and score its test split (used by the layer-wise study).
 
 ``mrlearn train --config layerwise_greedy`` trains the same way: the spine's ``ReconDataModule`` takes the
 method's ``build_transform`` (the SENSE input/target of :class:`~mrlearn.layerwise.data.SenseTransform`).
-:func:`train` here adds the test-split scores and the convex log to ``metrics.json``.
+:func:`train` writes the run folder through :class:`~mrlearn.engine.runfolder.RunFolder`, fits with the engine's
+trainer (``training.runner.make_trainer``: checkpoints, best checkpoint, NaN guard, logger) and selects the
+weights it scores by validation: end-to-end loads ``checkpoints/best.ckpt``; greedy keeps, per block, the
+weights of the block's best validation epoch (``GreedyModule``); convex blocks are solved to tolerance (no
+selection). ``metrics.json`` adds ``selected``, the engine's convergence record (``steps``, ``best_step``,
+``stopped_by``, ``converged``, ...; ``best_step`` is None unless ``best.ckpt`` is what was scored), the validation
+curve, the test-split scores and the convex log.
 """
 
 from __future__ import annotations
@@ -14,49 +20,61 @@ from typing import Sequence
 import lightning as L
 
 from mrlearn.config import ExperimentConfig, dump_config
+from mrlearn.engine.convergence import Convergence, convergence_record, find_callback
+from mrlearn.engine.runfolder import RunFolder
 from mrlearn.errors import input_error
+from mrlearn.io import write_json
 from mrlearn.layerwise.module import LayerwiseModule
+from mrlearn.training.checkpoint import load_checkpoint, load_weights
 from mrlearn.training.data import ReconDataModule
-from mrlearn.training.runfiles import RunInfo, atomic_write_text, write_json
 from mrlearn.training.runner import TrainResult, build_method, make_trainer
 
 
 def train(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = (), test: bool = False) -> TrainResult:
     """Fit ``cfg`` (a ``layerwise_*`` method); ``test=True`` also scores the test split (``metrics.json``)."""
     run_dir = cfg.run_dir()
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise input_error(run_dir, "already holds a run (checkpoints/last.ckpt)", "choose another out_dir")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg)
     if not isinstance(module, LayerwiseModule):
         raise input_error("method.name", f"{cfg.method.get('name')!r} is not a layer-wise method",
                           "use layerwise_end_to_end, layerwise_greedy or layerwise_convex")
     datamodule = ReconDataModule(cfg, transform_factory=module.build_transform)
-    trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    info = RunInfo(run_dir, cfg.seed, {"name": cfg.name, "resumed": False})
-    info.running()
-    try:
+    trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=module.checkpoint_monitor)
+    with RunFolder(run_dir, dump_config(cfg), cfg.seed, extra={"name": cfg.name, "resumed": False},
+                   rank=int(trainer.global_rank)) as folder:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*returned `None`.*")
             trainer.fit(module, datamodule=datamodule, weights_only=True)
+            if trainer.interrupted:
+                raise KeyboardInterrupt
+            conv = find_callback(trainer, Convergence)
+            record = convergence_record(trainer, conv, ckpt_cb)
+            curve = [{"step": int(st), "epoch": int(ep), conv.monitor: v} for st, ep, v in conv.series] if conv else []
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+            selected = module.selection
+            if selected == "best_checkpoint":
+                if ckpt_cb.best_path and Path(ckpt_cb.best_path).is_file():
+                    load_weights(module, load_checkpoint(ckpt_cb.best_path)["state_dict"], ckpt_cb.best_path)
+                else:
+                    selected = "last"
+            if selected != "best_checkpoint":  # greedy: per-block best epochs; convex: solved blocks; last weights
+                record["best_step"] = None
             test_metrics = {}
             if test:
                 module.eval()
                 trainer.test(module, datamodule=datamodule, verbose=False)
                 test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
-    except BaseException as exc:
-        info.failed(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
-        raise
-    extra = {"convex_log": getattr(module, "convex_log", [])}
-    write_json(run_dir / "metrics.json", {"final": metrics, "test": test_metrics, "volumes": module.volume_results,
-                                          "history": module.history_list(), **extra})
-    info.finished(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch))
+        extra = {"convex_log": getattr(module, "convex_log", [])}
+        if folder.writer:
+            write_json(run_dir / "metrics.json", {"final": metrics, "test": test_metrics, "volumes": module.volume_results,
+                                                  "selected": selected, **record, "validation_curve": curve,
+                                                  "history": module.history_list(), **extra})
+        folder.finished(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch),
+                        stopped_by=record["stopped_by"], converged=record["converged"])
     return TrainResult(run_dir, {**metrics, **test_metrics}, module.volume_results, module.history_list(),
-                       run_dir / "checkpoints" / "last.ckpt", Path(ckpt_cb.best_path) if ckpt_cb.best_path else None, module)
+                       run_dir / "checkpoints" / "last.ckpt", Path(ckpt_cb.best_path) if ckpt_cb.best_path else None,
+                       module, int(trainer.global_rank), record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

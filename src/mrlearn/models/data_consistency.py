@@ -1,8 +1,9 @@
 """Data-consistency (DC) layers of unrolled networks, with the SENSE operator ``A = M F S``.
 
 Shapes: image ``x``/``z`` ``[B, H, W]`` complex; ``kspace`` (already masked) ``[B, C, H, W]`` with
-``sens_maps`` ``[B, C, H, W]``, or ``[B, H, W]`` with ``sens_maps=None`` (single-coil); ``mask`` broadcastable to
-``kspace``. The measured k-space ``y`` is the masked k-space, so ``A^H y`` is the zero-filled SENSE image.
+``sens_maps`` ``[B, C, H, W]``, or ``C = 1`` with ``sens_maps=None`` (single-coil: maps of ones); ``mask``
+broadcastable to ``kspace``. The measured k-space ``y`` is the masked k-space, so ``A^H y`` is the zero-filled
+SENSE image. The operator is :class:`mrlearn.physics.sense.SenseOperator`.
 
 * :class:`GradientDC` (E2E-VarNet style, image domain): ``x = z - eta * A^H (A z - y)`` with learned ``eta``.
 * :class:`ConjugateGradientDC` (MoDL style): ``x = argmin ||A x - y||^2 + lam ||x - z||^2``, i.e. the solution of
@@ -20,25 +21,17 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mrlearn.physics.sense import sense_adjoint, sense_forward, sense_normal
+from mrlearn.physics.sense import SenseOperator
+from mrlearn.recon.cg import conjugate_gradient
 
 CG_GRADS = ("implicit", "unrolled")
-
-
-def _conjugate_gradient() -> Callable:
-    """The shared batched complex CG of ``mrlearn.recon.cg`` (imported lazily: it lives in the recon package)."""
-    try:
-        from mrlearn.recon.cg import conjugate_gradient
-    except ImportError as exc:  # pragma: no cover - only in a checkout without recon/cg.py
-        raise RuntimeError("conjugate-gradient data consistency needs mrlearn.recon.cg.conjugate_gradient, "
-                           f"which could not be imported ({exc})") from exc
-    return conjugate_gradient
 
 
 def _regularised_normal(sens_maps: torch.Tensor | None, mask: torch.Tensor | None,
                         lam: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> (A^H A + lam I) v`` (Hermitian positive definite for ``lam > 0``)."""
-    return lambda v: sense_normal(v, sens_maps, mask) + lam * v
+    op = SenseOperator(sens_maps, mask)
+    return lambda v: op.normal(v) + lam * v
 
 
 class _ImplicitSolve(torch.autograd.Function):
@@ -51,8 +44,7 @@ class _ImplicitSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rhs, lam, sens_maps, mask, x0, max_iter, tol):  # noqa: D401 - autograd signature
-        cg = _conjugate_gradient()
-        x = cg(_regularised_normal(sens_maps, mask, lam), rhs, x0=x0, max_iter=max_iter, tol=tol)
+        x = conjugate_gradient(_regularised_normal(sens_maps, mask, lam), rhs, x0=x0, max_iter=max_iter, tol=tol)
         ctx.save_for_backward(x, lam, sens_maps, mask)
         ctx.max_iter, ctx.tol = max_iter, tol
         return x
@@ -60,8 +52,7 @@ class _ImplicitSolve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_x):
         x, lam, sens_maps, mask = ctx.saved_tensors
-        cg = _conjugate_gradient()
-        v = cg(_regularised_normal(sens_maps, mask, lam), grad_x, x0=None, max_iter=ctx.max_iter, tol=ctx.tol)
+        v = conjugate_gradient(_regularised_normal(sens_maps, mask, lam), grad_x, x0=None, max_iter=ctx.max_iter, tol=ctx.tol)
         grad_rhs = v if ctx.needs_input_grad[0] else None
         grad_lam = None
         if ctx.needs_input_grad[1]:
@@ -70,7 +61,7 @@ class _ImplicitSolve(torch.autograd.Function):
         if sens_maps is not None and ctx.needs_input_grad[2]:
             with torch.enable_grad():
                 maps = sens_maps.detach().requires_grad_(True)
-                out = sense_normal(x.detach(), maps, mask)
+                out = SenseOperator(maps, mask).normal(x.detach())
                 (grad_maps,) = torch.autograd.grad(out, maps, grad_outputs=-v)
         return grad_rhs, grad_lam, grad_maps, None, None, None, None
 
@@ -84,8 +75,8 @@ class GradientDC(nn.Module):
 
     def forward(self, z: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
                 sens_maps: torch.Tensor | None) -> torch.Tensor:
-        residual = sense_forward(z, sens_maps, mask) - kspace
-        return z - self.eta * sense_adjoint(residual, sens_maps, mask)
+        op = SenseOperator(sens_maps, mask)
+        return z - self.eta * op.adjoint(op.forward(z) - kspace)
 
 
 class ConjugateGradientDC(nn.Module):
@@ -109,8 +100,7 @@ class ConjugateGradientDC(nn.Module):
     def forward(self, z: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
                 sens_maps: torch.Tensor | None) -> torch.Tensor:
         lam = self.lam
-        rhs = sense_adjoint(kspace, sens_maps, mask) + lam * z
+        rhs = SenseOperator(sens_maps, mask).adjoint(kspace) + lam * z
         if self.cg_grad == "unrolled":
-            cg = _conjugate_gradient()
-            return cg(_regularised_normal(sens_maps, mask, lam), rhs, x0=z, max_iter=self.cg_iters, tol=self.cg_tol)
+            return conjugate_gradient(_regularised_normal(sens_maps, mask, lam), rhs, x0=z, max_iter=self.cg_iters, tol=self.cg_tol)
         return _ImplicitSolve.apply(rhs, lam, sens_maps, mask, z.detach(), self.cg_iters, self.cg_tol)

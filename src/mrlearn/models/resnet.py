@@ -32,6 +32,8 @@ class ResidualBlock(nn.Module):
 class ResNet(nn.Module):
     """SSDU ResNet: conv -> ``num_blocks`` x :class:`ResidualBlock` (+ long skip) -> conv (an image-domain model too)."""
 
+    input_kind = "image"  # model-input protocol (models.protocol)
+
     def __init__(self, in_chans: int = 2, out_chans: int = 2, chans: int = 64, num_blocks: int = 15,
                  res_scale: float = 0.1):
         super().__init__()

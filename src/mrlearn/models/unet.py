@@ -1,8 +1,9 @@
 """The fastMRI baseline U-Net (Ronneberger et al. 2015 as configured by Zbontar et al. 2018; REFERENCE section 5).
 
 Input/output ``[B, in_chans, H, W]`` -> ``[B, out_chans, H, W]`` real. Each level is two 3x3 convolutions
-(no bias) each followed by instance norm and LeakyReLU(0.2) (dropout optional); downsampling is 2x2 max pooling
-(``pool="avg"``: average pooling, as the fastMRI repository's code does), upsampling a 2x2 transpose
+(no bias) each followed by instance norm and LeakyReLU(0.2) (dropout optional); downsampling is 2x2 average
+pooling by default, as fastMRI's code (``fastmri/models/unet.py``) does, so the default network is fastMRI's
+(``pool="max"``: max pooling, as drawn in the U-Net paper, a different network), upsampling a 2x2 transpose
 convolution (+ instance norm, LeakyReLU) whose output is concatenated with the skip connection of the same
 level. The last level ends with a 1x1 convolution (with bias) to ``out_chans``.
 Channels double at every pooling level (``chans``, ``2 chans``, ...). Any ``H, W`` works: the input is
@@ -54,12 +55,12 @@ class Unet(nn.Module):
     """fastMRI U-Net: ``num_pool_layers`` poolings, ``chans`` channels at the top level (seed 002: 32 and 4)."""
 
     def __init__(self, in_chans: int = 1, out_chans: int = 1, chans: int = 32, num_pool_layers: int = 4,
-                 drop_prob: float = 0.0, pool: Literal["max", "avg"] = "max"):
+                 drop_prob: float = 0.0, pool: Literal["avg", "max"] = "avg"):
         super().__init__()
         if min(in_chans, out_chans, chans, num_pool_layers) < 1:
             raise ValueError("in_chans, out_chans, chans and num_pool_layers must be at least 1")
         if pool not in ("max", "avg"):
-            raise ValueError("pool must be 'max' or 'avg'")
+            raise ValueError("pool must be 'avg' (fastMRI's code) or 'max'")
         self.pool = F.max_pool2d if pool == "max" else F.avg_pool2d
         self.in_chans, self.out_chans, self.num_pool_layers = in_chans, out_chans, num_pool_layers
         self.down = nn.ModuleList([ConvBlock(in_chans, chans, drop_prob)])

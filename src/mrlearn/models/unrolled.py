@@ -1,7 +1,7 @@
 """Unrolled physics-guided networks (seed 000 eq. 1, SSDU/MoDL, E2E-VarNet): ``min ||E m - k||^2 + R(m)``.
 
-``UnrolledNet.forward(kspace, mask, sens_maps=None) -> image``:
-  kspace    ``[B, C, H, W]`` complex, already masked (single-coil: ``C = 1``)
+``UnrolledNet.forward(kspace, mask, sens_maps=None) -> image`` (``input_kind = "kspace"``, see models.protocol):
+  kspace    ``[B, C, H, W]`` complex, already masked (single-coil: ``C = 1``, the operator's map is all ones)
   mask      float 0/1 broadcastable to kspace: ``[B, 1, 1, W]`` columns or ``[B, 1, H, W]`` 2-D
   sens_maps ``[B, C, H, W]`` complex or None (single-coil, or multi-coil maps estimated in the model)
   image     ``[B, H, W]`` complex at the k-space matrix size (crop/magnitude is the caller's job)
@@ -18,22 +18,29 @@ in the forward pass (``maps="acs"``: low-resolution ACS maps; ``maps="espirit"``
 ``sens_refine=True`` replaces them by the E2E-VarNet learned estimate (U-Net on the ACS coil images,
 normalised by RSS). ``checkpointing=True`` recomputes each cascade in the backward pass
 (``torch.utils.checkpoint``, non-reentrant): less memory for more compute, identical results.
+
+The pieces (:class:`Cascade`, :func:`build_regulariser`, :func:`build_dc`, :func:`check_inputs`, :func:`coil_maps`,
+:func:`normalised_start`, :func:`run_cascades`) are public: ``mtl.networks`` composes its multi-task networks
+from them.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mrlearn.data.sample import Batch, as_batch
 from mrlearn.errors import input_error
 from mrlearn.models.data_consistency import CG_GRADS, ConjugateGradientDC, GradientDC
 from mrlearn.models.resnet import ResNet
 from mrlearn.models.sens_refine import SensitivityRefinement, acs_coil_images, normalise_by_rss
+from mrlearn.models.unet import Unet
 from mrlearn.physics.complex import channels_to_complex, complex_to_channels, crop_or_pad
-from mrlearn.physics.sense import sense_adjoint
+from mrlearn.physics.espirit import espirit_sens_maps
+from mrlearn.physics.sense import SenseOperator
 from mrlearn.registry import register
 
 WHERE = "model"  # config section named in user-facing errors
@@ -43,7 +50,10 @@ MAP_SOURCES = ("given", "acs", "espirit")
 
 
 class Cascade(nn.Module):
-    """One iteration: ``z = x + R(x)`` (``R`` on 2-channel views), then data consistency ``dc(z, y)``."""
+    """One iteration: ``z = x + R(x)`` (``R`` on 2-channel views), then data consistency ``dc(z, y)``.
+
+    Extra positional arguments after ``sens_maps`` go to the regulariser (a multi-task one takes the task index).
+    """
 
     def __init__(self, regulariser: nn.Module, dc: nn.Module):
         super().__init__()
@@ -51,29 +61,100 @@ class Cascade(nn.Module):
         self.dc = dc
 
     def forward(self, x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
-                sens_maps: torch.Tensor | None) -> torch.Tensor:
-        update = self.regulariser(complex_to_channels(x)).to(x.real.dtype)  # float32 again under bf16 autocast
+                sens_maps: torch.Tensor | None, *regulariser_args) -> torch.Tensor:
+        update = self.regulariser(complex_to_channels(x), *regulariser_args).to(x.real.dtype)  # float32 under bf16 autocast
         z = x + channels_to_complex(update)
         return self.dc(z, kspace, mask, sens_maps)
 
 
-def _build_regulariser(kind: str, chans: int, num_blocks: int, num_pools: int) -> nn.Module:
+def build_regulariser(kind: str, chans: int, num_blocks: int, num_pools: int) -> nn.Module:
+    """The residual regulariser of one cascade, 2 channels in and out: the SSDU ResNet or the fastMRI U-Net."""
     if kind == "resnet":
         return ResNet(in_chans=2, out_chans=2, chans=chans, num_blocks=num_blocks)
-    from mrlearn.models.unet import Unet  # the fastMRI U-Net of the training spine
-
     return Unet(in_chans=2, out_chans=2, chans=chans, num_pool_layers=num_pools)
 
 
-def _espirit_maps(kspace: torch.Tensor) -> torch.Tensor:
-    """ESPIRiT maps ``[B, C, H, W]`` of masked k-space (``physics.espirit``, BART ecalib defaults), no gradient."""
-    try:
-        from mrlearn.physics.espirit import espirit_sens_maps
-    except ImportError:
-        raise input_error(f"{WHERE}.maps", "ESPIRiT (mrlearn.physics.espirit) is not available in this installation",
-                          "use model.maps: acs or model.sens_refine: true") from None
-    with torch.no_grad():
-        return espirit_sens_maps(kspace, where="kspace").to(kspace.dtype)
+def build_dc(kind: str, eta_init: float = 1.0, lam_init: float = 0.05, cg_iters: int = 10,
+             cg_grad: str = "implicit") -> nn.Module:
+    """The data-consistency layer of one cascade: a learned gradient step or the MoDL CG solve."""
+    if kind == "gradient":
+        return GradientDC(eta_init)
+    return ConjugateGradientDC(lam_init, cg_iters, cg_grad=cg_grad)
+
+
+def check_inputs(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None, multicoil: bool,
+                 missing_maps_todo: str | None = None) -> None:
+    """One-line errors for inputs an unrolled network cannot take (shapes in the module docstring).
+
+    ``missing_maps_todo``: the advice when a multi-coil model gets no maps and cannot estimate them; None when it can.
+    """
+    if not torch.is_tensor(kspace) or kspace.ndim != 4 or not kspace.is_complex():
+        shape = tuple(kspace.shape) if torch.is_tensor(kspace) else type(kspace).__name__
+        raise input_error(f"{WHERE} input", f"kspace must be complex [B, C, H, W], got {shape}",
+                          "give masked k-space with a coil axis (C = 1 for single-coil)")
+    coils = kspace.shape[1]
+    if multicoil and coils == 1:
+        raise input_error(f"{WHERE}.multicoil", "the model is multi-coil but the k-space has 1 coil (single-coil data)",
+                          "set model.multicoil: false for single-coil data")
+    if not multicoil and coils != 1:
+        raise input_error(f"{WHERE}.multicoil", f"the model is single-coil but the k-space has {coils} coils",
+                          "set model.multicoil: true for multi-coil data")
+    if mask is not None:
+        try:
+            ok = mask.ndim == 4 and torch.broadcast_shapes(mask.shape, kspace.shape) == kspace.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise input_error(f"{WHERE} input", f"mask shape {tuple(mask.shape)} does not broadcast to the k-space "
+                              f"shape {tuple(kspace.shape)}", "use [B, 1, 1, W] column or [B, 1, H, W] 2-D masks")
+    if multicoil and sens_maps is not None and tuple(sens_maps.shape) != tuple(kspace.shape):
+        what = (f"sens_maps have {sens_maps.shape[1]} coils but the k-space has {coils}"
+                if sens_maps.ndim == 4 and sens_maps.shape[0] == kspace.shape[0] and sens_maps.shape[2:] == kspace.shape[2:]
+                else f"sens_maps shape {tuple(sens_maps.shape)} does not match the k-space shape {tuple(kspace.shape)}")
+        raise input_error("sens_maps", what, "give one map per coil at the k-space matrix size, [B, C, H, W]")
+    if multicoil and sens_maps is None and missing_maps_todo is not None:
+        raise input_error(f"{WHERE}.maps", "no sens_maps were given to a multi-coil model", missing_maps_todo)
+
+
+def coil_maps(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None, multicoil: bool,
+              source: str = "acs", sens_net: nn.Module | None = None) -> torch.Tensor | None:
+    """Maps ``[B, C, H, W]`` for the operator, or None for single-coil (one coil, map of ones).
+
+    Order: the learned estimate ``sens_net`` when given, else the given maps, else ESPIRiT (``source="espirit"``,
+    no gradient) or the ACS maps (low-resolution ACS coil images divided by their RSS).
+    """
+    if not multicoil:
+        return None
+    full = torch.ones_like(kspace.real) if mask is None else mask
+    if sens_net is not None:
+        return sens_net(kspace, full)
+    if sens_maps is not None:
+        return sens_maps.to(kspace.dtype)
+    if source == "espirit":
+        with torch.no_grad():
+            return espirit_sens_maps(kspace, where="kspace").to(kspace.dtype)
+    return normalise_by_rss(acs_coil_images(kspace, full))
+
+
+def normalised_start(kspace: torch.Tensor, mask: torch.Tensor | None, maps: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x0, y, scale)``: ``x0 = A^H y / scale`` ``[B, H, W]``, ``y = kspace / scale``, ``scale = max |A^H y|``
+    per slice (1 where that is 0) shaped ``[B, 1, 1]``; multiply the network's output by ``scale``."""
+    x = SenseOperator(maps, mask).adjoint(kspace)
+    scale = x.detach().abs().flatten(1).amax(-1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None, None]
+    return x / scale, kspace / scale[:, None], scale
+
+
+def run_cascades(steps: Sequence[nn.Module], x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
+                 maps: torch.Tensor | None, *regulariser_args, checkpointing: bool = False) -> torch.Tensor:
+    """Apply the cascades ``steps`` in order; ``checkpointing`` recomputes each in the backward pass."""
+    for step in steps:
+        if checkpointing and torch.is_grad_enabled():
+            x = checkpoint(step, x, kspace, mask, maps, *regulariser_args, use_reentrant=False)
+        else:
+            x = step(x, kspace, mask, maps, *regulariser_args)
+    return x
 
 
 @register("model", "unrolled")
@@ -85,6 +166,8 @@ class UnrolledNet(nn.Module):
     ``share_weights``; ``regulariser`` ``"resnet"`` (``chans``, ``num_blocks``) or ``"unet"`` (``chans``,
     ``num_pools``); ``multicoil``; ``maps``; ``sens_refine`` (``sens_chans``, ``sens_pools``); ``checkpointing``.
     """
+
+    input_kind = "kspace"  # model-input protocol (models.protocol): called as model(kspace, mask, sens_maps)
 
     def __init__(
         self,
@@ -126,60 +209,11 @@ class UnrolledNet(nn.Module):
         self.maps = maps
         self.checkpointing = bool(checkpointing)
 
-        def make_cascade() -> Cascade:
-            if dc == "gradient":
-                dc_layer: nn.Module = GradientDC(eta_init)
-            else:
-                dc_layer = ConjugateGradientDC(lam_init, cg_iters, cg_grad=cg_grad)
-            return Cascade(_build_regulariser(regulariser, chans, num_blocks, num_pools), dc_layer)
-
-        self.cascades = nn.ModuleList(make_cascade() for _ in range(1 if share_weights else cascades))
+        self.cascades = nn.ModuleList(
+            Cascade(build_regulariser(regulariser, chans, num_blocks, num_pools),
+                    build_dc(dc, eta_init, lam_init, cg_iters, cg_grad))
+            for _ in range(1 if share_weights else cascades))
         self.sens_net = SensitivityRefinement(True, sens_chans, sens_pools) if sens_refine else None
-
-    # ------------------------------------------------------------------------------------------ input checks
-
-    def _check(self, kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None) -> None:
-        if not torch.is_tensor(kspace) or kspace.ndim != 4 or not kspace.is_complex():
-            shape = tuple(kspace.shape) if torch.is_tensor(kspace) else type(kspace).__name__
-            raise input_error(f"{WHERE} input", f"kspace must be complex [B, C, H, W], got {shape}",
-                              "give masked k-space with a coil axis (C = 1 for single-coil)")
-        coils = kspace.shape[1]
-        if self.multicoil and coils == 1:
-            raise input_error(f"{WHERE}.multicoil", "the model is multi-coil but the k-space has 1 coil (single-coil data)",
-                              "set model.multicoil: false for single-coil data")
-        if not self.multicoil and coils != 1:
-            raise input_error(f"{WHERE}.multicoil", f"the model is single-coil but the k-space has {coils} coils",
-                              "set model.multicoil: true for multi-coil data")
-        if mask is not None:
-            try:
-                ok = mask.ndim == 4 and torch.broadcast_shapes(mask.shape, kspace.shape) == kspace.shape
-            except RuntimeError:
-                ok = False
-            if not ok:
-                raise input_error(f"{WHERE} input", f"mask shape {tuple(mask.shape)} does not broadcast to the k-space "
-                                  f"shape {tuple(kspace.shape)}", "use [B, 1, 1, W] column or [B, 1, H, W] 2-D masks")
-        if self.multicoil and sens_maps is not None and tuple(sens_maps.shape) != tuple(kspace.shape):
-            what = (f"sens_maps have {sens_maps.shape[1]} coils but the k-space has {coils}"
-                    if sens_maps.ndim == 4 and sens_maps.shape[0] == kspace.shape[0] and sens_maps.shape[2:] == kspace.shape[2:]
-                    else f"sens_maps shape {tuple(sens_maps.shape)} does not match the k-space shape {tuple(kspace.shape)}")
-            raise input_error("sens_maps", what, "give one map per coil at the k-space matrix size, [B, C, H, W]")
-        if self.multicoil and sens_maps is None and self.sens_net is None and self.maps == "given":
-            raise input_error(f"{WHERE}.maps", "no sens_maps were given to a multi-coil model",
-                              "provide maps in the data, or set model.maps: acs|espirit or model.sens_refine: true")
-
-    def _maps(self, kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None) -> torch.Tensor | None:
-        if not self.multicoil:
-            return None
-        full = torch.ones_like(kspace.real) if mask is None else mask
-        if self.sens_net is not None:
-            return self.sens_net(kspace, full)
-        if sens_maps is not None:
-            return sens_maps.to(kspace.dtype)
-        if self.maps == "espirit":
-            return _espirit_maps(kspace)
-        return normalise_by_rss(acs_coil_images(kspace, full))
-
-    # ------------------------------------------------------------------------------------------------ forward
 
     def cascade(self, i: int) -> Cascade:
         """The module of iteration ``i`` (the same one for every ``i`` with shared weights)."""
@@ -187,33 +221,23 @@ class UnrolledNet(nn.Module):
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None = None) -> torch.Tensor:
         """Masked k-space ``[B, C, H, W]``, mask, maps ``[B, C, H, W]`` or None -> complex image ``[B, H, W]``."""
-        self._check(kspace, mask, sens_maps)
-        maps = self._maps(kspace, mask, sens_maps)
-        if maps is None:  # single-coil: operators without a coil axis
-            kspace = kspace[:, 0]
-            mask = None if mask is None else mask[:, 0]
-        x = sense_adjoint(kspace, maps, mask)
-        scale = x.detach().abs().flatten(1).amax(-1)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None, None]
-        x = x / scale
-        y = kspace / (scale[:, None] if maps is not None else scale)
-        for i in range(self.num_cascades):
-            step = self.cascade(i)
-            if self.checkpointing and torch.is_grad_enabled():
-                x = checkpoint(step, x, y, mask, maps, use_reentrant=False)
-            else:
-                x = step(x, y, mask, maps)
-        return x * scale
+        can_estimate = self.sens_net is not None or self.maps != "given"
+        check_inputs(kspace, mask, sens_maps, self.multicoil, None if can_estimate else
+                     "provide maps in the data, or set model.maps: acs|espirit or model.sens_refine: true")
+        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, self.maps, self.sens_net)
+        x, y, scale = normalised_start(kspace, mask, maps)
+        steps = [self.cascade(i) for i in range(self.num_cascades)]
+        return run_cascades(steps, x, y, mask, maps, checkpointing=self.checkpointing) * scale
 
 
-
-def reconstruct_batch(model: nn.Module, batch: dict) -> torch.Tensor:
-    """A batch of training samples (``data.transforms.ReconTransform(keep_kspace=True)``) -> magnitude ``[B, h, w]``.
+def reconstruct_batch(model: nn.Module, batch: Batch | Mapping[str, Any]) -> torch.Tensor:
+    """A batch of training samples (:class:`~mrlearn.data.sample.Batch` with k-space) -> magnitude ``[B, h, w]``.
 
     Uses ``kspace`` ``[B, C, H, W]`` (masked, divided by ``scale``), ``mask``, ``sens_maps`` (optional) and ``scale``
     ``[B]``; returns ``|model(kspace, mask, sens_maps)|`` centre-cropped (or zero-padded) to the target size
-    ``batch["target"].shape[-2:]`` and multiplied by ``scale``, i.e. in the data's units like the targets.
+    ``target.shape[-2:]`` and multiplied by ``scale``, i.e. in the data's units like the targets.
     """
-    image = model(batch["kspace"], batch["mask"], batch.get("sens_maps"))
-    magnitude = crop_or_pad(image.abs(), tuple(batch["target"].shape[-2:]))
-    return magnitude * batch["scale"].to(magnitude.dtype).reshape(-1, 1, 1)
+    batch = as_batch(batch)
+    image = model(batch.kspace, batch.mask, batch.sens_maps)
+    magnitude = crop_or_pad(image.abs(), tuple(batch.target.shape[-2:]))
+    return magnitude * batch.scale.to(magnitude.dtype).reshape(-1, 1, 1)

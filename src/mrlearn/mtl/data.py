@@ -12,6 +12,10 @@
 Sample keys are ``(global index, epoch)``; the transform's random mask is seeded by ``(seed, epoch, global
 index)``, so tasks never share a mask stream. Samples gain ``task`` (int) besides ``data.transforms``' keys
 (``keep_kspace=True``). No Lightning in the samplers; :class:`MultiTaskDataModule` wraps them.
+
+Several processes (DDP, ``world`` of them): the sampler builds the global batches of ``world * batch_size``
+samples exactly as one process with that batch size would, and process ``rank`` takes ``batch[rank::world]``;
+validation/test volumes are dealt round-robin by name (each process scores whole volumes).
 """
 
 from __future__ import annotations
@@ -86,8 +90,11 @@ def stratified_counts(batch_size: int, ratio: list[float]) -> list[int]:
 class MultiTaskBatchSampler(Sampler):
     """Batches of ``(global index, epoch)`` keys for a strategy (see the module docstring); deterministic."""
 
-    def __init__(self, sizes: list[int], strategy: str, batch_size: int, seed: int, ratio: list[float] | None = None):
-        self.sizes, self.strategy, self.batch_size, self.seed = list(sizes), strategy, int(batch_size), int(seed)
+    def __init__(self, sizes: list[int], strategy: str, batch_size: int, seed: int, ratio: list[float] | None = None,
+                 rank: int = 0, world: int = 1):
+        self.sizes, self.strategy, self.seed = list(sizes), strategy, int(seed)
+        self.rank, self.world = int(rank), int(world)
+        self.batch_size = int(batch_size) * self.world  # the global batch
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         if strategy == "accumulate":
             self.counts = [self.batch_size] * len(sizes)
@@ -125,17 +132,19 @@ class MultiTaskBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for batch in self.batches(self.epoch):
-            yield [(int(i), self.epoch) for i in batch]
+            yield [(int(i), self.epoch) for i in batch[self.rank :: self.world]]
 
 
 class EvalSampler(Sampler):
-    """Validation/test order: volumes by name, slices in order; ``expected`` slice counts per file."""
+    """Validation/test order: this process's volumes (round-robin by name), slices in order; ``expected``
+    slice counts per file (all files)."""
 
-    def __init__(self, dataset: MultiTaskDataset):
+    def __init__(self, dataset: MultiTaskDataset, rank: int = 0, world: int = 1):
         keys = []
         for t, d in enumerate(dataset.datasets):
             keys.extend((d.sample_key(i), int(dataset.offsets[t]) + i) for i in range(len(d)))
-        self.indices = [i for _, i in sorted(keys)]
+        mine = set(sorted({k[0] for k, _ in keys})[rank::world])
+        self.indices = [i for k, i in sorted(keys) if k[0] in mine]
         self.expected: dict[str, int] = {}
         for (name, _), _ in keys:
             self.expected[name] = self.expected.get(name, 0) + 1
@@ -154,7 +163,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.tasks = tasks_config(cfg)
-        self.mask_func = registry.build("mask", cfg.mask, "mask")
+        self.mask_func = registry.build("mask", {k: v for k, v in cfg.mask.items() if k != "fixed_per_slice"}, "mask")
         self.datasets: dict[str, MultiTaskDataset] = {}
         self.train_sampler: MultiTaskBatchSampler | None = None
 
@@ -175,8 +184,14 @@ class MultiTaskDataModule(L.LightningDataModule):
     def sizes(self) -> list[int]:
         return self.dataset("train").sizes
 
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
+
     def make_train_sampler(self) -> MultiTaskBatchSampler:
-        return MultiTaskBatchSampler(self.sizes(), self.tasks.strategy, self.cfg.data.batch_size, self.cfg.seed, self.tasks.ratio)
+        rank, world = self._rank()
+        return MultiTaskBatchSampler(self.sizes(), self.tasks.strategy, self.cfg.data.batch_size, self.cfg.seed,
+                                     self.tasks.ratio, rank, world)
 
     def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
         nw = self.cfg.data.num_workers
@@ -186,9 +201,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.train_sampler = self.make_train_sampler()
         return self._loader(self.dataset("train"), batch_sampler=self.train_sampler)
 
-    def eval_loader(self, split: str) -> DataLoader:
+    def eval_loader(self, split: str, all_volumes: bool = False) -> DataLoader:
+        """``split``'s loader: this process's volumes, or every volume with ``all_volumes`` (final scoring)."""
         ds = self.dataset(split)
-        return self._loader(ds, sampler=EvalSampler(ds), batch_size=self.cfg.data.batch_size)
+        rank, world = (0, 1) if all_volumes else self._rank()
+        return self._loader(ds, sampler=EvalSampler(ds, rank, world), batch_size=self.cfg.data.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader("val")

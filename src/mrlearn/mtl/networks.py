@@ -1,10 +1,11 @@
 """Multi-task unrolled networks: hard and soft parameter sharing across tasks (plain torch; REFERENCE section 8).
 
 ``MultiTaskUnrolled.forward(kspace, mask, sens_maps, task) -> image``: the shapes of ``models.unrolled``
-(kspace ``[B, C, H, W]`` masked, mask broadcastable, maps ``[B, C, H, W]`` or None, complex image ``[B, H, W]``)
-plus ``task`` ``[B]`` int64 (task index of every sample). The unrolled iteration is the one of
-``models.unrolled`` (``x0 = A^H y`` scaled by ``max |x0|``, then ``z = x + R(x)`` and data consistency per
-cascade), with the cascades shared or task-specific according to ``sharing``:
+(kspace ``[B, C, H, W]`` masked, ``C = 1`` single-coil; mask broadcastable; maps ``[B, C, H, W]`` or None; complex
+image ``[B, H, W]``) plus ``task`` ``[B]`` int64 (task index of every sample). The network is composed of the
+pieces of ``models.unrolled`` (input checks, maps, ``x0 = A^H y`` scaled by ``max |x0|``, :class:`Cascade` =
+``z = x + R(x)`` then data consistency, the cascade loop ``run_cascades``, the regulariser and DC builders), with
+the cascades shared or task-specific according to ``sharing``:
 
 ==================  ============================================================================================
 ``all``             every cascade shared (one network; the single-task and pooled baselines use this)
@@ -33,12 +34,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from mrlearn.errors import input_error
-from mrlearn.models.data_consistency import ConjugateGradientDC, GradientDC
-from mrlearn.models.resnet import ResidualBlock, ResNet
-from mrlearn.models.sens_refine import acs_coil_images, normalise_by_rss
+from mrlearn.models.resnet import ResidualBlock
 from mrlearn.models.unet import ConvBlock, UpBlock
+from mrlearn.models.unrolled import (Cascade, build_dc, build_regulariser, check_inputs, coil_maps, normalised_start,
+                                     run_cascades)
 from mrlearn.physics.complex import channels_to_complex, complex_to_channels
-from mrlearn.physics.sense import sense_adjoint
 from mrlearn.registry import register
 
 WHERE = "model"
@@ -157,17 +157,15 @@ class TaskRegulariser(nn.Module):
         return self.net(x, task) if self.task_aware else self.net(x)
 
 
-def _plain_regulariser(kind: str, chans: int, num_blocks: int, num_pools: int) -> nn.Module:
-    if kind == "resnet":
-        return ResNet(in_chans=2, out_chans=2, chans=chans, num_blocks=num_blocks)
-    from mrlearn.models.unet import Unet
-
-    return Unet(in_chans=2, out_chans=2, chans=chans, num_pool_layers=num_pools)
-
-
 @register("model", "mtl_unrolled")
 class MultiTaskUnrolled(nn.Module):
-    """Unrolled network for ``num_tasks`` tasks with the sharing scheme ``sharing`` (see the module docstring)."""
+    """Unrolled network for ``num_tasks`` tasks with the sharing scheme ``sharing`` (see the module docstring).
+
+    Parameters live in ``regs[i][k]`` / ``dcs[i][k]`` (cascade ``i``, copy ``k``: one copy when shared, one per task
+    otherwise); the cascade of task ``t`` at step ``i`` is the :class:`~mrlearn.models.unrolled.Cascade` of that pair.
+    """
+
+    input_kind = "kspace"  # model-input protocol (models.protocol); forward also takes ``task``
 
     def __init__(
         self,
@@ -210,22 +208,21 @@ class MultiTaskUnrolled(nn.Module):
         self.num_cascades = int(cascades)
         self.shared = shared_mask(sharing, cascades, split)
 
-        def make_dc() -> nn.Module:
-            return GradientDC(eta_init) if dc == "gradient" else ConjugateGradientDC(lam_init, cg_iters)
-
         def make_reg() -> TaskRegulariser:
             if sharing == "split_decoder":
                 return TaskRegulariser(SplitUnet(num_tasks, chans, num_pools, split if split > 0 else num_pools + 1), True)
             if sharing == "mtan":
                 return TaskRegulariser(AttentionResNet(num_tasks, chans, num_blocks), True)
-            return TaskRegulariser(_plain_regulariser(regulariser, chans, num_blocks, num_pools), False)
+            return TaskRegulariser(build_regulariser(regulariser, chans, num_blocks, num_pools), False)
 
         self.regs = nn.ModuleList()
         self.dcs = nn.ModuleList()
         for i in range(cascades):
             copies = 1 if self.shared[i] else num_tasks
             self.regs.append(nn.ModuleList(make_reg() for _ in range(copies)))
-            self.dcs.append(nn.ModuleList(make_dc() for _ in range(copies)))
+            self.dcs.append(nn.ModuleList(build_dc(dc, eta_init, lam_init, cg_iters) for _ in range(copies)))
+        # Cascade views over (regs[i][k], dcs[i][k]); a plain list, so parameter names and order stay those above.
+        self._cascades = [[Cascade(r, d) for r, d in zip(self.regs[i], self.dcs[i])] for i in range(cascades)]
         self.heads = None
         if sharing == "heads":
             self.heads = nn.ModuleList()
@@ -261,44 +258,21 @@ class MultiTaskUnrolled(nn.Module):
         yield from (p for p in self.parameters() if id(p) not in shared)
 
     # ------------------------------------------------------------------ forward
-    def _maps(self, kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None) -> torch.Tensor | None:
-        if not self.multicoil:
-            return None
-        if sens_maps is not None:
-            return sens_maps.to(kspace.dtype)
-        if self.maps == "given":
-            raise input_error(f"{WHERE}.maps", "no sens_maps were given to a multi-coil model", "set model.maps: acs")
-        full = torch.ones_like(kspace.real) if mask is None else mask
-        return normalise_by_rss(acs_coil_images(kspace, full))
-
-    def _cascade(self, i: int, task: int, x: torch.Tensor, y: torch.Tensor, mask, maps) -> torch.Tensor:
-        k = 0 if len(self.regs[i]) == 1 else task
-        update = self.regs[i][k](complex_to_channels(x), task).to(x.real.dtype)
-        z = x + channels_to_complex(update)
-        return self.dcs[i][k](z, y, mask, maps)
+    def cascade(self, i: int, task: int) -> Cascade:
+        """The cascade of ``task`` at step ``i`` (the shared one when step ``i`` is shared)."""
+        copies = self._cascades[i]
+        return copies[0 if len(copies) == 1 else task]
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None = None,
                 task: torch.Tensor | None = None) -> torch.Tensor:
-        if kspace.ndim != 4 or not kspace.is_complex():
-            raise input_error(f"{WHERE} input", f"kspace must be complex [B, C, H, W], got {tuple(kspace.shape)}",
-                              "give masked k-space with a coil axis")
-        if self.multicoil == (kspace.shape[1] == 1):
-            raise input_error(f"{WHERE}.multicoil", f"model.multicoil is {self.multicoil} but the k-space has "
-                              f"{kspace.shape[1]} coil(s)", "set model.multicoil to match the data")
+        check_inputs(kspace, mask, sens_maps, self.multicoil, "set model.maps: acs" if self.maps == "given" else None)
         b = kspace.shape[0]
         task = torch.zeros(b, dtype=torch.long, device=kspace.device) if task is None else task.to(kspace.device).long()
         if int(task.min()) < 0 or int(task.max()) >= self.num_tasks:
             raise input_error(f"{WHERE}.num_tasks", f"task index {int(task.max())} but the model has {self.num_tasks} task(s)",
                               "set model.num_tasks to the number of tasks")
-        maps = self._maps(kspace, mask, sens_maps)
-        if maps is None:
-            kspace = kspace[:, 0]
-            mask = None if mask is None else mask[:, 0]
-        x = sense_adjoint(kspace, maps, mask)
-        scale = x.detach().abs().flatten(1).amax(-1)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None, None]
-        x = x / scale
-        y = kspace / (scale[:, None] if maps is not None else scale)
+        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, "acs")
+        x, y, scale = normalised_start(kspace, mask, maps)
         if self.sharing == "cross_stitch":
             out = self._forward_stitched(x, y, mask, maps)
             x = out[task, torch.arange(b, device=x.device)]
@@ -312,16 +286,16 @@ class MultiTaskUnrolled(nn.Module):
         return x * scale
 
     def _forward_task(self, t: int, x: torch.Tensor, y: torch.Tensor, mask, maps) -> torch.Tensor:
-        for i in range(self.num_cascades):
-            x = self._cascade(i, t, x, y, mask, maps)
+        x = run_cascades([self.cascade(i, t) for i in range(self.num_cascades)], x, y, mask, maps, t)
         if self.heads is not None:
             x = x + channels_to_complex(self.heads[t](complex_to_channels(x)).to(x.real.dtype))
         return x
 
     def _forward_stitched(self, x: torch.Tensor, y: torch.Tensor, mask, maps) -> torch.Tensor:
+        """All task streams through every cascade, mixed by the cross-stitch units after the listed cascades."""
         streams = torch.stack([x] * self.num_tasks)
         for i in range(self.num_cascades):
-            streams = torch.stack([self._cascade(i, t, streams[t], y, mask, maps) for t in range(self.num_tasks)])
+            streams = torch.stack([self.cascade(i, t)(streams[t], y, mask, maps, t) for t in range(self.num_tasks)])
             if i in self.stitch_at:
                 streams = self.stitches[str(i)](streams)
         return streams

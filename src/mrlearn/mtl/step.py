@@ -6,6 +6,13 @@ back-propagated once (task-specific parameters accumulate their gradient in ``.g
 parameters' gradient is read into row ``t`` of a ``[T', P]`` matrix and cleared. ``weighting.combine`` turns the
 rows into the shared update, which is written back into the shared ``.grad``. The caller zeroes gradients before
 and steps the optimizer after. No Lightning here (the LightningModule and the benchmark both call it).
+
+Several processes (DDP): each process runs the tasks of its own share of the global batch with ``scale[t] =
+n_t / N_t`` (its samples of task ``t`` over the global count), and ``reduce`` sums, over the processes, the
+per-task rows, the scaled raw losses and the gradients of the non-shared parameters before ``combine``. The
+weighted task losses are affine in ``L_t``, so the sums equal the single-process gradients of the global batch;
+``tasks`` then lists every task present in the GLOBAL batch (a process without samples of a task gives a zero
+row) and every process computes the same combined direction.
 """
 
 from __future__ import annotations
@@ -39,30 +46,61 @@ def _write_grad(params: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+        p.grad = flat[offset : offset + n].to(p.device, p.dtype).reshape(p.shape).clone()
         offset += n
 
 
+#: sums ``(rows [T', P], losses [T'], other_grads [Q])`` over processes (DDP); identity in one process
+Reduce = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 def multitask_backward(task_losses: dict[int, Callable[[], torch.Tensor]], weighting: Weighting,
-                       shared: Sequence[nn.Parameter], backward: Callable[[torch.Tensor], None] | None = None) -> StepResult:
+                       shared: Sequence[nn.Parameter], backward: Callable[[torch.Tensor], None] | None = None,
+                       tasks: Sequence[int] | None = None, scale: dict[int, float] | None = None,
+                       others: Sequence[nn.Parameter] = (), reduce: Reduce | None = None) -> StepResult:
     """Back-propagate every task once and combine the shared gradients (see the module docstring).
 
     ``backward`` replaces ``loss.backward()`` (Lightning's ``manual_backward`` for precision plugins).
+    ``tasks`` (default: the keys of ``task_losses``), ``scale``, ``others`` (the non-shared parameters whose
+    gradients ``reduce`` sums) and ``reduce``: the several-process case of the module docstring.
     """
     backward = backward or (lambda loss: loss.backward())
     shared = [p for p in shared if p.requires_grad]
     for p in shared:
         p.grad = None
-    tasks = sorted(task_losses)
+    tasks = sorted(task_losses) if tasks is None else sorted(int(t) for t in tasks)
+    scale = scale or {}
     rows, raw = [], []
     for t in tasks:
+        if t not in task_losses:  # no local samples of a task present elsewhere in the global batch
+            rows.append(None)
+            raw.append(torch.zeros(()))
+            continue
         loss = task_losses[t]()
-        raw.append(loss.detach().float().reshape(()))
-        backward(weighting.task_loss(t, loss))
+        s = float(scale.get(t, 1.0))
+        raw.append(loss.detach().float().reshape(()).cpu() * s)
+        backward(weighting.task_loss(t, loss) * s if s != 1.0 else weighting.task_loss(t, loss))
         rows.append(_flat_grad(shared).detach().clone())
         for p in shared:
             p.grad = None
+    size = sum(p.numel() for p in shared)
+    ref = next(iter(shared), None)
+    rows = [torch.zeros(size, device=ref.device if ref is not None else "cpu",
+                        dtype=ref.dtype if ref is not None else torch.float32) if r is None else r for r in rows]
     losses = torch.stack(raw) if raw else torch.zeros(0)
+    if reduce is not None:
+        others = [p for p in others if p.requires_grad]
+        grads_in = torch.stack(rows) if rows else torch.zeros(0, size)
+        used = torch.tensor([float(p.grad is not None) for p in others], dtype=losses.dtype)
+        flat = torch.cat([_flat_grad(others).to(used.device, used.dtype), used]) if others else used
+        reduced, losses, other = reduce(grads_in, losses, flat)
+        rows = list(reduced)
+        if others:  # a parameter no process used keeps grad None (the optimizer skips it, as in one process)
+            n = sum(p.numel() for p in others)
+            _write_grad(others, other[:n])
+            for p, u in zip(others, other[n:].tolist()):
+                if u == 0:
+                    p.grad = None
     if shared and rows:
         grads = torch.stack(rows)
         if isinstance(weighting, MGDA):

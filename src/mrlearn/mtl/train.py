@@ -4,6 +4,10 @@
 ``config.yaml``) plus ``metrics.json`` with the per-task final evaluation. The evaluation runs on
 ``tasks.eval_split`` (test by default) with the fixed per-file masks: per volume the fastMRI NMSE/PSNR/SSIM
 (volume max as data range) and per slice PSNR/SSIM with the same volume max; results are grouped by task.
+Every model is evaluated with its best checkpoint by validation (``selected: best``; ``last`` when no
+validation ran). ``metrics.json`` carries the engine's convergence record (``steps``, ``best_step``,
+``stopped_by``, ``converged``, ...; :func:`mrlearn.engine.convergence.convergence_record`), combined over the
+models of a single-task run (``per_task_runs`` keeps each) or the two transfer phases (``phases``).
 
 Baseline ``tasks.transfer: {pretrain_fraction: f}``: with the same budget ``B`` (optimizer steps the configured
 epochs take on the full multi-task loader) the model is trained for ``round(f B)`` steps on all tasks but the
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,16 +29,34 @@ import numpy as np
 import torch
 
 from mrlearn.config import ExperimentConfig, dump_config
+from mrlearn.engine.convergence import Convergence, convergence_record, find_callback
+from mrlearn.engine.runfolder import RunFolder
 from mrlearn.errors import input_error
+from mrlearn.io import write_json
 from mrlearn.mtl.config import tasks_config
 from mrlearn.mtl.data import MultiTaskDataModule
+from mrlearn.registry import register
 from mrlearn.study.runner import RunOutcome
-from mrlearn.training.runfiles import RunInfo, atomic_write_text, write_json
+from mrlearn.training.checkpoint import load_checkpoint, load_weights
 from mrlearn.training.runner import build_method, last_validation, make_trainer, quiet_lightning
 
 
-def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tensor] | None = None):
-    """Build, (optionally load weights), fit; returns (module, datamodule, trainer)."""
+@dataclasses.dataclass
+class Fit:
+    """One fitted model: the module (selected weights loaded), its data module, steps, the selection and the
+    engine's convergence record (``steps``, ``best_step``, ``stopped_by``, ``converged``, ...)."""
+
+    module: Any
+    dm: MultiTaskDataModule
+    steps: int
+    best_step: int | None
+    selected: str  # "best" (best checkpoint by validation) or "last" (no validation ran)
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tensor] | None = None) -> Fit:
+    """Build, (optionally load weights), fit, then load the best checkpoint by validation."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg)
     if not hasattr(module, "set_sizes"):
@@ -41,22 +64,45 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tenso
     dm = module.make_datamodule(cfg)
     if init_state is not None:
         module.model.load_state_dict(init_state)
-    trainer, _ = make_trainer(cfg, run_dir)
+    if not module.automatic_optimization and cfg.trainer.gradient_clip_val:
+        module.clip_value = float(cfg.trainer.gradient_clip_val)  # Lightning clips only automatic optimisation
+        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, gradient_clip_val=None))
+    monitor = getattr(module, "checkpoint_monitor", ("val_ssim", "max"))
+    trainer, ckpt = make_trainer(cfg, run_dir, monitor=monitor)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(module, datamodule=dm)
     if trainer.interrupted:
         raise KeyboardInterrupt
-    return module, dm, trainer
+    conv = find_callback(trainer, Convergence)
+    record = convergence_record(trainer, conv, ckpt)
+    curve = [{"step": int(st), "epoch": int(ep), conv.monitor: v} for st, ep, v in conv.series] if conv else []
+    selected = "last"
+    if ckpt.best_path and Path(ckpt.best_path).is_file():
+        load_weights(module, load_checkpoint(ckpt.best_path)["state_dict"], ckpt.best_path)
+        selected = "best"
+    else:
+        record["best_step"] = None
+    return Fit(module, dm, int(trainer.global_step), record["best_step"], selected, record, curve)
+
+
+def combine_records(records: list[dict[str, Any]], steps: int, best: int | None) -> dict[str, Any]:
+    """One convergence record for several fits (single-task models, transfer phases): ``steps`` and ``best_step``
+    given, ``stopped_by`` the distinct causes joined by ``+``, converged only when every fit converged."""
+    causes = sorted({str(r.get("stopped_by")) for r in records if r.get("stopped_by")})
+    return {"steps": int(steps), "best_step": best, "stopped_by": "+".join(causes) or None,
+            "converged": bool(records) and all(bool(r.get("converged")) for r in records),
+            "validations": sum(int(r.get("validations") or 0) for r in records),
+            "monitor": records[0].get("monitor") if records else None}
 
 
 @torch.no_grad()
 def evaluate(module: Any, dm: MultiTaskDataModule, split: str, examples: int = 1) -> RunOutcome:
     """Per-task volume metrics, per-slice rows and example images on ``split`` (see the module docstring)."""
-    from mrlearn.evaluation import metrics as M
+    from mrlearn.evaluation.scoring import mean_metrics, slice_metrics, volume_metrics
 
     module.eval()
-    loader = dm.eval_loader(split)
+    loader = dm.eval_loader(split, all_volumes=True)
     names = module.task_names
     vols: dict[str, dict[str, Any]] = {}
     for batch in loader:
@@ -70,6 +116,7 @@ def evaluate(module: Any, dm: MultiTaskDataModule, split: str, examples: int = 1
             v["target"].append(batch["target"][i, 0].float().numpy())
             v["input"].append(batch["zero_filled"][i, 0].float().numpy())
     groups: dict[str, list[dict[str, float]]] = {}
+    inputs: dict[str, list[dict[str, float]]] = {}  # the zero-filled input, scored the same way
     slices: list[dict[str, Any]] = []
     shown: dict[str, dict[str, np.ndarray]] = {}
     for fname in sorted(vols):
@@ -78,18 +125,16 @@ def evaluate(module: Any, dm: MultiTaskDataModule, split: str, examples: int = 1
         order = np.argsort(v["slices"])
         gt = np.stack(v["target"])[order].astype(np.float64)
         pred = np.stack(v["pred"])[order].astype(np.float64)
-        vmax = float(gt.max())
-        groups.setdefault(name, []).append({"psnr": M.psnr(gt, pred), "ssim": M.ssim(gt, pred), "nmse": M.nmse(gt, pred)})
-        ssims = M.slice_ssim(gt, pred, vmax)
-        for j, s in enumerate(np.asarray(v["slices"])[order]):
-            slices.append({"group": name, "fname": fname, "slice": int(s), "psnr": M.psnr(gt[j], pred[j], vmax),
-                           "ssim": float(ssims[j]), "nmse": M.nmse(gt[j], pred[j])})
+        groups.setdefault(name, []).append(volume_metrics(gt, pred))
+        zf = np.stack(v["input"])[order].astype(np.float64)
+        inputs.setdefault(name, []).append(volume_metrics(gt, zf))
+        for s, row in zip(np.asarray(v["slices"])[order], slice_metrics(gt, pred)):
+            slices.append({"group": name, "fname": fname, "slice": int(s), **row})
         if examples and name not in shown:
             mid = len(order) // 2
             shown[name] = {"target": gt[mid], "input": np.stack(v["input"])[order][mid], "output": pred[mid]}
-    summary = {g: {k: float(np.mean([m[k] for m in ms])) for k in ("psnr", "ssim", "nmse")} | {"volumes": len(ms)}
-               for g, ms in groups.items()}
-    return RunOutcome(groups=summary, slices=slices, examples=shown)
+    mean = lambda d: {g: mean_metrics(ms) for g, ms in d.items()}  # noqa: E731
+    return RunOutcome(groups=mean(groups), slices=slices, examples=shown, extra={"zero_filled": mean(inputs)})
 
 
 def _budget(cfg: ExperimentConfig) -> int:
@@ -121,6 +166,7 @@ def _merge(outcomes: list[RunOutcome]) -> RunOutcome:
         merged.groups.update(o.groups)
         merged.slices.extend(o.slices)
         merged.examples.update(o.examples)
+        merged.extra.setdefault("zero_filled", {}).update(o.extra.get("zero_filled", {}))
     return merged
 
 
@@ -129,58 +175,71 @@ def train_mtl(cfg: ExperimentConfig) -> RunOutcome:
     quiet_lightning()
     tasks = tasks_config(cfg)
     run_dir = cfg.run_dir()
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise input_error(run_dir, "already holds a run (checkpoints/last.ckpt)", "choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    info = RunInfo(run_dir, cfg.seed, {"name": cfg.name, "method": "mtl"})
-    info.running()
-    try:
-        if tasks.separate:  # single-task baseline: one model per task, each with the configured budget
-            parts, history, steps, sizes = [], [], 0, []
-            for i, spec in enumerate(tasks.specs):
-                sub = _phase_cfg(cfg, [i], None, f"task_{spec.name}")
-                module, dm, trainer = _fit(sub, sub.run_dir())
-                module.task_names = [spec.name]
-                parts.append(evaluate(module, dm, tasks.eval_split, tasks.examples))
-                history.extend({"task": spec.name, **h} for h in module.history_list())
-                steps += int(trainer.global_step)
-                sizes.extend(dm.sizes())
-            outcome = _merge(parts)
-            outcome.extra = {"steps": steps, "sizes": sizes, "tasks": tasks.names}
-            write_json(run_dir / "metrics.json", {"eval_split": tasks.eval_split, "tasks": outcome.groups,
-                                                  "history": history, "steps": steps,
-                                                  "train_sizes": dict(zip(tasks.names, sizes))})
-            info.finished(global_step=steps)
-            return outcome
-        if tasks.transfer is None:
-            module, dm, trainer = _fit(cfg, run_dir)
-            history = module.history_list()
-            steps = int(trainer.global_step)
-        else:
-            budget = _budget(cfg)
-            first = int(round(tasks.transfer.get("pretrain_fraction", 0.5) * budget))
-            first = min(max(first, 1), budget - 1)
-            n = len(tasks.specs)
-            pre, _, _ = _fit(_phase_cfg(cfg, list(range(n - 1)), first, "pretrain"), run_dir / "pretrain")
-            fine_cfg = _phase_cfg(cfg, [n - 1], budget - first, "finetune")
-            module, _, trainer = _fit(fine_cfg, run_dir / "finetune", init_state=pre.model.state_dict())
-            dm = MultiTaskDataModule(dataclasses.replace(cfg, model={**cfg.model, "num_tasks": 1}))
-            module.task_names = tasks.names  # evaluate every task with the fine-tuned (single-task) model
-            history = module.history_list()
-            steps = first + int(trainer.global_step)
-        outcome = evaluate(module, dm, tasks.eval_split, tasks.examples)
-        outcome.extra = {"steps": steps, "sizes": dm.sizes(), "tasks": tasks.names}
-        write_json(run_dir / "metrics.json", {"final": last_validation(history), "eval_split": tasks.eval_split,
-                                              "tasks": outcome.groups, "history": history, "steps": steps,
-                                              "train_sizes": dict(zip(tasks.names, dm.sizes()))})
-        info.finished(global_step=steps)
-    except BaseException as exc:
-        info.failed(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
-        raise
+    with RunFolder(run_dir, dump_config(cfg), cfg.seed, extra={"name": cfg.name, "method": "mtl"},
+                   rank=process_rank()) as folder:
+        outcome, record = _run(cfg, tasks)
+        if folder.writer:
+            write_json(run_dir / "metrics.json", record)
+        folder.finished(global_step=record["steps"], stopped_by=record.get("stopped_by"), converged=record.get("converged"))
     return outcome
 
 
+def process_rank() -> int:
+    """This process's global rank as set by Lightning's DDP launcher before the script runs (0 otherwise)."""
+    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
+
+
+def _run(cfg: ExperimentConfig, tasks: Any) -> tuple[RunOutcome, dict[str, Any]]:
+    run_dir = cfg.run_dir()
+    if tasks.separate:  # single-task baseline: one model per task, each with the configured budget
+        parts, history, steps, sizes, samples, best, records = [], [], 0, [], {}, {}, []
+        for i, spec in enumerate(tasks.specs):
+            sub = _phase_cfg(cfg, [i], None, f"task_{spec.name}")
+            fit = _fit(sub, sub.run_dir())
+            fit.module.task_names = [spec.name]
+            parts.append(evaluate(fit.module, fit.dm, tasks.eval_split, tasks.examples))
+            history.extend({"task": spec.name, **h} for h in fit.module.history_list())
+            steps += fit.steps
+            sizes.extend(fit.dm.sizes())
+            samples[spec.name] = fit.module.samples_seen[0]
+            best[spec.name] = {**fit.record, "selected": fit.selected, "validation_curve": fit.curve}
+            records.append(fit.record)
+        outcome = _merge(parts)
+        outcome.extra.update({"steps": steps, "sizes": sizes, "tasks": tasks.names, "samples_per_task": samples})
+        return outcome, {"eval_split": tasks.eval_split, "tasks": outcome.groups, "history": history,
+                         **combine_records(records, steps, None), "per_task_runs": best, "samples_per_task": samples,
+                         "zero_filled": outcome.extra["zero_filled"], "train_sizes": dict(zip(tasks.names, sizes))}
+    if tasks.transfer is None:
+        fit = _fit(cfg, run_dir)
+        module, dm, steps = fit.module, fit.dm, fit.steps
+        samples = fit.module.samples_per_task()
+        record = dict(fit.record)
+    else:
+        budget = _budget(cfg)
+        first = int(round(tasks.transfer.get("pretrain_fraction", 0.5) * budget))
+        first = min(max(first, 1), budget - 1)
+        n = len(tasks.specs)
+        pre = _fit(_phase_cfg(cfg, list(range(n - 1)), first, "pretrain"), run_dir / "pretrain")
+        fit = _fit(_phase_cfg(cfg, [n - 1], budget - first, "finetune"), run_dir / "finetune",
+                   init_state=pre.module.model.state_dict())
+        module, steps = fit.module, first + fit.steps
+        record = {**combine_records([pre.record, fit.record], steps, None if fit.best_step is None else first + fit.best_step),
+                  "phases": {"pretrain": pre.record, "finetune": fit.record}}
+        dm = MultiTaskDataModule(dataclasses.replace(cfg, model={**cfg.model, "num_tasks": 1}))
+        module.task_names = tasks.names  # evaluate every task with the fine-tuned (single-task) model
+        samples = {**dict(zip(tasks.names[:-1], pre.module.samples_seen)), tasks.names[-1]: fit.module.samples_seen[0]}
+    history = module.history_list()
+    outcome = evaluate(module, dm, tasks.eval_split, tasks.examples)
+    record["steps"] = steps
+    outcome.extra.update({"steps": steps, "sizes": dm.sizes(), "tasks": tasks.names, "samples_per_task": samples,
+                          "best_step": record["best_step"], "selected": fit.selected})
+    return outcome, {"final": last_validation(history), "eval_split": tasks.eval_split, "tasks": outcome.groups,
+                     "history": history, **record, "selected": fit.selected, "validation_curve": fit.curve,
+                     "samples_per_task": samples, "zero_filled": outcome.extra["zero_filled"],
+                     "train_sizes": dict(zip(tasks.names, dm.sizes()))}
+
+
+@register("runner", "mtl")
 def study_runner(cfg: ExperimentConfig) -> RunOutcome:
     """``study.runner`` entry for configs with a ``tasks`` section."""
     return train_mtl(cfg)

@@ -37,7 +37,9 @@ def register(name: str):
 class Weighting(nn.Module):
     """Base: fixed per-task weights ``lam`` (a buffer) applied to the losses; shared gradients summed."""
 
-    needs_grads: bool = False  # True: combine() uses the individual rows (gradient-based methods)
+    #: True: the method reads the per-task gradients of the shared parameters (``combine`` or ``after_step``), so
+    #: training runs one backward per task (manual optimisation); False: one backward of ``sum_t task_loss(t, L_t)``
+    needs_grads: bool = False
 
     def __init__(self, num_tasks: int, lam: Sequence[float] | None = None):
         super().__init__()
@@ -351,6 +353,8 @@ def gradnorm_update(w: torch.Tensor, norms: torch.Tensor, losses: torch.Tensor, 
 @register("gradnorm")
 class GradNorm(Weighting):
     """GradNorm with asymmetry ``alpha`` (1.5) and weight learning rate ``lr``; norms over the shared parameters."""
+
+    needs_grads = True
 
     def __init__(self, num_tasks: int = 2, alpha: float = 1.5, lr: float = 0.025):
         super().__init__(num_tasks)

@@ -22,19 +22,25 @@ def channels_to_complex(x: torch.Tensor) -> torch.Tensor:
 
 
 def center_crop(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Crop the last two axes to ``shape`` around the centre (index ``n // 2`` stays central)."""
+    """Crop the last two axes to ``shape`` (sizes above the input's keep the input's) around the centre.
+
+    The crop starts at ``(H - h) // 2`` and ``(W - w) // 2``, as fastMRI's ``center_crop``: the DC index ``n // 2``
+    of the input lands on ``h // 2`` except when ``H`` is even and ``h`` odd (then on ``h // 2 + 1``, as fastMRI).
+    """
     h, w = x.shape[-2:]
     ch, cw = min(shape[0], h), min(shape[1], w)
-    top, left = h // 2 - ch // 2, w // 2 - cw // 2
+    top, left = (h - ch) // 2, (w - cw) // 2
     return x[..., top : top + ch, left : left + cw]
 
 
 def center_pad(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Zero-pad the last two axes to ``shape`` around the centre (inverse of :func:`center_crop`)."""
+    """Zero-pad the last two axes to ``shape``, placing the input at ``(H - h) // 2`` and ``(W - w) // 2``.
+
+    The exact inverse (and adjoint) of :func:`center_crop`: ``center_crop(center_pad(x, s), x.shape[-2:]) == x``.
+    """
     h, w = x.shape[-2:]
     ph, pw = max(shape[0] - h, 0), max(shape[1] - w, 0)
-    top = shape[0] // 2 - h // 2 if ph else 0
-    left = shape[1] // 2 - w // 2 if pw else 0
+    top, left = ph // 2, pw // 2
     return torch.nn.functional.pad(x, (left, pw - left, top, ph - top)) if (ph or pw) else x
 
 

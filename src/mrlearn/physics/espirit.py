@@ -7,13 +7,14 @@ the k-space scaling (every threshold is relative).
 
 ESPIRiT (Uecker et al., MRM 2014), with the defaults of BART ``ecalib``:
 
-1. the calibration region is the largest fully sampled centred block, at most ``calib_size`` per axis;
-2. the calibration (block-Hankel) matrix holds every ``kernel_size x kernel_size x C`` patch of it as a row;
+1. the calibration region is the largest fully sampled box around the centre, of any shape, at most
+   ``calib_size`` per axis (:mod:`mrlearn.physics.calibration`); the kernel shrinks per axis to fit a small box;
+2. the calibration (block-Hankel) matrix holds every ``kh x kw x C`` patch of it as a row;
    its right singular vectors with ``sigma_i^2 / sigma_0^2 > threshold`` (BART's convention: the threshold acts
    on the eigenvalues of ``A^H A``, i.e. squared singular values) span the signal subspace;
 3. the k-space projection onto that subspace becomes, per pixel, ``G(x) = (1/K) g(x) g(x)^H`` (``C x C``, ``K``
-   kernel points, ``g`` the image-space kernels). ``G`` is a trigonometric polynomial of degree ``< kernel_size``,
-   so it is computed exactly on a ``2k x 2k`` grid and interpolated (Fourier zero-padding) to ``H x W``;
+   kernel points, ``g`` the image-space kernels). ``G`` is a trigonometric polynomial of degree ``< k`` per axis,
+   so it is computed exactly on a ``2kh x 2kw`` grid and interpolated (Fourier zero-padding) to ``H x W``;
 4. per pixel the eigenvector of ``G`` with the largest eigenvalue (~1 inside the object) is the map: by default
    by batched ``torch.linalg.eigh``, skipped (exactly) where ``||G||_F < crop`` since ``lambda_max <= ||G||_F``
    -- those pixels are cropped anyway (~30 % of a typical slice); or (``eig_method="power"``) by power iteration;
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from mrlearn.errors import input_error
+from mrlearn.physics.calibration import calibration_box, fit_kernel, require_box, sampling_pattern
 from mrlearn.physics.fft import ifft2c
 
 
@@ -44,45 +46,13 @@ def _batched(kspace: torch.Tensor, where: str) -> tuple[torch.Tensor, bool]:
     return kspace, False
 
 
-def _central_run(ok: torch.Tensor, limit: int) -> tuple[int, int]:
-    """Start and length of the contiguous ``True`` run through the centre of a 1-D bool tensor, at most ``limit``."""
-    n = ok.numel()
-    c = n // 2
-    if not bool(ok[c]):
-        return c, 0
-    okl = ok.tolist()
-    lo = c
-    while lo - 1 >= 0 and okl[lo - 1]:
-        lo -= 1
-    hi = c
-    while hi + 1 < n and okl[hi + 1]:
-        hi += 1
-    if hi - lo + 1 > limit:  # keep a block of `limit` samples, as centred on c as the run allows
-        start = max(lo, c - limit // 2)
-        end = min(hi, start + limit - 1)
-        lo = max(lo, end - limit + 1)
-        hi = lo + limit - 1
-    length = hi - lo + 1
-    return lo, length
+def calibration_region(kspace: torch.Tensor, calib_size: int | tuple[int, int] | None = 24,
+                       mask: torch.Tensor | None = None) -> tuple[slice, slice]:
+    """The largest fully sampled centre box of ``kspace [B, C, H, W]`` (every slice), at most ``calib_size`` per axis.
 
-
-def calibration_region(kspace: torch.Tensor, calib_size: int | tuple[int, int] = 24) -> tuple[slice, slice]:
-    """The largest fully sampled centred block (every coil, every slice non-zero), at most ``calib_size``.
-
-    ``kspace`` is ``[B, C, H, W]``; returns ``(rows, cols)`` slices. Either may be empty (length 0).
+    See :mod:`mrlearn.physics.calibration`; returns ``(rows, cols)`` slices, empty when the centre is not sampled.
     """
-    ch, cw = (calib_size, calib_size) if isinstance(calib_size, int) else calib_size
-    sampled = (kspace.abs() > 0).all(dim=1).all(dim=0)  # [H, W]
-    h, w = sampled.shape
-    # columns: sampled over the central calibration rows (rows themselves are usually all acquired)
-    r0 = max(0, h // 2 - ch // 2)
-    col_ok = sampled[r0 : r0 + min(ch, h)].all(dim=0)
-    c_lo, c_len = _central_run(col_ok, cw)
-    if c_len == 0:
-        return slice(h // 2, h // 2), slice(w // 2, w // 2)
-    row_ok = sampled[:, c_lo : c_lo + c_len].all(dim=1)
-    r_lo, r_len = _central_run(row_ok, ch)
-    return slice(r_lo, r_lo + r_len), slice(c_lo, c_lo + c_len)
+    return calibration_box(sampling_pattern(kspace, mask), calib_size)
 
 
 def _centered_interp_matrix(n_out: int, n_in: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -96,12 +66,12 @@ def _centered_interp_matrix(n_out: int, n_in: int, dtype: torch.dtype, device: t
     return out * math.sqrt(n_out / n_in)
 
 
-def _signal_kernels(calib: torch.Tensor, kernel_size: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signal-subspace kernels ``[B, N, C, k, k]`` (unused ones zeroed) and the number kept per slice ``[B]``."""
+def _signal_kernels(calib: torch.Tensor, kernel: tuple[int, int], threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signal-subspace kernels ``[B, N, C, kh, kw]`` (unused ones zeroed) and the number kept per slice ``[B]``."""
     b, c, _, _ = calib.shape
-    k = kernel_size
-    patches = calib.unfold(2, k, 1).unfold(3, k, 1)  # [B, C, nh, nw, k, k]
-    rows = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * k * k)  # calibration matrix [B, R, C k k]
+    kh, kw = kernel
+    patches = calib.unfold(2, kh, 1).unfold(3, kw, 1)  # [B, C, nh, nw, kh, kw]
+    rows = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * kh * kw)  # calibration matrix [B, R, C kh kw]
     scale = rows.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     rows = (rows / scale).to(torch.complex64)  # scale-free (k-space scaled anywhere from 1e-6 to 1e12)
     cov = rows.mH @ rows  # [B, N, N]
@@ -111,20 +81,20 @@ def _signal_kernels(calib: torch.Tensor, kernel_size: int, threshold: float) -> 
     n_keep = keep.sum(dim=1)
     n_max = int(n_keep.max())
     v = evecs[:, :, :n_max] * keep[:, None, :n_max]
-    kernels = v.permute(0, 2, 1).reshape(b, n_max, c, k, k)
+    kernels = v.permute(0, 2, 1).reshape(b, n_max, c, kh, kw)
     return kernels, n_keep
 
 
-def _image_covariance(kernels: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Per-pixel ESPIRiT operator ``G(x)`` on the small ``2k x 2k`` grid: ``[B, 2k, 2k, C, C]`` (complex64)."""
-    b, n, c, k, _ = kernels.shape
-    m = 2 * k
-    pad = torch.zeros(b, n, c, m, m, dtype=kernels.dtype, device=kernels.device)
-    top = m // 2 - k // 2
-    pad[..., top : top + k, top : top + k] = kernels.conj()
+def _image_covariance(kernels: torch.Tensor) -> torch.Tensor:
+    """Per-pixel ESPIRiT operator ``G(x)`` on the small ``2kh x 2kw`` grid: ``[B, 2kh, 2kw, C, C]`` (complex64)."""
+    b, n, c, kh, kw = kernels.shape
+    mh, mw = 2 * kh, 2 * kw
+    pad = torch.zeros(b, n, c, mh, mw, dtype=kernels.dtype, device=kernels.device)
+    top, left = mh // 2 - kh // 2, mw // 2 - kw // 2
+    pad[..., top : top + kh, left : left + kw] = kernels.conj()
     # g_{c,n}(x) = sum_p conj(v[(c, p), n]) exp(+2 pi i p x): the centred inverse DFT, not normalised
     g = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(pad, dim=(-2, -1)), norm="forward"), dim=(-2, -1))
-    gram = torch.einsum("bncxy,bndxy->bxycd", g, g.conj()) / (k * k)
+    gram = torch.einsum("bncxy,bndxy->bxycd", g, g.conj()) / (kh * kw)
     return gram
 
 
@@ -198,23 +168,26 @@ def _align_phase(vec: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def espirit_sens_maps(
     kspace: torch.Tensor,
     kernel_size: int = 6,
-    calib_size: int | tuple[int, int] = 24,
+    calib_size: int | tuple[int, int] | None = 24,
     threshold: float = 0.001,
     crop: float = 0.8,
     eig_method: str = "eigh",
     num_iter: int = 4,
     coarse_step: int = 4,
     chunk_rows: int = 32,
+    mask: torch.Tensor | None = None,
     where: str = "kspace",
 ) -> torch.Tensor:
     """ESPIRiT maps (one set) from centred multi-coil k-space ``[B, C, H, W]`` or ``[C, H, W]``.
 
-    ``kernel_size``: k-space kernel width (k x k); ``calib_size``: largest calibration block used (per axis);
-    ``threshold``: signal subspace = singular vectors with ``sigma^2 / sigma_max^2 > threshold``;
-    ``crop``: maps are zeroed where the top eigenvalue is below it (0 keeps everything);
-    ``eig_method``: ``"eigh"`` (default: batched LAPACK at every pixel not cropped by the Frobenius bound) or ``"power"``: exact ``eigh`` on every
-    ``coarse_step``-th pixel, interpolated start vectors, then ``num_iter`` power steps at every pixel (for GPUs).
-    Only unsampled locations must be exactly zero (the calibration block is found from the non-zero pattern).
+    ``kernel_size``: k-space kernel width (k x k), shrunk per axis to fit a small calibration box
+    (:func:`mrlearn.physics.calibration.fit_kernel`); ``calib_size``: largest calibration box used per axis
+    (int, ``(h, w)`` or None for no cap); ``threshold``: signal subspace = singular vectors with
+    ``sigma^2 / sigma_max^2 > threshold``; ``crop``: maps are zeroed where the top eigenvalue is below it (0 keeps
+    everything); ``eig_method``: ``"eigh"`` (default: batched LAPACK at every pixel not cropped by the Frobenius
+    bound) or ``"power"``: exact ``eigh`` on every ``coarse_step``-th pixel, interpolated start vectors, then
+    ``num_iter`` power steps at every pixel (for GPUs). The calibration box is found from the non-zero pattern of
+    the k-space (and ``mask`` when given); a box below 3 x 3 is a one-line error.
     """
     ksp, unbatched = _batched(kspace, where)
     b, c, h, w = ksp.shape
@@ -225,19 +198,14 @@ def espirit_sens_maps(
     if kernel_size < 1 or threshold < 0 or not 0 <= crop < 1:
         raise input_error("espirit", f"bad options kernel_size={kernel_size}, threshold={threshold}, crop={crop}",
                           "use kernel_size >= 1, threshold >= 0 and 0 <= crop < 1")
-    rows, cols = calibration_region(ksp, calib_size)
-    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
-    if min(n_rows, n_cols) < kernel_size:
-        raise input_error(where, f"only {n_rows} x {n_cols} fully sampled centre lines (ACS) but the ESPIRiT kernel"
-                          f" is {kernel_size} x {kernel_size}",
-                          "use a mask with more low-frequency lines (center fraction) or a smaller kernel_size")
+    rows, cols = calibration_region(ksp, calib_size, mask)
+    kernel = fit_kernel(kernel_size, require_box((rows, cols), where))
     calib = ksp[:, :, rows, cols]
-    kernels, _ = _signal_kernels(calib, kernel_size, threshold)
-    gram_small = _image_covariance(kernels, (h, w))  # [B, m, m, C, C]
-    m = gram_small.shape[1]
+    kernels, _ = _signal_kernels(calib, kernel, threshold)
+    gram_small = _image_covariance(kernels)  # [B, mh, mw, C, C]
     dev, cdt = ksp.device, torch.complex64
-    interp_h = _centered_interp_matrix(h, m, cdt, dev)  # [H, m]
-    interp_w = _centered_interp_matrix(w, m, cdt, dev)  # [W, m]
+    interp_h = _centered_interp_matrix(h, gram_small.shape[1], cdt, dev)  # [H, mh]
+    interp_w = _centered_interp_matrix(w, gram_small.shape[2], cdt, dev)  # [W, mw]
     # reference for the phase: first principal component of the calibration data over coils
     cal_flat = calib.reshape(b, c, -1).to(torch.complex64)
     cal_flat = cal_flat / cal_flat.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)

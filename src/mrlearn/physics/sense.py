@@ -1,13 +1,15 @@
-"""SENSE forward/adjoint operators and coil combination.
+"""The SENSE encoding operator ``A = M F S`` and coil combination; the coil axis is always kept.
 
 Shapes (batched; leading axes broadcast):
   image     ``[B, H, W]`` complex
-  sens_maps ``[B, C, H, W]`` complex
-  kspace    ``[B, C, H, W]`` complex (multi-coil) or ``[B, H, W]`` (single-coil)
-  mask      real/bool, broadcastable to kspace (e.g. ``[B, 1, 1, W]`` for column masks, ``[B, 1, H, W]`` 2-D)
+  sens_maps ``[B, C, H, W]`` complex, or None: one coil whose map is all ones (single-coil data)
+  kspace    ``[B, C, H, W]`` complex, always with the coil axis (single-coil: ``C = 1``)
+  mask      real/bool 0/1, broadcastable to kspace (e.g. ``[B, 1, 1, W]`` columns, ``[B, 1, H, W]`` 2-D)
 
-Forward ``A m = M F (S m)``; adjoint ``A^H y = sum_c conj(S_c) F^H (M y_c)`` (REFERENCE section 2).
-Single-coil: ``A m = M F m`` and ``A^H y = F^H (M y)``.
+Forward ``A m = M F (S m)`` per coil; adjoint ``A^H y = sum_c conj(S_c) F^H (M y_c)``; normal ``A^H A``
+(the mask is applied once: ``M^H M = M`` for a 0/1 mask). ``F`` is the centred orthonormal FFT of
+:mod:`mrlearn.physics.fft`. Without maps the operator is that of maps of ones with one coil (deepinv's
+convention), computed without multiplying by the ones.
 """
 
 from __future__ import annotations
@@ -24,22 +26,29 @@ def apply_mask(kspace: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return kspace * mask.to(kspace.real.dtype) + 0.0
 
 
+def _single_coil(kspace: torch.Tensor) -> None:
+    if kspace.ndim < 3 or kspace.shape[-3] != 1:
+        raise ValueError(f"k-space without sens_maps must be single-coil [..., 1, H, W], got shape {tuple(kspace.shape)}")
+
+
 def sense_forward(image: torch.Tensor, sens_maps: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, H, W]`` image -> ``[B, C, H, W]`` masked coil k-space (``[B, H, W]`` when ``sens_maps`` is None)."""
-    coil_images = image if sens_maps is None else sens_maps * image.unsqueeze(-3)
+    """``A m``: image ``[B, H, W]`` -> masked coil k-space ``[B, C, H, W]`` (``C = 1`` when ``sens_maps`` is None)."""
+    coil_images = image.unsqueeze(-3) if sens_maps is None else sens_maps * image.unsqueeze(-3)
     return apply_mask(fft2c(coil_images), mask)
 
 
 def sense_adjoint(kspace: torch.Tensor, sens_maps: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, C, H, W]`` coil k-space -> ``[B, H, W]`` coil-combined image (adjoint of :func:`sense_forward`)."""
+    """``A^H y``: coil k-space ``[B, C, H, W]`` -> coil-combined image ``[B, H, W]`` (adjoint of :func:`sense_forward`)."""
+    if sens_maps is None:
+        _single_coil(kspace)
     coil_images = ifft2c(apply_mask(kspace, mask))
     if sens_maps is None:
-        return coil_images
+        return coil_images.squeeze(-3)
     return (sens_maps.conj() * coil_images).sum(dim=-3)
 
 
 def sense_normal(image: torch.Tensor, sens_maps: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-    """``A^H A m`` (the mask is applied once, as ``M^H M = M`` for a binary mask)."""
+    """``A^H A m`` for an image ``[B, H, W]`` (the mask is applied once, as ``M^H M = M`` for a binary mask)."""
     return sense_adjoint(sense_forward(image, sens_maps, mask), sens_maps, None)
 
 
@@ -54,17 +63,43 @@ def rss_from_kspace(kspace: torch.Tensor) -> torch.Tensor:
 
 
 class SenseOperator:
-    """The SENSE encoding operator ``E = M F S`` for fixed maps and mask, with ``forward``/``adjoint``/``normal``."""
+    """The SENSE encoding operator ``A = M F S`` for fixed maps and mask (shapes: see the module docstring).
 
-    def __init__(self, sens_maps: torch.Tensor | None, mask: torch.Tensor | None):
+    ``forward`` image ``[B, H, W]`` -> k-space ``[B, C, H, W]``; ``adjoint`` back; ``normal`` = ``A^H A``.
+    ``sens_maps=None`` is single-coil (one coil, map of ones); ``mask=None`` is full sampling.
+
+    >>> import torch
+    >>> image = torch.ones(1, 4, 4, dtype=torch.complex64)
+    >>> single = SenseOperator(None, mask=torch.tensor([[[[0.0, 1.0, 1.0, 0.0]]]]))
+    >>> single.forward(image).shape  # the coil axis is kept: C = 1
+    torch.Size([1, 1, 4, 4])
+    >>> maps = torch.full((1, 2, 4, 4), 0.5 ** 0.5, dtype=torch.complex64)  # sum_c |S_c|^2 = 1
+    >>> A = SenseOperator(maps, mask=None)
+    >>> A.forward(image).shape
+    torch.Size([1, 2, 4, 4])
+    >>> bool(torch.allclose(A.normal(image), image))  # fully sampled, normalised maps: A^H A = I
+    True
+    """
+
+    def __init__(self, sens_maps: torch.Tensor | None, mask: torch.Tensor | None = None):
         self.sens_maps = sens_maps
         self.mask = mask
 
+    @property
+    def coils(self) -> int:
+        """Number of coils ``C`` of the k-space this operator produces (1 without maps)."""
+        return 1 if self.sens_maps is None else int(self.sens_maps.shape[-3])
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``A m``: ``[B, H, W]`` -> ``[B, C, H, W]``."""
         return sense_forward(image, self.sens_maps, self.mask)
 
+    __call__ = forward
+
     def adjoint(self, kspace: torch.Tensor) -> torch.Tensor:
+        """``A^H y``: ``[B, C, H, W]`` -> ``[B, H, W]``."""
         return sense_adjoint(kspace, self.sens_maps, self.mask)
 
     def normal(self, image: torch.Tensor) -> torch.Tensor:
+        """``A^H A m``: ``[B, H, W]`` -> ``[B, H, W]``."""
         return sense_normal(image, self.sens_maps, self.mask)

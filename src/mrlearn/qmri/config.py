@@ -26,6 +26,9 @@ class QmriConfig:
     ``alphas``); a ``_wide`` suffix on a network method (e.g. ``net_gt_wide``) uses ``wide_factor`` x width.
     ``grid_points`` values per parameter of f, D, D* (S0 = 1) x ``repeats`` noise draws form the test set;
     maps are drawn over ``map_axes`` at the middle value of the third parameter.
+    Training: to a plateau of the validation loss (``patience`` epochs) under the trainer's caps; with
+    ``init_from_gt`` (default, as Epstein et al.) the MLE, self-supervised and hybrid networks start from the
+    trained groundtruth-label network. ``fit_bounds``: name -> [low, high] overriding the default fit bounds.
     """
 
     model: str = "ivim_additive"
@@ -43,7 +46,8 @@ class QmriConfig:
     wide_factor: int = 4
     n_hidden: int = 3
     batch_size: int = 256
-    patience: int = 10
+    patience: int = 20
+    init_from_gt: bool = True
     grid_points: int = 5
     repeats: int = 100
     map_axes: list[str] = field(default_factory=lambda: ["f", "Dstar"])
@@ -78,6 +82,11 @@ class QmriConfig:
             raise input_error("qmri.grid_points", "must be at least 2", "e.g. 5")
         if not 0 < self.val_fraction < 1:
             raise input_error("qmri.val_fraction", "must be in (0, 1)", "e.g. 0.1")
+        if self.fit_bounds is not None:
+            for k, v in self.fit_bounds.items():
+                if k not in ("S0", "f", "D", "Dstar") or len(v) != 2 or not v[0] < v[1]:
+                    raise input_error(f"qmri.fit_bounds.{k}", "needs a parameter name and [low, high], low < high",
+                                      "e.g. fit_bounds: {Dstar: [3, 200]}")
         if self.noise not in ("rician", "gaussian"):
             raise input_error("qmri.noise", f"unknown noise {self.noise!r}", "use rician or gaussian")
 

@@ -20,19 +20,24 @@ from typing import Sequence
 import torch
 
 from mrlearn.errors import input_error
+from mrlearn.qmri.bounds import AT_BOUND_TOL, resolve_bounds
 from mrlearn.qmri.likelihood import rician_grad_curv, rician_nll, sse
 from mrlearn.qmri.signal import B_SCALE, get_model, model_derivatives
 
 
 @dataclass
 class FitResult:
-    """Fitted parameters ``[V, P]``, final objective ``[V]``, per-voxel convergence flag ``[V]``, iterations."""
+    """Fitted parameters ``[V, P]``, final objective ``[V]``, per-voxel convergence flag ``[V]``, iterations,
+    flags ``[V, P]`` of parameters held at their lower / upper bound, and the bounds used ``(lower, upper)``."""
 
     params: torch.Tensor
     objective: torch.Tensor
     converged: torch.Tensor
     iterations: int
     names: tuple[str, ...]
+    at_lower: torch.Tensor | None = None
+    at_upper: torch.Tensor | None = None
+    bounds: tuple[list[float], list[float]] | None = None
 
 
 def objective_values(signals: torch.Tensor, pred: torch.Tensor, objective: str,
@@ -43,17 +48,10 @@ def objective_values(signals: torch.Tensor, pred: torch.Tensor, objective: str,
     return sse(signals, pred)
 
 
-def _bounds(model: str, bounds: Sequence[Sequence[float]] | None, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    _, spec = get_model(model)
-    if bounds is None:
-        lo, hi = spec.lower, spec.upper
-    else:
-        if len(bounds) != len(spec.names):
-            raise input_error("bounds", f"need {len(spec.names)} (lower, upper) pairs for {model}, got {len(bounds)}",
-                              f"give one pair per parameter {spec.names}")
-        lo, hi = tuple(float(b[0]) for b in bounds), tuple(float(b[1]) for b in bounds)
-    lo_t = torch.tensor(lo, dtype=dtype, device=device)
-    hi_t = torch.tensor(hi, dtype=dtype, device=device)
+def _bounds(model: str, bvals: torch.Tensor, bounds, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = resolve_bounds(model, bvals, bounds)
+    lo_t = torch.tensor([p[0] for p in pairs], dtype=dtype, device=device)
+    hi_t = torch.tensor([p[1] for p in pairs], dtype=dtype, device=device)
     if not bool(torch.all(hi_t > lo_t)):
         raise input_error("bounds", "every upper bound must exceed its lower bound", "check the fit bounds")
     return lo_t, hi_t
@@ -101,27 +99,41 @@ def segmented_init(signals: torch.Tensor, bvals: torch.Tensor, model: str, lo: t
 
 
 def _ivim_starts(signals, bvals, fn, init, lo, hi, objective, sigma, n_grid: int, n_starts: int) -> torch.Tensor:
-    """Best ``n_starts`` candidates per voxel by objective: ``[n_starts, V, P]``.
+    """``n_starts`` candidates per voxel, ``[n_starts, V, P]``: the best of each band of the D* grid.
 
-    Candidates: S0 from ``init``; f in {segmented f, 0.1, 0.3}; D in {segmented D, 1.0}; D* on a log grid of
-    ``n_grid`` values within its bounds (all clamped to the bounds).
+    Candidates: f in {segmented f (within [0.05, 0.95], so that D* matters), 0.1, 0.3, 0.7}; D in {segmented D, 1.0, 0.2}; D* on a log grid of ``n_grid``
+    values within its bounds; S0 for each by linear least squares given the others (all clamped to the bounds).
+    The D* grid is cut into ``n_starts`` bands (slow to fast) and the candidate with the lowest objective in each
+    band is kept, so that the starts cover the distinct minima a bi-exponential model can have.
     """
     dt, dev = signals.dtype, signals.device
     grid = torch.logspace(torch.log10(lo[3].clamp_min(1.0)).item(), torch.log10(hi[3]).item(), n_grid, dtype=dt, device=dev)
     v = init.shape[0]
-    f_c = torch.stack([init[:, 1], torch.full((v,), 0.1, dtype=dt, device=dev), torch.full((v,), 0.3, dtype=dt, device=dev)])
-    d_c = torch.stack([init[:, 2], torch.full((v,), 1.0, dtype=dt, device=dev)])
-    cand = init[None, None, None].repeat(3, 2, n_grid, 1, 1)  # [F, D, G, V, P]
+    full = lambda x: torch.full((v,), x, dtype=dt, device=dev)  # noqa: E731
+    f_c = torch.stack([init[:, 1].clamp(0.05, 0.95), full(0.1), full(0.3), full(0.7)])  # f > 0: D* matters
+    d_c = torch.stack([init[:, 2], full(1.0), full(0.2)])
+    nf, nd = f_c.shape[0], d_c.shape[0]
+    cand = init[None, None, None].repeat(nf, nd, n_grid, 1, 1)  # [F, D, G, V, P]
     cand[..., 1] = f_c[:, None, None, :]
     cand[..., 2] = d_c[None, :, None, :]
     cand[..., 3] = grid[None, None, :, None]
     cand = torch.minimum(torch.maximum(cand.reshape(-1, v, init.shape[1]), lo), hi)
+    cand[..., 0] = 1.0
+    unit = fn(cand, bvals)  # [C, V, N] at S0 = 1
+    s0 = (unit * signals[None]).sum(-1) / (unit * unit).sum(-1).clamp_min(1e-30)
+    cand[..., 0] = s0.clamp(lo[0], hi[0])
     sig = sigma
     if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
         sig = sigma[None].expand(cand.shape[0], -1)
-    obj = objective_values(signals[None], fn(cand, bvals), objective, sig)  # [C, V]
-    best = torch.topk(-obj, k=min(n_starts, cand.shape[0]), dim=0).indices  # [K, V]
-    return torch.gather(cand, 0, best[..., None].expand(-1, -1, cand.shape[-1]))
+    obj = objective_values(signals[None], unit * cand[..., :1], objective, sig)  # [C, V]
+    obj = obj.reshape(nf * nd, n_grid, v)
+    cand = cand.reshape(nf * nd, n_grid, v, -1)
+    starts = []
+    for band in torch.tensor_split(torch.arange(n_grid, device=dev), min(n_starts, n_grid)):
+        o = obj[:, band].reshape(-1, v)
+        c = cand[:, band].reshape(-1, v, cand.shape[-1])
+        starts.append(c[o.argmin(0), torch.arange(v, device=dev)])
+    return torch.stack(starts)
 
 
 def _lm(signals, bvals, fn, model: str, p0, lo, hi, objective, sigma, max_iter: int, ftol: float, gtol: float,
@@ -187,13 +199,14 @@ def _lm(signals, bvals, fn, model: str, p0, lo, hi, objective, sigma, max_iter: 
 
 
 def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", objective: str = "mle",
-               sigma: float | torch.Tensor | None = None, bounds: Sequence[Sequence[float]] | None = None,
-               n_starts: int = 3, n_grid: int = 12, max_iter: int = 100, ftol: float = 1e-9,
+               sigma: float | torch.Tensor | None = None, bounds: Sequence[Sequence[float]] | dict | None = None,
+               n_starts: int = 4, n_grid: int = 12, max_iter: int = 100, ftol: float = 1e-9,
                gtol: float = 1e-6, xtol: float = 1e-7, b_split: float = 200.0, init: torch.Tensor | None = None) -> FitResult:
     """Fit ``signals [V, N]`` measured at ``bvals [N]`` (s/mm^2; echo times in ms for ``t2``).
 
     ``objective``: ``mle`` (Rician NLL with known ``sigma``: a float or ``[V]``) or ``nlls``.
-    ``bounds``: (lower, upper) per parameter, default the model's ``ParamSpec`` bounds.
+    ``bounds``: (lower, upper) per parameter or a dict name -> (lower, upper) overriding some; default
+    :func:`mrlearn.qmri.bounds.default_bounds` (physics, and the lowest b-value for S0; see that module).
     ``init``: optional initial parameters ``[V, P]`` (skips the segmented guess and the multi-start).
     Returns :class:`FitResult`; ``converged`` is True where the projected gradient or the objective change
     fell below tolerance (or no descent step could be found) within ``max_iter`` iterations.
@@ -214,7 +227,7 @@ def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", 
                           "give one signal per b-value")
     if isinstance(sigma, torch.Tensor):
         sigma = sigma.to(device=sig_dev, dtype=torch.float64)
-    lo, hi = _bounds(model, bounds, torch.float64, sig_dev)
+    lo, hi = _bounds(model, bvals, bounds, torch.float64, sig_dev)
     v = signals.shape[0]
     if init is not None:
         starts = torch.minimum(torch.maximum(init.to(sig_dev, torch.float64), lo), hi)[None]
@@ -231,5 +244,7 @@ def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", 
     obj = obj.reshape(k, v)
     best = obj.argmin(0)
     ar = torch.arange(v, device=sig_dev)
-    params = (lo + (hi - lo) * p.reshape(k, v, -1))[best, ar]
-    return FitResult(params, obj[best, ar], conv.reshape(k, v)[best, ar], it, spec.names)
+    pn = p.reshape(k, v, -1)[best, ar]
+    params = lo + (hi - lo) * pn
+    return FitResult(params, obj[best, ar], conv.reshape(k, v)[best, ar], it, spec.names,
+                     pn <= AT_BOUND_TOL, pn >= 1 - AT_BOUND_TOL, (lo.tolist(), hi.tolist()))

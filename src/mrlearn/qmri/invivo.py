@@ -1,30 +1,35 @@
 """IVIM maps from a 4-D diffusion-weighted NIfTI: Rician MLE, least squares or a trained network.
 
 Conventions
-- ``dwi`` is ``[X, Y, Z, N]`` (one volume per b-value, b-values in s/mm^2 from a text file); maps are written
-  as ``S0.nii.gz``, ``f.nii.gz``, ``D.nii.gz``, ``Dstar.nii.gz`` with the input affine, units in ``descrip``
-  (S0 in the input's signal units, f a fraction, D and D* in um^2/ms = 1e-3 mm^2/s); outside the mask maps are 0.
-- Each voxel is normalised by its mean signal at the lowest b-value (S0 ~ 1, as in training); S0 is scaled back.
-- sigma (MLE): ``--sigma`` in the input's signal units, or estimated from the data as the median over mask
-  voxels of the least-squares residual standard deviation sqrt(RSS / (N - 4)) (a Gaussian approximation of the
-  Rician noise, valid where the signal is well above the noise).
+- ``dwi`` is ``[X, Y, Z, N]`` (one volume per b-value, b-values in s/mm^2 from a text file; other units are
+  refused with the fix); int16 files with a scale slope and intercept are read scaled. Maps are written as
+  ``S0.nii.gz``, ``f.nii.gz``, ``D.nii.gz``, ``Dstar.nii.gz`` with the input affine, units in ``descrip`` (S0 in the
+  input's signal units, f a fraction, D and D* in um^2/ms = 1e-3 mm^2/s); outside the fitted voxels maps are 0.
+  ``mask.nii.gz`` is the mask used and ``excluded.nii.gz`` codes the skipped voxels (see :mod:`.voxels`).
+- Each voxel is normalised by its mean signal at the lowest b-value; S0 is scaled back. Bounds: see :mod:`.bounds`
+  (``fit.json`` lists them and how many voxels sit at each).
+- sigma (MLE): ``--sigma`` in the input's signal units, or estimated from the data as the median over the voxels of
+  the least-squares residual standard deviation sqrt(RSS / (N - 4)) (a Gaussian approximation of the Rician noise,
+  valid where the signal is well above the noise).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from mrlearn.errors import input_error
+from mrlearn.io import write_json
+from mrlearn.qmri.bounds import bound_counts, format_bound_counts, parse_bounds
 from mrlearn.qmri.fit import fit_voxels
 from mrlearn.qmri.signal import get_model, load_protocol
-from mrlearn.training.runfiles import atomic_write_bytes, write_json
+from mrlearn.qmri.voxels import check_bvalue_units, select_voxels
 
-UNITS = {"S0": "S0 signal at b=0 (input units)", "f": "f perfusion fraction (0-1)",
+UNITS = {"S0": "S0 extrapolated to b=0 (input units)", "f": "f perfusion fraction (0-1)",
          "D": "D diffusion coefficient um^2/ms (1e-3 mm^2/s)", "Dstar": "Dstar pseudo-diffusion um^2/ms (1e-3 mm^2/s)"}
 
 
@@ -43,7 +48,7 @@ def _load_nifti(path: str | Path, what: str):
 
 
 def load_inputs(dwi: str | Path, bvals: str | Path, mask: str | Path | None):
-    """Read and check the DWI, b-values and mask; returns (img, data [X,Y,Z,N], b [N], mask bool [X,Y,Z])."""
+    """Read and check the DWI, b-values and mask; returns (img, data [X,Y,Z,N], b [N], mask bool [X,Y,Z] or None)."""
     img, data = _load_nifti(dwi, "DWI")
     if data.ndim != 4:
         raise input_error(dwi, f"expected a 4-D image [X, Y, Z, b-values], got {data.ndim}-D shape {data.shape}",
@@ -52,6 +57,8 @@ def load_inputs(dwi: str | Path, bvals: str | Path, mask: str | Path | None):
     if b.numel() != data.shape[3]:
         raise input_error(bvals, f"{b.numel()} b-values for {data.shape[3]} volumes in {Path(dwi).name}",
                           "give one b-value per volume")
+    check_bvalue_units(b, str(bvals))
+    m = None
     if mask is not None:
         _, m = _load_nifti(mask, "mask")
         if m.shape != data.shape[:3]:
@@ -60,108 +67,100 @@ def load_inputs(dwi: str | Path, bvals: str | Path, mask: str | Path | None):
         m = m > 0
         if not m.any():
             raise input_error(mask, "the mask is empty", "give a mask with at least one non-zero voxel")
-    else:
-        m = np.isfinite(data).all(-1) & (data.max(-1) > 0)
-        if not m.any():
-            raise input_error(dwi, "no voxel has a positive signal", "check the image")
-    vox = data[m]
-    if not np.isfinite(vox).all():
-        raise input_error(dwi, "NaN or infinite signal inside the mask", "clean the image or mask those voxels out")
-    if (vox < 0).any():
-        raise input_error(dwi, f"negative signal inside the mask (min {vox.min():.3g})",
-                          "give magnitude images (negative values are not Rician data)")
     return img, data, b, m
 
 
 def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "mle", mask: str | Path | None = None,
             network: str | Path | None = None, sigma: float | None = None, model: str = "ivim",
-            device: str = "cpu") -> dict[str, Any]:
-    """Fit IVIM maps and write them (NIfTI per parameter, ``overview.png``, ``fit.json``) into ``out``."""
+            device: str = "cpu", bounds: str | dict | None = None, bad_voxels: str = "skip",
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fit IVIM maps and write them (NIfTI per parameter, masks, ``overview.png``, ``fit.json``) into ``out``."""
     if method not in ("mle", "nlls", "net"):
         raise input_error("--method", f"unknown method {method!r}", "use mle, nlls or net")
     if method == "net" and network is None:
-        raise input_error("--model", "method 'net' needs a trained network", "give --model models/<file>.pt from 'mrlearn qmri study'")
+        raise input_error("--model", "method 'net' needs a trained network",
+                          "give --model <file>.pt from 'mrlearn qmri train' (or a study's models/)")
     if sigma is not None and not sigma > 0:
         raise input_error("--sigma", f"must be positive, got {sigma}", "give the noise standard deviation in signal units")
+    user_bounds = parse_bounds(bounds, model) if isinstance(bounds, str) or bounds is None else bounds
     img, data, b, m = load_inputs(dwi, bvals, mask)
-    sig = torch.from_numpy(data[m]).to(device)
-    low = b == b.min()
-    ref = sig[:, low.to(device)].mean(-1)
-    ref = torch.where(ref > 0, ref, sig.amax(-1).clamp_min(1e-30))
+    bn = b.numpy()
+    vs = select_voxels(data, bn, m, bad_voxels, dwi)
+    if vs.mask_info.get("kind") == "otsu":
+        log(f"mask: Otsu threshold {vs.mask_info['threshold']:.4g} on the lowest-b image (b={vs.mask_info['b']:g}, "
+            f"median-filtered) -> {vs.mask_info['voxels']} voxels (give --mask to choose)")
+    log(vs.summary())
+    sig = torch.from_numpy(vs.signals).to(device)
+    low = torch.from_numpy(bn == bn.min()).to(device)
+    ref = sig[:, low].mean(-1)
     sn = sig / ref[:, None]
-    info: dict[str, Any] = {"method": method, "voxels": int(m.sum()), "bvals": b.tolist()}
+    info: dict[str, Any] = {"method": method, "voxels": int(vs.mask_fit.sum()), "bvals": b.tolist(),
+                            "mask": vs.mask_info, "bad_voxels": vs.counts, "bad_voxel_policy": bad_voxels}
     if method == "net":
-        from mrlearn.qmri.netio import load_network
+        from mrlearn.qmri.netio import check_protocol, load_network
 
         net, meta = load_network(network)
-        if len(meta["bvals"]) != b.numel() or not np.allclose(meta["bvals"], b.numpy(), atol=1e-3):
-            raise input_error(bvals, f"b-values differ from the network's protocol {meta['bvals']}",
-                              "use a network trained on this protocol")
+        check_protocol(meta, b, str(bvals))
         with torch.no_grad():
             params = net(sn.float().cpu()).double() * torch.tensor(meta["scales"], dtype=torch.float64)
         names = tuple(meta["names"])
-        info["model"], info["network"] = meta["model"], str(network)
+        model = meta["model"]
+        info["model"], info["network"] = model, str(network)
     else:
         _, spec = get_model(model, "--signal-model")
         names = spec.names
         if method == "mle" and sigma is None:
-            ls = fit_voxels(sn, b, model, "nlls")
+            ls = fit_voxels(sn, b, model, "nlls", bounds=user_bounds or None)
             dof = max(1, b.numel() - len(names))
             rsd = torch.sqrt(2 * ls.objective / dof) * ref
             sigma = float(rsd.median())
-            info["sigma_source"] = "median least-squares residual sd over the mask"
+            info["sigma_source"] = "median least-squares residual sd over the fitted voxels"
             if not sigma > 0:
                 raise input_error(dwi, "cannot estimate the noise level (zero residuals)", "give --sigma")
         if method == "mle":
             info["sigma"] = sigma
-            res = fit_voxels(sn, b, model, "mle", sigma=sigma / ref)
+            res = fit_voxels(sn, b, model, "mle", sigma=sigma / ref, bounds=user_bounds or None)
         else:
-            res = fit_voxels(sn, b, model, "nlls")
+            res = fit_voxels(sn, b, model, "nlls", bounds=user_bounds or None)
         params = res.params.cpu()
         info["model"] = model
         info["converged_fraction"] = float(res.converged.float().mean())
+        counts = bound_counts(res.at_lower.cpu(), res.at_upper.cpu(), names)
+        pairs = list(zip(*res.bounds))
+        info["bounds"] = {k: {"lower": lo, "upper": hi, "units": "S0: multiples of the lowest-b signal" if k == "S0" else ""}
+                          for k, (lo, hi) in zip(names, pairs)}
+        info["at_bounds"] = counts
+        log(format_bound_counts(counts, pairs, int(params.shape[0])) + " (S0 bound in multiples of the lowest-b signal)")
     params[:, 0] = params[:, 0] * ref.cpu()
     maps = {}
     for i, k in enumerate(names):
         vol = np.zeros(data.shape[:3], dtype=np.float32)
-        vol[m] = params[:, i].numpy()
+        vol[vs.mask_fit] = params[:, i].numpy()
         maps[k] = vol
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for k, vol in maps.items():
         _write_nifti(out / f"{k}.nii.gz", vol, img, UNITS.get(k, k))
-    _overview(out / "overview.png", maps)
+    _write_nifti(out / "mask.nii.gz", vs.mask_fit.astype(np.uint8), img, "voxels fitted")
+    _write_nifti(out / "excluded.nii.gz", vs.excluded, img, "skipped: 1 NaN/inf, 2 negative, 3 no signal at lowest b")
+    from mrlearn.qmri.figure import overview_figure
+
+    fn, _ = get_model(model)
+    overview_figure(out / "overview.png", maps, vs.mask_fit, data, bn, fn, method)
     write_json(out / "fit.json", info)
     return info
 
 
 def _write_nifti(path: Path, vol: np.ndarray, like, descrip: str) -> None:
+    """Write atomically: to ``tmp_<name>`` (keeping the .nii.gz ending, so nibabel compresses), then rename."""
     import nibabel as nib
 
     new = nib.Nifti1Image(vol, like.affine)
     new.header["descrip"] = descrip[:79].encode()
-    tmp = path.with_name("tmp_" + path.name)  # keeps the .nii.gz ending so nibabel compresses
-    nib.save(new, str(tmp))
-    os.replace(tmp, path)
-
-
-def _overview(path: Path, maps: dict[str, np.ndarray]) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3))
-    for a, (k, vol) in zip(np.atleast_1d(ax), maps.items()):
-        sl = vol[:, :, vol.shape[2] // 2]
-        hi = np.percentile(sl[sl > 0], 99) if (sl > 0).any() else 1.0
-        im = a.imshow(sl.T, origin="lower", cmap="gray" if k == "S0" else "magma", vmin=0, vmax=hi)
-        a.set_title(UNITS.get(k, k), fontsize=7)
-        a.axis("off")
-        fig.colorbar(im, ax=a, fraction=0.046)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    tmp = path.with_name("tmp_" + path.name)
+    try:
+        nib.save(new, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,58 +1,86 @@
-"""``mrlearn qmri study``: config -> run folder with config.yaml, run.json, networks, tables, figures, report."""
+"""One run of the label study as a study runner: ExperimentConfig (with a ``qmri`` section) -> run folder content.
+
+``mrlearn study ivim_labels`` runs the study file ``configs/ivim_labels.yaml`` (seeds x SNR grid) through the one
+study runner, which calls :func:`label_study_runner` for each run (registered as runner ``qmri`` in
+:mod:`mrlearn.qmri.study`). The run folder gets ``table.csv``/``table.json``, the figures, ``report.html``,
+``metrics.json`` (summary, each network's convergence record, findings), ``log.txt``, ``models/`` (networks for
+``mrlearn qmri fit --method net``) and ``nets/`` (their training folders). ``mrlearn qmri study`` is a thin preset
+over ``mrlearn study``.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
-from mrlearn.config import dump_config, load_config
 from mrlearn.errors import input_error
-from mrlearn.training.runfiles import RunInfo, atomic_write_text, write_json
+from mrlearn.io import atomic_write_text, write_json
+
+METRIC_KEYS = ("abs_bias", "std", "rmse")
 
 
-def study_from_config(config: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None) -> Path:
-    """Run the label study described by ``config`` (with ``--set`` overrides) into ``out``; returns the folder."""
-    import mrlearn.qmri.config  # noqa: F401 - registers the 'qmri' section
+def run_label_study(cfg: Any, out: Path, log=print) -> dict[str, Any]:
+    """Run the study of ``cfg.extra['qmri']`` into ``out``; returns the results (see :func:`.study.run_study`)."""
+    from mrlearn.qmri.report import make_figures, table_rows, write_report, write_tables
+    from mrlearn.qmri.study import run_study
 
-    cfg = load_config(config, overrides)
     q = cfg.extra.get("qmri")
     if q is None:
-        raise input_error(config, "has no 'qmri' section", "see configs/ivim_labels.yaml")
-    run_dir = Path(out) if out else cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    info = RunInfo(run_dir, cfg.seed, {"kind": "qmri_study"})
-    info.running()
+        raise input_error(cfg.name, "has no 'qmri' section", "see configs/ivim_labels.yaml")
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    log_lines: list[str] = []
+    lines: list[str] = []
 
-    def log(msg: str) -> None:
+    def _log(msg: str) -> None:
         line = f"[{time.time() - t0:7.1f} s] {msg}"
-        print(line, flush=True)
-        log_lines.append(line)
+        log(line)
+        lines.append(line)
 
-    try:
-        from mrlearn.qmri.report import make_figures, table_rows, write_report, write_tables
-        from mrlearn.qmri.study import run_study
+    accel = cfg.trainer.accelerator
+    results = run_study(q, out, cfg.seed, cfg.optim, cfg.trainer.max_epochs,
+                        accelerator="cpu" if accel == "auto" else accel, log=_log, max_steps=cfg.trainer.max_steps)
+    rows = table_rows(results)
+    write_tables(out, rows)
+    figs = make_figures(out, results, q.map_axes)
+    elapsed = time.time() - t0
+    notes = [f"Model {q.model}, b-values {q.bvals}, SNR {q.snrs}, {q.n_train} training signals, {q.grid_points}^3 grid "
+             f"x {q.repeats} repeats, batch {q.batch_size}, up to {cfg.trainer.max_epochs} epochs with patience "
+             f"{q.patience}, init from the groundtruth network: {q.init_from_gt}, seed {cfg.seed}; run time {elapsed:.0f} s."]
+    write_report(out, f"qMRI label study: {cfg.name} (seed {cfg.seed})", results, rows, figs, notes)
+    write_json(out / "metrics.json", {"summary": rows, "training": results["training"],
+                                      "findings": results["findings"], "elapsed_s": elapsed})
+    atomic_write_text(out / "log.txt", "\n".join(lines) + "\n")
+    return results
 
-        accel = cfg.trainer.accelerator
-        results = run_study(q, run_dir, cfg.seed, cfg.optim, cfg.trainer.max_epochs,
-                            accelerator="cpu" if accel == "auto" else accel, log=log)
-        rows = table_rows(results)
-        write_tables(run_dir, rows)
-        figs = make_figures(run_dir, results, q.map_axes)
-        elapsed = time.time() - t0
-        notes = [f"Model {q.model}, b-values {q.bvals}, SNR {q.snrs}, {q.n_train} training signals, "
-                 f"{q.grid_points}^3 grid x {q.repeats} repeats, {cfg.trainer.max_epochs} max epochs, seed {cfg.seed}; "
-                 f"run time {elapsed:.0f} s.",
-                 "Bias, std and RMSE in the parameter's units; rel_* divide by the training range width."]
-        write_report(run_dir, f"qMRI label study: {cfg.name}", results, rows, figs, notes)
-        write_json(run_dir / "metrics.json", {"summary": rows, "training": results["training"],
-                                              "findings": results["findings"], "elapsed_s": elapsed})
-        atomic_write_text(run_dir / "log.txt", "\n".join(log_lines) + "\n")
-        info.finished(elapsed_s=elapsed)
-    except BaseException as exc:
-        info.failed(f"{exc.__class__.__name__}: {exc}")
-        raise
-    return run_dir
+
+def outcome_groups(results: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """Study groups ``snr<k>/<method>`` -> metrics ``<abs_bias|std|rmse>_<param>``, and their convergence records
+    (the network's; the per-voxel MLE fit has none)."""
+    groups: dict[str, dict[str, float]] = {}
+    conv: dict[str, dict[str, Any]] = {}
+    for snr, per in results["snr"].items():
+        for method, r in per.items():
+            g = f"snr{snr}/{method}"
+            groups[g] = {f"{m}_{k}": float(s[m]) for k, s in r["summary"].items() for m in METRIC_KEYS}
+            rec = results["training"].get(f"snr{snr}/{method}")
+            if rec is not None:
+                conv[g] = {k: rec.get(k) for k in ("steps", "best_step", "stopped_by", "converged")}
+    return groups, conv
+
+
+def label_study_runner(cfg: Any):
+    """Study runner ``qmri``: one label study run in ``cfg.run_dir()`` -> RunOutcome (groups, convergence)."""
+    from mrlearn.study.results import RunOutcome
+
+    results = run_label_study(cfg, cfg.run_dir())
+    groups, conv = outcome_groups(results)
+    return RunOutcome(groups=groups, extra={"convergence": conv, "findings": results["findings"]})
+
+
+def study_from_config(config: str | Path, overrides=(), out: str | Path | None = None) -> Path:
+    """``mrlearn qmri study``: the study file ``config`` (path or shipped name) run by the one study runner."""
+    from mrlearn.study import load_study, run_study
+
+    spec = load_study(config, list(overrides))
+    return Path(run_study(spec, out))

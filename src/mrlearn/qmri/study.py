@@ -4,7 +4,7 @@ For each SNR: simulate ``n_train`` IVIM signals (uniform parameters within ``ran
 sigma = 1/SNR), fit them by Rician MLE (the MLE labels), train one network per method, then estimate the
 parameters of a test grid (f x D x D*, S0 = 1) x ``repeats`` noise draws with every method. Per method,
 parameter and grid point: bias = mean(estimate) - truth, std over repeats, RMSE; summaries average |bias|
-and std over the grid and pool RMSE. Lightning appears only through :func:`mrlearn.qmri.module.train_network`.
+and std over the grid and pool RMSE. Lightning appears only through :func:`mrlearn.qmri.train.train_network` (imported lazily).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrlearn import registry
 from mrlearn.qmri.config import QmriConfig
 from mrlearn.qmri.fit import fit_voxels
 from mrlearn.qmri.netio import save_network
@@ -88,15 +89,14 @@ def summarise(m: dict[str, np.ndarray], names: tuple[str, ...], widths: dict[str
 
 
 def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_epochs: int,
-              accelerator: str = "cpu", log=print) -> dict[str, Any]:
-    """Run the study into ``out`` (networks under ``out/models``); returns the results dict used by the report."""
+              accelerator: str = "cpu", log=print, max_steps: int = -1) -> dict[str, Any]:
+    """Run the study into ``out`` (networks under ``out/models``, their training folders under ``out/nets``);
+    returns the results dict used by the report (``training``: each network's convergence record)."""
     bvals = load_protocol(q.bvals, "qmri.bvals")
     fn, spec = get_model(q.model, "qmri.model")
     names = spec.names
     scales = torch.tensor([float(q.ranges[k][1]) for k in names], dtype=torch.float64)
-    bounds = None
-    if q.fit_bounds is not None:
-        bounds = [q.fit_bounds.get(k, [lo, hi]) for k, lo, hi in zip(names, spec.lower, spec.upper)]
+    bounds = None if q.fit_bounds is None else {k: tuple(v) for k, v in q.fit_bounds.items()}
     widths = {k: float(q.ranges[k][1] - q.ranges[k][0]) for k in names}
     grid, axes = ground_truth_grid(q, names)
     specs = method_specs(q)
@@ -121,7 +121,25 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
         truth = grid.repeat_interleave(q.repeats, 0)
         test_sig = add_noise(fn(truth, bvals), snr, q.noise, gen)
         estimates: dict[str, torch.Tensor] = {}
-        for s in specs:
+        gt_states: dict[bool, dict[str, torch.Tensor]] = {}
+
+        def train(kind: str, alpha: float, wide: bool, name: str, init=None):
+            w = width * (q.wide_factor if wide else 1)
+            net, info = train_network(train_sig, theta / scales, mle_labels / scales, bvals, scales, q.model, kind,
+                                      run_dir=out / "nets" / f"snr{snr:g}_{name}", alpha=alpha, width=w,
+                                      n_hidden=q.n_hidden, optim=optim, seed=seed + 17 * si, max_epochs=max_epochs,
+                                      max_steps=max_steps, batch_size=q.batch_size, val_fraction=q.val_fraction,
+                                      patience=q.patience, accelerator=accelerator, init_state=init)
+            results["training"][f"snr{snr:g}/{name}"] = info
+            log(f"SNR {snr:g}: trained {name}: best val loss {info['best_val_loss']:.4g} at step {info['best_step']} "
+                f"of {info['steps']}, stopped by {info['stopped_by']}" + ("" if info["converged"] else " (NOT converged)"))
+            save_network(out / "models" / f"snr{snr:g}_{name}.pt", net, bvals, scales, q.model, w, q.n_hidden, names,
+                         info={"label": kind, "training": info})
+            return net
+
+        # groundtruth networks first: the others start from them (Epstein et al.) when init_from_gt is set
+        order = sorted(specs, key=lambda s: (s.kind != "fit", s.kind != "gt"))
+        for s in order:
             if s.kind == "fit":
                 r = fit_voxels(test_sig, bvals, q.model, "mle", sigma=sigma, bounds=bounds, n_starts=q.fit_starts,
                                max_iter=q.fit_max_iter)
@@ -129,18 +147,18 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
                 log(f"SNR {snr:g}: mle_fit on {truth.shape[0]} test signals, converged "
                     f"{r.converged.float().mean().item():.3f}")
                 continue
-            w = width * (q.wide_factor if s.wide else 1)
-            net, info = train_network(train_sig, theta / scales, mle_labels / scales, bvals, scales, q.model, s.kind,
-                                      alpha=s.alpha if s.alpha is not None else 0.5, width=w, n_hidden=q.n_hidden,
-                                      optim=optim, seed=seed + 17 * si, max_epochs=max_epochs,
-                                      batch_size=q.batch_size, val_fraction=q.val_fraction, patience=q.patience,
-                                      accelerator=accelerator)
-            results["training"][f"snr{snr:g}/{s.name}"] = info
-            log(f"SNR {snr:g}: trained {s.name} (best val loss {info['best_val_loss']:.4g}, epoch {info['best_epoch']})")
-            save_network(out / "models" / f"snr{snr:g}_{s.name}.pt", net, bvals, scales, q.model, w, q.n_hidden,
-                         names)
+            init = None
+            if q.init_from_gt and s.kind != "gt":
+                if s.wide not in gt_states:
+                    name = "net_gt_wide" if s.wide else "net_gt"
+                    gt_states[s.wide] = train("gt", 0.0, s.wide, f"{name}_init").state_dict()
+                init = gt_states[s.wide]
+            net = train(s.kind, s.alpha if s.alpha is not None else 0.5, s.wide, s.name, init)
+            if s.kind == "gt":
+                gt_states[s.wide] = net.state_dict()
             with torch.no_grad():
                 estimates[s.name] = (net(test_sig.float()).double() * scales)
+        estimates = {s.name: estimates[s.name] for s in specs}
         per_method = {}
         for name, est in estimates.items():
             m = grid_metrics(est.reshape(grid.shape[0], q.repeats, -1), grid)
@@ -152,7 +170,7 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
 
 def train_network(*args, **kwargs):
     """Lazy import so that the maths above never imports Lightning at module import time."""
-    from mrlearn.qmri.module import train_network as _train
+    from mrlearn.qmri.train import train_network as _train
     return _train(*args, **kwargs)
 
 
@@ -187,3 +205,11 @@ def findings(results: dict[str, Any]) -> list[str]:
 
 def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+@registry.register("runner", "qmri")
+def study_runner(cfg: Any):
+    """Study runner ``qmri`` (see :mod:`mrlearn.qmri.runner`): one label study run -> RunOutcome."""
+    from mrlearn.qmri.runner import label_study_runner
+
+    return label_study_runner(cfg)

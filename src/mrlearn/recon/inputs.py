@@ -23,6 +23,12 @@ def check_kspace(kspace: torch.Tensor, where: str = "kspace") -> torch.Tensor:
     return kspace
 
 
+def broadcasts(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether shapes ``a`` and ``b`` broadcast together (numpy rules). Plain Python: ``torch.broadcast_shapes``
+    imports sympy on first use (over a second of start-up for a one-slice reconstruction)."""
+    return all(x == y or x == 1 or y == 1 for x, y in zip(reversed(a), reversed(b)))
+
+
 def check_mask(mask: torch.Tensor | None, kspace: torch.Tensor, where: str = "mask") -> torch.Tensor | None:
     """A real 0/1 mask broadcastable to ``kspace`` (None = fully sampled); returns it as float32 ``[B?, 1, H?, W]``."""
     if mask is None:
@@ -33,11 +39,9 @@ def check_mask(mask: torch.Tensor | None, kspace: torch.Tensor, where: str = "ma
     mask = mask.to(torch.float32)
     if mask.ndim == 1:
         mask = mask.reshape(1, 1, 1, -1)
-    try:
-        torch.broadcast_shapes(mask.shape, kspace.shape)
-    except RuntimeError:
+    if not broadcasts(tuple(mask.shape), tuple(kspace.shape)):
         raise input_error(where, f"shape {tuple(mask.shape)} does not broadcast to k-space {tuple(kspace.shape)}",
-                          "use [W], [B, 1, 1, W] or [B, 1, H, W]") from None
+                          "use [W], [B, 1, 1, W] or [B, 1, H, W]")
     return mask
 
 

@@ -9,17 +9,21 @@ ADMM with the splitting ``z = grad x``: the x-update solves
 ``(A^H A + rho grad^H grad) x = A^H y + rho grad^H (z - u)`` by a few warm-started CG steps, the z-update is a
 joint (per-pixel, isotropic) or element-wise (anisotropic) soft-threshold at ``lam / rho``.
 
-``lam`` is relative: absolute weight = ``lam * max|A^H y|`` per sample (scale-free; ``absolute=True`` to give
-it directly). ``rho`` is dimensionless. kspace/maps ``[B, C, H, W]``, output complex ``[B, H, W]``.
+``lam`` is relative, by ``lambda_convention`` (:mod:`mrlearn.recon.scaling`): ``"bart"`` (default) weighs it as
+``bart pics -R T:3:0:lam`` does, ``"max"`` as ``lam * max|A^H y|``, ``"absolute"`` in data units. ``rho`` (BART's
+``-u``) is dimensionless: both ADMM terms scale with the data squared. kspace/maps ``[B, C, H, W]``, output complex
+``[B, H, W]``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mrlearn.physics.sense import apply_mask, sense_adjoint, sense_forward, sense_normal
+from mrlearn.physics.sense import apply_mask, sense_adjoint, sense_forward
 from mrlearn.recon.cg import conjugate_gradient
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
+from mrlearn.recon.normal import SenseNormal
+from mrlearn.recon.scaling import lambda_weight
 
 
 def grad2d(x: torch.Tensor) -> torch.Tensor:
@@ -58,9 +62,9 @@ def tv_objective(x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | Non
 
 
 def tv_recon(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
-             lam: float = 0.002, max_iter: int = 30, cg_iter: int = 10, rho: float = 0.5,
-             absolute: bool = False, anisotropic: bool = False) -> torch.Tensor:
-    """ADMM-TV image ``[B, H, W]``: ``max_iter`` outer iterations of ``cg_iter`` CG steps each.
+             lam: float = 0.002, max_iter: int = 10, cg_iter: int = 5, rho: float = 0.5,
+             lambda_convention: str = "bart", anisotropic: bool = False) -> torch.Tensor:
+    """ADMM-TV image ``[B, H, W]``: ``max_iter`` outer iterations of ``cg_iter`` warm-started CG steps each.
 
     ``anisotropic=False`` (default): isotropic TV; ``True``: anisotropic (l1 of each difference, BART's
     ``-R T:1:0:lam -R T:2:0:lam``).
@@ -69,11 +73,12 @@ def tv_recon(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: 
     mask = check_mask(mask, kspace)
     maps = check_sens_maps(sens_maps, kspace)
     rhs = sense_adjoint(kspace, maps, mask)
-    lam_abs = lam * (torch.ones_like(rhs.real.amax(dim=(-2, -1))) if absolute else rhs.abs().amax(dim=(-2, -1)))
+    lam_abs = lambda_weight(lam, lambda_convention, kspace, mask, rhs)
     thresh = (lam_abs / rho)[:, None, None, None]
+    sense_normal = SenseNormal(maps, mask)
 
     def normal(x: torch.Tensor) -> torch.Tensor:
-        return sense_normal(x, maps, mask) + rho * grad2d_adjoint(grad2d(x))
+        return sense_normal(x) + rho * grad2d_adjoint(grad2d(x))
 
     shrink = soft_threshold if anisotropic else joint_soft_threshold
     x = torch.zeros_like(rhs)

@@ -6,6 +6,12 @@ shape, in the usual in-place layout: after ``levels`` levels the coarse approxim
 (``||W x|| = ||x||`` and ``W^{-1} = W^H``), so soft-thresholding its coefficients is an exact proximal step.
 Filters: Daubechies ``dbN`` with ``N`` vanishing moments (``2N`` taps; ``db1`` = Haar), the standard published
 coefficients. :func:`pad_shape` gives the smallest padded size a transform of ``levels`` levels accepts.
+
+Relation to PyWavelets: one level here is ``low[i] = sum_k lo[k] x[(2 i + k) mod n]`` (``lo`` the scaling filter
+below, ``hi`` its quadrature mirror), which equals ``pywt.dwt2(x, "dbN", mode="periodization")`` applied to the
+input rolled by ``N - 1`` samples along each axis -- ``x`` here = ``roll(x, N - 1)`` there: one pixel for ``db2``
+(BART's ``dau2``), three for ``db4``, none for Haar; the bands sit as ``[[cA, cV], [cH, cD]]`` (tested against
+PyWavelets). Deeper levels repeat the step on the coarse band (so the offset is not one global shift).
 """
 
 from __future__ import annotations
@@ -47,25 +53,44 @@ def default_levels(shape: tuple[int, int], min_size: int = 16) -> int:
     return max(1, int(math.floor(math.log2(max(min(shape), 1) / min_size))) + 1)
 
 
-def _analysis(x: torch.Tensor, lo: list[float], hi: list[float], dim: int) -> torch.Tensor:
-    """One periodic analysis step along ``dim``: ``[low | high]`` halves, each ``n / 2`` long."""
-    low = sum(c * torch.roll(x, -k, dims=dim) for k, c in enumerate(lo))
-    high = sum(c * torch.roll(x, -k, dims=dim) for k, c in enumerate(hi))
-    idx = torch.arange(0, x.shape[dim], 2, device=x.device)
-    return torch.cat([low.index_select(dim, idx), high.index_select(dim, idx)], dim=dim)
+def _filter_bank(lo: list[float], hi: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[2, 1, taps]`` conv1d weights: row 0 the low-pass, row 1 the high-pass filter."""
+    return torch.tensor([lo, hi], dtype=dtype, device=device).unsqueeze(1)
 
 
-def _synthesis(y: torch.Tensor, lo: list[float], hi: list[float], dim: int) -> torch.Tensor:
-    """Adjoint (= inverse) of :func:`_analysis` along ``dim``."""
-    n = y.shape[dim]
-    low, high = y.narrow(dim, 0, n // 2), y.narrow(dim, n // 2, n // 2)
-    shape = list(y.shape)
-    up_low, up_high = y.new_zeros(shape), y.new_zeros(shape)
-    idx = torch.arange(0, n, 2, device=y.device)
-    up_low.index_copy_(dim, idx, low)
-    up_high.index_copy_(dim, idx, high)
-    return sum(c * torch.roll(up_low, k, dims=dim) for k, c in enumerate(lo)) + sum(
-        c * torch.roll(up_high, k, dims=dim) for k, c in enumerate(hi))
+def _analysis(x: torch.Tensor, bank: torch.Tensor, dim: int) -> torch.Tensor:
+    """One periodic analysis step along ``dim``: ``[low | high]`` halves, ``low[i] = sum_k lo[k] x[(2 i + k) % n]``.
+
+    A strided ``conv1d`` on the signal extended periodically by ``taps - 2`` samples (complex data as two real
+    rows).
+    """
+    real = torch.view_as_real(x) if x.is_complex() else x.unsqueeze(-1)
+    dim = dim % x.ndim
+    moved = real.movedim(dim, -1)  # [..., 2|1, n]
+    shape = moved.shape
+    n, taps = shape[-1], bank.shape[-1]
+    rows = moved.reshape(-1, 1, n)
+    if taps > 2:
+        rows = torch.cat([rows, rows[..., : taps - 2]], dim=-1)
+    out = torch.nn.functional.conv1d(rows, bank, stride=2)  # [N, 2, n / 2]
+    out = out.reshape(*shape[:-1], n).movedim(-1, dim)
+    return torch.view_as_complex(out.contiguous()) if x.is_complex() else out.squeeze(-1)
+
+
+def _synthesis(y: torch.Tensor, bank: torch.Tensor, dim: int) -> torch.Tensor:
+    """Adjoint (= inverse) of :func:`_analysis` along ``dim`` (a transposed strided conv, wrap-around folded back)."""
+    real = torch.view_as_real(y) if y.is_complex() else y.unsqueeze(-1)
+    dim = dim % y.ndim
+    moved = real.movedim(dim, -1)
+    shape = moved.shape
+    n, taps = shape[-1], bank.shape[-1]
+    rows = moved.reshape(-1, 2, n // 2)
+    out = torch.nn.functional.conv_transpose1d(rows, bank, stride=2)  # [N, 1, n + taps - 2]
+    out = out[:, 0]
+    if taps > 2:
+        out = torch.cat([out[:, : taps - 2] + out[:, n:], out[:, taps - 2 : n]], dim=-1)
+    out = out.reshape(shape).movedim(-1, dim)
+    return torch.view_as_complex(out.contiguous()) if y.is_complex() else out.squeeze(-1)
 
 
 def _check(x: torch.Tensor, levels: int) -> None:
@@ -78,12 +103,12 @@ def _check(x: torch.Tensor, levels: int) -> None:
 def dwt2(x: torch.Tensor, levels: int, wavelet: str = "db4") -> torch.Tensor:
     """Forward orthonormal 2-D DWT of ``[..., H, W]`` (in-place layout, same shape)."""
     _check(x, levels)
-    lo, hi = _filters(wavelet)
+    bank = _filter_bank(*_filters(wavelet), x.real.dtype, x.device)
     out = x.clone()
     h, w = x.shape[-2:]
     for _ in range(levels):
         band = out[..., :h, :w]
-        band = _analysis(_analysis(band, lo, hi, -1), lo, hi, -2)
+        band = _analysis(_analysis(band, bank, -1), bank, -2)
         out[..., :h, :w] = band
         h, w = h // 2, w // 2
     return out
@@ -92,13 +117,13 @@ def dwt2(x: torch.Tensor, levels: int, wavelet: str = "db4") -> torch.Tensor:
 def idwt2(coeffs: torch.Tensor, levels: int, wavelet: str = "db4") -> torch.Tensor:
     """Inverse (= adjoint) of :func:`dwt2`."""
     _check(coeffs, levels)
-    lo, hi = _filters(wavelet)
+    bank = _filter_bank(*_filters(wavelet), coeffs.real.dtype, coeffs.device)
     out = coeffs.clone()
     H, W = coeffs.shape[-2:]
     for level in reversed(range(levels)):
         h, w = H >> level, W >> level
         band = out[..., :h, :w]
-        band = _synthesis(_synthesis(band, lo, hi, -2), lo, hi, -1)
+        band = _synthesis(_synthesis(band, bank, -2), bank, -1)
         out[..., :h, :w] = band
     return out
 

@@ -18,6 +18,12 @@ optional maps) and never read the target during training: files without any targ
 * ``reference`` (:class:`ReferenceModule`): zero-filled or L1-wavelet CS reconstructions in the same evaluation
   path (not trainable; the ``ssl`` study runner validates it instead of fitting).
 
+Training masks: with ``mask.fixed_per_slice: true`` (the default of these methods) every training slice keeps ONE
+acquisition mask Omega for the whole run (seeded by the slice's index, not the epoch), as a real undersampled
+scan has; only the Theta/Lambda split is redrawn each epoch. ``false`` redraws Omega every epoch (data
+augmentation that a prospective acquisition does not offer). Model selection (``best.ckpt``) uses ``val_loss``,
+the held-out k-space loss, never a fully sampled image.
+
 The ``method.loss`` section is not used by the self-supervised losses (they are fixed by the method).
 """
 
@@ -30,7 +36,9 @@ import torch
 from torch import nn
 
 from mrlearn.config import ExperimentConfig
+from mrlearn.data.transforms import ReconTransform
 from mrlearn.errors import MrlearnError, input_error
+from mrlearn.mtl.module import MultiTaskModule
 from mrlearn.physics.complex import crop_or_pad
 from mrlearn.registry import register
 from mrlearn.ssl.distill import VARIANTS, TeacherCentre, distill_step, ema_update, make_teacher
@@ -56,6 +64,21 @@ def magnitude(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     return mag * batch["scale"].to(mag.dtype).reshape(-1, 1, 1)
 
 
+def fixed_per_slice(cfg: ExperimentConfig, default: bool = True) -> bool:
+    """``mask.fixed_per_slice`` of ``cfg`` (``default`` when absent); a one-line error when not a boolean."""
+    value = (cfg.mask or {}).get("fixed_per_slice", default)
+    if not isinstance(value, bool):
+        raise input_error("mask.fixed_per_slice", f"expected true or false, got {value!r}", "e.g. fixed_per_slice: true")
+    return value
+
+
+class SliceMaskTransform(ReconTransform):
+    """``ReconTransform`` whose training mask is fixed per slice: drawn with epoch 0 in every epoch."""
+
+    def select_mask(self, sample: dict[str, Any], shape: tuple[int, int], index: int, epoch: int) -> torch.Tensor | None:
+        return super().select_mask(sample, shape, index, 0)
+
+
 class _SelfSupervised(ReconModule):
     """Shared pieces: split options, maps, inference on Omega, the held-out validation loss."""
 
@@ -72,6 +95,12 @@ class _SelfSupervised(ReconModule):
 
     def maps(self, batch: dict[str, Any]) -> torch.Tensor | None:
         return estimate_maps(batch["kspace"], batch["mask"], batch.get("sens_maps"))
+
+    def build_transform(self, mask_func: Any, split: str) -> ReconTransform:
+        """The data module's sample transform: one training mask per slice unless ``mask.fixed_per_slice: false``."""
+        recon = tuple(self.cfg.data.recon_size) if self.cfg.data.recon_size else None
+        cls = SliceMaskTransform if fixed_per_slice(self.cfg) else ReconTransform
+        return cls(mask_func, seed=self.cfg.seed, train=split == "train", recon_size=recon, keep_kspace=True)
 
     def inference_model(self) -> nn.Module:
         return self.model
@@ -190,6 +219,7 @@ class DistillModule(_SelfSupervised):
             return
         ratio = self._energy_sum / self._energy_count
         self.log("val_collapse_energy", ratio, sync_dist=False)
+        self.last_eval["val_collapse_energy"] = ratio  # the engine's final evaluation reports last_eval
         if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
             self.history.setdefault(int(self.current_epoch), {"epoch": int(self.current_epoch)})["val_collapse_energy"] = ratio
             if self.collapse_threshold > 0 and ratio < self.collapse_threshold:
@@ -225,63 +255,55 @@ class ReferenceModule(ReconModule):
         return magnitude(image, batch)
 
 
-def _register_mtl() -> None:
-    """``mtl_ssdu``: only when the multi-task package is importable (it is built alongside)."""
-    try:
-        from mrlearn.mtl.module import MultiTaskModule
-    except ImportError:  # pragma: no cover - checkout without mtl
-        return
+class TaskBound(nn.Module):
+    """A multi-task network seen as ``model(kspace, mask, sens_maps)`` for fixed per-sample tasks ``task [B]``."""
 
-    @register("method", "mtl_ssdu")
-    class MultiTaskSSDUModule(MultiTaskModule):
-        """Multi-task training where the tasks in ``ssl_tasks`` get the SSDU loss (no targets), the others supervised."""
+    input_kind = "kspace"  # model-input protocol (models.protocol)
 
-        def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, ssl_tasks: list[str] = [],  # noqa: B006
-                     rho: float = 0.4, selection: Literal["uniform", "gaussian"] = "uniform",
-                     centre: list[int] = [4, 4], std_fraction: float = 0.25,  # noqa: B006
-                     split_mode: Literal["points", "lines"] = "points", num_masks: int = 1):
-            super().__init__(model, loss, cfg)
-            unknown = [t for t in ssl_tasks if t not in self.task_names]
-            if unknown or not ssl_tasks:
-                raise input_error("method.ssl_tasks", f"{unknown or ssl_tasks!r} must name tasks of tasks.tasks",
-                                  f"choose from: {', '.join(self.task_names)}")
-            if self.tasks.pooled:
-                raise input_error("method.ssl_tasks", "needs per-task training", "set tasks.pooled: false")
-            self.ssl_ids = {self.task_names.index(t) for t in ssl_tasks}
-            self.options = _split_options(rho, selection, centre, std_fraction, split_mode)
-            self.num_masks = int(num_masks)
+    def __init__(self, model: nn.Module, task: torch.Tensor):
+        super().__init__()
+        self.model, self.task = model, task
 
-        def _model_call(self, task: torch.Tensor) -> nn.Module:
-            outer = self
-
-            class _Bound(nn.Module):  # the shared SSDU code calls model(kspace, mask, sens_maps)
-                def forward(self, kspace, mask, sens_maps=None):  # noqa: ANN001
-                    return outer.model(kspace, mask, sens_maps, task.repeat(kspace.shape[0] // task.shape[0]))
-
-            return _Bound()
-
-        def _task_loss(self, batch: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
-            t = int(self.model_task(batch)[idx[0]])
-            if t not in self.ssl_ids:
-                return super()._task_loss(batch, idx)
-            kspace, mask = batch["kspace"][idx], batch["mask"][idx]
-            maps = estimate_maps(kspace, mask, None if batch.get("sens_maps") is None else batch["sens_maps"][idx])
-            names = [f"{batch['fname'][i]}[{int(batch['slice'][i])}]" for i in idx.tolist()]
-            seeds = split_seeds(self.cfg.seed, self.current_epoch, [batch["fname"][i] for i in idx.tolist()],
-                                [int(batch["slice"][i]) for i in idx.tolist()], 0)
-            step = ssdu_step(self._model_call(self.model_task(batch)[idx]), kspace, mask, maps, self.options, seeds,
-                             self.num_masks, names)
-            return step.loss.loss
-
-        def reconstruct(self, batch: dict[str, Any]) -> torch.Tensor:
-            maps = estimate_maps(batch["kspace"], batch["mask"], batch.get("sens_maps"))
-            image = self.model(batch["kspace"], batch["mask"], maps, self.model_task(batch))
-            return magnitude(image, batch)
-
-    globals()["MultiTaskSSDUModule"] = MultiTaskSSDUModule
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(kspace, mask, sens_maps, self.task.repeat(kspace.shape[0] // self.task.shape[0]))
 
 
-_register_mtl()
-__all__ = ["CollapseError", "DistillModule", "ReferenceModule", "SSDUModule", "magnitude"]
+@register("method", "mtl_ssdu")
+class MultiTaskSSDUModule(MultiTaskModule):
+    """Multi-task training where the tasks in ``ssl_tasks`` get the SSDU loss (no targets), the others supervised."""
 
-from mrlearn.ssl import study as _study  # noqa: E402,F401  registers the "ssl" study runner
+    def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, ssl_tasks: list[str] = [],  # noqa: B006
+                 rho: float = 0.4, selection: Literal["uniform", "gaussian"] = "uniform",
+                 centre: list[int] = [4, 4], std_fraction: float = 0.25,  # noqa: B006
+                 split_mode: Literal["points", "lines"] = "points", num_masks: int = 1):
+        super().__init__(model, loss, cfg)
+        unknown = [t for t in ssl_tasks if t not in self.task_names]
+        if unknown or not ssl_tasks:
+            raise input_error("method.ssl_tasks", f"{unknown or ssl_tasks!r} must name tasks of tasks.tasks",
+                              f"choose from: {', '.join(self.task_names)}")
+        if self.tasks.pooled:
+            raise input_error("method.ssl_tasks", "needs per-task training", "set tasks.pooled: false")
+        self.ssl_ids = {self.task_names.index(t) for t in ssl_tasks}
+        self.options = _split_options(rho, selection, centre, std_fraction, split_mode)
+        self.num_masks = int(num_masks)
+
+    def _task_loss(self, batch: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        t = int(self.model_task(batch)[idx[0]])
+        if t not in self.ssl_ids:
+            return super()._task_loss(batch, idx)
+        kspace, mask = batch["kspace"][idx], batch["mask"][idx]
+        maps = estimate_maps(kspace, mask, None if batch.get("sens_maps") is None else batch["sens_maps"][idx])
+        names = [f"{batch['fname'][i]}[{int(batch['slice'][i])}]" for i in idx.tolist()]
+        seeds = split_seeds(self.cfg.seed, self.current_epoch, [batch["fname"][i] for i in idx.tolist()],
+                            [int(batch["slice"][i]) for i in idx.tolist()], 0)
+        step = ssdu_step(TaskBound(self.model, self.model_task(batch)[idx]), kspace, mask, maps, self.options, seeds,
+                         self.num_masks, names)
+        return step.loss.loss
+
+    def reconstruct(self, batch: dict[str, Any]) -> torch.Tensor:
+        maps = estimate_maps(batch["kspace"], batch["mask"], batch.get("sens_maps"))
+        image = self.model(batch["kspace"], batch["mask"], maps, self.model_task(batch))
+        return magnitude(image, batch)
+
+
+__all__ = ["CollapseError", "DistillModule", "MultiTaskSSDUModule", "ReferenceModule", "SSDUModule", "magnitude"]

@@ -5,26 +5,29 @@ already masked by Omega, divided by the per-slice ``scale``), ``mask`` ``[B, 1, 
 ``sens_maps`` ``[B, C, H, W]`` or None. Multi-coil maps: the batch's maps when it has them, else maps estimated
 from the ACS block of *all* of Omega (``models.sens_refine``: ACS coil images normalised by their RSS) without
 gradient; the same maps are given to the network for Theta (training) and Omega (inference) and used for the
-predicted k-space ``A_Lambda x = Lambda F (S x)``. Single-coil data (``C = 1``) use no maps.
+predicted k-space ``A_Lambda x = Lambda F (S x)``. Single-coil data (``C = 1``) use no maps: the SENSE operator's
+single coil has a map of ones.
 
-Networks: physics-guided models called ``model(kspace, mask, sens_maps)`` -> complex ``[B, H, W]`` (the unrolled
-network: data consistency on the mask it is given, i.e. Theta); any other model is taken as an image-domain
-network on 2-channel images (seed 002's U-Net): ``x = model(x0 / s) * s`` with ``x0 = A_Theta^H y`` and
-``s = max |x0|`` per sample (no data consistency).
+Networks, by their declared ``input_kind`` (``models.protocol``): ``"kspace"`` models are called
+``model(kspace, mask, sens_maps)`` -> complex ``[B, H, W]`` (the unrolled network: data consistency on the mask it
+is given, i.e. Theta); ``"image"`` models (seed 002's U-Net, any undeclared module) run on 2-channel images:
+``x = model(x0 / s) * s`` with ``x0 = A_Theta^H y`` and ``s = max |x0|`` per sample (no data consistency).
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from mrlearn.data.sample import Batch, as_batch
+from mrlearn.models.protocol import input_kind
+from mrlearn.models.sens_refine import acs_coil_images, normalise_by_rss
 from mrlearn.physics.complex import channels_to_complex, complex_to_channels
 from mrlearn.physics.masks import seed_from_name
-from mrlearn.physics.sense import sense_adjoint, sense_forward
+from mrlearn.physics.sense import SenseOperator
 from mrlearn.ssl.losses import LossResult, ssdu_loss
 from mrlearn.ssl.split import SplitOptions, split_batch
 
@@ -35,36 +38,24 @@ def estimate_maps(kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Ten
         return None
     if sens_maps is not None:
         return sens_maps.to(kspace.dtype)
-    from mrlearn.models.sens_refine import acs_coil_images, normalise_by_rss
-
     with torch.no_grad():
         return normalise_by_rss(acs_coil_images(kspace, mask))
 
 
-def is_physics_model(model: nn.Module) -> bool:
-    """True for networks called ``model(kspace, mask, sens_maps)`` (first forward argument named ``kspace``)."""
-    params = list(inspect.signature(model.forward).parameters)
-    return bool(params) and params[0] == "kspace"
-
-
 def adjoint(kspace: torch.Tensor, mask: torch.Tensor | None, maps: torch.Tensor | None) -> torch.Tensor:
-    """``A^H y`` ``[B, H, W]`` for ``kspace`` ``[B, C, H, W]`` (single-coil: the zero-filled coil image)."""
-    if maps is None:
-        return sense_adjoint(kspace[:, 0], None, None if mask is None else mask[:, 0])
-    return sense_adjoint(kspace, maps, mask)
+    """``A^H y`` ``[B, H, W]`` of ``kspace`` ``[B, C, H, W]`` (``maps`` None: single-coil)."""
+    return SenseOperator(maps, mask).adjoint(kspace)
 
 
 def forward_op(image: torch.Tensor, maps: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-    """``A x`` ``[B, C, H, W]`` (``C = 1`` without maps) of an image ``[B, H, W]``."""
-    if maps is None:
-        return sense_forward(image, None, None if mask is None else mask[:, 0]).unsqueeze(1)
-    return sense_forward(image, maps, mask)
+    """``A x`` ``[B, C, H, W]`` of an image ``[B, H, W]`` (``C = 1`` without maps)."""
+    return SenseOperator(maps, mask).forward(image)
 
 
 def run_model(model: nn.Module, kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None) -> torch.Tensor:
     """The network's complex image ``[B, H, W]`` from the k-space ``kspace * mask`` (see the module docstring)."""
     sub = kspace * mask.to(kspace.real.dtype) + 0.0
-    if is_physics_model(model):
+    if input_kind(model) == "kspace":
         return model(sub, mask, maps)
     x0 = adjoint(sub, mask, maps)
     s = x0.detach().abs().flatten(1).amax(-1)
@@ -78,8 +69,10 @@ def split_seeds(seed: int, epoch: int, fnames: Sequence[str], slices: Sequence[i
     return [[int(seed), int(epoch), seed_from_name(f), int(s), int(draw)] for f, s in zip(fnames, slices)]
 
 
-def sample_names(batch: dict[str, Any]) -> list[str]:
-    return [f"{f}[{int(s)}]" for f, s in zip(batch["fname"], batch["slice"])]
+def sample_names(batch: Batch | Mapping[str, Any]) -> list[str]:
+    """``"fname[slice]"`` of every sample of a batch (for error messages)."""
+    batch = as_batch(batch)
+    return [f"{f}[{int(s)}]" for f, s in zip(batch.fname, batch.slice)]
 
 
 @dataclass

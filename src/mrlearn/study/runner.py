@@ -2,84 +2,80 @@
 
 Layout of ``OUT`` (default ``runs/<study name>``)::
 
-    OUT/study.yaml               the study as run (resolved)
-    OUT/runs/<run id>/           the run folder of the experiment (config.yaml, run.json, checkpoints, ...)
-    OUT/runs/<run id>/result.json   written last (atomic): status, per-group metrics -> the run is finished
-    OUT/runs/<run id>/slices.csv    per-slice metrics (group, fname, slice, psnr, ssim, nmse) when the runner gives them
-    OUT/runs/<run id>/examples.npz  example images per group (target, input, output) when the runner gives them
-    OUT/study.csv, OUT/report.html
+    OUT/study.yaml               the study as run (resolved, with its budget policy and executor)
+    OUT/runs/<run id>/           the run folder (config.yaml, run.json, checkpoints, metrics.json, ...)
+    OUT/runs/<run id>/result.json   written last (atomic) -> the run is finished (see ``study.results``)
+    OUT/study.csv, OUT/paired_differences.csv, OUT/report.html
 
-Resumable: a run with ``result.json`` is skipped; a run folder without it (killed, failed) is cleared and the
-run started again from scratch, so a rerun of a killed study continues where it stopped and gives the same
-numbers (every run is seeded). A run that raises stops the study (the error names the run).
+Resumable and shareable: a finished run is skipped; a run another live process holds is left to it; an unfinished
+folder whose holder is dead is cleared and run again (``study.execute``). Every run is seeded, so a rerun of a
+killed study gives the same numbers. Runs go through an executor (``sequential``, ``local`` worker processes or
+``ray``: ``study.executors``); all three give the same ``study.csv``.
 
-Runners (:data:`RUNNERS`, chosen by the study's ``runner``; ``auto``: ``mtl`` when the config has a ``tasks``
-section, else ``train``) take the run's ExperimentConfig and return a :class:`RunOutcome`. Later capabilities
-add their own with :func:`register_runner`; a runner ``<name>`` not registered yet is looked up by importing
-``mrlearn.<name>.study`` (which registers it).
+Runners (registry kind ``runner``; the study's ``runner``, ``auto``: ``mtl`` when the config has a ``tasks`` section,
+else ``train``) take the run's ExperimentConfig and return a :class:`RunOutcome`. A capability registers its runner
+with ``@register("runner", name)`` (or :func:`register_runner`) and declares the module in the entry-point group
+``mrlearn.runner``; a runner ``<name>`` not declared is looked up in ``mrlearn.<name>.study``; a runner written
+``package.module:function`` is imported from there.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import shutil
-import time
-from dataclasses import dataclass, field
+import importlib
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from mrlearn import registry
+from mrlearn.engine.runfolder import safe_child
 from mrlearn.errors import MrlearnError, input_error
-from mrlearn.study.spec import RunSpec, StudySpec, run_config
-from mrlearn.training.runfiles import atomic_write_bytes, atomic_write_text, write_json
-
-SLICE_FIELDS = ("group", "fname", "slice", "psnr", "ssim", "nmse")
-
-
-@dataclass
-class RunOutcome:
-    """What one run reports: metrics per group (task/contrast), optional per-slice rows and example images."""
-
-    groups: dict[str, dict[str, float]]
-    slices: list[dict[str, Any]] = field(default_factory=list)
-    examples: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
+from mrlearn.io import atomic_write_text
+from mrlearn.study.execute import Job, study_files_lock
+from mrlearn.study.executors import check_executor, default_threads, execute
+from mrlearn.study.results import RunOutcome, is_finished, read_slices, write_outcome  # noqa: F401 (re-exported)
+from mrlearn.study.spec import StudySpec, run_config
 
 Runner = Callable[[Any], RunOutcome]
-RUNNERS: dict[str, Runner] = {}
-_LAZY = {"mtl": "mrlearn.mtl.train:study_runner", "train": "mrlearn.study.runner:train_runner",
-         "ssl": "mrlearn.ssl.study:study_runner"}
 
 
-def register_runner(name: str, fn: Runner) -> None:
-    """Add a study runner (a callable ``ExperimentConfig -> RunOutcome``)."""
-    RUNNERS[name] = fn
+def register_runner(name: str, fn: Runner) -> Runner:
+    """Register a study runner (a callable ``ExperimentConfig -> RunOutcome``) as registry ``("runner", name)``."""
+    return registry.register("runner", name)(fn)
+
+
+def _import_runner(name: str) -> Runner:
+    module, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise input_error("study: runner", f"cannot import {name!r} ({exc})", "write package.module:function") from None
+    if not callable(fn):
+        raise input_error("study: runner", f"{name!r} is not callable", "name a function")
+    return fn
 
 
 def get_runner(name: str, cfg: Any) -> Runner:
+    """The runner called ``name`` (``auto`` picks ``mtl`` or ``train`` from ``cfg``)."""
     if name == "auto":
         name = "mtl" if "tasks" in getattr(cfg, "extra", {}) else "train"
-    if name not in RUNNERS:
-        import importlib
+    if ":" in name:
+        return _import_runner(name)
+    fn = registry.find("runner", name)
+    if fn is None and name.isidentifier():  # convention: mrlearn.<name>.study registers runner <name> on import
+        try:
+            importlib.import_module(f"mrlearn.{name}.study")
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not f"mrlearn.{name}.study".startswith(exc.name):
+                raise
+        fn = registry.find("runner", name)
+    if fn is None:
+        raise input_error("study: runner", f"unknown runner {name!r}",
+                          f"choose one of: auto, {', '.join(registry.available('runner'))}")
+    return fn
 
-        if name in _LAZY:
-            module, attr = _LAZY[name].split(":")
-            RUNNERS[name] = getattr(importlib.import_module(module), attr)
-        elif name.isidentifier():  # convention: mrlearn.<name>.study registers runner <name> on import
-            try:
-                importlib.import_module(f"mrlearn.{name}.study")
-            except ModuleNotFoundError as exc:
-                if exc.name is None or not f"mrlearn.{name}.study".startswith(exc.name):
-                    raise
-    if name not in RUNNERS:
-        raise input_error("study: runner", f"unknown runner {name!r}", f"choose one of: auto, {', '.join(sorted(set(_LAZY) | set(RUNNERS)))}")
-    return RUNNERS[name]
 
-
+@registry.register("runner", "train")
 def train_runner(cfg: Any) -> RunOutcome:
     """The plain ``mrlearn train`` path: validation metrics of the finished run (group ``all``)."""
     from mrlearn.training.runner import train
@@ -90,82 +86,91 @@ def train_runner(cfg: Any) -> RunOutcome:
     return RunOutcome(groups=groups)
 
 
-def is_finished(run_dir: Path) -> bool:
-    """True when the run wrote its ``result.json`` with status finished."""
-    try:
-        return json.loads((run_dir / "result.json").read_text()).get("status") == "finished"
-    except (OSError, ValueError):
-        return False
+def run_resources(spec: StudySpec, cfg: Any, executor: str, workers: int | None) -> dict[str, float]:
+    """What one run asks for: ``cpus`` (torch threads) and ``gpus`` (may be fractional).
+
+    ``spec.resources`` wins; otherwise 1 CPU under Ray, the machine's cores shared among the local workers, and as
+    many GPUs as the run's ``trainer.devices`` when ``trainer.accelerator`` is ``gpu``/``cuda`` (else none).
+    """
+    trainer = getattr(cfg, "trainer", None)
+    gpus = 0.0
+    if trainer is not None and str(getattr(trainer, "accelerator", "")) in ("gpu", "cuda"):
+        devices = getattr(trainer, "devices", 1)
+        gpus = float(devices) if isinstance(devices, int) and devices > 0 else 1.0
+    cpus = 1.0 if executor == "ray" else float(default_threads(workers or 1))
+    return {"cpus": float(spec.resources.get("cpus", cpus)), "gpus": float(spec.resources.get("gpus", gpus))}
 
 
-def write_outcome(run_dir: Path, run: RunSpec, outcome: RunOutcome, seconds: float) -> None:
-    """Write ``slices.csv``, ``examples.npz`` and last ``result.json`` (atomic files)."""
-    if outcome.slices:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(SLICE_FIELDS), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(outcome.slices)
-        atomic_write_text(run_dir / "slices.csv", buf.getvalue())
-    if outcome.examples:
-        arrays = {f"{g}/{k}": np.asarray(v, dtype=np.float32) for g, d in outcome.examples.items() for k, v in d.items()}
-        buf2 = io.BytesIO()
-        np.savez_compressed(buf2, **arrays)
-        atomic_write_bytes(run_dir / "examples.npz", buf2.getvalue())
-    write_json(run_dir / "result.json", {"status": "finished", "run_id": run.run_id, "arm": run.arm, "seed": run.seed,
-                                         "point": run.point, "groups": outcome.groups, "seconds": round(seconds, 2),
-                                         "extra": outcome.extra})
+def write_study_yaml(spec: StudySpec, out: Path, executor: str) -> None:
+    import yaml
 
-
-def read_slices(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "slices.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        r["slice"] = int(r["slice"])
-        for k in ("psnr", "ssim", "nmse"):
-            r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
-    return rows
+    atomic_write_text(out / "study.yaml", yaml.safe_dump({
+        "name": spec.name, "base": spec.base if isinstance(spec.base, dict) else str(spec.base), "set": spec.set,
+        "seeds": spec.seeds, "grid": spec.grid, "arms": spec.arms, "runner": spec.runner, "summary": spec.summary,
+        "budget": spec.budget or "not declared", "resources": spec.resources, "executor": executor}, sort_keys=False))
 
 
 def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[[str], None] = print,
-              only_summary: bool = False) -> Path:
+              only_summary: bool = False, executor: str = "sequential", workers: int | None = None,
+              address: str | None = None) -> Path:
     """Run every run of ``spec`` not finished yet, then write ``study.csv`` and ``report.html``; returns ``OUT``."""
+    from mrlearn.study.checks import check_budget, check_slice_counts
     from mrlearn.study.summary import write_summary
 
-    out = Path(out_dir) if out_dir else Path("runs") / spec.name
-    out.mkdir(parents=True, exist_ok=True)
+    check_executor(executor)
+    out = (Path(out_dir) if out_dir else safe_child(Path("runs"), spec.name, f"{spec.path or spec.name}: name")).absolute()
     runs = spec.runs()
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise MrlearnError(f"{spec.path or spec.name}: two runs get the same id; give the grid values distinct names")
-    import yaml
-
-    atomic_write_text(out / "study.yaml", yaml.safe_dump({"name": spec.name, "base": spec.base if isinstance(spec.base, dict) else str(spec.base), "set": spec.set,
-                                                          "seeds": spec.seeds, "grid": spec.grid, "arms": spec.arms,
-                                                          "runner": spec.runner, "summary": spec.summary}, sort_keys=False))
+    for rid in ids:
+        safe_child(out / "runs", rid, f"{spec.path or spec.name}: run id")
     configs = {r.run_id: run_config(spec, r, out / "runs" / r.run_id) for r in runs}  # validate all before running any
-    for i, run in enumerate(runs, 1):
-        run_dir = out / "runs" / run.run_id
-        if is_finished(run_dir):
-            log(f"[{i}/{len(runs)}] {run.run_id}: finished before, skipped")
-            continue
-        if only_summary:
-            continue
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-            log(f"[{i}/{len(runs)}] {run.run_id}: unfinished folder cleared, starting again")
-        cfg = configs[run.run_id]
-        runner = get_runner(spec.runner, cfg)
-        log(f"[{i}/{len(runs)}] {run.run_id}: running")
-        start = time.time()
-        try:
-            outcome = runner(cfg)
-        except MrlearnError as exc:
-            raise MrlearnError(f"study run {run.run_id}: {exc}") from exc
-        write_outcome(run_dir, run, outcome, time.time() - start)
-        groups = ", ".join(f"{g} PSNR {m.get('psnr', float('nan')):.2f}" for g, m in outcome.groups.items())
-        log(f"[{i}/{len(runs)}] {run.run_id}: done in {time.time() - start:.0f} s ({groups})")
-    write_summary(spec, out, runs)
+    check_budget(spec, configs)
+    if not only_summary:
+        check_slice_counts(configs, log)
+    with study_files_lock(out):
+        write_study_yaml(spec, out, executor)
+    busy: list[str] = []
+    if not only_summary:
+        jobs = []
+        for i, run in enumerate(runs, 1):
+            if is_finished(out / "runs" / run.run_id):
+                log(f"[{i}/{len(runs)}] {run.run_id}: finished before, skipped")
+                continue
+            cfg = configs[run.run_id]
+            res = run_resources(spec, cfg, executor, workers)
+            threads = None if executor == "sequential" else max(1, int(res["cpus"]))
+            jobs.append(Job(spec, run, str(out), get_runner(spec.runner, cfg), i, len(runs), threads, res))
+        if jobs and executor != "sequential":
+            log(f"{len(jobs)} run(s) to do with the {executor} executor" + (f" ({workers} workers)" if workers else ""))
+        errors: list[str] = []
+
+        def on_done(job: Job, result: dict[str, Any]) -> None:
+            head = f"[{job.index}/{job.total}] {job.run.run_id}"
+            status = result.get("status")
+            for note in result.get("notes", []):
+                log(f"{head}: {note}")
+            if status == "finished":
+                groups = ", ".join(f"{g} PSNR {m.get('psnr', float('nan')):.2f}" for g, m in result["groups"].items())
+                log(f"{head}: done in {result['seconds']:.0f} s ({groups})")
+            elif status == "busy":
+                busy.append(job.run.run_id)
+                log(f"{head}: {result['message']}")
+            elif status == "error":
+                errors.append(result["message"])
+            else:
+                log(f"{head}: {result.get('message', status)}")
+
+        def on_start(job: Job) -> None:
+            log(f"[{job.index}/{job.total}] {job.run.run_id}: running")
+
+        execute(jobs, on_done, executor, workers, address, on_start)
+        if errors:
+            raise MrlearnError(errors[0])
+    with study_files_lock(out):
+        write_summary(spec, out, runs, busy=busy)
+    if busy:
+        log(f"{len(busy)} run(s) are being run by another process; rerun this command when they finish to "
+            "summarise them")
     return out

@@ -1,6 +1,6 @@
 """Study YAML -> a list of runs (arms x grid points x seeds), each an experiment config plus overrides.
 
-A study file (``yaml.safe_load``)::
+A study file (safe YAML, :mod:`mrlearn.yamlfile`)::
 
     name: mtl_contrasts
     base: mtl_tiny            # experiment config: a path (relative to the study file), a shipped name, or inline
@@ -11,13 +11,25 @@ A study file (``yaml.safe_load``)::
     arms:                     # named settings of several keys at once (default: one arm "base")
       stl: {tasks.pooled: false, model.sharing: all}
       mtl_dwa_early: {model.sharing: early, tasks.weighting: {name: dwa}}
-    runner: auto              # auto | mtl | train (how one run is executed; see study.runner.RUNNERS)
+    runner: auto              # auto | train | mtl | ... (registry kind "runner"), or "package.module:function"
+    budget: equal_steps       # to_convergence | equal_steps | equal_samples_per_task | equal_wall_time (recorded)
+    resources: {cpus: 1, gpus: 0.25}   # what one run needs (local and ray executors; gpus may be fractional)
     summary:                  # what the report compares (all optional)
       baseline: stl           # arm for the paired per-slice differences
       fraction_key: tasks.tasks.1.slice_fraction   # x axis of the "metric vs fraction" plot
       scarce_task: t2         # task (group) shown in that plot
 
 Run ids are ``<arm>[__<key>-<value>...]__seed<k>`` (file-name safe); the seed override sets ``seed``.
+
+``--set`` items whose key starts with a study key change the study itself (see :func:`apply_study_override`):
+``seeds=[0,1,2]``, ``grid.<dotted key>=[a, b]`` (``null`` drops that axis), ``arms=[stl, mtl_dwa_early]`` (keep
+those arms), ``arms.<arm>=<mapping or null>``, ``arms.<arm>.<dotted key>=v``, ``budget=...``, ``resources.gpus=0.5``,
+``summary.baseline=...``, ``runner=...``. Every other item overrides every run's experiment config.
+
+Budget policy (``budget``): how the arms' training budgets are made comparable. ``equal_steps`` requires every run
+to have the same ``trainer.max_steps``; ``equal_wall_time`` the same ``trainer.max_time``; ``to_convergence`` and
+``equal_samples_per_task`` are recorded (the runs record ``steps`` and ``samples_per_task``). Undeclared: the
+report says so.
 """
 
 from __future__ import annotations
@@ -32,8 +44,13 @@ from typing import Any
 import yaml
 
 from mrlearn.errors import input_error
+from mrlearn.yamlfile import read_yaml_file, yaml_load
 
-STUDY_KEYS = ("name", "base", "set", "seeds", "grid", "arms", "runner", "summary", "description")
+STUDY_KEYS = ("name", "base", "set", "seeds", "grid", "arms", "runner", "summary", "description", "budget", "resources")
+#: study keys a ``--set`` item may change (the rest of ``--set`` goes to every run's config)
+SETTABLE = ("seeds", "grid", "arms", "runner", "summary", "budget", "resources")
+BUDGETS = ("to_convergence", "equal_steps", "equal_samples_per_task", "equal_wall_time")
+RESOURCE_KEYS = ("cpus", "gpus")
 SUMMARY_KEYS = ("baseline", "fraction_key", "scarce_task", "metrics", "examples")
 
 
@@ -62,6 +79,8 @@ class StudySpec:
     runner: str = "auto"
     summary: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    budget: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
 
     def runs(self) -> list[RunSpec]:
         """Every run, in the order they are run: seeds, then grid points (product, file order), then arms.
@@ -157,10 +176,78 @@ def study_from_dict(raw: Any, where: str, base_dir: Path | None = None) -> Study
     if summary.get("baseline") is not None:
         _check(summary["baseline"] in arms, f"{where}: summary.baseline", f"arm {summary['baseline']!r} is not in arms",
                f"choose one of: {', '.join(arms)}")
-    name = raw.get("name") or (Path(where).stem if where else "study")
-    return StudySpec(name=str(name), base=base, set=list(sets), seeds=[int(s) for s in seeds],
+    budget = raw.get("budget")
+    _check(budget is None or budget in BUDGETS, f"{where}: budget", f"unknown budget policy {budget!r}",
+           f"choose one of: {', '.join(BUDGETS)}")
+    resources = raw.get("resources") or {}
+    _check(isinstance(resources, dict) and set(resources) <= set(RESOURCE_KEYS), f"{where}: resources",
+           f"expected a mapping with keys {', '.join(RESOURCE_KEYS)}", "e.g. resources: {cpus: 2, gpus: 0.5}")
+    for key, value in resources.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        _check(ok and (key != "cpus" or value > 0), f"{where}: resources.{key}", f"expected a number >= 0, got {value!r}",
+               "e.g. cpus: 1, gpus: 0.25 (a quarter of a GPU)")
+    name = str(raw.get("name") or (Path(where).stem if where else "study"))
+    _check(bool(re.fullmatch(r"[A-Za-z0-9_.+-]+", name)) and name not in (".", ".."), f"{where}: name",
+           f"{name!r} is not a plain name (it names the study folder runs/<name>)", "use letters, digits and _ . + -")
+    return StudySpec(name=name, base=base, set=list(sets), seeds=[int(s) for s in seeds],
                      grid={str(k): list(v) for k, v in grid.items()}, arms=arms, runner=runner, summary=dict(summary),
-                     description=str(raw.get("description") or ""))
+                     description=str(raw.get("description") or ""), budget=budget,
+                     resources={k: float(v) for k, v in resources.items()})
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as YAML; floats such as ``1e-4`` (which YAML 1.1 reads as text) become numbers."""
+    try:
+        value = yaml_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise input_error(f"--set {text}", "not valid YAML", "quote it or fix the syntax") from exc
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
+        return float(value)
+    return value
+
+
+def _drop_or_set(node: dict[str, Any], key: str, value: Any) -> None:
+    if value is None:
+        node.pop(key, None)
+    else:
+        node[key] = value
+
+
+def apply_study_override(raw: dict[str, Any], item: str) -> bool:
+    """Apply one ``--set`` item to the raw study when its key is a study key; False when it is a run override."""
+    key, sep, text = item.partition("=")
+    head, _, rest = key.strip().partition(".")
+    if not sep or head not in SETTABLE:
+        return False
+    value = parse_value(text)
+    where = f"--set {item}"
+    if not rest:
+        if head == "arms" and isinstance(value, list):  # keep these arms, in this order
+            arms = raw.get("arms") or {"base": {}}
+            missing = [a for a in value if a not in arms]
+            _check(not missing, where, f"no arm {missing[0] if missing else ''!r}", f"arms: {', '.join(arms)}")
+            raw["arms"] = {a: arms[a] for a in value}
+        else:
+            raw[head] = value
+        return True
+    if head in ("grid", "resources", "summary"):
+        _check(raw.get(head) is None or isinstance(raw.get(head), dict), where, f"{head} is not a mapping", "check it")
+        if raw.get(head) is None:
+            raw[head] = {}
+        _drop_or_set(raw[head], rest, value)
+        return True
+    if head == "arms":
+        arms = raw.get("arms") or {"base": {}}
+        raw["arms"] = arms
+        names = sorted((a for a in arms if rest == a or rest.startswith(a + ".")), key=len, reverse=True)
+        if not names or names[0] == rest:
+            _drop_or_set(arms, rest, value)
+        else:
+            arm = arms[names[0]] if isinstance(arms[names[0]], dict) else {}
+            arms[names[0]] = arm
+            _drop_or_set(arm, rest[len(names[0]) + 1:], value)
+        return True
+    raise input_error(where, f"{head} takes no sub-key", f"write --set {head}=VALUE")
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
@@ -168,15 +255,15 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     from mrlearn.config import resolve_config_path
 
     p = resolve_config_path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise input_error(p, "not valid YAML", "fix the syntax") from exc
+    raw = read_yaml_file(p)
+    if raw is None:
+        raise input_error(p, "the study file is empty", "see configs/mtl_contrasts.yaml for what a study holds")
     if isinstance(raw, dict) and "base" not in raw and ("model" in raw or "method" in raw):
         raw = {"name": raw.get("name") or p.stem, "base": str(p)}  # an experiment config: a study of one run
+    run_sets = [item for item in overrides if not (isinstance(raw, dict) and apply_study_override(raw, item))]
     spec = study_from_dict(raw, str(p), p.parent)
     spec.path = p
-    spec.set = spec.set + list(overrides)
+    spec.set = spec.set + run_sets
     return spec
 
 
@@ -189,14 +276,13 @@ def run_config(spec: StudySpec, run: RunSpec, run_dir: Path):
     else:
         base = resolve_config_path(spec.base)
         where = str(base)
-        try:
-            raw = yaml.safe_load(base.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise input_error(base, "not valid YAML", "fix the syntax") from exc
+        raw = read_yaml_file(base)
+        if raw is None:
+            raise input_error(base, "the base config is empty", "write the experiment's sections into it")
     for item in spec.set:
         key, _, text = item.partition("=")
         if any(part.isdigit() for part in key.split(".")):
-            apply_override(raw, key, yaml.safe_load(text) if text.strip() else None, f"--set {item}")
+            apply_override(raw, key, parse_value(text), f"--set {item}")
         else:
             set_override(raw, item)
     for key, value in run.overrides.items():

@@ -4,12 +4,13 @@
 * ``module``      ReconModule: optimizers, NaN guard, per-volume validation metrics (DDP-gathered), images, history
 * ``supervised``  SupervisedModule (method ``supervised``): image-domain networks such as the U-Net
 * ``losses``      l1 / l2 / ssim;  ``optim``: rmsprop / adam / step decay
-* ``checkpoint``  AtomicCheckpoint (last.ckpt / best.ckpt, tmp + os.replace), weights_only loading
-* ``runner``      train(cfg, resume) -> TrainResult; the run folder (config.yaml, run.json, metrics.json, ...)
+* ``checkpoint``  old import path of ``mrlearn.engine.checkpoint`` (AtomicCheckpoint, load_checkpoint, load_weights)
+* ``runner``      train(cfg, resume) -> TrainResult on the engine (``mrlearn.engine``: run folder, Trainer set-up,
+                  convergence, NaN guard, signals); build_method / make_trainer for other families
 * ``inference``   whole-volume reconstruction for ``mrlearn reconstruct`` and the demo
 * ``demo``        the demo study (report.html + metrics.csv)
 
 A new method family subclasses ``module.ReconModule`` (``training_loss``, ``reconstruct``; ``keep_kspace = True``
-for physics-based networks), registers it with ``@register("method", name)`` and adds its module to
-``registry.PROVIDERS["method"]``.
+for physics-based networks), registers it with ``@register("method", name)`` and declares its module in the entry-point group
+``mrlearn.method`` (``pyproject.toml``).
 """

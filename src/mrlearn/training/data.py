@@ -150,7 +150,7 @@ class ReconDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.keep_kspace = keep_kspace
         self.transform_factory = transform_factory
-        self.mask_func = registry.build("mask", cfg.mask, "mask")
+        self.mask_func = registry.build("mask", {k: v for k, v in cfg.mask.items() if k != "fixed_per_slice"}, "mask")
         self.datasets: dict[str, TransformedDataset] = {}
         self.train_sampler: EpochSampler | None = None
         self._resume_step: int | None = None

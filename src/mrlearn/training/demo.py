@@ -26,7 +26,7 @@ import numpy as np
 from mrlearn import registry
 from mrlearn.config import _to_dataclass, load_config, resolve_config_path
 from mrlearn.errors import input_error
-from mrlearn.training.runfiles import atomic_write_text
+from mrlearn.io import atomic_write_text
 
 
 @dataclass
@@ -127,7 +127,7 @@ def train_learned(method: DemoMethod, cfg: DemoConfig, root: Path, out: Path) ->
 def evaluate_method(predict: Any, dataset: Any, label: str, keep: set[tuple[str, int]]) -> tuple[dict, dict, dict]:
     """Per-volume metrics, kept slices ``(fname, slice) -> image`` (prediction, target, zero-filled)."""
     from mrlearn.training.inference import iterate_volumes
-    from mrlearn.training.volumes import volume_metrics
+    from mrlearn.evaluation.scoring import volume_metrics
 
     results, images, targets = {}, {}, {}
     for fname, pred, target, _zf in iterate_volumes(dataset, predict, batch_size=1, label=f"evaluate {label}"):

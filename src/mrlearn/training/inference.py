@@ -1,15 +1,13 @@
-"""Reconstruct whole volumes of a data folder with a trained module or a classical method (no Lightning loop).
+"""Reconstruct whole volumes of a data folder with a trained module (no Lightning loop).
 
 :func:`iterate_volumes` runs a ``predict(batch) -> [B, h, w]`` function over a folder's slices in volume order
 and yields one volume at a time (``fname``, prediction ``[S, h, w]``, target ``[S, h, w]`` or None, zero-filled
 ``[S, h, w]``), so memory stays at about one volume. Masks: the file's own ``mask`` when it has one, else the
-retrospective mask fixed per file name (``physics.masks.fixed_mask``).
+retrospective mask fixed per file name (``mask_func(shape, seed=file_seed(fname))``, ``physics.masks``).
 
-Classical methods (registry kind ``recon``) are factories ``(**options) -> fn`` where ``fn(sample) -> [h, w]``
-magnitude (data units) and ``sample`` is a dict of torch tensors for one slice: ``kspace`` masked ``[C, H, W]``
-complex64 (data units), ``mask``, ``sens_maps`` ``[C, H, W]`` or None, ``recon_size`` ``(h, w)``, ``fname``,
-``slice``. Names take ``-`` or ``_`` (``cg-sense`` = ``cg_sense``); ``zero-filled`` reuses the transform's
-zero-filled image (the RSS/magnitude of the zero-filled coil images, cropped) instead of recomputing it.
+Classical methods live in :mod:`mrlearn.recon` (``mrlearn.recon.folder`` runs them over a folder without this
+module); :func:`classical_predictor` is :func:`mrlearn.recon.folder.slice_predictor`, the same ``predict`` shape
+for the demo's evaluation loop.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mrlearn import registry
 from mrlearn.data.dataset import SliceDataset
 from mrlearn.data.transforms import ReconTransform
 from mrlearn.training.data import TransformedDataset, VolumeSampler
@@ -57,23 +54,10 @@ def zero_filled_predictor() -> Predict:
 
 
 def classical_predictor(name: str, options: dict[str, Any] | None = None) -> Predict:
-    """``predict`` of a classical method registered as ``("recon", name)``."""
-    name = name.replace("_", "-")
-    if name == "zero-filled" and not options:
-        return zero_filled_predictor()
-    fn = registry.build("recon", {"name": name, **(options or {})}, "--method")
+    """``predict`` of the classical method ``name`` (canonical name, e.g. ``cg-sense``) on evaluation batches."""
+    from mrlearn.recon.folder import slice_predictor
 
-    def predict(batch: dict[str, Any]) -> torch.Tensor:
-        out = []
-        for i in range(len(batch["fname"])):
-            sample = {"kspace": batch["kspace"][i] * batch["scale"][i], "mask": batch["mask"][i],
-                      "sens_maps": batch["sens_maps"][i] if "sens_maps" in batch else None,
-                      "recon_size": tuple(batch["zero_filled"].shape[-2:]), "fname": batch["fname"][i],
-                      "slice": int(batch["slice"][i])}
-            out.append(torch.as_tensor(np.asarray(fn(sample))).abs().float())
-        return torch.stack(out)
-
-    return predict
+    return slice_predictor(name, options)
 
 
 def iterate_volumes(dataset: TransformedDataset, predict: Predict, batch_size: int = 1, num_workers: int = 0,

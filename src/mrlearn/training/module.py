@@ -5,7 +5,9 @@ and :meth:`ReconModule.reconstruct` (batch -> ``[B, h, w]`` images in data units
 
 * optimizer / scheduler from the config's ``optim`` / ``scheduler`` sections (registry), schedulers per epoch;
 * a non-finite loss stops the run with :class:`NonFiniteLossError` naming the step, the batch and its slices
-  (checked on all ranks together, so DDP processes stop together); the last good checkpoint is kept;
+  (checked on all ranks together, so DDP processes stop together); the run folder completes the message with the
+  checkpoints that remain (non-finite weights are never saved). NaN/Inf in a batch's target or input is a data
+  problem and is reported as one, naming the file and slice;
 * validation/test metrics per volume (fastMRI NMSE/PSNR/SSIM) gathered across DDP ranks, logged as
   ``val_nmse``/``val_psnr``/``val_ssim`` (means over volumes) and ``val_loss``; per-volume values are kept in
   ``self.volume_results``;
@@ -25,13 +27,28 @@ import torch
 from torch import nn
 
 from mrlearn import registry
-from mrlearn.config import ExperimentConfig
-from mrlearn.errors import MrlearnError
-from mrlearn.training.volumes import VolumeCollector, gather_volume_metrics, summarise_volumes
+from mrlearn.config import ExperimentConfig, config_to_dict
+from mrlearn.errors import NonFiniteError, input_error
+from mrlearn.evaluation.scoring import VolumeCollector, gather_volume_metrics, summarise_volumes
 
 
-class NonFiniteLossError(MrlearnError):
+class NonFiniteLossError(NonFiniteError):
     """The training loss became NaN or infinite."""
+
+
+def non_finite_inputs(batch: Any) -> str | None:
+    """``"<file>[slice <i>]: the <field> holds NaN/Inf"`` for the first sample of ``batch`` whose target or input
+    (image, k-space) is not finite, else None."""
+    for key in ("target", "image", "kspace"):
+        value = batch.get(key) if hasattr(batch, "get") else None
+        if not torch.is_tensor(value):
+            continue
+        finite = torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(dim=1)
+        if not bool(finite.all()):
+            i = int((~finite).nonzero()[0, 0])
+            what = {"target": "target (reference image)", "image": "input image", "kspace": "k-space"}[key]
+            return f"{batch['fname'][i]}[slice {int(batch['slice'][i])}]: the {what} holds NaN/Inf"
+    return None
 
 
 def _dist() -> bool:
@@ -42,6 +59,8 @@ class ReconModule(L.LightningModule):
     """Shared engine of every reconstruction method (see the module docstring)."""
 
     keep_kspace: bool = False
+    #: whether training needs reference images (supervised methods); files without one are refused before a fit
+    requires_target: bool = False
     #: (metric, "max" | "min") that picks ``best.ckpt``; self-supervised methods use their validation loss
     checkpoint_monitor: tuple[str, str] = ("val_ssim", "max")
 
@@ -55,6 +74,7 @@ class ReconModule(L.LightningModule):
         self.volume_results: dict[str, dict[str, float]] = {}
         self._collector: VolumeCollector | None = None
         self._val_loss_sum, self._val_loss_count = 0.0, 0
+        self.last_eval: dict[str, float] = {}  # metrics of the latest validation/test (means and stds)
 
     # ------------------------------------------------------------------ to implement
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -85,11 +105,14 @@ class ReconModule(L.LightningModule):
         if _dist():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if bad.item() > 0:
+            data_problem = non_finite_inputs(batch)
+            if data_problem is not None:
+                raise input_error(data_problem, "a data problem, not a training one",
+                                  "fix or remove that file (or slice) and start the run again")
             slices = ", ".join(f"{f}[{int(s)}]" for f, s in zip(batch["fname"], batch["slice"]))
             raise NonFiniteLossError(
                 f"training: loss is {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}: {slices}); the run stopped and the last good checkpoint is kept; "
-                "lower optim.lr or set trainer.gradient_clip_val")
+                f"batch {batch_idx}: {slices}); the run stopped; lower optim.lr or set trainer.gradient_clip_val")
         self._train_sum += float(loss.detach()) * len(batch["fname"])
         self._train_count += len(batch["fname"])
         self.log("train_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["fname"]))
@@ -123,6 +146,9 @@ class ReconModule(L.LightningModule):
         self._start_eval("test")
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        data_problem = non_finite_inputs(batch)
+        if data_problem is not None:
+            raise input_error(data_problem, "a data problem: metrics would be NaN", "fix or remove that file (or slice)")
         output = self.reconstruct(batch).float()
         loss = self.eval_loss(batch, output)
         if loss is not None:
@@ -155,7 +181,8 @@ class ReconModule(L.LightningModule):
         for key, value in logged.items():  # identical on every rank: no reduction needed
             self.log(key, value, prog_bar=key.endswith(("ssim", "psnr")), sync_dist=False)
         self._collector = None
-        return {**logged, **{f"{prefix}_{k}": v for k, v in summary.items() if k.endswith("_std")}}
+        self.last_eval = {**logged, **{f"{prefix}_{k}": v for k, v in summary.items() if k.endswith("_std")}}
+        return self.last_eval
 
     def on_validation_epoch_end(self) -> None:
         logged = self._end_eval("val")
@@ -186,6 +213,7 @@ class ReconModule(L.LightningModule):
             "history": {str(k): dict(v) for k, v in self.history.items()},
             "train_sum": self._train_sum, "train_count": self._train_count,
             "model": dict(self.cfg.model), "method": {k: v for k, v in self.cfg.method.items()},
+            "config": config_to_dict(self.cfg),  # lets mrlearn.load_model rebuild the method without config.yaml
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

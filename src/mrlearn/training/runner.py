@@ -1,33 +1,44 @@
-"""Run an experiment config with Lightning: build everything from the registry, fit, write the run folder.
+"""Supervised and unrolled training (``mrlearn train``) on the shared engine (:mod:`mrlearn.engine`).
 
-Run folder (``cfg.run_dir()``):
-  ``config.yaml`` (resolved config), ``run.json`` (seed, versions, git revision, status running/finished/failed),
-  ``metrics.json`` (final validation metrics per volume and their means, best checkpoint, per-epoch history),
-  ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (atomic), ``tensorboard/`` (scalars and image grids).
-``resume=True`` continues from ``checkpoints/last.ckpt``: weights, optimizer, scheduler, loop counters, history
-and the position inside the interrupted epoch (the sampler skips the batches already trained), so the result
-equals an uninterrupted run on CPU.
+Run folder (``cfg.run_dir()``, held through :class:`~mrlearn.engine.runfolder.RunFolder`: lock, ``config.yaml``,
+``run.json`` running / finished / failed / interrupted):
+  ``metrics.json``: ``final`` (validation metrics of the evaluated weights: ``best.ckpt`` by default,
+  ``trainer.final_weights``), ``evaluated`` (which weights), ``volumes`` (per volume), the convergence record
+  (``steps``, ``best_step``, ``stopped_by``, ``converged``, ...; :func:`mrlearn.engine.convergence.convergence_record`),
+  ``validation_curve`` (every validation of the monitored metric), ``best`` and per-epoch ``history``;
+  ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (atomic, always finite); the logger's folder.
+``resume=True`` continues from ``checkpoints/last.ckpt``: weights, optimizer, scheduler, loop counters, history,
+convergence state and the position inside the interrupted epoch (the sampler skips the batches already trained), so
+the result equals an uninterrupted run on CPU.
+
+Other method families build on the same pieces: :func:`build_method`, :func:`make_trainer` (re-exported from
+:mod:`mrlearn.engine.trainer`), :func:`quiet_lightning`, :func:`evaluate_final`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-import torch
 
 from mrlearn import registry
 from mrlearn.config import ExperimentConfig, dump_config
+from mrlearn.engine.checkpoint import AtomicCheckpoint, load_checkpoint, load_weights
+from mrlearn.engine.convergence import Convergence, convergence_record, find_callback
+from mrlearn.engine.preflight import check_targets, check_world_size, fit_errors
+from mrlearn.engine.runfolder import RunFolder
+from mrlearn.engine.signals import GracefulStop
+from mrlearn.engine.trainer import make_trainer, quiet_lightning, resolve_precision
 from mrlearn.errors import MrlearnError, input_error
-from mrlearn.training.checkpoint import AtomicCheckpoint, load_checkpoint, load_weights
+from mrlearn.io import write_json
 from mrlearn.training.data import ReconDataModule
 from mrlearn.training.module import ReconModule
-from mrlearn.training.runfiles import RunInfo, atomic_write_text, write_json
+
+__all__ = ["TrainResult", "build_method", "make_trainer", "quiet_lightning", "resolve_precision", "train",
+           "evaluate_final", "make_datamodule", "last_validation", "load_module", "config_for_checkpoint"]
 
 
 @dataclass
@@ -42,6 +53,7 @@ class TrainResult:
     best_checkpoint: Path | None
     module: ReconModule | None = field(default=None, repr=False)
     rank: int = 0  # global rank of this process (DDP): only rank 0 writes files and prints summaries
+    convergence: dict[str, Any] = field(default_factory=dict)
 
 
 def build_method(cfg: ExperimentConfig) -> ReconModule:
@@ -52,91 +64,82 @@ def build_method(cfg: ExperimentConfig) -> ReconModule:
     return registry.build("method", section, "method", model=model, loss=loss, cfg=cfg)
 
 
-def resolve_precision(cfg: ExperimentConfig) -> str:
-    """``auto``: bf16-mixed on a CUDA device that supports it, else 32-true."""
-    p = cfg.trainer.precision
-    if p != "auto":
-        return p
-    wants_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+def _resume_checkpoint(run_dir: Path, resume: bool) -> Path | None:
+    """``last.ckpt`` to resume from (validated), None to start from step 0; one-line errors otherwise."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not resume:
+        return None
+    if last.is_file():
+        load_checkpoint(last)  # empty / truncated / foreign files: one line before Lightning sees them
+        return last
+    if (run_dir / "run.json").is_file():
+        print(f"mrlearn: {run_dir}: no checkpoint was written before the run stopped; starting it from step 0",
+              file=sys.stderr)
+        return None
+    raise input_error(last, "no checkpoint to resume from", "run without --resume to start the run")
 
 
-def make_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks: Sequence[L.Callback] = (),
-                 monitor: tuple[str, str] = ("val_ssim", "max")) -> tuple[L.Trainer, AtomicCheckpoint]:
-    """The Lightning Trainer for ``cfg`` with the atomic checkpoint callback and a TensorBoard logger."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+def evaluate_final(cfg: ExperimentConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
+                   ckpt: AtomicCheckpoint) -> dict[str, Any]:
+    """Validate the weights the run reports (``best.ckpt`` unless ``trainer.final_weights: last``).
 
-    t = cfg.trainer
-    ckpt = AtomicCheckpoint(run_dir / "checkpoints", every_n_steps=t.checkpoint_every_n_steps, monitor=monitor[0], mode=monitor[1])
-    if t.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    strategy: Any = t.strategy
-    if strategy == "ddp" and t.accelerator == "cpu":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="gloo")
+    Returns ``{"weights": "best"|"last", "checkpoint": path, "step": int, "metrics": {...}}``; the module holds the
+    evaluated weights afterwards (its per-volume results too).
+    """
+    use_best = cfg.trainer.final_weights == "best" and ckpt.best_path and Path(ckpt.best_path).is_file()
+    path = Path(ckpt.best_path) if use_best else ckpt.last_path
+    weights = load_checkpoint(path)
+    load_weights(module, weights["state_dict"], path)
+    stop = find_callback(trainer, GracefulStop)
+    if stop is not None:
+        stop.install()  # a signal during the final evaluation still ends as "interrupted"
     try:
-        trainer = L.Trainer(
-            default_root_dir=str(run_dir), max_epochs=t.max_epochs, max_steps=t.max_steps, devices=t.devices,
-            accelerator=t.accelerator, strategy=strategy, precision=resolve_precision(cfg),
-            gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.val_every, deterministic=t.deterministic,
-            log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
-            limit_val_batches=t.limit_val_batches, num_sanity_val_steps=0, use_distributed_sampler=False,
-            enable_progress_bar=t.progress_bar, enable_model_summary=False, callbacks=[ckpt, *callbacks],
-            logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
-        )
-    except (ValueError, TypeError, RuntimeError) as exc:  # Lightning's MisconfigurationException is a ValueError
-        raise input_error("trainer", str(exc).splitlines()[0], "fix the trainer section (devices, strategy, accelerator, precision)") from None
-    return trainer, ckpt
+        logged = trainer.validate(module, datamodule=datamodule, verbose=False)
+    finally:
+        if stop is not None:
+            stop.restore()
+    metrics = dict(getattr(module, "last_eval", None) or (logged[0] if logged else {}))
+    return {"weights": "best" if use_best else "last", "checkpoint": str(path), "step": int(weights.get("global_step", -1)),
+            "metrics": {k: float(v) for k, v in metrics.items()}}
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
-    """Fit ``cfg``; returns the metrics and where the outputs are. Marks ``run.json`` failed on any error."""
+    """Fit ``cfg`` in its run folder; returns the metrics and where the outputs are (see the module docstring)."""
     run_dir = cfg.run_dir()
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise input_error(last, "no checkpoint to resume from", "run without --resume to start the run")
-    if not resume and last.is_file():
-        raise input_error(run_dir, "already holds a run (checkpoints/last.ckpt)", "pass --resume to continue it or choose another --out")
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg)
     datamodule = make_datamodule(cfg, module)
     trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=getattr(module, "checkpoint_monitor", ("val_ssim", "max")))
-    info = RunInfo(run_dir, cfg.seed, {"name": cfg.name, "resumed": resume}) if trainer.is_global_zero else None
-    if info is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        info.running()
-    ckpt_path = None
-    if resume:
-        ckpt = load_checkpoint(last)
-        load_weights(module, ckpt["state_dict"], last)
-        if hasattr(datamodule, "resume_at"):
-            datamodule.resume_at(int(ckpt.get("global_step", 0)))
-        ckpt_path = str(last)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-    except BaseException as exc:
-        if info is not None:
-            info.failed(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
-        raise
-    metrics = last_validation(module.history_list())
-    result = TrainResult(run_dir, metrics, module.volume_results, module.history_list(), last,
-                         Path(ckpt_cb.best_path) if ckpt_cb.best_path else None, module, int(trainer.global_rank))
-    if info is not None:
-        write_json(run_dir / "metrics.json", {"final": metrics, "volumes": module.volume_results,
-                                              "best": {"monitor": ckpt_cb.monitor, "score": ckpt_cb.best_score,
-                                                       "checkpoint": ckpt_cb.best_path},
-                                              "history": module.history_list()})
-        info.finished(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch))
+    ckpt_path = _resume_checkpoint(run_dir, resume) if trainer.is_global_zero else (
+        run_dir / "checkpoints" / "last.ckpt" if resume and (run_dir / "checkpoints" / "last.ckpt").is_file() else None)
+    with RunFolder(run_dir, dump_config(cfg), cfg.seed, resume=resume, rank=trainer.global_rank,
+                   extra={"name": cfg.name, "resumed": resume}) as run:
+        if isinstance(datamodule, ReconDataModule):
+            if getattr(module, "requires_target", False):
+                check_targets(datamodule.dataset("train").slices, "train")
+            check_world_size(trainer.world_size, datamodule.dataset("val").slices, "val")
+        if ckpt_path is not None and hasattr(datamodule, "resume_at"):
+            datamodule.resume_at(int(load_checkpoint(ckpt_path).get("global_step", 0)))
+        with fit_errors(cfg):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+            record = convergence_record(trainer, find_callback(trainer, Convergence), ckpt_cb)
+            history = module.history_list()
+            evaluated = evaluate_final(cfg, trainer, module, datamodule, ckpt_cb)
+        metrics = evaluated.pop("metrics")
+        result = TrainResult(run_dir, metrics, module.volume_results, history, ckpt_cb.last_path,
+                             Path(ckpt_cb.best_path) if ckpt_cb.best_path else None, module, int(trainer.global_rank),
+                             record)
+        if trainer.is_global_zero:
+            conv = find_callback(trainer, Convergence)
+            write_json(run_dir / "metrics.json", {
+                "final": metrics, "evaluated": evaluated, **record, "volumes": module.volume_results,
+                "best": {"monitor": ckpt_cb.monitor, "score": ckpt_cb.best_score, "checkpoint": ckpt_cb.best_path,
+                         "step": ckpt_cb.best_step},
+                "validation_curve": [{"step": int(s), "epoch": int(e), conv.monitor: v} for s, e, v in conv.series] if conv else [],
+                "history": history})
+            run.finished(global_step=int(trainer.global_step), epochs=int(trainer.current_epoch),
+                         stopped_by=record["stopped_by"], converged=record["converged"])
     return result
 
 
@@ -155,14 +158,6 @@ def last_validation(history: list[dict[str, float]]) -> dict[str, float]:
         if vals:
             return vals
     return {}
-
-
-def quiet_lightning() -> None:
-    """Keep Lightning's info chatter (tips, device lines) out of the command output; warnings stay."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 def load_module(checkpoint: str | Path, cfg: ExperimentConfig) -> ReconModule:

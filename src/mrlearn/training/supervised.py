@@ -23,6 +23,7 @@ class SupervisedModule(ReconModule):
     """Supervised training of an image-to-image network (any registered model with 1 in / 1 out channel)."""
 
     keep_kspace = False
+    requires_target = True
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig):
         super().__init__(model, loss, cfg)
@@ -59,6 +60,7 @@ class SupervisedKspaceModule(ReconModule):
     """
 
     keep_kspace = True
+    requires_target = True
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig):
         super().__init__(model, loss, cfg)

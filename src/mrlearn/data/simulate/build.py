@@ -1,6 +1,7 @@
 """Build the embedded dataset: one fastMRI-format HDF5 file per volume plus ``manifest.json``; cached.
 
-Layout: ``<root>/{train,val,test}/<ACQ>_<nnn>_<orientation>.h5`` and ``<root>/manifest.json`` (options, options
+Layout: ``<root>/{train,val,test}/<ACQ>_<nnn>_<orientation>.h5`` (each with ``reconstruction_noiseless``, the
+target computed without noise, beside ``reconstruction_rss``) and ``<root>/manifest.json`` (options, options
 hash, seed, versions, geometry, contrast protocols and every file with its split, acquisition, orientation and
 slice positions). For each split and contrast ``volumes[split]`` volumes are made; volume ``i`` of contrast
 ``c`` uses orientation ``(i + c) mod 3`` and its own generator seeded by ``(seed, split, c, i)``, so every file
@@ -11,7 +12,6 @@ options hash, with all files present, reuses it ("reused").
 from __future__ import annotations
 
 import json
-import os
 from importlib import metadata
 import platform
 import time
@@ -30,6 +30,7 @@ from mrlearn.data.simulate.phantom import phantom_anatomy
 from mrlearn.data.simulate.slabs import ORIENTATIONS, anatomy_layout, sample_slab, slice_spacing, split_zones
 from mrlearn.data.simulate.volume import simulate_volume
 from mrlearn.errors import input_error
+from mrlearn.io import write_json
 
 MANIFEST = "manifest.json"
 _OWNED = {*SPLITS, MANIFEST, MANIFEST + ".tmp"}
@@ -95,12 +96,6 @@ def _check_out_dir(root: Path, options: SimulationOptions) -> None:
                           "choose an empty or new --out folder")
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def simulate_dataset(out_dir: str | Path | None, options: SimulationOptions | None = None, *,
                      log: Callable[[str], None] | None = None) -> Path:
     """Make (or reuse) the embedded dataset in ``out_dir`` (None: :func:`default_cache_dir`); return its root."""
@@ -144,7 +139,7 @@ def simulate_dataset(out_dir: str | Path | None, options: SimulationOptions | No
                     attrs["ti_ms"] = protocol.ti_ms
                 write_volume(root / rel, vol.kspace, target=vol.target, acquisition=contrast,
                              patient_id=f"{anatomy.name}:{orientation}:{split}", header=header, attrs=attrs,
-                             sens_maps=vol.sens_maps if options.sens_maps else None)
+                             sens_maps=vol.sens_maps if options.sens_maps else None, noiseless=vol.target_noiseless)
                 files.append({
                     "path": rel, "split": split, "acquisition": contrast, "orientation": orientation,
                     "slices": options.slices, "slice_positions_mm": list(slab.positions_mm), "rot90": slab.rot90,
@@ -179,7 +174,7 @@ def simulate_dataset(out_dir: str | Path | None, options: SimulationOptions | No
         "files": files,
         "elapsed_s": round(elapsed, 3),
     }
-    _write_json_atomic(root / MANIFEST, manifest)
+    write_json(root / MANIFEST, manifest)
     say(f"made {len(files)} volumes ({', '.join(f'{s} {n}' for s, n in manifest['counts'].items())}) "
         f"in {root} in {elapsed:.1f} s")
     return root

@@ -13,8 +13,9 @@ from typing import Any
 from mrlearn.data.simulate.contrasts import CONTRASTS
 from mrlearn.errors import input_error
 
-# Bump when the simulator's output for the same options changes, so old caches are not reused.
-SIMULATOR_VERSION = "1"
+# Bump when the simulator's output for the same options changes, so old caches are not reused
+# (2: files also store reconstruction_noiseless; k-space and targets are those of version 1).
+SIMULATOR_VERSION = "2"
 ANATOMIES = ("mni", "phantom")
 SPLITS = ("train", "val", "test")
 

@@ -14,7 +14,10 @@ extra rows being real anatomy of a twice-as-long readout field of view):
    object (pixels whose tissue fractions sum to > 0.5, all slices). With the orthonormal FFT, ``sigma`` is
    also the noise standard deviation of each coil image pixel;
 5. target: RSS of ``F^H y`` (noise included; single-coil: the magnitude), centre-cropped to ``(h, w)``, computed
-   from the complex64 k-space that is stored.
+   from the complex64 k-space that is stored; the noiseless reference is the same computed from ``F x_c`` (no noise).
+
+Steps 3-5 are :func:`acquire`, public so that user images (``mrlearn simulate --from-images``) go through the
+same coil, noise and target model as the embedded dataset.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ _AXES = (-2, -1)
 class SimulatedVolume:
     """One simulated volume. kspace complex64 ``[S, C, H, W]`` (``[S, H, W]`` single-coil); target float32
     ``[S, h, w]``; sens_maps complex64 ``[S, C, H, W]`` (the maps used; ``[S, 1, H, W]`` RSS shading when
-    single-coil); object_mask bool ``[S, H, W]``; noise_std the per-sample sigma; signal_mean mu."""
+    single-coil); object_mask bool ``[S, H, W]``; noise_std the per-sample sigma; signal_mean mu; clean_kspace the
+    noiseless coil k-space ``[S, C, H, W]`` (when asked for); target_noiseless float32 ``[S, h, w]`` the target
+    computed from the noiseless k-space."""
 
     kspace: np.ndarray
     target: np.ndarray
@@ -46,6 +51,7 @@ class SimulatedVolume:
     noise_std: float
     signal_mean: float
     clean_kspace: np.ndarray | None = None
+    target_noiseless: np.ndarray | None = None
 
 
 def fft2c_np(image: np.ndarray) -> np.ndarray:
@@ -62,14 +68,15 @@ def ifft2c_np(kspace: np.ndarray) -> np.ndarray:
 
 
 def center_crop_np(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Crop the last two axes around the centre (index ``n // 2`` stays central), as ``physics.complex.center_crop``."""
+    """Crop the last two axes from ``(H - h) // 2``, ``(W - w) // 2`` (fastMRI), as ``physics.complex.center_crop``."""
     h, w = x.shape[-2:]
     ch, cw = min(shape[0], h), min(shape[1], w)
-    top, left = h // 2 - ch // 2, w // 2 - cw // 2
+    top, left = (h - ch) // 2, (w - cw) // 2
     return x[..., top : top + ch, left : left + cw]
 
 
-def _rss_np(coil_images: np.ndarray) -> np.ndarray:
+def rss_np(coil_images: np.ndarray) -> np.ndarray:
+    """Root sum of squares over the coil axis (``-3``) of complex coil images ``[..., C, H, W]``."""
     return np.sqrt((coil_images.real ** 2 + coil_images.imag ** 2).sum(axis=-3))
 
 
@@ -77,7 +84,7 @@ def target_from_kspace(kspace: np.ndarray, recon_hw: tuple[int, int]) -> np.ndar
     """fastMRI target from fully sampled k-space: RSS over coils of ``F^H y`` (``[S, C, H, W]``) or the magnitude
     (``[S, H, W]``), centre-cropped to ``recon_hw``; float32 ``[S, h, w]``."""
     img = ifft2c_np(np.asarray(kspace, dtype=np.complex64))
-    mag = _rss_np(img) if img.ndim == 4 else np.abs(img)
+    mag = rss_np(img) if img.ndim == 4 else np.abs(img)
     return np.ascontiguousarray(center_crop_np(mag, recon_hw), dtype=np.float32)
 
 
@@ -93,26 +100,21 @@ def smooth_phase(shape: tuple[int, int], positions_mm: np.ndarray, pixel_mm: flo
     return (plane[None] + c[6] * z[:, None, None]).astype(np.float32)
 
 
-def simulate_volume(anatomy: Anatomy, layout: Layout, slab: Slab, protocol: Protocol, *, recon_hw: tuple[int, int],
-                    kspace_hw: tuple[int, int], pixel_mm: float, coils: int, snr: float, single_coil: bool,
-                    rng: np.random.Generator, keep_clean: bool = False) -> SimulatedVolume:
-    """Simulate the slab ``slab`` with ``protocol`` (see the module docstring for every step)."""
-    h_k, w_k = kspace_hw
-    pts = slab_points(layout, slab, kspace_hw, pixel_mm)
-    weights = np.stack([tissue_signals(protocol), np.ones(len(TISSUES))])
-    magnitude, total = anatomy.mix(pts, weights)  # sum_t f_t S_t and sum_t f_t, each [S, H, W]
-    object_mask = total > 0.5
-    half_fov = 0.5 * max(recon_hw) * pixel_mm
-    phase = smooth_phase(kspace_hw, np.asarray(slab.positions_mm), pixel_mm, half_fov, rng)
-    image = (magnitude * np.cos(phase)) + 1j * (magnitude * np.sin(phase))  # complex64
+def acquire(image: np.ndarray, object_mask: np.ndarray, *, recon_hw: tuple[int, int], pixel_mm: float, coils: int,
+            snr: float, single_coil: bool, z_mm: np.ndarray, rng: np.random.Generator,
+            keep_clean: bool = False) -> SimulatedVolume:
+    """Steps 3-5 of the module docstring for a complex image ``[S, H, W]`` (complex64, on the k-space grid
+    ``(H, W)``) whose object is ``object_mask`` ``[S, H, W]``: coil maps (a ring of 0.55 x the recon field of view,
+    slices at ``z_mm`` from the slab centre), noise of ``sigma = mu / snr`` and the targets. Draws the coil maps,
+    then the noise, from ``rng``."""
+    kspace_hw = tuple(int(v) for v in image.shape[-2:])
     ring = (0.55 * recon_hw[0] * pixel_mm, 0.55 * recon_hw[1] * pixel_mm)  # coils around the recon FOV
-    z = np.asarray(slab.positions_mm) - np.mean(slab.positions_mm)
-    maps = simulate_coil_maps(kspace_hw, coils, pixel_mm=pixel_mm, ring_radii_mm=ring, z_mm=z, rng=rng)
+    maps = simulate_coil_maps(kspace_hw, coils, pixel_mm=pixel_mm, ring_radii_mm=ring, z_mm=z_mm, rng=rng)
     if single_coil:
         maps = np.sqrt((np.abs(maps) ** 2).sum(axis=1, keepdims=True)).astype(np.complex64)
     coil_images = maps * image[:, None]  # [S, C, H, W] complex64
     clean = fft2c_np(coil_images).astype(np.complex64)
-    mu = float(_rss_np(coil_images)[object_mask].mean()) if object_mask.any() else 0.0
+    mu = float(rss_np(coil_images)[object_mask].mean()) if object_mask.any() else 0.0
     sigma = 0.0 if math.isinf(snr) else mu / snr
     noise = rng.standard_normal(tuple(clean.shape) + (2,), dtype=np.float32)
     noise *= np.float32(sigma / math.sqrt(2.0))
@@ -120,6 +122,23 @@ def simulate_volume(anatomy: Anatomy, layout: Layout, slab: Slab, protocol: Prot
     if single_coil:
         kspace = kspace[:, 0]
     target = target_from_kspace(kspace, recon_hw)
+    noiseless = target_from_kspace(clean[:, 0] if single_coil else clean, recon_hw)
     return SimulatedVolume(kspace=kspace, target=target, sens_maps=maps, object_mask=object_mask,
-                           noise_std=sigma, signal_mean=mu,
-                           clean_kspace=clean if keep_clean else None)
+                           noise_std=sigma, signal_mean=mu, clean_kspace=clean if keep_clean else None,
+                           target_noiseless=noiseless)
+
+
+def simulate_volume(anatomy: Anatomy, layout: Layout, slab: Slab, protocol: Protocol, *, recon_hw: tuple[int, int],
+                    kspace_hw: tuple[int, int], pixel_mm: float, coils: int, snr: float, single_coil: bool,
+                    rng: np.random.Generator, keep_clean: bool = False) -> SimulatedVolume:
+    """Simulate the slab ``slab`` with ``protocol`` (see the module docstring for every step)."""
+    pts = slab_points(layout, slab, kspace_hw, pixel_mm)
+    weights = np.stack([tissue_signals(protocol), np.ones(len(TISSUES))])
+    magnitude, total = anatomy.mix(pts, weights)  # sum_t f_t S_t and sum_t f_t, each [S, H, W]
+    object_mask = total > 0.5
+    half_fov = 0.5 * max(recon_hw) * pixel_mm
+    phase = smooth_phase(kspace_hw, np.asarray(slab.positions_mm), pixel_mm, half_fov, rng)
+    image = (magnitude * np.cos(phase)) + 1j * (magnitude * np.sin(phase))  # complex64
+    z = np.asarray(slab.positions_mm) - np.mean(slab.positions_mm)
+    return acquire(image, object_mask, recon_hw=recon_hw, pixel_mm=pixel_mm, coils=coils, snr=snr,
+                   single_coil=single_coil, z_mm=z, rng=rng, keep_clean=keep_clean)

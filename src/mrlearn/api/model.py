@@ -1,0 +1,96 @@
+"""``mrlearn.load_model``: a trained checkpoint as an object that reconstructs k-space or fastMRI files.
+
+The checkpoint is all it needs: the resolved training config stored in it (``checkpoint["mrlearn"]["config"]``)
+or, for older checkpoints, the run's ``config.yaml`` beside it, or the model and method sections the checkpoint
+always stores (other settings at their defaults). Inputs follow :func:`mrlearn.reconstruct`: k-space
+``[C, H, W]`` or ``[S, C, H, W]`` (numpy or torch), mask None (the data's own sampling pattern: where any coil is
+non-zero), ``[W]``, ``[H, W]`` or per slice; output float32 magnitudes ``[h, w]`` / ``[S, h, w]`` in data units
+at the model's ``recon_size`` (the k-space size when the config has none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _config(checkpoint: Path, ckpt: dict[str, Any]) -> Any:
+    from mrlearn.config import config_from_dict
+    from mrlearn.errors import MrlearnError
+
+    extra = ckpt.get("mrlearn") or {}
+    if isinstance(extra.get("config"), dict):
+        return config_from_dict(extra["config"], f"{checkpoint} (stored config)")
+    try:
+        from mrlearn.training.runner import config_for_checkpoint
+
+        return config_for_checkpoint(checkpoint)
+    except MrlearnError:
+        pass
+    if isinstance(extra.get("model"), dict) and isinstance(extra.get("method"), dict):
+        return config_from_dict({"model": extra["model"], "method": extra["method"]}, f"{checkpoint} (stored model)")
+    raise MrlearnError(f"{checkpoint}: the checkpoint stores no config and has no config.yaml beside it; "
+                       "load it with the training config (mrlearn reconstruct --checkpoint ... --config ...)")
+
+
+class LoadedModel:
+    """A trained method in eval mode: :meth:`reconstruct` (arrays) and :meth:`reconstruct_file` (fastMRI .h5)."""
+
+    def __init__(self, module: torch.nn.Module, cfg: Any, device: str | torch.device = "cpu"):
+        from mrlearn.training.inference import module_predictor
+
+        self.module, self.cfg, self.device = module, cfg, device
+        self.recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None
+        self._predict = module_predictor(module, device)
+
+    def reconstruct(self, kspace: Any, mask: Any = None, batch_size: int = 4) -> Any:
+        """Magnitudes ``[h, w]`` or ``[S, h, w]`` (numpy in -> numpy out) of k-space ``[C, H, W]``/``[S, C, H, W]``."""
+        from torch.utils.data import default_collate
+
+        from mrlearn.data.transforms import ReconTransform
+        from mrlearn.errors import input_error
+
+        as_numpy = not torch.is_tensor(kspace)
+        k = np.asarray(kspace.cpu() if torch.is_tensor(kspace) else kspace)
+        single = k.ndim == 3
+        k = k[None] if single else k
+        if k.ndim != 4 or k.dtype.kind != "c":
+            raise input_error("kspace", f"expected complex [C, H, W] or [S, C, H, W], got {k.dtype} {k.shape}",
+                              "add a coil axis (C = 1 for single-coil data)")
+        m = None if mask is None else np.asarray(mask.cpu() if torch.is_tensor(mask) else mask, dtype=np.float32)
+        transform = ReconTransform(None, train=False, recon_size=self.recon_size,
+                                   keep_kspace=bool(getattr(self.module, "keep_kspace", False)))
+        items = []
+        for s in range(k.shape[0]):
+            ms = m[s] if m is not None and m.ndim == 3 else m
+            if ms is None:
+                pattern = (k[s] != 0).any(axis=0)
+                ms = None if pattern.all() else pattern.astype(np.float32)
+            raw = {"kspace": k[s], "mask": ms, "target": None, "fname": "input", "slice": s, "max": None,
+                   "recon_size": self.recon_size or k.shape[-2:]}
+            items.append(transform(raw, s, 0))
+        out = [self._predict(default_collate(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
+        result = torch.cat(out).float()
+        result = result[0] if single else result
+        return result.numpy() if as_numpy else result
+
+    def reconstruct_file(self, path: str | Path, batch_size: int = 4) -> np.ndarray:
+        """Reconstruct a fastMRI file (its own mask when it has one) -> ``[S, h, w]`` float32."""
+        from mrlearn.data.fastmri import read_kspace, read_mask
+
+        kspace = read_kspace(path)
+        kspace = kspace[:, None] if kspace.ndim == 3 else kspace
+        return self.reconstruct(kspace, read_mask(path), batch_size)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a trained checkpoint (``best.ckpt``/``last.ckpt``) as a :class:`LoadedModel`; no config file needed."""
+    from mrlearn.training.checkpoint import load_checkpoint
+    from mrlearn.training.runner import load_module
+
+    path = Path(checkpoint)
+    cfg = _config(path, load_checkpoint(path))
+    return LoadedModel(load_module(path, cfg), cfg, device)

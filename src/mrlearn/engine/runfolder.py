@@ -1,0 +1,205 @@
+"""The run folder: one place for what every command that writes a run does.
+
+Layout: ``config.yaml`` (the resolved config), ``run.json`` (seed, versions, git revision, command, status
+``running`` / ``finished`` / ``failed`` / ``interrupted``, error), ``.lock`` while a process holds it, and whatever
+the method writes (``metrics.json``, ``checkpoints/``, logs).
+
+:class:`RunFolder` is a context manager: entering locks the folder (a second process gets a one-line error), refuses a
+folder that already holds a run unless ``resume`` is set, writes ``config.yaml`` and marks ``run.json`` running;
+leaving with an exception marks it failed (``interrupted`` for KeyboardInterrupt/SystemExit/RunInterrupted) with a
+one-line reason, and always releases the lock. A NaN/Inf stop (:class:`~mrlearn.errors.NonFiniteError`) leaves with
+its message completed by what remains in ``checkpoints/`` (:func:`describe_checkpoints`), so it never claims a
+checkpoint that does not exist.
+
+:class:`RunInfo` is the older, lock-free ``run.json`` writer kept for callers that manage their folder themselves;
+new code uses :class:`RunFolder`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mrlearn.errors import NonFiniteError, RunInterrupted, input_error
+from mrlearn.io import FolderLock, atomic_write_bytes, atomic_write_text, read_json, write_json
+
+__all__ = ["RunFolder", "RunInfo", "safe_child", "describe_checkpoints", "atomic_write_bytes", "atomic_write_text",
+           "write_json", "read_json"]
+
+#: files whose presence means a folder already holds a run
+RUN_MARKERS = ("run.json", "checkpoints/last.ckpt", "metrics.json")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_revision() -> str | None:
+    """The git commit of the mrlearn source tree (``+dirty`` when modified), or None outside a checkout."""
+    src = Path(__file__).resolve().parents[3]
+    if not (src / ".git").exists():
+        return None
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, mrlearn and the main dependencies that are already imported or importable."""
+    out = {"python": platform.python_version()}
+    for name in ("mrlearn", "torch", "lightning", "numpy", "h5py", "scipy", "skimage"):
+        try:
+            module = __import__(name)
+            out[name] = str(getattr(module, "__version__", "?"))
+        except ImportError:
+            pass
+    return out
+
+
+def safe_child(root: str | Path, name: str, where: str = "name") -> Path:
+    """``root / name`` where ``name`` must stay inside ``root`` (no absolute path, no ``..``)."""
+    p = Path(name)
+    if not name or p.is_absolute() or ".." in p.parts or name.startswith("~"):
+        raise input_error(where, f"{name!r} would write outside {root}",
+                          "use a plain name (letters, digits, - _ .); set the folder with --out")
+    return Path(root) / p
+
+
+def describe_checkpoints(folder: str | Path) -> str:
+    """What a stopped run leaves in ``folder`` (a ``checkpoints/`` folder), said truthfully: which of ``last.ckpt`` /
+    ``best.ckpt`` exist and at which step, or that none was written."""
+    folder = Path(folder)
+    found = []
+    for name in ("last.ckpt", "best.ckpt"):
+        path = folder / name
+        if path.is_file():
+            try:
+                import torch
+
+                step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", "?")
+            except Exception:  # noqa: BLE001 - an unreadable file is reported as such
+                step = "unreadable"
+            found.append(f"{path} (step {step})")
+    if not found:
+        return "no checkpoint was written"
+    return "finite checkpoints kept: " + ", ".join(found)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+
+
+class RunFolder:
+    """Context manager over one run folder (see the module docstring).
+
+    ``config_text``: the resolved config (YAML) written as ``config.yaml``; ``resume``: continue a run already in the
+    folder (its ``run.json`` attempts counter goes up); ``rank``: only rank 0 writes (DDP), every rank holds no lock.
+    """
+
+    def __init__(self, path: str | Path, config_text: str | None, seed: int | None, resume: bool = False,
+                 extra: dict[str, Any] | None = None, rank: int = 0):
+        self.path = Path(path)
+        self.config_text = config_text
+        self.seed = seed
+        self.resume = resume
+        self.extra = dict(extra or {})
+        self.rank = rank
+        self.lock = FolderLock(self.path)
+        self.data: dict[str, Any] = {}
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    def holds_run(self) -> bool:
+        return any((self.path / m).exists() for m in RUN_MARKERS)
+
+    def __enter__(self) -> "RunFolder":
+        if not self.writer:
+            return self
+        self.lock.acquire()
+        try:
+            previous = read_json(self.path / "run.json") or {}
+            if not self.resume and self.holds_run():
+                raise input_error(self.path, f"already holds a run (status {previous.get('status', 'unknown')})",
+                                  "pass --resume to continue it, or choose another --out")
+            self.data = {"seed": self.seed, "status": "running", "started": now(), "finished": None,
+                         "git_revision": git_revision(), "versions": versions(), "command": sys.argv,
+                         "pid": os.getpid(), "attempts": int(previous.get("attempts", 0)) + 1, **self.extra}
+            if self.config_text is not None:
+                atomic_write_text(self.path / "config.yaml", self.config_text)
+            self.update()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def update(self, **fields: Any) -> None:
+        """Merge ``fields`` into ``run.json`` and write it (rank 0 only)."""
+        if self.writer:
+            self.data.update(fields)
+            write_json(self.path / "run.json", self.data)
+
+    def finished(self, **fields: Any) -> None:
+        self.update(status="finished", finished=now(), error=None, **fields)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if not self.writer:
+            return
+        note = None
+        if isinstance(exc, NonFiniteError) and not exc.checkpoints_noted:
+            note = type(exc)(f"{exc}; {describe_checkpoints(self.path / 'checkpoints')}")
+            note.checkpoints_noted = True
+            exc = note
+        try:
+            if exc is not None and self.data.get("status") == "running":
+                interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit, RunInterrupted))
+                try:
+                    self.update(status="interrupted" if interrupted else "failed", finished=now(), error=one_line(exc))
+                except Exception:  # e.g. disk full: the original error is the one to report
+                    pass
+        finally:
+            self.lock.release()
+        if note is not None:
+            raise note from None
+
+
+class RunInfo:
+    """``run.json`` without a lock: seed, versions, git revision, command line, status (running/finished/failed).
+
+    Kept for callers that manage their folder themselves; :class:`RunFolder` is the full lifecycle.
+    """
+
+    def __init__(self, run_dir: str | Path, seed: int | None, extra: dict[str, Any] | None = None):
+        self.path = Path(run_dir) / "run.json"
+        previous = read_json(self.path) or {}
+        self.data: dict[str, Any] = {
+            "seed": seed, "status": "running", "started": now(), "finished": None,
+            "git_revision": git_revision(), "versions": versions(), "command": sys.argv,
+            "attempts": int(previous.get("attempts", 0)) + 1, **(extra or {}),
+        }
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        write_json(self.path, self.data)
+
+    def running(self) -> None:
+        self.update(status="running")
+
+    def finished(self, **fields: Any) -> None:
+        self.update(status="finished", finished=now(), error=None, **fields)
+
+    def failed(self, error: str) -> None:
+        self.update(status="failed", finished=now(), error=error)

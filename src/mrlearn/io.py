@@ -1,0 +1,201 @@
+"""Files that are never half-written, and folders one process at a time.
+
+Atomic writes: data go to ``<name>.tmp`` in the same folder, are flushed and fsynced, then moved into place with
+``os.replace``; on any error (disk full, read-only folder, a signal) the temporary file is removed and the previous
+file, if any, is left as it was. A reader or a killed writer never sees a partial file.
+
+:class:`FolderLock` marks a folder as held by one live process (``.lock`` holding PID, host and start time). A lock
+whose holder is dead (same host, PID gone) is stale and is taken over with a message; a live holder is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from mrlearn.errors import MrlearnError, input_error
+
+
+def _write_error(path: Path, exc: OSError) -> MrlearnError:
+    if exc.errno == errno.ENOSPC:
+        what, todo = "no space left on the device", "free disk space or choose another folder"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what, todo = "folder is not writable", "choose a writable folder or fix its permissions"
+    else:
+        what, todo = f"cannot write ({exc.strerror or exc})", "check the folder"
+    return input_error(path, what, todo)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed.
+
+    For writers that want a file name (h5py, nibabel, ``torch.save``). ``OSError`` becomes a one-line
+    :class:`MrlearnError` naming ``path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise _write_error(path, exc) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (numpy/torch scalars and arrays become plain numbers/lists)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_plain) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock on ``folder`` (file ``folder/.lock``), held by this process until :meth:`release`.
+
+    ``acquire`` creates the lock file with ``O_EXCL``. If it exists and its holder is alive, a one-line error names
+    the holder; if the holder is gone (same host, PID not running), the stale lock is taken over with a message.
+    A lock written by another host is never judged stale (its PID means nothing here): the error says how to remove it.
+    Re-acquiring a lock this process already holds is allowed (nested use).
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path, what: str = "run"):
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self.what = what
+        self.held = False
+
+    def holder(self) -> dict[str, Any] | None:
+        """The lock file's content (pid, host, started, command), or None when the folder is not locked."""
+        if not self.path.exists():
+            return None
+        return read_json(self.path) or {"pid": -1, "host": "?", "started": "?"}
+
+    def _stale(self, info: dict[str, Any]) -> bool:
+        return info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", -1)))
+
+    def acquire(self) -> "FolderLock":
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_error(self.folder, exc) from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "command": " ".join(sys.argv)[:500]}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                info = self.holder()
+                if info is None:
+                    continue
+                if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+                    self.held = True
+                    return self
+                if self._stale(info):
+                    print(f"mrlearn: {self.folder}: taking over a stale lock of process {info.get('pid')} "
+                          f"(started {info.get('started')}, no longer running)", file=sys.stderr)
+                    _remove(self.path)
+                    continue
+                raise input_error(self.folder, f"in use by process {info.get('pid')} on {info.get('host')} "
+                                  f"(since {info.get('started')})",
+                                  f"wait for it to finish, choose another folder, or delete {self.path} if that "
+                                  "process is gone")
+            except OSError as exc:
+                raise _write_error(self.folder, exc) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return self
+        raise input_error(self.folder, "could not take the folder lock", f"delete {self.path} and retry")
+
+    def release(self) -> None:
+        if self.held:
+            info = self.holder()
+            if info is not None and info.get("pid") == os.getpid():
+                _remove(self.path)
+            self.held = False
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def is_locked_by_other(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a lock of another live process (a folder that must not be touched)."""
+    lock = FolderLock(folder)
+    info = lock.holder()
+    if info is None:
+        return False
+    if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+        return False
+    return not lock._stale(info)

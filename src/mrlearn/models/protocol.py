@@ -1,0 +1,30 @@
+"""The model-input protocol: what a reconstruction network consumes, declared by its class.
+
+A network class sets ``input_kind``:
+
+``"image"``   ``model(x)``: real ``[B, in_chans, H, W]`` -> ``[B, out_chans, H, W]`` (the fastMRI U-Net, the SSDU
+              ResNet used on its own); complex images travel as 2 channels (real, imaginary)
+``"kspace"``  ``model(kspace, mask, sens_maps)``: masked k-space ``[B, C, H, W]`` complex, its mask and maps
+              ``[B, C, H, W]`` or None -> complex image ``[B, H, W]`` (the physics-guided unrolled networks)
+
+A ``torch.nn.Module`` that declares nothing is an image network, so any plain image-to-image module works unchanged.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mrlearn.errors import input_error
+
+INPUT_KINDS = ("image", "kspace")
+
+
+def input_kind(model: nn.Module) -> str:
+    """``"image"`` or ``"kspace"``: the declared ``input_kind`` of ``model`` (or of the module a wrapper holds)."""
+    kind = getattr(model, "input_kind", None)
+    if kind is None and isinstance(getattr(model, "module", None), nn.Module):  # DistributedDataParallel & co.
+        kind = getattr(model.module, "input_kind", None)
+    kind = "image" if kind is None else kind
+    if kind not in INPUT_KINDS:
+        raise input_error("model", f"{type(model).__name__}.input_kind is {kind!r}", f"declare one of: {', '.join(INPUT_KINDS)}")
+    return kind

@@ -1,0 +1,113 @@
+"""The overview figure of an IVIM fit, for a clinician: maps cropped to the tissue, histograms, fitted curves.
+
+Layout (matplotlib Agg, about 1500 x 1300 px): per parameter a map (slice with the most fitted voxels, cropped to
+the mask's bounding box plus a margin, colour limits at the 2nd and 98th percentile inside the mask, colour bar
+with units, background and excluded voxels in a flat grey distinct from any map colour) beside its histogram
+over all fitted voxels; below, the data and fitted curves of a few voxels (the 10th, 50th and 90th percentile
+of D). Text is at least 10 pt. When b = 0 was not acquired, S0 is labelled as extrapolated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mrlearn.io import atomic_write_bytes
+
+LABELS = {"S0": ("S0", "signal units"), "f": ("f, perfusion fraction", "fraction"),
+          "D": ("D, diffusion", "um^2/ms (1e-3 mm^2/s)"), "Dstar": ("D*, pseudo-diffusion", "um^2/ms (1e-3 mm^2/s)")}
+BACKGROUND = "#b0b0b0"
+
+
+def crop_box(mask2d: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
+    """Bounding box of ``mask2d`` grown by ``margin`` pixels (clipped to the image)."""
+    ii, jj = np.nonzero(mask2d)
+    if ii.size == 0:
+        return slice(None), slice(None)
+    return (slice(max(0, ii.min() - margin), min(mask2d.shape[0], ii.max() + margin + 1)),
+            slice(max(0, jj.min() - margin), min(mask2d.shape[1], jj.max() + margin + 1)))
+
+
+def overview_figure(path: Path, maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarray, b: np.ndarray,
+                    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], method: str,
+                    margin: int = 4) -> Path:
+    """Write the PNG; ``maps`` name -> ``[X, Y, Z]``, ``mask`` the fitted voxels, ``data [X, Y, Z, N]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 11})
+    z = int(np.argmax(mask.sum((0, 1))))
+    box = crop_box(mask[:, :, z], margin)
+    names = list(maps)
+    fig = plt.figure(figsize=(15, 13), dpi=100)
+    grid = fig.add_gridspec(3, 4, height_ratios=[1, 1, 0.9], width_ratios=[1.2, 0.8, 1.2, 0.8],
+                            hspace=0.45, wspace=0.6)
+    for i, k in enumerate(names):
+        r, c = divmod(i, 2)
+        ax_map = fig.add_subplot(grid[r, 2 * c])
+        ax_hist = fig.add_subplot(grid[r, 2 * c + 1])
+        vals = maps[k][mask]
+        lo, hi = (np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0))
+        if not hi > lo:
+            hi = lo + 1e-6
+        sl = np.where(mask[:, :, z], maps[k][:, :, z], np.nan)[box]
+        cmap = plt.get_cmap("gray" if k == "S0" else "viridis").with_extremes(bad=BACKGROUND)
+        im = ax_map.imshow(np.ma.masked_invalid(sl).T, origin="lower", cmap=cmap, vmin=lo, vmax=hi,
+                           interpolation="nearest")
+        title, unit = LABELS.get(k, (k, ""))
+        if k == "S0" and float(b.min()) > 0:
+            title = "S0, extrapolated (no b=0)"
+        ax_map.set_title(title, fontsize=11)
+        ax_map.set_xticks([])
+        ax_map.set_yticks([])
+        bar = fig.colorbar(im, ax=ax_map, fraction=0.046, pad=0.03)
+        bar.set_label(unit, fontsize=10)
+        bar.ax.tick_params(labelsize=10)
+        ax_hist.hist(vals, bins=40, color="C0")
+        ax_hist.axvline(lo, color="k", lw=0.8, ls=":")
+        ax_hist.axvline(hi, color="k", lw=0.8, ls=":")
+        ax_hist.set_xlabel(unit, fontsize=10)
+        ax_hist.set_ylabel("voxels", fontsize=10)
+        ax_hist.set_title(f"median {np.median(vals):.3g}" if vals.size else "no voxels", fontsize=10)
+        ax_hist.tick_params(labelsize=10)
+    ax_c = fig.add_subplot(grid[2, :])
+    _curves(ax_c, maps, mask, data, b, model_fn)
+    fig.suptitle(f"IVIM fit ({method}): slice {z}, {int(mask.sum())} voxels fitted; grey = outside mask or excluded",
+                 fontsize=13)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _curves(ax, maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarray, b: np.ndarray,
+            model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Data points and fitted curves of the voxels at the 10th, 50th and 90th percentile of D."""
+    names = list(maps)
+    key = "D" if "D" in maps else names[-1]
+    idx = np.argwhere(mask)
+    vals = maps[key][mask]
+    bb = np.linspace(0, float(b.max()), 200)
+    for j, q in enumerate((10, 50, 90)):
+        if vals.size == 0:
+            break
+        n = int(np.argmin(np.abs(vals - np.percentile(vals, q))))
+        x, y, zz = idx[n]
+        theta = torch.tensor([[maps[k][x, y, zz] for k in names]], dtype=torch.float64)
+        curve = model_fn(theta, torch.from_numpy(bb))[0].numpy()
+        col = f"C{j}"
+        ax.plot(b, data[x, y, zz], "o", color=col, ms=6)
+        ax.plot(bb, curve, "-", color=col, lw=1.5,
+                label=f"voxel ({x},{y},{zz}), {q}th pct of {key}: " + ", ".join(f"{k} {maps[k][x, y, zz]:.3g}" for k in names))
+    ax.set_xlabel("b-value (s/mm^2)", fontsize=11)
+    ax.set_ylabel("signal (input units)", fontsize=11)
+    ax.set_title("measured signal (dots) and fitted model (lines)", fontsize=11)
+    ax.legend(fontsize=10, loc="upper right")
+    ax.tick_params(labelsize=10)

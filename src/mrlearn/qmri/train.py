@@ -1,0 +1,193 @@
+"""Training of the qMRI parameter networks on the engine's Trainer, to a plateau, and ``mrlearn qmri train``.
+
+:func:`train_network` trains one :class:`~mrlearn.qmri.module.QmriNetModule` with the Trainer of
+:func:`mrlearn.training.runner.make_trainer` (its checkpoint callback and logger) in a run folder: validation every
+epoch, early stopping on ``val_loss`` after ``patience`` epochs without improvement, optional caps ``max_epochs``
+and ``max_steps``; the weights returned are those of the best validation epoch, never the last. It records
+``steps``, ``best_step``, ``best_epoch``, ``best_val_loss``, ``stopped_by`` (``early_stopping``, ``max_steps`` or
+``max_epochs``) and ``converged`` (False when a cap stopped the run while the validation loss had improved within
+the last ``patience`` epochs). ``init_state`` starts from given weights (e.g. the trained groundtruth network).
+
+:func:`train_for_protocol` is ``mrlearn qmri train``: simulated signals for the user's b-values (parameters uniform
+in the Epstein ranges, Rician noise at the given SNR, or SNR uniform in a range), normalised by their mean at the
+lowest b-value as ``qmri fit`` normalises data, labels as asked, then ``network.pt`` in a run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mrlearn.errors import input_error
+
+EPSTEIN_RANGES = {"S0": [0.8, 1.2], "f": [0.1, 0.5], "D": [0.4, 3.0], "Dstar": [10.0, 150.0]}
+
+
+def _trainer_config(name: str, seed: int, optim: dict[str, Any], max_epochs: int, max_steps: int, accelerator: str):
+    from mrlearn.config import ExperimentConfig, TrainerConfig
+
+    trainer = TrainerConfig(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=1,
+                            precision="32-true", deterministic=True, progress_bar=False, log_every_n_steps=50)
+    return ExperimentConfig(name=name, seed=seed, optim=dict(optim), trainer=trainer)
+
+
+def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: torch.Tensor, bvals: torch.Tensor,
+                  scales: torch.Tensor, model: str, label: str, run_dir: str | Path, alpha: float = 0.5,
+                  width: int | None = None, n_hidden: int = 3, optim: dict[str, Any] | None = None, seed: int = 0,
+                  max_epochs: int = 1000, max_steps: int = -1, batch_size: int = 256, val_fraction: float = 0.1,
+                  patience: int = 20, accelerator: str = "cpu", init_state: dict[str, torch.Tensor] | None = None,
+                  log=None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one network (deterministic for ``seed``); returns (net at its best validation epoch, record)."""
+    import lightning as L
+
+    from mrlearn.qmri.module import QmriNetModule
+    from mrlearn.training.runner import make_trainer
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no per-network banners
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    L.seed_everything(seed, workers=True, verbose=False)
+    n = signals.shape[0]
+    n_val = max(1, int(round(n * val_fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    tensors = [t.float() for t in (signals, gt_scaled, mle_scaled)]
+    train = TensorDataset(*[t[perm[n_val:]] for t in tensors])
+    val = TensorDataset(*[t[perm[:n_val]] for t in tensors])
+    module = QmriNetModule(bvals, scales, model, label, alpha, width, n_hidden, optim)
+    if init_state is not None:
+        module.net.load_state_dict(init_state)
+    best: dict[str, Any] = {"loss": math.inf, "state": None, "epoch": -1, "step": 0}
+
+    class _KeepBest(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            loss = float(trainer.callback_metrics.get("val_loss", math.inf))
+            if trainer.sanity_checking:
+                return
+            if loss < best["loss"]:
+                best.update(loss=loss, epoch=trainer.current_epoch, step=trainer.global_step,
+                            state={k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
+            if log is not None and trainer.current_epoch % 10 == 0:
+                log(f"  epoch {trainer.current_epoch:4d} step {trainer.global_step:7d} val_loss {loss:.4g} "
+                    f"(best {best['loss']:.4g} at epoch {best['epoch']})")
+
+    stop = L.pytorch.callbacks.EarlyStopping("val_loss", patience=patience, mode="min", check_finite=True)
+    cfg = _trainer_config(Path(run_dir).name, seed, optim or {"name": "adam", "lr": 1e-3}, max_epochs, max_steps,
+                          accelerator)
+    trainer, _ = make_trainer(cfg, Path(run_dir), callbacks=[_KeepBest(), stop], monitor=("val_loss", "min"))
+    gen = torch.Generator().manual_seed(seed)
+    trainer.fit(module, DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen),
+                DataLoader(val, batch_size=4096))
+    if best["state"] is not None:
+        module.net.load_state_dict(best["state"])
+    module.net.eval()
+    epochs = trainer.current_epoch
+    if stop.stopped_epoch > 0:
+        stopped_by = "early_stopping"
+    elif max_steps > 0 and trainer.global_step >= max_steps:
+        stopped_by = "max_steps"
+    else:
+        stopped_by = "max_epochs"
+    last_epoch = max(0, epochs - 1) if stopped_by != "early_stopping" else stop.stopped_epoch
+    converged = stopped_by == "early_stopping" or last_epoch - best["epoch"] >= patience
+    record = {"steps": int(trainer.global_step), "best_step": int(best["step"]), "best_epoch": int(best["epoch"]),
+              "epochs": int(epochs), "best_val_loss": best["loss"], "stopped_by": stopped_by,
+              "converged": bool(converged), "patience": int(patience), "init_from_gt": init_state is not None}
+    return module.net, record
+
+
+def simulate_training_set(bvals: torch.Tensor, model: str, n: int, snr: tuple[float, float], seed: int,
+                          ranges: dict[str, list[float]] | None = None) -> dict[str, torch.Tensor]:
+    """Parameters, noisy signals (Rician, sigma = 1 / SNR at S0 ~ 1) and per-signal sigma, all normalised by the
+    mean signal at the lowest b-value (S0 and sigma divided by it); float64."""
+    from mrlearn.qmri.signal import get_model, sample_uniform
+
+    fn, spec = get_model(model)
+    gen = torch.Generator().manual_seed(seed)
+    theta = sample_uniform(ranges or EPSTEIN_RANGES, spec.names, n, gen)
+    snrs = snr[0] + (snr[1] - snr[0]) * torch.rand(n, generator=gen, dtype=torch.float64)
+    sigma = 1.0 / snrs
+    clean = fn(theta, bvals)
+    noisy = torch.sqrt((clean + torch.randn(clean.shape, generator=gen, dtype=torch.float64) * sigma[:, None]) ** 2
+                       + (torch.randn(clean.shape, generator=gen, dtype=torch.float64) * sigma[:, None]) ** 2)
+    ref = noisy[:, bvals == bvals.min()].mean(-1).clamp_min(1e-6)
+    theta = theta.clone()
+    theta[:, 0] = theta[:, 0] / ref
+    return {"theta": theta, "signals": noisy / ref[:, None], "sigma": sigma / ref}
+
+
+def parse_snr(text: str) -> tuple[float, float]:
+    """``"30"`` -> (30, 30); ``"10:50"`` -> (10, 50); positive values only."""
+    try:
+        parts = [float(x) for x in str(text).split(":")]
+    except ValueError:
+        raise input_error("--snr", f"cannot read {text!r}", "give a number (30) or a range (10:50)") from None
+    lo, hi = (parts[0], parts[-1]) if len(parts) in (1, 2) else (0.0, 0.0)
+    if not (lo > 0 and hi >= lo):
+        raise input_error("--snr", f"need a positive SNR or LOW:HIGH with LOW <= HIGH, got {text!r}", "e.g. 30 or 10:50")
+    return lo, hi
+
+
+def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "mle", alpha: float = 0.5,
+                       snr: str = "30", model: str = "ivim", n_train: int = 100000, patience: int = 30,
+                       max_epochs: int = 1000, init_from_gt: bool = True, seed: int = 0, accelerator: str = "cpu",
+                       batch_size: int = 256, optim: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+    """``mrlearn qmri train``: a network for the protocol in ``bvals_file`` written to ``out/network.pt``."""
+    from mrlearn.engine.runfolder import RunFolder
+    from mrlearn.io import write_json
+    from mrlearn.qmri.fit import fit_voxels
+    from mrlearn.qmri.netio import save_network
+    from mrlearn.qmri.signal import get_model, load_protocol
+    from mrlearn.qmri.voxels import check_bvalue_units
+
+    if label not in ("gt", "mle", "ss", "hybrid"):
+        raise input_error("--label", f"unknown label {label!r}", "use gt, mle, ss or hybrid")
+    if not 0 <= alpha <= 1:
+        raise input_error("--alpha", f"must be in [0, 1], got {alpha}", "e.g. 0.5")
+    for key, value in (("--n-train", n_train), ("--patience", patience), ("--max-epochs", max_epochs)):
+        if value < (10 if key == "--n-train" else 1):
+            raise input_error(key, f"too small ({value})", "give a larger value")
+    snr_range = parse_snr(snr)
+    b = load_protocol(bvals_file)
+    check_bvalue_units(b, str(bvals_file))
+    _, spec = get_model(model, "--signal-model")
+    out = Path(out)
+    config_text = (f"# mrlearn qmri train\nbvals: {b.tolist()}\nlabel: {label}\nalpha: {alpha}\nsnr: '{snr}'\n"
+                   f"model: {model}\nn_train: {n_train}\npatience: {patience}\nmax_epochs: {max_epochs}\n"
+                   f"init_from_gt: {init_from_gt}\nseed: {seed}\n")
+    with RunFolder(out, config_text, seed, extra={"kind": "qmri_train"}) as run:
+        data = simulate_training_set(b, model, n_train, snr_range, seed)
+        scales = torch.tensor([EPSTEIN_RANGES[k][1] for k in spec.names], dtype=torch.float64)
+        scales[0] = data["theta"][:, 0].max().item()
+        mle = data["theta"]
+        if label in ("mle", "hybrid"):
+            log(f"qmri train: Rician MLE labels for {n_train} simulated signals ...")
+            mle = fit_voxels(data["signals"], b, model, "mle", sigma=data["sigma"]).params
+        common = dict(bvals=b, scales=scales, model=model, optim=optim or {"name": "adam", "lr": 1e-3}, seed=seed,
+                      max_epochs=max_epochs, batch_size=batch_size, patience=patience, accelerator=accelerator, log=log)
+        init, records = None, {}
+        if init_from_gt and label != "gt":
+            log("qmri train: groundtruth-label network first (the start of the others)")
+            net_gt, records["gt_init"] = train_network(data["signals"], data["theta"] / scales, mle / scales,
+                                                       label="gt", run_dir=out / "gt_init", **common)
+            init = net_gt.state_dict()
+        log(f"qmri train: {label}-label network")
+        net, rec = train_network(data["signals"], data["theta"] / scales, mle / scales, label=label, alpha=alpha,
+                                 run_dir=out / "net", init_state=init, **common)
+        records[label] = rec
+        record = {**rec, "label": label, "alpha": alpha if label == "hybrid" else None, "snr": list(snr_range),
+                  "n_train": n_train, "model": model, "runs": records}
+        save_network(out / "network.pt", net, b, scales, model, int(b.numel()), 3, spec.names,
+                     info={"label": label, "normalised": "lowest_b", "training": record})
+        write_json(out / "metrics.json", record)
+        run.finished(steps=rec["steps"], best_step=rec["best_step"], stopped_by=rec["stopped_by"])
+        if not rec["converged"]:
+            log(f"qmri train: NOT converged: stopped by {rec['stopped_by']} while the validation loss was still "
+                f"improving (best at epoch {rec['best_epoch']}); raise --max-epochs")
+    return record

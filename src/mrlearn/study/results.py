@@ -1,0 +1,142 @@
+"""What one study run leaves in its folder, and how it is read back.
+
+``OUT/runs/<run id>/``:
+  ``result.json``   written last (atomic): status ``finished``, run id, arm, seed, grid point, per-group metrics,
+                    seconds, the convergence record per group and anything else the runner reports (``extra``);
+  ``slices.csv``    per-slice metrics (group, fname, slice, psnr, ssim, nmse) when the runner gives them;
+  ``examples.npz``  example images per group (``<group>/target``, ``<group>/input``, ``<group>/output``).
+
+Convergence record (the engine writes it into each trained run's ``metrics.json``): ``steps`` (optimiser steps
+taken), ``best_step`` (step of the checkpoint used for evaluation), ``stopped_by`` (``early_stopping``,
+``max_steps``, ``max_epochs``, ``max_time``) and ``converged`` (False when a cap stopped the run while its
+validation metric was still improving). A runner may also return it in ``RunOutcome.extra["convergence"]``, for
+all groups or per group. Missing fields are read as empty (None).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrlearn.io import atomic_write_bytes, atomic_write_text, read_json, write_json
+
+SLICE_FIELDS = ("group", "fname", "slice", "psnr", "ssim", "nmse")
+CONVERGENCE_FIELDS = ("steps", "best_step", "stopped_by", "converged")
+#: ``stopped_by`` values that are caps (a run stopped by one of these may not have converged)
+CAPS = ("max_steps", "max_epochs", "max_time")
+
+
+@dataclass
+class RunOutcome:
+    """What one run reports: metrics per group (task/contrast), optional per-slice rows and example images."""
+
+    groups: dict[str, dict[str, float]]
+    slices: list[dict[str, Any]] = field(default_factory=list)
+    examples: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_finished(run_dir: Path) -> bool:
+    """True when the run wrote its ``result.json`` with status finished."""
+    return (read_json(Path(run_dir) / "result.json") or {}).get("status") == "finished"
+
+
+def _record(source: Any) -> dict[str, Any] | None:
+    """The convergence fields found in a mapping (top level or under ``convergence``), or None."""
+    if not isinstance(source, dict):
+        return None
+    if isinstance(source.get("convergence"), dict) and any(k in source["convergence"] for k in CONVERGENCE_FIELDS):
+        source = source["convergence"]
+    if not any(k in source for k in CONVERGENCE_FIELDS):
+        return None
+    rec = {k: source.get(k) for k in CONVERGENCE_FIELDS}
+    if "samples_per_task" in source:
+        rec["samples_per_task"] = source["samples_per_task"]
+    return rec
+
+
+def merge_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record for several trained models (e.g. one per task): converged only if all did; the largest steps."""
+    if len(records) == 1:
+        return dict(records[0])
+    conv = [r.get("converged") for r in records]
+    steps = [r["steps"] for r in records if isinstance(r.get("steps"), (int, float))]
+    return {"steps": max(steps) if steps else None, "best_step": None,
+            "stopped_by": "+".join(sorted({str(r.get("stopped_by")) for r in records if r.get("stopped_by")})) or None,
+            "converged": False if False in conv else (None if None in conv else True)}
+
+
+def convergence(run_dir: Path, outcome: RunOutcome) -> dict[str, dict[str, Any]]:
+    """Per group: the convergence record of the model(s) that produced it (empty fields when nothing recorded).
+
+    Sources, first found wins: ``outcome.extra["convergence"]`` (one record, or ``{group: record}``); the run
+    folder's ``metrics.json``; ``<sub folder named like the group>/metrics.json``; every ``*/metrics.json`` merged.
+    """
+    groups = list(outcome.groups)
+    given = outcome.extra.get("convergence")
+    if isinstance(given, dict) and given and all(isinstance(v, dict) for v in given.values()) and set(given) & set(groups):
+        return {g: _record(given.get(g)) or dict.fromkeys(CONVERGENCE_FIELDS) for g in groups}
+    own = _record(given) or _record(read_json(run_dir / "metrics.json"))
+    if own is not None:
+        return {g: dict(own) for g in groups}
+    subs = {p.parent.name: _record(read_json(p)) for p in sorted(run_dir.glob("*/metrics.json"))}
+    subs = {k: v for k, v in subs.items() if v is not None}
+    out = {}
+    for g in groups:
+        if g in subs:
+            out[g] = subs[g]
+        elif subs:
+            out[g] = merge_records(list(subs.values()))
+        else:
+            out[g] = dict.fromkeys(CONVERGENCE_FIELDS)
+    return out
+
+
+def write_outcome(run_dir: Path, run: Any, outcome: RunOutcome, seconds: float) -> None:
+    """Write ``slices.csv``, ``examples.npz`` and last ``result.json`` (atomic files)."""
+    if outcome.slices:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(SLICE_FIELDS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(outcome.slices)
+        atomic_write_text(run_dir / "slices.csv", buf.getvalue())
+    if outcome.examples:
+        arrays = {f"{g}/{k}": np.asarray(v, dtype=np.float32) for g, d in outcome.examples.items() for k, v in d.items()}
+        buf2 = io.BytesIO()
+        np.savez_compressed(buf2, **arrays)
+        atomic_write_bytes(run_dir / "examples.npz", buf2.getvalue())
+    extra = {k: v for k, v in outcome.extra.items() if k != "convergence"}
+    write_json(run_dir / "result.json", {"status": "finished", "run_id": run.run_id, "arm": run.arm, "seed": run.seed,
+                                         "point": run.point, "groups": outcome.groups, "seconds": round(seconds, 2),
+                                         "convergence": convergence(run_dir, outcome), "extra": extra})
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """The finished run's ``result.json`` or None."""
+    data = read_json(Path(run_dir) / "result.json")
+    return data if data and data.get("status") == "finished" else None
+
+
+def read_slices(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of ``slices.csv`` (slice as int, metrics as float, NaN when empty); [] without the file."""
+    path = Path(run_dir) / "slices.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["slice"] = int(r["slice"])
+        for k in ("psnr", "ssim", "nmse"):
+            r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
+    return rows
+
+
+def result_json(obj: Any) -> str:
+    """Compact JSON of a small value (grid values in CSV cells)."""
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,52 @@
+"""YAML for configs and studies: safe loading (no Python objects) with YAML 1.2 floats, one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mrlearn.errors import input_error
+
+
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 floats: ``1e-4`` and ``3e-4`` are numbers (PyYAML's 1.1 resolver wants a
+    dot, ``1.0e-4``, and reads ``1e-4`` as the string ``'1e-4'``)."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely (no Python objects) with YAML 1.2 floats (:class:`YamlLoader`)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """The YAML document in ``path``; unreadable, non-UTF-8 or malformed files are one-line errors."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise input_error(p, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                          "save the file as UTF-8") from None
+    except OSError as exc:
+        raise input_error(p, f"cannot read the file ({exc.strerror or exc})", "check the path and its permissions") from None
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" (line {line + 1})" if line is not None else ""
+        raise input_error(p, f"not valid YAML{at}", "fix the syntax") from None
