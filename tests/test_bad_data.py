@@ -170,3 +170,75 @@ def test_file_locked_by_a_writer(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def _full_disk_open(limit: int = 16):
+    """``open`` that lets ``limit`` bytes into a ``.tmp`` file, then fails like a full disk (ENOSPC)."""
+    import builtins
+
+    real = builtins.open
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            if self.fh.tell() + len(data) > limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def fake(file, mode="r", *args, **kwargs):
+        fh = real(file, mode, *args, **kwargs)
+        return Full(fh) if "w" in mode and str(file).endswith(".tmp") else fh
+
+    return fake
+
+
+def _nifti_map(folder):
+    import nibabel as nib
+
+    from mrlearn.qmri.invivo import _write_nifti
+
+    _write_nifti(folder / "S0.nii.gz", np.ones((4, 4, 2), np.float32), nib.Nifti1Image(np.zeros((4, 4, 2)), np.eye(4)), "S0")
+
+
+def _submission(folder):
+    from mrlearn.data.fastmri import write_reconstruction
+
+    write_reconstruction(folder / "r.h5", np.ones((2, 8, 8), np.float32))
+
+
+def _cfl(folder):
+    from mrlearn.data.cfl import write_cfl
+
+    write_cfl(folder / "k", np.ones((8, 8)))
+
+
+WRITERS = {  # name: (write one file into a folder, the file's name)
+    "fastMRI volume": (lambda folder: write_volume(folder / "v.h5", make_kspace(2, 2, 16, 12), acquisition="PD"), "v.h5"),
+    "submission file": (_submission, "r.h5"),
+    "BART cfl": (_cfl, "k.cfl"),
+    "NIfTI map": (_nifti_map, "S0.nii.gz"),
+}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, writer):
+    import mrlearn.io
+
+    make, name = WRITERS[writer]
+    monkeypatch.setattr(mrlearn.io, "open", _full_disk_open(), raising=False)
+    target = tmp_path / "out"
+    with pytest.raises(MrlearnError) as exc:
+        make(target)
+    assert f"{name}: no space left on the device" in str(exc.value) and "\n" not in str(exc.value)
+    assert not [p for p in target.rglob("*") if p.is_file()]

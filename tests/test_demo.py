@@ -1,9 +1,10 @@
-"""mrlearn demo --quick end to end from an arbitrary folder: report.html + metrics.csv with correct numbers."""
+"""mrlearn demo --quick end to end from an arbitrary folder: the demo study through the study runner, then
+report.html + metrics.csv with correct numbers; bad demo settings are one-line errors."""
 
 from __future__ import annotations
 
 import csv
-import re
+import json
 
 import numpy as np
 import pytest
@@ -21,14 +22,20 @@ def test_demo_quick_writes_report_and_metrics(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "runs/demo/report.html" in out and "U-Net" in out and "zero-filled" in out
-    demo = tmp_path / "runs" / "demo"
+    assert "runs/demo_quick/report.html" in out and "U-Net" in out and "zero-filled" in out
+    demo = tmp_path / "runs" / "demo_quick"
     rows = list(csv.DictReader((demo / "metrics.csv").open()))
     assert list(rows[0]) == ["method", "volume", "nmse", "psnr", "ssim"]
-    methods = ["CG-SENSE", "CS (L1-wavelet)", "U-Net", "unrolled", "zero-filled"]
+    methods = ["CG-SENSE", "CS-L1-wavelet", "U-Net", "unrolled", "zero-filled"]
     assert sorted({r["method"] for r in rows}) == methods and len(rows) == 2 * len(methods)
     mean_psnr = {m: np.mean([float(r["psnr"]) for r in rows if r["method"] == m]) for m in methods}
-    assert mean_psnr["CG-SENSE"] > mean_psnr["zero-filled"] and mean_psnr["CS (L1-wavelet)"] > mean_psnr["zero-filled"]
+    assert mean_psnr["CG-SENSE"] > mean_psnr["zero-filled"] and mean_psnr["CS-L1-wavelet"] > mean_psnr["zero-filled"]
+    # the study runner ran it: study.csv has the same means per arm, with the learned arms' convergence record
+    study = {r["arm"]: r for r in csv.DictReader((demo / "study.csv").open())}
+    assert set(study) == set(methods)
+    for m in methods:
+        assert float(study[m]["psnr"]) == pytest.approx(mean_psnr[m], abs=1e-3)
+    assert study["unrolled"]["stopped_by"] in ("max_epochs", "early_stopping") and study["zero-filled"]["steps"] == ""
     # the zero-filled rows equal an independent computation: fixed per-file mask, numpy RSS, fastMRI metrics
     root = next((tmp_path / "cache" / "embedded").iterdir())
     mask_func = RandomMaskFunc([0.25], [4])  # the quick block's evaluation mask
@@ -43,11 +50,42 @@ def test_demo_quick_writes_report_and_metrics(tmp_path, monkeypatch, capsys):
         assert float(r["psnr"]) == pytest.approx(metrics.psnr(target, zf), rel=1e-4)
         assert float(r["ssim"]) == pytest.approx(metrics.ssim(target, zf), rel=1e-4)
     html = (demo / "report.html").read_text()
-    assert "Metrics (test volumes)" in html and "±" in html
-    assert len(re.findall(r"data:image/png;base64,", html)) == 2  # examples + training curves
-    assert (demo / "runs" / "u_net" / "checkpoints" / "best.ckpt").is_file()
-    assert (demo / "runs" / "unrolled" / "checkpoints" / "best.ckpt").is_file()
-    # a second run reuses the dataset and retrains into the same folder
+    assert "Metrics (test volumes)" in html and "±" in html and "Training curves" in html and "<h2>Examples</h2>" in html
+    # 3 example slices x (target + 5 methods, then 5 error maps), each its own panel, + the curves figure
+    assert html.count("data:image/png;base64,") == 3 * 11 + 1
+    assert "converged" in html  # the learned rows say whether they converged
+    assert (demo / "study_report.html").is_file()
+    for arm in ("U-Net", "unrolled"):
+        run = demo / "runs" / f"{arm}__seed0"
+        assert (run / "checkpoints" / "best.ckpt").is_file()
+        assert json.loads((run / "metrics.json").read_text())["evaluated"]["weights"] == "best"
+    # a second run reuses the dataset and the finished runs (the study is resumable)
+    before = (demo / "metrics.csv").read_text()
     assert main(["demo", "--quick"]) == 0
-    assert "reused the embedded dataset" in capsys.readouterr().err
-    assert np.isfinite([float(r["psnr"]) for r in csv.DictReader((demo / "metrics.csv").open())]).all()
+    err = capsys.readouterr().err
+    assert "reused the embedded dataset" in err and "finished before, skipped" in err
+    assert (demo / "metrics.csv").read_text() == before
+
+
+def test_demo_bad_classical_method_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MRLEARN_DATA", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--set", "arms=[zero-filled]", "--set", "arms.zero-filled.method.recon=wavelets"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and "method.recon: 'wavelets' is not a classical method" in err[-1], err
+
+
+def test_the_shipped_demo_is_a_valid_study_of_five_arms(tmp_path):
+    """`mrlearn study demo` runs the same study: every arm's config validates; learned arms stop on a plateau."""
+    from mrlearn.study import load_study
+    from mrlearn.study.spec import run_config
+
+    spec = load_study("demo")
+    assert spec.runner == "mrlearn.training.demo:study_runner" and spec.summary["baseline"] == "zero-filled"
+    configs = {run.arm: run_config(spec, run, tmp_path / run.run_id) for run in spec.runs()}
+    assert list(configs) == ["zero-filled", "CG-SENSE", "CS-L1-wavelet", "U-Net", "unrolled"]
+    assert configs["CG-SENSE"].method == {"name": "reference", "recon": "cg-sense"}
+    for arm in ("U-Net", "unrolled"):
+        es = configs[arm].trainer.early_stopping
+        assert es is not None and es.monitor == "val_ssim" and configs[arm].trainer.val_every == 1
+    assert configs["unrolled"].model["name"] == "unrolled" and configs["unrolled"].scheduler is None

@@ -150,7 +150,7 @@ def test_experiment_config_is_a_study_of_one_run():
     spec = load_study("mtl_tiny")
     assert [r.run_id for r in spec.runs()] == ["base__seed0"] and spec.name == "mtl_tiny"
     shipped = load_study("mtl_contrasts")
-    assert shipped.summary["baseline"] == "stl" and len(shipped.runs()) == 16
+    assert shipped.summary["baseline"] == "stl" and len(shipped.runs()) == 21
 
 
 def test_unknown_runner_is_a_one_line_error():

@@ -183,7 +183,7 @@ class ExperimentConfig:
 
     def run_dir(self) -> Path:
         """The run folder: ``out_dir`` or ``runs/<name>`` (a ``name`` may not leave ``runs/``)."""
-        from mrlearn.engine.runfolder import safe_child
+        from mrlearn.io import safe_child
 
         return Path(self.out_dir) if self.out_dir else safe_child("runs", self.name, "name")
 

@@ -199,3 +199,12 @@ def is_locked_by_other(folder: str | Path) -> bool:
     if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
         return False
     return not lock._stale(info)
+
+
+def safe_child(root: str | Path, name: str, where: str = "name") -> Path:
+    """``root / name`` where ``name`` must stay inside ``root`` (no absolute path, no ``..``)."""
+    p = Path(name)
+    if not name or p.is_absolute() or ".." in p.parts or name.startswith("~"):
+        raise input_error(where, f"{name!r} would write outside {root}",
+                          "use a plain name (letters, digits, - _ .); set the folder with --out")
+    return Path(root) / p

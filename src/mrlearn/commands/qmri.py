@@ -52,12 +52,31 @@ def register(subparsers) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
+def check_device(name: str) -> str:
+    """``--device`` as a torch device name (``auto``: cuda when available, ``gpu``: cuda); one-line errors for a
+    name that is not a device or a GPU this machine does not have."""
+    import torch
+
+    from mrlearn.errors import input_error
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = "cuda" if name == "gpu" else torch.device(name).type
+    except (RuntimeError, ValueError):
+        raise input_error("--device", f"{name!r} is not a device", "use cpu, cuda (gpu) or auto") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise input_error("--device", f"{name!r} requested but no CUDA GPU is available here", "use --device cpu")
+    return "cuda" if name == "gpu" else name
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from mrlearn.qmri.invivo import fit_dwi
 
     t0 = time.time()
+    device = check_device(args.device)
     info = fit_dwi(args.dwi, args.bvals, args.out, method=args.method, mask=args.mask, network=args.model,
-                   sigma=args.sigma, model=args.signal_model, device=args.device, bounds=args.bounds,
+                   sigma=args.sigma, model=args.signal_model, device=device, bounds=args.bounds,
                    bad_voxels=args.bad_voxels)
     print(f"qmri fit: {info['voxels']} voxels by {args.method} in {time.time() - t0:.1f} s -> {args.out}")
     return 0
@@ -66,6 +85,7 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from mrlearn.qmri.train import train_for_protocol
 
+    check_device(args.device)
     record = train_for_protocol(args.bvals, args.out, label=args.label, alpha=args.alpha, snr=args.snr,
                                 model=args.signal_model, n_train=args.n_train, patience=args.patience,
                                 max_epochs=args.max_epochs, init_from_gt=not args.no_init_from_gt, seed=args.seed,

@@ -27,10 +27,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mrlearn.errors import RunInterrupted
     from mrlearn.study import load_study, run_study
 
     spec = load_study(args.config, args.overrides)
-    out = run_study(spec, args.out, only_summary=args.summary_only, executor=args.executor, workers=args.workers,
-                    address=args.address)
+    try:
+        out = run_study(spec, args.out, only_summary=args.summary_only, executor=args.executor, workers=args.workers,
+                        address=args.address)
+    except RunInterrupted as exc:  # the run's own resume command would finish it outside the study
+        again = ["mrlearn", "study", args.config, *(["--out", args.out] if args.out else []),
+                 *[x for o in args.overrides for x in ("--set", o)],
+                 *(["--executor", args.executor] if args.executor != "sequential" else [])]
+        exc.resume = f"{shlex.join(again)} (finished runs are kept; unfinished ones start again)"
+        raise
     print(f"mrlearn study: {spec.name}: {out / 'study.csv'}, {out / 'report.html'}")
     return 0

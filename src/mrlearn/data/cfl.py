@@ -11,13 +11,12 @@ dimensions dropped (``arr[x, y, z, c]`` indexes like BART); :func:`write_cfl` wr
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mrlearn.errors import input_error
+from mrlearn.io import atomic_write_bytes, atomic_write_text
 
 READ_DIM, PHS1_DIM, PHS2_DIM, COIL_DIM, MAPS_DIM, TE_DIM, TIME_DIM, SLICE_DIM = 0, 1, 2, 3, 4, 5, 10, 13
 BART_DIMS = 16
@@ -72,22 +71,11 @@ def read_cfl(path: str | Path) -> np.ndarray:
 def write_cfl(path: str | Path, array: np.ndarray) -> Path:
     """Write ``array`` (any shape, cast to complex64) as ``NAME.hdr`` + ``NAME.cfl``, atomically; returns the base."""
     base = cfl_base(path)
-    base.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(array, dtype=np.complex64)
     dims = list(arr.shape) or [1]
-    hdr = base.with_name(base.name + ".hdr")
-    cfl = base.with_name(base.name + ".cfl")
-    tmp_hdr, tmp_cfl = hdr.with_name(hdr.name + ".tmp"), cfl.with_name(cfl.name + ".tmp")
-    try:
-        tmp_cfl.write_bytes(arr.astype("<c8").tobytes(order="F"))
-        tmp_hdr.write_text("# Dimensions\n" + " ".join(str(d) for d in dims) + " \n", encoding="utf-8")
-        os.replace(tmp_cfl, cfl)
-        os.replace(tmp_hdr, hdr)
-    except BaseException:
-        for t in (tmp_hdr, tmp_cfl):
-            with contextlib.suppress(OSError):
-                t.unlink()
-        raise
+    # data first, header last: a header names a whole .cfl (full or read-only disk: one line, no partial file)
+    atomic_write_bytes(base.with_name(base.name + ".cfl"), arr.astype("<c8").tobytes(order="F"))
+    atomic_write_text(base.with_name(base.name + ".hdr"), "# Dimensions\n" + " ".join(str(d) for d in dims) + " \n")
     return base
 
 

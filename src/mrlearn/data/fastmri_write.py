@@ -1,4 +1,8 @@
-"""Write fastMRI-format volumes and submission files atomically (through :func:`mrlearn.io.atomic_path`).
+"""Write fastMRI-format volumes and submission files atomically.
+
+Each file is built in memory and its bytes written with :func:`mrlearn.io.atomic_write_bytes`: a full or read-only
+disk is then a one-line error that leaves no partial file (HDF5 writing to such a disk itself fails in ways that
+can crash the process at exit).
 
 Layout as :mod:`mrlearn.data.fastmri`. A mask is stored as bool: ``[W]`` (columns), ``[H, W]`` (one 2-D pattern
 for all slices) or ``[S, H, W]`` (one per slice).
@@ -6,6 +10,7 @@ for all slices) or ``[S, H, W]`` (one per slice).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,7 @@ import h5py
 import numpy as np
 
 from mrlearn.errors import MrlearnError, input_error
-from mrlearn.io import atomic_path
+from mrlearn.io import atomic_write_bytes
 
 SUBMISSION_KEY = "reconstruction"
 NOISELESS_KEY = "reconstruction_noiseless"
@@ -82,25 +87,26 @@ def write_volume(
         if sens_maps.shape != want:
             raise input_error(path, f"sens_maps shape {sens_maps.shape}, expected {want}", "pass [S, C, H, W] maps")
     key = target_key or ("reconstruction_rss" if kspace.ndim == 4 else "reconstruction_esc")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("kspace", data=kspace.astype(np.complex64, copy=False))
-            if target is not None:
-                f.create_dataset(key, data=target)
-                f.attrs["max"] = float(target.max())
-                f.attrs["norm"] = float(np.linalg.norm(target.astype(np.float64)))
-            if noiseless is not None:
-                f.create_dataset(NOISELESS_KEY, data=noiseless)
-            if mask is not None:
-                f.create_dataset("mask", data=mask.astype(bool))
-            if sens_maps is not None:
-                f.create_dataset("sens_maps", data=sens_maps)
-            if header is not None:
-                f.create_dataset("ismrmrd_header", data=np.bytes_(header.encode("utf-8")))
-            f.attrs["acquisition"] = str(acquisition)
-            f.attrs["patient_id"] = str(patient_id)
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
+    buf = io.BytesIO()  # built in memory: HDF5 never meets a full or read-only disk itself
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("kspace", data=kspace.astype(np.complex64, copy=False))
+        if target is not None:
+            f.create_dataset(key, data=target)
+            f.attrs["max"] = float(target.max())
+            f.attrs["norm"] = float(np.linalg.norm(target.astype(np.float64)))
+        if noiseless is not None:
+            f.create_dataset(NOISELESS_KEY, data=noiseless)
+        if mask is not None:
+            f.create_dataset("mask", data=mask.astype(bool))
+        if sens_maps is not None:
+            f.create_dataset("sens_maps", data=sens_maps)
+        if header is not None:
+            f.create_dataset("ismrmrd_header", data=np.bytes_(header.encode("utf-8")))
+        f.attrs["acquisition"] = str(acquisition)
+        f.attrs["patient_id"] = str(patient_id)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+    atomic_write_bytes(path, buf.getbuffer())
     return path
 
 
@@ -111,9 +117,10 @@ def write_reconstruction(path: str | Path, recon: np.ndarray, attrs: dict[str, A
     if recon.ndim != 3 or recon.dtype.kind == "c":
         raise MrlearnError(f"{path}: reconstruction must be real [slices, h, w], got {recon.dtype} {recon.shape}; "
                            "pass magnitude images with a slice axis")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset(SUBMISSION_KEY, data=recon.astype(np.float32, copy=False))
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
+    buf = io.BytesIO()  # built in memory: HDF5 never meets a full or read-only disk itself
+    with h5py.File(buf, "w") as f:
+        f.create_dataset(SUBMISSION_KEY, data=recon.astype(np.float32, copy=False))
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+    atomic_write_bytes(path, buf.getbuffer())
     return path

@@ -3,28 +3,30 @@
 A :class:`Sample` is one slice after the transform; :func:`collate` stacks samples into a :class:`Batch` with the
 same field names and a leading batch axis ``B``. Shapes and units (per sample; the batch adds ``B`` in front):
 
-==============  ===================================================================================================
-``kspace``      ``[C, H, W]`` complex64: the acquired (masked) k-space divided by ``scale`` (``C = 1`` single-coil);
-                None unless the method asked for k-space (``keep_kspace``)
-``mask``        ``[1, 1, W]`` column or ``[1, H, W]`` 2-D float32 0/1 sampling mask, broadcast over coils; None
-                without k-space
-``target``      ``[1, h, w]`` float32 reference magnitude in data units, at the recon size (zeros when
-                ``has_target`` is False)
-``image``       ``[1, h, w]`` float32 network input of image-domain models: the zero-filled magnitude (RSS over
-                coils) instance-normalised, ``clamp((zero_filled - mean) / std, -6, 6)``
-``zero_filled`` ``[1, h, w]`` float32 zero-filled magnitude in data units
-``mean, std``   0-d float32: the statistics of that normalisation (``std`` 1 when zero)
-``sens_maps``   ``[C, H, W]`` complex64 coil maps stored with the data, or None
-``max``         float: maximum of the target volume (NaN when unknown); the batch holds float64 ``[B]``
-``scale``       0-d float32: maximum of the zero-filled magnitude (1 when zero); None without k-space.
-                Multiply a physics network's output by it to return to data units
-``has_target``  bool: whether ``target`` is a real reference
-``fname``       str: file name; ``slice`` int: slice index in the file
-``acquisition`` str or None: contrast name of the file (e.g. ``CORPD_FBK``)
-``recon_size``  ``(h, w)``: the size of ``target``/``image``
-``padding``     ``(left, right)`` acquired columns ``[left, right)`` of zero-padded k-space, or None
-``task``        int task index (multi-task datasets), or None
-==============  ===================================================================================================
+=====================  ==============================================================================================
+``kspace``             ``[C, H, W]`` complex64: the acquired (masked) k-space divided by ``scale``
+                       (``C = 1`` single-coil); None unless the method asked for k-space (``keep_kspace``)
+``mask``               ``[1, 1, W]`` column or ``[1, H, W]`` 2-D float32 0/1 sampling mask, broadcast over coils; None
+                       without k-space
+``target``             ``[1, h, w]`` float32 reference magnitude in data units, at the recon size (zeros when
+                       ``has_target`` is False)
+``target_noiseless``   ``[1, h, w]`` float32 noiseless reference of a simulated file (``reconstruction_noiseless``),
+                       in the target's units and size; None when the file has none
+``image``              ``[1, h, w]`` float32 network input of image-domain models: the zero-filled magnitude
+                       (RSS over coils) instance-normalised, ``clamp((zero_filled - mean) / std, -6, 6)``
+``zero_filled``        ``[1, h, w]`` float32 zero-filled magnitude in data units
+``mean, std``          0-d float32: the statistics of that normalisation (``std`` 1 when zero)
+``sens_maps``          ``[C, H, W]`` complex64 coil maps stored with the data, or None
+``max``                float: maximum of the target volume (NaN when unknown); the batch holds float64 ``[B]``
+``scale``              0-d float32: maximum of the zero-filled magnitude (1 when zero); None without k-space.
+                       Multiply a physics network's output by it to return to data units
+``has_target``         bool: whether ``target`` is a real reference
+``fname``              str: file name; ``slice`` int: slice index in the file
+``acquisition``        str or None: contrast name of the file (e.g. ``CORPD_FBK``)
+``recon_size``         ``(h, w)``: the size of ``target``/``image``
+``padding``            ``(left, right)`` acquired columns ``[left, right)`` of zero-padded k-space, or None
+``task``               int task index (multi-task datasets), or None
+=====================  ==============================================================================================
 
 A batch keeps ``fname``, ``acquisition``, ``recon_size`` and ``padding`` as lists (one entry per sample); the other
 fields are stacked with :func:`torch.utils.data.default_collate` (tensors ``[B, ...]``, numbers ``[B]``).
@@ -48,6 +50,9 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 
 # Fields a batch keeps as one Python list entry per sample instead of stacking.
 PER_SAMPLE_FIELDS = ("fname", "acquisition", "recon_size", "padding")
+# Fields that may be set in only some samples of a batch (e.g. simulated and real files mixed): the samples that
+# lack one get a NaN-filled tensor of the same shape, which scorers read as "absent".
+NAN_FILLED_FIELDS = ("target_noiseless",)
 
 
 class _FieldMapping(MutableMapping):
@@ -94,6 +99,7 @@ class Sample(_FieldMapping):
     kspace: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     target: torch.Tensor | None = None
+    target_noiseless: torch.Tensor | None = None
     image: torch.Tensor | None = None
     zero_filled: torch.Tensor | None = None
     mean: torch.Tensor | None = None
@@ -117,6 +123,7 @@ class Batch(_FieldMapping):
     kspace: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     target: torch.Tensor | None = None
+    target_noiseless: torch.Tensor | None = None
     image: torch.Tensor | None = None
     zero_filled: torch.Tensor | None = None
     mean: torch.Tensor | None = None
@@ -145,7 +152,8 @@ class Batch(_FieldMapping):
 def collate(samples: Sequence[Sample]) -> Batch:
     """Stack samples into a :class:`Batch` (lists for ``PER_SAMPLE_FIELDS``, ``default_collate`` for the rest).
 
-    A field must be set in all samples or in none (e.g. ``sens_maps``); otherwise this raises ``ValueError``.
+    A field must be set in all samples or in none (e.g. ``sens_maps``); otherwise this raises ``ValueError``,
+    except for ``NAN_FILLED_FIELDS`` (``target_noiseless``), where the samples without it get NaNs.
 
     >>> import torch
     >>> s = [Sample(target=torch.zeros(1, 4, 4), fname=f"a{i}.h5", slice=i, has_target=True) for i in range(3)]
@@ -164,6 +172,9 @@ def collate(samples: Sequence[Sample]) -> Batch:
         missing = sum(v is None for v in column)
         if missing == len(column):
             values[f.name] = None
+        elif missing and f.name in NAN_FILLED_FIELDS:
+            like = next(v for v in column if v is not None)
+            values[f.name] = default_collate([torch.full_like(like, math.nan) if v is None else v for v in column])
         elif missing:
             raise ValueError(f"field {f.name!r} is set in {len(column) - missing} of {len(column)} samples of a "
                              "batch; it must be set in all or none")

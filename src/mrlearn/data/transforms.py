@@ -23,9 +23,11 @@ is zero) and ``sens_maps`` ``[C, H, W]`` when the raw sample has them. Multiply 
 
 A training sample is a :class:`mrlearn.data.sample.Sample` (collated into a :class:`~mrlearn.data.sample.Batch`;
 shapes and units are stated there): ``image`` ``[1, h, w]`` (normalised), ``target`` ``[1, h, w]`` in data units
-(zeros without a target), ``has_target``, ``zero_filled`` ``[1, h, w]`` (data units), ``mean``, ``std``, ``max``
-(target volume max, NaN when unknown), ``fname``, ``slice``, ``acquisition``, ``recon_size``, ``padding``, and the
-physics entries above when requested. It also reads as a dict of those keys.
+(zeros without a target), ``has_target``, ``target_noiseless`` ``[1, h, w]`` (the noiseless reference of simulated
+files, ``reconstruction_noiseless``, cropped/padded like the target; None when the file has none), ``zero_filled``
+``[1, h, w]`` (data units), ``mean``, ``std``, ``max`` (target volume max, NaN when unknown), ``fname``, ``slice``,
+``acquisition``, ``recon_size``, ``padding``, and the physics entries above when requested. It also reads as a dict
+of those keys.
 """
 
 from __future__ import annotations
@@ -128,12 +130,16 @@ class ReconTransform:
             target_t = crop_or_pad(torch.as_tensor(np.asarray(target, dtype=np.float32)), size)
         else:
             target_t = torch.zeros(size)
+        noiseless = sample.get("target_noiseless")
+        if noiseless is not None:
+            noiseless = crop_or_pad(torch.as_tensor(np.asarray(noiseless, dtype=np.float32)), size).unsqueeze(0)
         vmax = sample.get("max")
         padding = sample.get("padding")
         out = Sample(
             image=image_n.unsqueeze(0),
             target=target_t.float().unsqueeze(0),
             has_target=has_target,
+            target_noiseless=noiseless,
             zero_filled=image.float().unsqueeze(0),
             mean=torch.tensor(mean, dtype=torch.float32),
             std=torch.tensor(std, dtype=torch.float32),

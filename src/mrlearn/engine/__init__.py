@@ -2,7 +2,7 @@
 layer-wise, qMRI networks).
 
 * ``runfolder``    :class:`RunFolder`: lock (PID/host, stale locks taken over), ``config.yaml``, ``run.json`` status
-                   running/finished/failed/interrupted; ``safe_child`` (names that stay inside their folder)
+                   running/finished/failed/interrupted
 * ``trainer``      ``make_trainer(cfg, run_dir, callbacks=(), monitor=(metric, mode))`` -> ``(Trainer, checkpoint)``
                    with the callbacks below, the logger (tensorboard | csv | mlflow) and progress output
 * ``checkpoint``   ``AtomicCheckpoint`` (``last.ckpt`` / ``best.ckpt``, atomic, never non-finite), safe loading

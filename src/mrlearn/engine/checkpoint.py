@@ -190,6 +190,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                           "the file was cut off; use checkpoints/best.ckpt or start the run again") from None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:  # e.g. no read permission: the file may be fine
+        raise input_error(path, f"cannot read the checkpoint ({exc.strerror or exc})", "check the file's permissions") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file for the user
         raise input_error(path, f"cannot load checkpoint, truncated or not a checkpoint ({_first_line(exc)})",
                           "use a checkpoint written by mrlearn train") from None

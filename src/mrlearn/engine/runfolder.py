@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mrlearn.errors import NonFiniteError, RunInterrupted, input_error
-from mrlearn.io import FolderLock, atomic_write_bytes, atomic_write_text, read_json, write_json
+from mrlearn.io import FolderLock, atomic_write_bytes, atomic_write_text, read_json, safe_child, write_json
 
 __all__ = ["RunFolder", "RunInfo", "safe_child", "describe_checkpoints", "atomic_write_bytes", "atomic_write_text",
            "write_json", "read_json"]
@@ -65,15 +65,6 @@ def versions() -> dict[str, str]:
         except ImportError:
             pass
     return out
-
-
-def safe_child(root: str | Path, name: str, where: str = "name") -> Path:
-    """``root / name`` where ``name`` must stay inside ``root`` (no absolute path, no ``..``)."""
-    p = Path(name)
-    if not name or p.is_absolute() or ".." in p.parts or name.startswith("~"):
-        raise input_error(where, f"{name!r} would write outside {root}",
-                          "use a plain name (letters, digits, - _ .); set the folder with --out")
-    return Path(root) / p
 
 
 def describe_checkpoints(folder: str | Path) -> str:

@@ -207,7 +207,6 @@ def write_outputs(out_dir: str | Path, rows: list[dict[str, Any]], summary: dict
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise input_error(f"--out {out}", "is a file", "pass a folder for metrics.csv and metrics.json")
-    out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["volume", "acquisition", *METRIC_NAMES], lineterminator="\n")
     writer.writeheader()

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from mrlearn.errors import input_error
-from mrlearn.physics.calibration import calibration_box, fit_kernel, require_box, sampling_pattern
+from mrlearn.physics.calibration import MIN_BOX, calibration_box, fit_kernel, require_box, sampling_pattern
 from mrlearn.physics.fft import ifft2c
 
 
@@ -44,6 +44,10 @@ def _batched(kspace: torch.Tensor, where: str) -> tuple[torch.Tensor, bool]:
         raise input_error(where, f"k-space must be [C, H, W] or [B, C, H, W], got shape {tuple(kspace.shape)}",
                           "pass multi-coil k-space with a coil axis")
     return kspace, False
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
 
 
 def calibration_region(kspace: torch.Tensor, calib_size: int | tuple[int, int] | None = 24,
@@ -75,7 +79,7 @@ def _signal_kernels(calib: torch.Tensor, kernel: tuple[int, int], threshold: flo
     scale = rows.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     rows = (rows / scale).to(torch.complex64)  # scale-free (k-space scaled anywhere from 1e-6 to 1e12)
     cov = rows.mH @ rows  # [B, N, N]
-    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = _eigh_one_thread(cov)  # ascending
     evals, evecs = evals.flip(-1).clamp_min(0), evecs.flip(-1)
     keep = evals > threshold * evals[:, :1]  # sigma_i^2 / sigma_0^2 > threshold (BART ecalib)
     n_keep = keep.sum(dim=1)
@@ -124,6 +128,23 @@ def _upsample(v: torch.Tensor, step: int, h: int, w: int) -> torch.Tensor:
     if v.shape[-1] < w:
         v = torch.cat([v, v[..., -1:].expand(*v.shape[:-1], w - v.shape[-1])], dim=-1)
     return v
+
+
+def _eigh_one_thread(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` with one intra-op thread on CPU (the previous count restored after).
+
+    MKL's threaded Hermitian solver is no faster for ESPIRiT's small matrices (the ``C kh kw`` square calibration
+    covariance, the ``C x C`` coil covariance), and on a busy machine its thread team stalls: 2 threads took
+    seconds for one 288 x 288 matrix that one thread solves in 15 ms. Same LAPACK routine, same result.
+    """
+    n = torch.get_num_threads()
+    if mats.device.type != "cpu" or n == 1:
+        return torch.linalg.eigh(mats)
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(mats)
+    finally:
+        torch.set_num_threads(n)
 
 
 def _eigh_threaded(mats: torch.Tensor, min_per_thread: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,6 +219,9 @@ def espirit_sens_maps(
     if kernel_size < 1 or threshold < 0 or not 0 <= crop < 1:
         raise input_error("espirit", f"bad options kernel_size={kernel_size}, threshold={threshold}, crop={crop}",
                           "use kernel_size >= 1, threshold >= 0 and 0 <= crop < 1")
+    if calib_size is not None and min(_pair(calib_size)) < MIN_BOX:
+        raise input_error("calib_size", f"{calib_size} is below {MIN_BOX}, too small a calibration box for ESPIRiT",
+                          "use at least 3 (default 24), or leave it unset")
     rows, cols = calibration_region(ksp, calib_size, mask)
     kernel = fit_kernel(kernel_size, require_box((rows, cols), where))
     calib = ksp[:, :, rows, cols]
@@ -209,7 +233,7 @@ def espirit_sens_maps(
     # reference for the phase: first principal component of the calibration data over coils
     cal_flat = calib.reshape(b, c, -1).to(torch.complex64)
     cal_flat = cal_flat / cal_flat.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    ref = torch.linalg.eigh(cal_flat @ cal_flat.mH)[1][:, :, -1]  # [B, C]
+    ref = _eigh_one_thread(cal_flat @ cal_flat.mH)[1][:, :, -1]  # [B, C]
     # interpolate along H once on the small grid (cheap), then chunks of full rows along W
     gram_small = 0.5 * (gram_small + gram_small.mH)  # exactly Hermitian
     gram_h = torch.einsum("hi,bijcd->bcdhj", interp_h, gram_small)  # [B, C, C, H, m]

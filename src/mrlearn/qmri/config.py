@@ -28,7 +28,8 @@ class QmriConfig:
     maps are drawn over ``map_axes`` at the middle value of the third parameter.
     Training: to a plateau of the validation loss (``patience`` epochs) under the trainer's caps; with
     ``init_from_gt`` (default, as Epstein et al.) the MLE, self-supervised and hybrid networks start from the
-    trained groundtruth-label network. ``fit_bounds``: name -> [low, high] overriding the default fit bounds.
+    trained groundtruth-label network. ``batch_size`` is per process: with ``trainer.devices: 2, strategy: ddp``
+    the global batch is twice as large (and equals one process's with ``2 x batch_size``). ``fit_bounds``: name -> [low, high] overriding the default fit bounds.
     """
 
     model: str = "ivim_additive"

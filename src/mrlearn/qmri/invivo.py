@@ -15,7 +15,6 @@ Conventions
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from mrlearn.errors import input_error
-from mrlearn.io import write_json
+from mrlearn.io import atomic_write_bytes, write_json
 from mrlearn.qmri.bounds import bound_counts, format_bound_counts, parse_bounds
 from mrlearn.qmri.fit import fit_voxels
 from mrlearn.qmri.signal import get_model, load_protocol
@@ -137,8 +136,7 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
         vol = np.zeros(data.shape[:3], dtype=np.float32)
         vol[vs.mask_fit] = params[:, i].numpy()
         maps[k] = vol
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # created by the atomic writers (a read-only or full disk is a one-line error)
     for k, vol in maps.items():
         _write_nifti(out / f"{k}.nii.gz", vol, img, UNITS.get(k, k))
     _write_nifti(out / "mask.nii.gz", vs.mask_fit.astype(np.uint8), img, "voxels fitted")
@@ -152,15 +150,13 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
 
 
 def _write_nifti(path: Path, vol: np.ndarray, like, descrip: str) -> None:
-    """Write atomically: to ``tmp_<name>`` (keeping the .nii.gz ending, so nibabel compresses), then rename."""
+    """Write atomically (gzip-compressed when the name ends in ``.gz``); a full or read-only disk is a one-line
+    error and leaves no partial file."""
+    import gzip
+
     import nibabel as nib
 
     new = nib.Nifti1Image(vol, like.affine)
     new.header["descrip"] = descrip[:79].encode()
-    tmp = path.with_name("tmp_" + path.name)
-    try:
-        nib.save(new, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    data = new.to_bytes()
+    atomic_write_bytes(path, gzip.compress(data) if path.name.endswith(".gz") else data)

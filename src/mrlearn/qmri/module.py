@@ -2,6 +2,11 @@
 
 Trained by :func:`mrlearn.qmri.train.train_network` on the engine's Trainer.
 
+``val_loss`` is the mean loss over every validation signal: each process sums ``loss x rows`` over its share
+(:class:`~mrlearn.qmri.sharding.SignalBatches`), the sums and row counts are added over processes (DDP) and rank 0's
+quotient is broadcast, so every rank logs the same number (and takes the same early-stopping decision) and it equals
+the one-process value up to float summation order.
+
 Batches are ``(signals [B, N], gt_scaled [B, P], mle_scaled [B, P])``; scaled = parameter / scale.
 ``label``: ``gt``, ``mle``, ``ss`` (signal-space MSE) or ``hybrid`` (alpha * MSE(MLE) + (1 - alpha) * MSE(GT)).
 """
@@ -49,11 +54,23 @@ class QmriNetModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=int(batch[0].shape[0]))
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of loss x rows, rows]
+
     def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self._loss(batch), on_step=False, on_epoch=True, prog_bar=False)
+        rows = int(batch[0].shape[0])
+        loss = self._loss(batch)
+        self._val_sum += torch.stack([loss.detach().double() * rows, loss.new_tensor(rows, dtype=torch.float64)])
+
+    def on_validation_epoch_end(self) -> None:
+        total = self._val_sum
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total.clone(), reduce_op="sum")
+            total = self.trainer.strategy.broadcast(total, src=0)
+        self.log("val_loss", float(total[0] / total[1].clamp_min(1)), on_step=False, on_epoch=True, prog_bar=False)
 
     def configure_optimizers(self):
         return registry.build("optimizer", self.optim_section, "optim", params=self.parameters())

@@ -23,24 +23,30 @@ METRIC_KEYS = ("abs_bias", "std", "rmse")
 def run_label_study(cfg: Any, out: Path, log=print) -> dict[str, Any]:
     """Run the study of ``cfg.extra['qmri']`` into ``out``; returns the results (see :func:`.study.run_study`)."""
     from mrlearn.qmri.report import make_figures, table_rows, write_report, write_tables
+    from mrlearn.qmri.sharding import process_rank
     from mrlearn.qmri.study import run_study
 
     q = cfg.extra.get("qmri")
     if q is None:
         raise input_error(cfg.name, "has no 'qmri' section", "see configs/ivim_labels.yaml")
+    writer = process_rank() == 0  # DDP (trainer.devices > 1): every rank runs the study, rank 0 writes and logs
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     lines: list[str] = []
 
     def _log(msg: str) -> None:
         line = f"[{time.time() - t0:7.1f} s] {msg}"
-        log(line)
+        if writer:
+            log(line)
         lines.append(line)
 
     accel = cfg.trainer.accelerator
     results = run_study(q, out, cfg.seed, cfg.optim, cfg.trainer.max_epochs,
-                        accelerator="cpu" if accel == "auto" else accel, log=_log, max_steps=cfg.trainer.max_steps)
+                        accelerator="cpu" if accel == "auto" else accel, log=_log, max_steps=cfg.trainer.max_steps,
+                        devices=cfg.trainer.devices, strategy=cfg.trainer.strategy)
     rows = table_rows(results)
+    if not writer:
+        return results
     write_tables(out, rows)
     figs = make_figures(out, results, q.map_axes)
     elapsed = time.time() - t0

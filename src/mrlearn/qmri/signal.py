@@ -109,7 +109,13 @@ def load_protocol(source: str | Path | Sequence[float], where: str = "protocol")
         path = Path(source)
         if not path.is_file():
             raise input_error(path, "protocol file not found", "give a text file of b-values (e.g. 'b.txt')")
-        text = path.read_text().replace(",", " ")
+        try:
+            text = path.read_bytes().decode("utf-8").replace(",", " ")
+        except UnicodeDecodeError as exc:
+            raise input_error(path, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                              "save the b-values as plain text numbers") from None
+        except OSError as exc:
+            raise input_error(path, f"cannot read the file ({exc.strerror or exc})", "check its permissions") from None
         try:
             values = [float(tok) for tok in text.split()]
         except ValueError:

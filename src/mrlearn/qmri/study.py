@@ -89,9 +89,16 @@ def summarise(m: dict[str, np.ndarray], names: tuple[str, ...], widths: dict[str
 
 
 def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_epochs: int,
-              accelerator: str = "cpu", log=print, max_steps: int = -1) -> dict[str, Any]:
+              accelerator: str = "cpu", log=print, max_steps: int = -1, devices: int | str = 1,
+              strategy: str = "auto") -> dict[str, Any]:
     """Run the study into ``out`` (networks under ``out/models``, their training folders under ``out/nets``);
-    returns the results dict used by the report (``training``: each network's convergence record)."""
+    returns the results dict used by the report (``training``: each network's convergence record).
+
+    ``devices``/``strategy``: each network trains with that many processes (DDP, ``q.batch_size`` per process);
+    every rank computes the same results, rank 0 alone writes the networks."""
+    from mrlearn.qmri.sharding import process_rank
+
+    writer = process_rank() == 0
     bvals = load_protocol(q.bvals, "qmri.bvals")
     fn, spec = get_model(q.model, "qmri.model")
     names = spec.names
@@ -129,12 +136,14 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
                                       run_dir=out / "nets" / f"snr{snr:g}_{name}", alpha=alpha, width=w,
                                       n_hidden=q.n_hidden, optim=optim, seed=seed + 17 * si, max_epochs=max_epochs,
                                       max_steps=max_steps, batch_size=q.batch_size, val_fraction=q.val_fraction,
-                                      patience=q.patience, accelerator=accelerator, init_state=init)
+                                      patience=q.patience, accelerator=accelerator, init_state=init,
+                                      devices=devices, strategy=strategy)
             results["training"][f"snr{snr:g}/{name}"] = info
             log(f"SNR {snr:g}: trained {name}: best val loss {info['best_val_loss']:.4g} at step {info['best_step']} "
                 f"of {info['steps']}, stopped by {info['stopped_by']}" + ("" if info["converged"] else " (NOT converged)"))
-            save_network(out / "models" / f"snr{snr:g}_{name}.pt", net, bvals, scales, q.model, w, q.n_hidden, names,
-                         info={"label": kind, "training": info})
+            if writer:
+                save_network(out / "models" / f"snr{snr:g}_{name}.pt", net, bvals, scales, q.model, w, q.n_hidden,
+                             names, info={"label": kind, "training": info})
             return net
 
         # groundtruth networks first: the others start from them (Epstein et al.) when init_from_gt is set

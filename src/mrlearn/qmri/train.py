@@ -1,12 +1,20 @@
 """Training of the qMRI parameter networks on the engine's Trainer, to a plateau, and ``mrlearn qmri train``.
 
 :func:`train_network` trains one :class:`~mrlearn.qmri.module.QmriNetModule` with the Trainer of
-:func:`mrlearn.training.runner.make_trainer` (its checkpoint callback and logger) in a run folder: validation every
-epoch, early stopping on ``val_loss`` after ``patience`` epochs without improvement, optional caps ``max_epochs``
-and ``max_steps``; the weights returned are those of the best validation epoch, never the last. It records
-``steps``, ``best_step``, ``best_epoch``, ``best_val_loss``, ``stopped_by`` (``early_stopping``, ``max_steps`` or
-``max_epochs``) and ``converged`` (False when a cap stopped the run while the validation loss had improved within
-the last ``patience`` epochs). ``init_state`` starts from given weights (e.g. the trained groundtruth network).
+:func:`mrlearn.training.runner.make_trainer` (its checkpoint callback, logger and
+:class:`~mrlearn.engine.convergence.Convergence`) in a run folder: validation every epoch, early stopping on
+``val_loss`` after ``patience`` epochs without improvement, optional caps ``max_epochs`` and ``max_steps``; the
+weights returned are those of the best validation epoch, never the last. Its record is the engine's
+:func:`~mrlearn.engine.convergence.convergence_record` (``steps``, ``epochs``, ``validations``, ``best_step``,
+``best_score``, ``stopped_by`` = ``early_stopping`` / ``max_steps`` / ``max_epochs``, ``converged`` = False when a
+cap stopped the run while the validation loss had improved within the last ``patience`` epochs, ``monitor``,
+``mode``, ``patience``) plus ``best_epoch``, ``best_val_loss`` (= ``best_score``), ``init_from_gt`` and
+``world_size``. ``init_state`` starts from given weights (e.g. the trained groundtruth network).
+
+Several processes (``devices: 2, strategy: ddp``; gloo on CPU): the training signals are sharded so that the global
+batches equal one process's with ``devices x batch_size`` (:mod:`mrlearn.qmri.sharding`), ``val_loss`` is summed
+over processes (every rank sees the same value, so early stopping stops every rank at the same epoch), and only
+rank 0 writes files.
 
 :func:`train_for_protocol` is ``mrlearn qmri train``: simulated signals for the user's b-values (parameters uniform
 in the Epstein ranges, Rician noise at the given SNR, or SNR uniform in a range), normalised by their mean at the
@@ -29,12 +37,44 @@ from mrlearn.errors import input_error
 EPSTEIN_RANGES = {"S0": [0.8, 1.2], "f": [0.1, 0.5], "D": [0.4, 3.0], "Dstar": [10.0, 150.0]}
 
 
-def _trainer_config(name: str, seed: int, optim: dict[str, Any], max_epochs: int, max_steps: int, accelerator: str):
-    from mrlearn.config import ExperimentConfig, TrainerConfig
+def _trainer_config(name: str, seed: int, optim: dict[str, Any], max_epochs: int, max_steps: int, accelerator: str,
+                    patience: int, devices: int | str = 1, strategy: str = "auto"):
+    from mrlearn.config import EarlyStoppingConfig, ExperimentConfig, TrainerConfig
 
-    trainer = TrainerConfig(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=1,
-                            precision="32-true", deterministic=True, progress_bar=False, log_every_n_steps=50)
+    stop = EarlyStoppingConfig(monitor="val_loss", mode="min", patience=int(patience))
+    trainer = TrainerConfig(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
+                            strategy=strategy, precision="32-true", deterministic=True, progress_bar=False,
+                            log_every_n_steps=50, early_stopping=stop)
     return ExperimentConfig(name=name, seed=seed, optim=dict(optim), trainer=trainer)
+
+
+def _signal_data(tensors: list[torch.Tensor], perm: torch.Tensor, n_val: int, batch_size: int, seed: int):
+    """A data module whose loaders shard the training / validation rows by the Trainer's rank at fit time
+    (whole batches gathered by one indexing; see :mod:`mrlearn.qmri.sharding`)."""
+    import lightning as L
+
+    from mrlearn.qmri.sharding import SignalBatches
+
+    train = TensorDataset(*[t[perm[n_val:]] for t in tensors])
+    val = TensorDataset(*[t[perm[:n_val]] for t in tensors])
+
+    class SignalData(L.LightningDataModule):
+        def _rank(self) -> tuple[int, int]:
+            rank, world = int(self.trainer.global_rank), int(self.trainer.world_size)
+            if len(val) < world:
+                raise input_error("val_fraction", f"{len(val)} validation signals cannot be shared by {world} "
+                                  "processes", "simulate more signals or raise the validation fraction")
+            return rank, world
+
+        def train_dataloader(self) -> DataLoader:
+            batches = SignalBatches(len(train), batch_size, seed, True, *self._rank())
+            return DataLoader(train, sampler=batches, batch_size=None)
+
+        def val_dataloader(self) -> DataLoader:
+            return DataLoader(val, sampler=SignalBatches(len(val), 4096, seed, False, *self._rank(), pad=False),
+                              batch_size=None)
+
+    return SignalData()
 
 
 def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: torch.Tensor, bvals: torch.Tensor,
@@ -42,63 +82,62 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
                   width: int | None = None, n_hidden: int = 3, optim: dict[str, Any] | None = None, seed: int = 0,
                   max_epochs: int = 1000, max_steps: int = -1, batch_size: int = 256, val_fraction: float = 0.1,
                   patience: int = 20, accelerator: str = "cpu", init_state: dict[str, torch.Tensor] | None = None,
-                  log=None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train one network (deterministic for ``seed``); returns (net at its best validation epoch, record)."""
+                  log=None, devices: int | str = 1, strategy: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one network (deterministic for ``seed``); returns (net at its best validation epoch, record).
+
+    ``batch_size`` is per process: ``devices: 2, strategy: ddp`` with ``batch_size`` trains on the same global
+    batches as one process with ``2 x batch_size`` (see :mod:`mrlearn.qmri.sharding`). Every rank returns the same
+    network and record; files (checkpoints, logs) are written by rank 0."""
     import lightning as L
 
+    from mrlearn.engine.convergence import Convergence, convergence_record, find_callback, improved
     from mrlearn.qmri.module import QmriNetModule
     from mrlearn.training.runner import make_trainer
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.seed"):
+                 "lightning.fabric.utilities.seed", "lightning.pytorch.strategies.ddp",
+                 "lightning.fabric.utilities.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no per-network banners
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")  # val_loss: reduced
     L.seed_everything(seed, workers=True, verbose=False)
     n = signals.shape[0]
     n_val = max(1, int(round(n * val_fraction)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     tensors = [t.float() for t in (signals, gt_scaled, mle_scaled)]
-    train = TensorDataset(*[t[perm[n_val:]] for t in tensors])
-    val = TensorDataset(*[t[perm[:n_val]] for t in tensors])
     module = QmriNetModule(bvals, scales, model, label, alpha, width, n_hidden, optim)
     if init_state is not None:
         module.net.load_state_dict(init_state)
-    best: dict[str, Any] = {"loss": math.inf, "state": None, "epoch": -1, "step": 0}
+    best: dict[str, Any] = {"loss": None, "state": None, "epoch": -1}
 
     class _KeepBest(L.Callback):
-        def on_validation_epoch_end(self, trainer, pl_module):
-            loss = float(trainer.callback_metrics.get("val_loss", math.inf))
-            if trainer.sanity_checking:
-                return
-            if loss < best["loss"]:
-                best.update(loss=loss, epoch=trainer.current_epoch, step=trainer.global_step,
-                            state={k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
-            if log is not None and trainer.current_epoch % 10 == 0:
-                log(f"  epoch {trainer.current_epoch:4d} step {trainer.global_step:7d} val_loss {loss:.4g} "
-                    f"(best {best['loss']:.4g} at epoch {best['epoch']})")
+        """Weights of the best validation (strictly lower ``val_loss``, as the engine's Convergence counts)."""
 
-    stop = L.pytorch.callbacks.EarlyStopping("val_loss", patience=patience, mode="min", check_finite=True)
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.sanity_checking or trainer.state.fn != "fit" or "val_loss" not in trainer.callback_metrics:
+                return
+            loss = float(trainer.callback_metrics["val_loss"])
+            if improved(loss, best["loss"], "min"):
+                best.update(loss=loss, epoch=trainer.current_epoch,
+                            state={k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
+            if log is not None and trainer.is_global_zero and trainer.current_epoch % 10 == 0:
+                log(f"  epoch {trainer.current_epoch:4d} step {trainer.global_step:7d} val_loss {loss:.4g} "
+                    f"(best {best['loss'] if best['loss'] is not None else math.nan:.4g} at epoch {best['epoch']})")
+
     cfg = _trainer_config(Path(run_dir).name, seed, optim or {"name": "adam", "lr": 1e-3}, max_epochs, max_steps,
-                          accelerator)
-    trainer, _ = make_trainer(cfg, Path(run_dir), callbacks=[_KeepBest(), stop], monitor=("val_loss", "min"))
-    gen = torch.Generator().manual_seed(seed)
-    trainer.fit(module, DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen),
-                DataLoader(val, batch_size=4096))
+                          accelerator, patience, devices, strategy)
+    trainer, ckpt = make_trainer(cfg, Path(run_dir), callbacks=[_KeepBest()], monitor=("val_loss", "min"))
+    trainer.fit(module, datamodule=_signal_data(tensors, perm, n_val, batch_size, seed))
     if best["state"] is not None:
         module.net.load_state_dict(best["state"])
     module.net.eval()
-    epochs = trainer.current_epoch
-    if stop.stopped_epoch > 0:
-        stopped_by = "early_stopping"
-    elif max_steps > 0 and trainer.global_step >= max_steps:
-        stopped_by = "max_steps"
-    else:
-        stopped_by = "max_epochs"
-    last_epoch = max(0, epochs - 1) if stopped_by != "early_stopping" else stop.stopped_epoch
-    converged = stopped_by == "early_stopping" or last_epoch - best["epoch"] >= patience
-    record = {"steps": int(trainer.global_step), "best_step": int(best["step"]), "best_epoch": int(best["epoch"]),
-              "epochs": int(epochs), "best_val_loss": best["loss"], "stopped_by": stopped_by,
-              "converged": bool(converged), "patience": int(patience), "init_from_gt": init_state is not None}
+    conv = find_callback(trainer, Convergence)
+    record = convergence_record(trainer, conv, ckpt)
+    entry = conv.best_entry() if conv is not None else None
+    record.update(best_epoch=int(entry[1]) if entry else -1, best_val_loss=entry[2] if entry else math.inf,
+                  init_from_gt=init_state is not None, world_size=int(trainer.world_size))
+    if record["best_step"] is None:
+        record["best_step"] = 0
     return module.net, record
 
 
@@ -137,12 +176,16 @@ def parse_snr(text: str) -> tuple[float, float]:
 def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "mle", alpha: float = 0.5,
                        snr: str = "30", model: str = "ivim", n_train: int = 100000, patience: int = 30,
                        max_epochs: int = 1000, init_from_gt: bool = True, seed: int = 0, accelerator: str = "cpu",
-                       batch_size: int = 256, optim: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
-    """``mrlearn qmri train``: a network for the protocol in ``bvals_file`` written to ``out/network.pt``."""
+                       batch_size: int = 256, optim: dict[str, Any] | None = None, log=print,
+                       devices: int | str = 1, strategy: str = "auto") -> dict[str, Any]:
+    """``mrlearn qmri train``: a network for the protocol in ``bvals_file`` written to ``out/network.pt``.
+
+    Under DDP every rank runs this function (Lightning re-runs the script); rank 0 alone writes and logs."""
     from mrlearn.engine.runfolder import RunFolder
     from mrlearn.io import write_json
     from mrlearn.qmri.fit import fit_voxels
     from mrlearn.qmri.netio import save_network
+    from mrlearn.qmri.sharding import process_rank
     from mrlearn.qmri.signal import get_model, load_protocol
     from mrlearn.qmri.voxels import check_bvalue_units
 
@@ -160,8 +203,12 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
     out = Path(out)
     config_text = (f"# mrlearn qmri train\nbvals: {b.tolist()}\nlabel: {label}\nalpha: {alpha}\nsnr: '{snr}'\n"
                    f"model: {model}\nn_train: {n_train}\npatience: {patience}\nmax_epochs: {max_epochs}\n"
-                   f"init_from_gt: {init_from_gt}\nseed: {seed}\n")
-    with RunFolder(out, config_text, seed, extra={"kind": "qmri_train"}) as run:
+                   f"init_from_gt: {init_from_gt}\nseed: {seed}\nbatch_size: {batch_size}\ndevices: {devices}\n"
+                   f"strategy: {strategy}\n")
+    rank = process_rank()
+    if rank != 0:
+        log = _silent
+    with RunFolder(out, config_text, seed, extra={"kind": "qmri_train"}, rank=rank) as run:
         data = simulate_training_set(b, model, n_train, snr_range, seed)
         scales = torch.tensor([EPSTEIN_RANGES[k][1] for k in spec.names], dtype=torch.float64)
         scales[0] = data["theta"][:, 0].max().item()
@@ -170,7 +217,8 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
             log(f"qmri train: Rician MLE labels for {n_train} simulated signals ...")
             mle = fit_voxels(data["signals"], b, model, "mle", sigma=data["sigma"]).params
         common = dict(bvals=b, scales=scales, model=model, optim=optim or {"name": "adam", "lr": 1e-3}, seed=seed,
-                      max_epochs=max_epochs, batch_size=batch_size, patience=patience, accelerator=accelerator, log=log)
+                      max_epochs=max_epochs, batch_size=batch_size, patience=patience, accelerator=accelerator, log=log,
+                      devices=devices, strategy=strategy)
         init, records = None, {}
         if init_from_gt and label != "gt":
             log("qmri train: groundtruth-label network first (the start of the others)")
@@ -183,11 +231,16 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
         records[label] = rec
         record = {**rec, "label": label, "alpha": alpha if label == "hybrid" else None, "snr": list(snr_range),
                   "n_train": n_train, "model": model, "runs": records}
-        save_network(out / "network.pt", net, b, scales, model, int(b.numel()), 3, spec.names,
-                     info={"label": label, "normalised": "lowest_b", "training": record})
-        write_json(out / "metrics.json", record)
+        if run.writer:
+            save_network(out / "network.pt", net, b, scales, model, int(b.numel()), 3, spec.names,
+                         info={"label": label, "normalised": "lowest_b", "training": record})
+            write_json(out / "metrics.json", record)
         run.finished(steps=rec["steps"], best_step=rec["best_step"], stopped_by=rec["stopped_by"])
         if not rec["converged"]:
             log(f"qmri train: NOT converged: stopped by {rec['stopped_by']} while the validation loss was still "
                 f"improving (best at epoch {rec['best_epoch']}); raise --max-epochs")
     return record
+
+
+def _silent(*_args: Any, **_kwargs: Any) -> None:
+    """The log of ranks other than 0."""

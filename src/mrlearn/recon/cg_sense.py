@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from mrlearn.physics.sense import sense_adjoint, sense_normal
+from mrlearn.physics.sense import sense_adjoint
 from mrlearn.recon.cg import conjugate_gradient
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
+from mrlearn.recon.normal import SenseNormal
 
 
 def cg_sense(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
@@ -23,8 +24,9 @@ def cg_sense(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: 
     mask = check_mask(mask, kspace)
     maps = check_sens_maps(sens_maps, kspace)
     rhs = sense_adjoint(kspace, maps, mask)
+    sense_normal = SenseNormal(maps, mask)
 
     def normal(x: torch.Tensor) -> torch.Tensor:
-        return sense_normal(x, maps, mask) + lam * x
+        return sense_normal(x) + lam * x
 
     return conjugate_gradient(normal, rhs, x0=x0, max_iter=max_iter, tol=tol)

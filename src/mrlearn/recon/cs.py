@@ -73,10 +73,12 @@ def cs_l1_wavelet(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_m
 
     x = torch.zeros(rhs.shape[0], ph, pw, dtype=rhs.dtype, device=rhs.device)
     y, t = x, 1.0
-    rhs_pad = center_pad(rhs, (ph, pw))
+    step_rhs = step * center_pad(rhs, (ph, pw))
     for _ in range(int(max_iter)):
-        grad = center_pad(normal(center_crop(y, (h, w))), (ph, pw)) - rhs_pad
-        x_new = prox(y - step * grad)
+        # gradient step y - step (A^H A y - A^H y) on the padded grid; the border is not seen by the data
+        z = y + step_rhs
+        center_crop(z, (h, w)).sub_(step * normal(center_crop(y, (h, w))))
+        x_new = prox(z)
         t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
         y = x_new + ((t - 1) / t_new) * (x_new - x)
         x, t = x_new, t_new

@@ -3,14 +3,15 @@
 Slices come from :class:`mrlearn.data.dataset.SliceDataset` (raw samples) and get their mask from
 :meth:`mrlearn.data.transforms.ReconTransform.kspace_and_mask`: the file's own ``mask`` when it has one, else the
 retrospective mask fixed per file name. Each volume is reconstructed in one :func:`mrlearn.recon.reconstruct` call
-(``[S, C, H, W]``, slice batches inside) and cropped to the file's ``recon_size`` (fastMRI submission size), or
-kept at the matrix size when the file has none. :func:`iterate_folder` yields ``(fname, magnitude [S, h, w],
-target [S, h, w] or None)`` one volume at a time; :func:`slice_predictor` adapts a method to the batch-dict
+(``[S, C, H, W]``, slice batches inside) and cropped to the ``recon_size`` option when given, else to the file's ``recon_size`` (fastMRI submission
+size), or kept at the matrix size when the file has none. :func:`iterate_folder` yields ``(fname, magnitude [S, h, w],
+target [S, h, w] or None)`` one volume at a time (errors and warnings of a volume name its file); :func:`slice_predictor` adapts a method to the batch-dict
 ``predict`` of :mod:`mrlearn.training.inference` (the demo uses it).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrlearn.errors import MrlearnError
 from mrlearn.recon.driver import reconstruct, split_options
 
 
@@ -29,6 +31,20 @@ def _volume_order(slices: Any) -> list[list[int]]:
     for i in order:
         groups.setdefault(keys[i][0], []).append(i)
     return list(groups.values())
+
+
+def _reconstruct_volume(fname: str, ksp: torch.Tensor, msk: torch.Tensor, method: str, sens: torch.Tensor | None,
+                        options: dict[str, Any]) -> np.ndarray:
+    """One volume through :func:`reconstruct`; its one-line errors and its warnings name the file."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            recon = reconstruct(ksp, msk, method, sens, **options).numpy()
+        except MrlearnError as exc:
+            raise MrlearnError(f"{Path(fname).name}: {exc}") from None
+    for w in caught:
+        warnings.warn_explicit(f"{Path(fname).name}: {w.message}", w.category, w.filename, w.lineno)
+    return recon
 
 
 def iterate_folder(data: str | Path, method: str, options: dict[str, Any] | None = None, mask_func: Any = None,
@@ -61,8 +77,10 @@ def iterate_folder(data: str | Path, method: str, options: dict[str, Any] | None
             msk = torch.stack([m.expand(max(shapes)) for m in masks]) if len(shapes) > 1 else torch.stack(masks)
             sens = torch.stack(maps) if all(m is not None for m in maps) else None
             size = raws[0].get("recon_size")
-            opts = {**options, **({"recon_size": tuple(int(v) for v in size)} if size is not None else {})}
-            recon = reconstruct(ksp, msk, method, sens, **opts).numpy()
+            opts = dict(options)
+            if size is not None and "recon_size" not in options:  # the user's recon_size wins over the file's
+                opts["recon_size"] = tuple(int(v) for v in size)
+            recon = _reconstruct_volume(str(raws[0]["fname"]), ksp, msk, method, sens, opts)
             targets = [r.get("target") for r in raws]
             target = np.stack([np.asarray(t, dtype=np.float32) for t in targets]) if all(t is not None for t in targets) else None
             if bar is not None:

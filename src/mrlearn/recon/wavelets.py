@@ -53,44 +53,45 @@ def default_levels(shape: tuple[int, int], min_size: int = 16) -> int:
     return max(1, int(math.floor(math.log2(max(min(shape), 1) / min_size))) + 1)
 
 
-def _filter_bank(lo: list[float], hi: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``[2, 1, taps]`` conv1d weights: row 0 the low-pass, row 1 the high-pass filter."""
-    return torch.tensor([lo, hi], dtype=dtype, device=device).unsqueeze(1)
+def _shift(x: torch.Tensor, j: int, dim: int) -> torch.Tensor:
+    """``x[(i + j) mod n]`` along ``dim`` (``torch.roll`` by ``-j``); ``j = 0`` returns ``x`` itself."""
+    return x if j % x.shape[dim] == 0 else torch.roll(x, -j, dims=dim)
 
 
-def _analysis(x: torch.Tensor, bank: torch.Tensor, dim: int) -> torch.Tensor:
+def _analysis(x: torch.Tensor, lo: list[float], hi: list[float], dim: int) -> torch.Tensor:
     """One periodic analysis step along ``dim``: ``[low | high]`` halves, ``low[i] = sum_k lo[k] x[(2 i + k) % n]``.
 
-    A strided ``conv1d`` on the signal extended periodically by ``taps - 2`` samples (complex data as two real
-    rows).
+    Polyphase form: with ``e = x[0::2]`` and ``o = x[1::2]``, ``low = sum_j lo[2j] e[i + j] + lo[2j+1] o[i + j]``
+    (indices mod ``n / 2``), likewise ``high``; real filters act on complex data directly (no copies to real
+    rows, exact for any ``n`` however short).
     """
-    real = torch.view_as_real(x) if x.is_complex() else x.unsqueeze(-1)
     dim = dim % x.ndim
-    moved = real.movedim(dim, -1)  # [..., 2|1, n]
-    shape = moved.shape
-    n, taps = shape[-1], bank.shape[-1]
-    rows = moved.reshape(-1, 1, n)
-    if taps > 2:
-        rows = torch.cat([rows, rows[..., : taps - 2]], dim=-1)
-    out = torch.nn.functional.conv1d(rows, bank, stride=2)  # [N, 2, n / 2]
-    out = out.reshape(*shape[:-1], n).movedim(-1, dim)
-    return torch.view_as_complex(out.contiguous()) if x.is_complex() else out.squeeze(-1)
+    pairs = x.unfold(dim, 2, 2)  # [..., n / 2 (at dim), ..., 2]
+    even, odd = pairs[..., 0], pairs[..., 1]
+    low = high = None
+    for j in range(len(lo) // 2):
+        e, o = _shift(even, j, dim), _shift(odd, j, dim)
+        lj = lo[2 * j] * e + lo[2 * j + 1] * o
+        hj = hi[2 * j] * e + hi[2 * j + 1] * o
+        low = lj if low is None else low + lj
+        high = hj if high is None else high + hj
+    return torch.cat([low, high], dim=dim)
 
 
-def _synthesis(y: torch.Tensor, bank: torch.Tensor, dim: int) -> torch.Tensor:
-    """Adjoint (= inverse) of :func:`_analysis` along ``dim`` (a transposed strided conv, wrap-around folded back)."""
-    real = torch.view_as_real(y) if y.is_complex() else y.unsqueeze(-1)
+def _synthesis(y: torch.Tensor, lo: list[float], hi: list[float], dim: int) -> torch.Tensor:
+    """Adjoint (= inverse) of :func:`_analysis` along ``dim``: ``x[2p] = sum_j lo[2j] low[p - j] + hi[2j] high[p - j]``,
+    ``x[2p + 1]`` with the odd taps, the two phases interleaved."""
     dim = dim % y.ndim
-    moved = real.movedim(dim, -1)
-    shape = moved.shape
-    n, taps = shape[-1], bank.shape[-1]
-    rows = moved.reshape(-1, 2, n // 2)
-    out = torch.nn.functional.conv_transpose1d(rows, bank, stride=2)  # [N, 1, n + taps - 2]
-    out = out[:, 0]
-    if taps > 2:
-        out = torch.cat([out[:, : taps - 2] + out[:, n:], out[:, taps - 2 : n]], dim=-1)
-    out = out.reshape(shape).movedim(-1, dim)
-    return torch.view_as_complex(out.contiguous()) if y.is_complex() else out.squeeze(-1)
+    half = y.shape[dim] // 2
+    low, high = y.narrow(dim, 0, half), y.narrow(dim, half, half)
+    even = odd = None
+    for j in range(len(lo) // 2):
+        lw, hg = _shift(low, -j, dim), _shift(high, -j, dim)
+        ej = lo[2 * j] * lw + hi[2 * j] * hg
+        oj = lo[2 * j + 1] * lw + hi[2 * j + 1] * hg
+        even = ej if even is None else even + ej
+        odd = oj if odd is None else odd + oj
+    return torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
 
 
 def _check(x: torch.Tensor, levels: int) -> None:
@@ -103,12 +104,12 @@ def _check(x: torch.Tensor, levels: int) -> None:
 def dwt2(x: torch.Tensor, levels: int, wavelet: str = "db4") -> torch.Tensor:
     """Forward orthonormal 2-D DWT of ``[..., H, W]`` (in-place layout, same shape)."""
     _check(x, levels)
-    bank = _filter_bank(*_filters(wavelet), x.real.dtype, x.device)
+    lo, hi = _filters(wavelet)
     out = x.clone()
     h, w = x.shape[-2:]
     for _ in range(levels):
         band = out[..., :h, :w]
-        band = _analysis(_analysis(band, bank, -1), bank, -2)
+        band = _analysis(_analysis(band, lo, hi, -1), lo, hi, -2)
         out[..., :h, :w] = band
         h, w = h // 2, w // 2
     return out
@@ -117,13 +118,13 @@ def dwt2(x: torch.Tensor, levels: int, wavelet: str = "db4") -> torch.Tensor:
 def idwt2(coeffs: torch.Tensor, levels: int, wavelet: str = "db4") -> torch.Tensor:
     """Inverse (= adjoint) of :func:`dwt2`."""
     _check(coeffs, levels)
-    bank = _filter_bank(*_filters(wavelet), coeffs.real.dtype, coeffs.device)
+    lo, hi = _filters(wavelet)
     out = coeffs.clone()
     H, W = coeffs.shape[-2:]
     for level in reversed(range(levels)):
         h, w = H >> level, W >> level
         band = out[..., :h, :w]
-        band = _synthesis(_synthesis(band, bank, -2), bank, -1)
+        band = _synthesis(_synthesis(band, lo, hi, -2), lo, hi, -1)
         out[..., :h, :w] = band
     return out
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mrlearn.engine.runfolder import safe_child
+from mrlearn.io import safe_child
 from mrlearn.errors import MrlearnError
 from mrlearn.io import FolderLock, is_locked_by_other
 from mrlearn.study.results import is_finished, write_outcome
@@ -49,11 +49,17 @@ def study_files_lock(out: Path, timeout: float = 300.0) -> Iterator[None]:
     """Hold ``out``'s :class:`StudyLock`, waiting (up to ``timeout`` s) while another live process writes."""
     lock = StudyLock(out, what="study")
     deadline = time.monotonic() + timeout
+    unheld = 0
     while True:
         try:
             lock.acquire()
             break
         except MrlearnError:
+            if lock.holder() is None:  # twice not held yet not taken: the folder cannot be written (read-only, full)
+                unheld += 1
+                if unheld > 1:
+                    raise
+                continue
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -108,10 +114,15 @@ def run_job(job: Job) -> dict[str, Any]:
     if is_finished(run_dir):
         return {"status": "skipped", "run_id": rid, "message": "finished before, skipped"}
     lock = RunLock(run_dir, what="study run")
-    try:
-        lock.acquire()
-    except MrlearnError:
-        return {"status": "busy", "run_id": rid, "message": f"being run by {_holder_text(lock)}; left to it"}
+    for attempt in (0, 1):
+        try:
+            lock.acquire()
+            break
+        except MrlearnError as exc:
+            if lock.holder() is not None:
+                return {"status": "busy", "run_id": rid, "message": f"being run by {_holder_text(lock)}; left to it"}
+            if attempt:  # twice not held yet not taken: the folder cannot be written (read-only, disk full)
+                return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}
     try:
         if is_finished(run_dir):
             return {"status": "skipped", "run_id": rid, "message": "finished by another worker, skipped"}

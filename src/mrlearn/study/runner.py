@@ -25,10 +25,8 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from mrlearn import registry
-from mrlearn.engine.runfolder import safe_child
+from mrlearn.io import safe_child
 from mrlearn.errors import MrlearnError, input_error
 from mrlearn.io import atomic_write_text
 from mrlearn.study.execute import Job, study_files_lock
@@ -77,13 +75,29 @@ def get_runner(name: str, cfg: Any) -> Runner:
 
 @registry.register("runner", "train")
 def train_runner(cfg: Any) -> RunOutcome:
-    """The plain ``mrlearn train`` path: validation metrics of the finished run (group ``all``)."""
-    from mrlearn.training.runner import train
+    """The plain ``mrlearn train`` path, then the weights it reports (best by validation unless
+    ``trainer.final_weights: last``) scored on the ``test`` split (group ``all``; per-slice rows, one example; the
+    noiseless metrics too where simulated data have them): the split that selected the model is never scored."""
+    import torch
+
+    from mrlearn.data.sample import Batch, as_batch
+    from mrlearn.evaluation.scoring import score_batches
+    from mrlearn.training.runner import make_datamodule, train
 
     result = train(cfg)
-    vols = result.volumes
-    groups = {"all": {k: float(np.mean([v[k] for v in vols.values()])) for k in ("psnr", "ssim", "nmse")}} if vols else {}
-    return RunOutcome(groups=groups)
+    module = result.module
+    module.eval()
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+
+    def reconstruct(batch: Any) -> Any:
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return module.reconstruct(as_batch(moved) if isinstance(batch, Batch) else moved)
+
+    groups, slices, examples = score_batches(reconstruct, make_datamodule(cfg, module).eval_loader("test"))
+    if not groups:
+        raise input_error("data.test", f"the test split ({cfg.data.test}) has no volume with a target to score",
+                          "name a folder of fully sampled volumes as data.test")
+    return RunOutcome(groups=groups, slices=slices, examples=examples)
 
 
 def run_resources(spec: StudySpec, cfg: Any, executor: str, workers: int | None) -> dict[str, float]:

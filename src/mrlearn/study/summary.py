@@ -1,6 +1,7 @@
 """Study summary: ``study.csv`` (one row per run and group), ``paired_differences.csv`` and ``report.html``.
 
-``study.csv`` columns: run_id, arm, seed, the grid keys, group, psnr, ssim, nmse, seconds, and each run's
+``study.csv`` columns: run_id, arm, seed, the grid keys, group, psnr, ssim, nmse (and psnr_noiseless,
+ssim_noiseless, nmse_noiseless against the noiseless reference where simulated data have one), seconds, and each run's
 convergence record (``steps``, ``best_step``, ``stopped_by``, ``converged``; empty when the run recorded none;
 ``samples_per_task`` as JSON when recorded).
 
@@ -56,6 +57,7 @@ def collect(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
             point = {k: v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in run.point.items()}
             row: dict[str, Any] = {"run_id": run.run_id, "arm": run.arm, "seed": run.seed, **point, "group": group}
             row.update({k: float(metrics.get(k, math.nan)) for k in METRICS})
+            row.update({f"{k}_noiseless": float(metrics[f"{k}_noiseless"]) for k in METRICS if f"{k}_noiseless" in metrics})
             row["seconds"] = result.get("seconds", math.nan)
             conv = conv_all.get(group) or {}
             row.update({k: conv.get(k) for k in CONVERGENCE_FIELDS})

@@ -1,156 +1,110 @@
-"""The demo study: several methods on the embedded dataset's test volumes -> ``report.html`` + ``metrics.csv``.
+"""The demo: a study (``configs/demo.yaml``) run by the one study runner, plus the demo's report and ``metrics.csv``.
 
-A demo config (``configs/demo.yaml``) lists methods; each is classical (``recon: <name>``, a registry ``recon``
-entry, e.g. ``zero-filled``, ``cg-sense``, ``cs-l1``) or learned (``config: <experiment YAML or shipped name>`` plus ``set``
-overrides), so later capabilities only add entries. Learned methods are trained on the embedded dataset's
-``train``/``val`` volumes of ``contrast`` with the demo's ``mask`` and evaluated, like the classical ones, on
-the ``test`` volumes with masks fixed per file. Metrics are fastMRI's per volume (NMSE, PSNR, SSIM with the
-target volume's maximum as data range); the report shows their mean +- std over volumes, a figure of
-target / each method / error maps for ``figure_slices`` test slices, and the learned methods' training curves.
+``configs/demo.yaml`` is an ordinary study file: every arm is one method on the embedded dataset's PD test volumes
+with the masks fixed per file, classical (``method: {name: reference, recon: <classical method>}``, evaluated
+without training) or learned (trained on ``train``/``val`` through the engine, scored with its best checkpoint by
+validation). Its runner is :func:`study_runner`; ``mrlearn study demo`` runs it like any study (``study.csv``,
+``report.html``). ``mrlearn demo`` (:func:`run_demo`) is a thin preset over it: it builds (or reuses) the dataset,
+runs the study, then writes
+
+* ``metrics.csv``: one row per method (arm) and test volume: ``method, volume, nmse, psnr, ssim``;
+* ``report.html``: the demo report - metrics (mean ± std over volumes, with each learned arm's convergence
+  status), run times, example slices (target, each method, each method's error map) and the learned arms'
+  training curves; the generic study report is kept as ``study_report.html``.
+
+``--quick`` (:data:`QUICK`): a tiny phantom dataset, an evaluation mask with 16 ACS lines and tiny networks; its
+default folder is ``runs/demo_quick`` so a quick run never passes for the full demo's finished runs.
+
+Metrics are fastMRI's per volume (NMSE, PSNR, SSIM with the target volume's maximum as data range).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import re
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from mrlearn import registry
-from mrlearn.config import _to_dataclass, load_config, resolve_config_path
 from mrlearn.errors import input_error
 from mrlearn.io import atomic_write_text
 
-
-@dataclass
-class DemoMethod:
-    """One row of the comparison: ``recon`` (classical name) or ``config`` (learned; ``set`` overrides,
-    ``quick_set`` extra overrides under ``--quick``, e.g. a smaller network)."""
-
-    label: str
-    recon: str | None = None
-    config: str | None = None
-    set: list[str] = field(default_factory=list)
-    quick_set: list[str] = field(default_factory=list)
-
-
-@dataclass
-class DemoConfig:
-    """The demo study (see the module docstring). ``simulation``: ``SimulationOptions`` fields ({} = defaults)."""
-
-    title: str = "mrlearn demo: accelerated MRI reconstruction on the embedded dataset"
-    simulation: dict[str, Any] = field(default_factory=dict)
-    contrast: str = "PD"
-    mask: dict[str, Any] = field(default_factory=lambda: {"name": "random", "accelerations": [4], "center_fractions": [0.08]})
-    methods: list[DemoMethod] = field(default_factory=list)
-    figure_slices: int = 3
-    quick: dict[str, Any] = field(default_factory=dict)
-
-
-def load_demo_config(path: str | Path, quick: bool = False) -> DemoConfig:
-    """Read a demo YAML; ``quick`` applies its ``quick`` block (``simulation``, evaluation ``mask``, ``set`` for
-    every learned method, ``figure_slices``) and each method's ``quick_set``."""
-    import yaml
-
-    p = resolve_config_path(path)
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise input_error(p, "the top level must be a mapping", "see configs/demo.yaml")
-    methods = raw.pop("methods", None) or []
-    if not isinstance(methods, list):
-        raise input_error(f"{p}: methods", "expected a list", "write one '- label: ...' item per method")
-    cfg = _to_dataclass(DemoConfig, raw, "")
-    for i, m in enumerate(methods):
-        item = _to_dataclass(DemoMethod, m, f"methods[{i}]")
-        if (item.recon is None) == (item.config is None):
-            raise input_error(f"methods[{i}]", "needs exactly one of 'recon' or 'config'", "classical: recon: zero-filled; learned: config: unet_demo")
-        cfg.methods.append(item)
-    if not cfg.methods:
-        raise input_error(p, "no methods listed", "add at least one method")
-    if quick and cfg.quick:
-        q = dict(cfg.quick)
-        cfg.simulation = {**cfg.simulation, **(q.get("simulation") or {})}
-        cfg.mask = q.get("mask", cfg.mask)
-        for m in cfg.methods:
-            if m.config is not None:
-                m.set = list(m.set) + list(q.get("set") or []) + list(m.quick_set)
-        cfg.figure_slices = int(q.get("figure_slices", cfg.figure_slices))
-    registry.validate("mask", cfg.mask, "mask")
-    return cfg
-
-
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower() or "method"
+#: ``--quick``: dataset options and overrides of the demo study (tiny networks, short budgets)
+QUICK: dict[str, Any] = {
+    "simulation": {"anatomy": "phantom", "matrix": [64, 64], "slices": 4, "volumes": [3, 1, 2], "contrasts": ["PD"],
+                   "coils": 4},
+    "set": ["mask={name: random, accelerations: [4], center_fractions: [0.25]}",  # 16 ACS lines: ESPIRiT well posed
+            "trainer.progress_bar=false", "data.batch_size=2",
+            "arms.U-Net.model.chans=4", "arms.U-Net.model.num_pool_layers=2", "arms.U-Net.trainer.max_epochs=2",
+            "arms.U-Net.trainer.val_every=1",
+            "arms.unrolled.model.cascades=2", "arms.unrolled.model.chans=4", "arms.unrolled.model.num_blocks=1",
+            "arms.unrolled.trainer.max_epochs=2"],
+}
+EXAMPLE_SLICES = 3  # test slices shown per method (middle slice of the first volumes)
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build_dataset(cfg: DemoConfig) -> Path:
-    """The embedded dataset with ``cfg.simulation`` options (cached by option hash)."""
-    from mrlearn.data.simulate import SimulationOptions, default_dataset
+# ---------------------------------------------------------------------------------------------- the study runner
+def study_runner(cfg: Any) -> Any:
+    """Runner of the demo study: evaluate a ``reference`` arm, or train a learned one; score the test volumes.
 
-    try:
-        options = SimulationOptions(**cfg.simulation)
-    except TypeError as exc:
-        raise input_error("demo simulation", str(exc), "use SimulationOptions fields (matrix, slices, volumes, ...)") from None
-    if cfg.contrast not in options.contrasts:
-        raise input_error("demo contrast", f"{cfg.contrast!r} is not simulated", f"choose one of {', '.join(options.contrasts)}")
-    return default_dataset(options, log=_say)
+    Returns the per-volume means (group ``all``), per-slice rows, example slices (one example group per shown
+    slice) and, in ``extra``, the per-volume metrics (``volumes``) and the training history.
+    """
+    from mrlearn.evaluation.scoring import mean_metrics, slice_metrics, volume_metrics
+    from mrlearn.study.runner import RunOutcome
+    from mrlearn.training.data import resolve_root
+    from mrlearn.training.inference import classical_predictor, eval_dataset, iterate_volumes, module_predictor
 
+    root = resolve_root(cfg)
+    mask_func = registry.build("mask", {k: v for k, v in cfg.mask.items() if k != "fixed_per_slice"}, "mask")
+    contrasts = list(cfg.data.contrasts) if cfg.data.contrasts else None
+    extra: dict[str, Any] = {}
+    if cfg.method.get("name") == "reference":
+        recon = str(cfg.method.get("recon", "zero-filled")).replace("_", "-")
+        if registry.find("recon", recon) is None:
+            raise input_error("method.recon", f"{recon!r} is not a classical method",
+                              f"choose one of: {', '.join(registry.available('recon'))}")
+        predict = classical_predictor(recon)
+        dataset = eval_dataset(root / cfg.data.test, mask_func, None, True, contrasts)
+    else:
+        from mrlearn.training.runner import train
 
-def train_learned(method: DemoMethod, cfg: DemoConfig, root: Path, out: Path) -> tuple[Any, Any]:
-    """Train a learned method of the demo; returns (experiment config, TrainResult)."""
-    from mrlearn.training.runner import train
-
-    run_dir = out / "runs" / _slug(method.label)
-    if run_dir.exists():
-        if not (run_dir / "run.json").is_file():
-            raise input_error(run_dir, "exists and is not an mrlearn run folder", "remove it or choose another --out")
-        shutil.rmtree(run_dir)  # a previous demo run of this method: retrain from scratch
-    import yaml
-
-    overrides = [f"data.root={root}", f"data.contrasts=[{cfg.contrast}]", f"out_dir={run_dir}",
-                 f"mask={yaml.safe_dump(cfg.mask, default_flow_style=True).strip()}", *method.set]
-    exp = load_config(method.config, overrides)
-    return exp, train(exp)
-
-
-def evaluate_method(predict: Any, dataset: Any, label: str, keep: set[tuple[str, int]]) -> tuple[dict, dict, dict]:
-    """Per-volume metrics, kept slices ``(fname, slice) -> image`` (prediction, target, zero-filled)."""
-    from mrlearn.training.inference import iterate_volumes
-    from mrlearn.evaluation.scoring import volume_metrics
-
-    results, images, targets = {}, {}, {}
-    for fname, pred, target, _zf in iterate_volumes(dataset, predict, batch_size=1, label=f"evaluate {label}"):
+        result = train(cfg)  # the module holds the evaluated weights (best checkpoint by validation)
+        predict = module_predictor(result.module, "cpu")
+        recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None
+        dataset = eval_dataset(root / cfg.data.test, mask_func, recon_size, result.module.keep_kspace, contrasts)
+        extra["history"] = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history]
+    shown = set(pick_slices(dataset, EXAMPLE_SLICES))
+    volumes, slices, examples = {}, [], {}
+    for fname, pred, target, zf in iterate_volumes(dataset, predict, batch_size=1, progress=False):
         if target is None:
             raise input_error(fname, "test volume has no target", "the demo needs fully sampled test volumes")
-        results[fname] = volume_metrics(target, pred)
-        for f, s in keep:
+        volumes[fname] = volume_metrics(target, pred)
+        slices += [{"group": "all", "fname": fname, "slice": s, **row} for s, row in enumerate(slice_metrics(target, pred))]
+        for f, s in sorted(shown):
             if f == fname:
-                images[(f, s)] = pred[s]
-                targets[(f, s)] = target[s]
-    return results, images, targets
+                examples[f"{Path(f).stem}_slice{s}"] = {"target": target[s], "input": zf[s], "output": pred[s]}
+    extra["volumes"] = volumes
+    return RunOutcome(groups={"all": mean_metrics(volumes.values())}, slices=slices, examples=examples, extra=extra)
 
 
 def pick_slices(dataset: Any, n: int) -> list[tuple[str, int]]:
-    """``n`` test slices for the figure: the middle slice of the first ``n`` volumes (more from one if needed)."""
+    """``n`` test slices: the middle slice of the first ``n`` volumes (neighbouring slices when fewer volumes)."""
     keys = [dataset.slices.sample_key(i) for i in range(len(dataset.slices))]
     by_vol: dict[str, list[int]] = {}
     for f, s in keys:
         by_vol.setdefault(f, []).append(s)
-    names = sorted(by_vol)
     chosen: list[tuple[str, int]] = []
     for offset in (0, -1, 1, -2, 2):
-        for name in names:
+        for name in sorted(by_vol):
             sl = sorted(by_vol[name])
             idx = len(sl) // 2 + offset
             if 0 <= idx < len(sl) and (name, sl[idx]) not in chosen and len(chosen) < n:
@@ -158,35 +112,115 @@ def pick_slices(dataset: Any, n: int) -> list[tuple[str, int]]:
     return chosen
 
 
-def comparison_figure(slices: list[tuple[str, int]], targets: dict, images: dict[str, dict]) -> Any:
-    """Rows: slices; columns: target, each method, each method's |error| (x5)."""
-    import matplotlib
+# ---------------------------------------------------------------------------------------------- the preset
+def build_dataset(simulation: dict[str, Any] | None = None) -> Path:
+    """The embedded dataset with ``simulation`` options (``SimulationOptions`` fields; cached by option hash)."""
+    from mrlearn.data.simulate import SimulationOptions, default_dataset
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        options = SimulationOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in (simulation or {}).items()})
+    except TypeError as exc:
+        raise input_error("demo simulation", str(exc), "use SimulationOptions fields (matrix, slices, volumes, ...)") from None
+    return default_dataset(options, log=_say)
 
-    labels = list(images)
-    ncol = 1 + 2 * len(labels)
-    fig, axes = plt.subplots(len(slices), ncol, figsize=(2.1 * ncol, 2.2 * len(slices)), squeeze=False)
-    for r, key in enumerate(slices):
-        target = targets[key]
-        vmax = float(target.max()) or 1.0
-        panels = [("target", target, vmax)] + [(lab, images[lab][key], vmax) for lab in labels]
-        panels += [(f"|error| x5 {lab}", np.abs(images[lab][key] - target), vmax / 5) for lab in labels]
-        for c, (title, img, vm) in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(img, cmap="gray", vmin=0, vmax=vm)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=8)
-        axes[r, 0].set_ylabel(f"{key[0]}\nslice {key[1]}", fontsize=7)
-    fig.tight_layout()
-    return fig
+
+def run_demo(out: str | Path | None = None, quick: bool = False, config: str | Path = "demo",
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the demo study into ``out`` (default ``runs/demo``, ``runs/demo_quick`` with ``quick``), then write
+    ``metrics.csv`` and the demo ``report.html``; returns paths, per-method means and timings."""
+    from mrlearn.study import load_study, run_study
+
+    out = Path(out or ("runs/demo_quick" if quick else "runs/demo"))
+    t0 = time.perf_counter()
+    _say("demo: building (or reusing) the embedded dataset ...")
+    root = build_dataset(QUICK["simulation"] if quick else None)
+    t_data = time.perf_counter() - t0
+    sets = [f"data.root={root}", *(QUICK["set"] if quick else []), *overrides]
+    spec = load_study(config, sets)
+    out = run_study(spec, out, log=_say)
+    study_report = out / "report.html"
+    if study_report.is_file():
+        study_report.replace(out / "study_report.html")
+    results = {run.arm: _read_run(out / "runs" / run.run_id) for run in spec.runs() if run.seed == spec.seeds[0]}
+    results = {arm: r for arm, r in results.items() if r is not None}
+    csv_path = write_metrics_csv(out / "metrics.csv", results)
+    total = time.perf_counter() - t0
+    report = demo_report(spec, results, root, t_data, total)
+    means = {arm: {k: float(np.mean([v[k] for v in r["volumes"].values()])) for k in ("nmse", "psnr", "ssim")}
+             for arm, r in results.items()}
+    learned = {arm: out / "runs" / r["run_id"] for arm, r in results.items() if r["history"]}
+    return {"report": report.write(out), "metrics_csv": csv_path, "means": means, "seconds": total, "dataset": root,
+            "runs": learned, "convergence": {arm: r["convergence"] for arm, r in results.items()}}
+
+
+def _read_run(run_dir: Path) -> dict[str, Any] | None:
+    from mrlearn.study.results import read_result
+
+    result = read_result(run_dir)
+    if result is None:
+        return None
+    examples = {}
+    if (run_dir / "examples.npz").is_file():
+        with np.load(run_dir / "examples.npz") as data:
+            examples = {key: data[key] for key in data.files}
+    extra = result.get("extra") or {}
+    return {"run_id": result["run_id"], "volumes": extra.get("volumes", {}), "history": extra.get("history", []),
+            "seconds": result.get("seconds"), "convergence": (result.get("convergence") or {}).get("all") or {},
+            "examples": examples}
+
+
+def write_metrics_csv(path: Path, results: dict[str, dict[str, Any]]) -> Path:
+    """``method, volume, nmse, psnr, ssim``: one row per method and test volume."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["method", "volume", "nmse", "psnr", "ssim"])
+    for arm, r in results.items():
+        for vol, m in r["volumes"].items():
+            writer.writerow([arm, vol, f"{m['nmse']:.6g}", f"{m['psnr']:.6g}", f"{m['ssim']:.6g}"])
+    return atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------- the demo report
+def convergence_text(record: dict[str, Any], learned: bool) -> str:
+    """What the report says about a run's training: ``-`` (classical), converged, or NOT converged and why."""
+    if not learned:
+        return "- (not trained)"
+    steps, best, by = record.get("steps"), record.get("best_step"), record.get("stopped_by")
+    where = f"{steps} steps, best at step {best}, stopped by {by}"
+    if record.get("converged"):
+        return f"converged ({where})"
+    return f"NOT converged: still improving when stopped ({where})"
+
+
+def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over volumes per method, and its convergence status."""
+    rows = []
+    for arm, r in results.items():
+        row: dict[str, Any] = {"method": arm, "volumes": len(r["volumes"])}
+        for key, digits in (("nmse", 4), ("psnr", 2), ("ssim", 4)):
+            v = np.array([m[key] for m in r["volumes"].values()])
+            row[key.upper()] = f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+        row["training"] = convergence_text(r["convergence"], bool(r["history"]))
+        rows.append(row)
+    return rows
+
+
+def example_rows(results: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Per shown slice: a row ``target | each method`` and a row of each method's ``|error|`` (own scale)."""
+    rows: dict[str, list[tuple[str, np.ndarray]]] = {}
+    groups = sorted({key.split("/", 1)[0] for r in results.values() for key in r["examples"]})
+    for group in groups:
+        target = next((r["examples"][f"{group}/target"] for r in results.values() if f"{group}/target" in r["examples"]), None)
+        if target is None:
+            continue
+        outputs = [(arm, r["examples"][f"{group}/output"]) for arm, r in results.items() if f"{group}/output" in r["examples"]]
+        rows[group] = [("target", target), *outputs]
+        rows[f"{group}: |error|"] = [(f"|error| {arm}", np.abs(img - target)) for arm, img in outputs]
+    return rows
 
 
 def curves_figure(histories: dict[str, list[dict[str, float]]]) -> Any:
-    """Training loss and validation PSNR/SSIM per epoch of each learned method."""
+    """Training loss and validation PSNR/SSIM against optimiser steps, per learned method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,93 +229,59 @@ def curves_figure(histories: dict[str, list[dict[str, float]]]) -> Any:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for label, hist in histories.items():
         for ax, key in zip(axes, ("train_loss", "val_psnr", "val_ssim")):
-            pts = [(h["epoch"] + 1, h[key]) for h in hist if key in h]
+            pts = [(h.get("step", h["epoch"] + 1), h[key]) for h in hist if key in h]
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=label)
     for ax, title in zip(axes, ("training loss", "validation PSNR (dB)", "validation SSIM")):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimiser step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def summary_rows(per_method: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
-    """Mean +- std over volumes per method."""
-    rows = []
-    for label, res in per_method.items():
-        row: dict[str, Any] = {"method": label, "volumes": len(res)}
-        for key, digits in (("nmse", 4), ("psnr", 2), ("ssim", 4)):
-            v = np.array([r[key] for r in res.values()])
-            row[key.upper()] = f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
-        rows.append(row)
-    return rows
-
-
-def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    """Run the demo study into ``out``; returns a summary (paths, per-method means, timings)."""
+def demo_report(spec: Any, results: dict[str, dict[str, Any]], root: Path, t_data: float, total: float) -> Any:
+    """The demo's HTML report (see the module docstring)."""
     from mrlearn.evaluation.report import Report
-    from mrlearn.training.inference import classical_predictor, eval_dataset, module_predictor
 
-    t_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    _say("demo: building (or reusing) the embedded dataset ...")
-    root = build_dataset(cfg)
-    t_data = time.perf_counter() - t_start
-    mask_func = registry.build("mask", cfg.mask, "mask")
-    per_method: dict[str, dict[str, dict[str, float]]] = {}
-    images: dict[str, dict] = {}
-    histories: dict[str, list] = {}
-    timings: dict[str, float] = {}
-    targets: dict = {}
-    slices: list[tuple[str, int]] = []
-    for method in cfg.methods:
-        t0 = time.perf_counter()
-        if method.config is not None:
-            _say(f"demo: training {method.label} ...")
-            exp, result = train_learned(method, cfg, root, out)
-            histories[method.label] = result.history
-            predict = module_predictor(result.module, "cpu")
-            recon_size = tuple(exp.data.recon_size) if exp.data.recon_size else None
-            dataset = eval_dataset(root / exp.data.test, mask_func, recon_size, result.module.keep_kspace, [cfg.contrast])
-        else:
-            predict = classical_predictor(method.recon)
-            dataset = eval_dataset(root / "test", mask_func, None, True, [cfg.contrast])
-        if not slices:
-            slices = pick_slices(dataset, cfg.figure_slices)
-        res, imgs, tgts = evaluate_method(predict, dataset, method.label, set(slices))
-        per_method[method.label], images[method.label] = res, imgs
-        targets.update(tgts)
-        timings[method.label] = time.perf_counter() - t0
-    # metrics.csv: one row per method and volume
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "volume", "nmse", "psnr", "ssim"])
-    for label, res in per_method.items():
-        for vol, m in res.items():
-            writer.writerow([label, vol, f"{m['nmse']:.6g}", f"{m['psnr']:.6g}", f"{m['ssim']:.6g}"])
-    csv_path = atomic_write_text(out / "metrics.csv", buf.getvalue())
-    means = {label: {k: float(np.mean([r[k] for r in res.values()])) for k in ("nmse", "psnr", "ssim")}
-             for label, res in per_method.items()}
-    total = time.perf_counter() - t_start
-    report = Report(cfg.title)
-    mask_txt = ", ".join(f"{k}={v}" for k, v in cfg.mask.items() if k != "name")
-    report.add_text(f"Embedded dataset at {root} (contrast {cfg.contrast}); test volumes: "
-                    f"{len(next(iter(per_method.values())))}. Undersampling: {cfg.mask['name']} mask ({mask_txt}), "
-                    "fixed per test volume. Metrics are fastMRI's, per volume (NMSE, PSNR and SSIM with the target "
-                    "volume maximum as data range), shown as mean ± standard deviation over volumes.", title="Setup")
-    report.add_table("Metrics (test volumes)", summary_rows(per_method))
+    report = Report(spec.description.splitlines()[0] if spec.description else f"mrlearn demo ({spec.name})")
+    n_vol = len(next(iter(results.values()))["volumes"]) if results else 0
+    report.add_text(f"Dataset: {root} ({n_vol} test volumes). Every method is scored on the same test volumes with "
+                    "the same undersampling masks, fixed per file. Learned methods were trained on the train volumes "
+                    "and are scored with their best checkpoint by validation. Metrics are fastMRI's, per volume (NMSE, "
+                    "PSNR and SSIM with the target volume maximum as data range), shown as mean ± standard deviation "
+                    "over volumes. The generic study report (paired differences, intervals) is study_report.html.",
+                    title="Setup")
+    report.add_table("Metrics (test volumes)", summary_rows(results))
     report.add_table("Run time", [{"step": "dataset", "seconds": round(t_data, 1)}] +
-                     [{"step": k, "seconds": round(v, 1)} for k, v in timings.items()] + [{"step": "total", "seconds": round(total, 1)}])
-    if slices and targets:
-        report.add_figure("Examples", comparison_figure(slices, targets, images),
-                          caption="Target, reconstructions and absolute error maps (x5) on test slices; same grey scale per row.")
+                     [{"step": arm, "seconds": r["seconds"]} for arm, r in results.items()] +
+                     [{"step": "total", "seconds": round(total, 1)}])
+    rows = example_rows(results)
+    if rows:
+        report.add_images("Examples", rows, caption="Test slices: target and each method on one grey scale per "
+                          "row; below, each method's absolute error on its own scale.")
+    histories = {arm: r["history"] for arm, r in results.items() if r["history"]}
     if histories:
-        report.add_figure("Training curves", curves_figure(histories), caption="Per epoch; validation on the val volumes.")
-    import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt
 
-    plt.close("all")
-    report_path = report.write(out)
-    return {"report": report_path, "metrics_csv": csv_path, "means": means, "seconds": total, "dataset": root,
-            "runs": {label: out / "runs" / _slug(label) for label in histories}}
+        report.add_figure("Training curves", curves_figure(histories),
+                          caption="Training loss per epoch and validation metrics on the val volumes, against steps.")
+        plt.close("all")
+    return report
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The command's closing lines: per-method means, convergence of the learned ones, where the outputs are."""
+    print(f"mrlearn demo: finished in {summary['seconds']:.0f} s")
+    for label, m in summary["means"].items():
+        conv = summary["convergence"].get(label) or {}
+        note = "" if label not in summary["runs"] else ("  converged" if conv.get("converged") else "  NOT converged")
+        print(f"  {label:<14} NMSE {m['nmse']:.4f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}{note}")
+    print(f"  report:  {summary['report']}")
+    print(f"  metrics: {summary['metrics_csv']}")
+    for label, run_dir in summary["runs"].items():
+        print(f"  {label} run: {run_dir}")
+
+
+__all__ = ["QUICK", "build_dataset", "run_demo", "study_runner", "write_metrics_csv", "demo_report", "print_summary"]

@@ -64,13 +64,21 @@ def build_method(cfg: ExperimentConfig) -> ReconModule:
     return registry.build("method", section, "method", model=model, loss=loss, cfg=cfg)
 
 
-def _resume_checkpoint(run_dir: Path, resume: bool) -> Path | None:
-    """``last.ckpt`` to resume from (validated), None to start from step 0; one-line errors otherwise."""
+def _resume_checkpoint(run_dir: Path, resume: bool, max_epochs: int | None = None) -> Path | None:
+    """``last.ckpt`` to resume from (validated), None to start from step 0; one-line errors otherwise.
+
+    Checked before the run folder is touched: a checkpoint further on than ``max_epochs`` (Lightning refuses it)
+    is an error naming ``trainer.max_epochs``, and the folder's ``run.json`` / ``config.yaml`` stay as they were."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if not resume:
         return None
     if last.is_file():
-        load_checkpoint(last)  # empty / truncated / foreign files: one line before Lightning sees them
+        ckpt = load_checkpoint(last)  # empty / truncated / foreign files: one line before Lightning sees them
+        progress = ((ckpt.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
+        done = int((progress.get("current") or {}).get("completed", ckpt.get("epoch", 0)))
+        if max_epochs is not None and max_epochs >= 0 and done > max_epochs:
+            raise input_error("trainer.max_epochs", f"{max_epochs} is below the {done} epochs {last} has already "
+                              "trained", f"set trainer.max_epochs to {done + 1} or more to continue the run")
         return last
     if (run_dir / "run.json").is_file():
         print(f"mrlearn: {run_dir}: no checkpoint was written before the run stopped; starting it from step 0",
@@ -111,7 +119,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     module = build_method(cfg)
     datamodule = make_datamodule(cfg, module)
     trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=getattr(module, "checkpoint_monitor", ("val_ssim", "max")))
-    ckpt_path = _resume_checkpoint(run_dir, resume) if trainer.is_global_zero else (
+    ckpt_path = _resume_checkpoint(run_dir, resume, cfg.trainer.max_epochs) if trainer.is_global_zero else (
         run_dir / "checkpoints" / "last.ckpt" if resume and (run_dir / "checkpoints" / "last.ckpt").is_file() else None)
     with RunFolder(run_dir, dump_config(cfg), cfg.seed, resume=resume, rank=trainer.global_rank,
                    extra={"name": cfg.name, "resumed": resume}) as run:

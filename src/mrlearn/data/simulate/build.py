@@ -113,8 +113,12 @@ def simulate_dataset(out_dir: str | Path | None, options: SimulationOptions | No
     recon_hw, kspace_hw = tuple(options.matrix), options.kspace_hw
     header = make_ismrmrd_header(kspace_hw, recon_hw, fov_mm=(kspace_hw[0] * options.pixel_mm,
                                                                kspace_hw[1] * options.pixel_mm, spacing))
-    for split in SPLITS:
-        (root / split).mkdir(parents=True, exist_ok=True)
+    try:
+        for split in SPLITS:
+            (root / split).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only or full disk, a file in the way
+        raise input_error(root, f"cannot create the dataset folders ({exc.strerror or exc})",
+                          "choose a writable --out folder") from None
     files: list[dict[str, Any]] = []
     for s_idx, split in enumerate(SPLITS):
         for contrast in options.contrasts:

@@ -72,8 +72,13 @@ class ColumnMaskFunc(MaskFunc):
                               f"{n_low} centre columns (fraction {center_fraction:g}) exceed the "
                               f"{width / acceleration:.1f} columns allowed by acceleration {acceleration:g} at width "
                               f"{width}", "lower the centre fraction or the acceleration")
-        others = self.other_columns(width, acceleration, offset, n_low, rng)
-        return geometry.columns(center_columns(width, n_low) | others), n_low
+        cols = center_columns(width, n_low) | self.other_columns(width, acceleration, offset, n_low, rng)
+        if not cols.any():  # a mask that samples nothing gives all-zero images, never a result
+            raise input_error("mask accelerations",
+                              f"acceleration {acceleration:g} with centre fraction {center_fraction:g} samples no "
+                              f"column at width {width} ({width / acceleration:.2g} expected)",
+                              "use a lower acceleration or a centre fraction of at least 1 / width")
+        return geometry.columns(cols), n_low
 
     def other_columns(self, width: int, acceleration: float, offset: int | None, n_low: int,
                       rng: np.random.RandomState) -> np.ndarray:

@@ -1,0 +1,142 @@
+"""The shipped study presets keep the protocol of a fair comparison: at least 3 seeds, a declared budget policy,
+early stopping (or a solver tolerance) for every trained arm, named folders, scores on a split other than the one
+that selects the models, zero-filled reference rows, paper figures only where labelled; and ``--set`` can change
+their seeds, grid and arms. No training here (run configs are only built)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mrlearn.config import resolve_config_path
+from mrlearn.study import load_study, run_config
+from mrlearn.yamlfile import read_yaml_file
+
+FAMILIES = ("mtl_contrasts", "ssl_vs_supervised", "layerwise_study")
+PRESETS = [f + suffix for f in FAMILIES for suffix in ("", "_gpu", "_tiny")] + ["mtl_knee_fastmri"]
+REFERENCE_METHODS = ("reference",)
+
+
+def _configs(name: str, tmp_path: Path):
+    spec = load_study(name)
+    return spec, {r.run_id: (r, run_config(spec, r, tmp_path / r.run_id)) for r in spec.runs()}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_protocol(name, tmp_path):
+    spec, configs = _configs(name, tmp_path)
+    assert len(spec.seeds) >= 3 and spec.budget == "to_convergence"
+    assert spec.summary.get("baseline") in spec.arms
+    raw = read_yaml_file(resolve_config_path(name))
+    text = resolve_config_path(name).read_text()
+    # the folders are named in the preset itself (inline base, or set: items)
+    named = raw["base"].get("data", {}) if isinstance(raw["base"], dict) else {
+        s.split("=")[0].split(".")[1]: s for s in raw.get("set", []) if s.startswith("data.")}
+    assert {"train", "val", "test"} <= set(named), name
+    for rid, (run, cfg) in configs.items():
+        d = cfg.data
+        assert len({d.train, d.val, d.test}) == 3, rid  # selection split != scored split
+        method = cfg.method.get("name")
+        tasks = cfg.extra.get("tasks")
+        if tasks is not None:
+            assert tasks.eval_split == "test", rid
+        if method in REFERENCE_METHODS:
+            continue
+        if method in ("layerwise_convex",):  # to tolerance: a real tolerance and a cap far above typical use
+            assert cfg.method["tol"] <= 1e-6 and cfg.method["max_iter"] >= 1000, rid
+            assert cfg.method["num_patterns"] >= (128 if not name.endswith("_tiny") else 8), rid
+        elif method == "layerwise_greedy":  # per-block budget, best epoch per block by validation
+            assert cfg.method["epochs_per_block"] >= 4 and cfg.trainer.val_every == 1 or name.endswith("_tiny"), rid
+        else:
+            es = cfg.trainer.early_stopping
+            assert es is not None and es.monitor and es.patience >= 2, rid
+            if method in ("ssdu", "ssl_distill"):  # self-supervised: selected without fully sampled images
+                assert es.monitor == "val_loss", rid
+    # zero-filled reference row wherever the runner can score one (layer-wise: extra.zero_filled of every run)
+    if spec.runner in ("mtl", "ssl"):
+        assert any(cfg.method.get("name") == "reference" and cfg.method.get("recon") == "zero_filled"
+                   for _, cfg in configs.values())
+    # paper figures only where labelled as the paper's
+    for figure in ("33.11", "33.40", "32.71", "0.06 dB"):
+        for line in text.splitlines():
+            if figure in line:
+                window = text[max(0, text.index(line) - 300): text.index(line) + len(line)]
+                assert "paper" in window or "seed's figures" in window, (name, line)
+
+
+def test_cpu_presets_set_the_protocol_sizes(tmp_path):
+    spec, configs = _configs("mtl_contrasts", tmp_path)
+    assert set(spec.arms) == {"zero_filled", "stl", "pooled", "transfer", "mtl_dwa_early", "mtl_equal_early",
+                              "mtl_unc_middle"}
+    first = next(cfg for _, cfg in configs.values()).extra["tasks"]
+    assert first.tasks[0]["contrasts"] == ["PD"] and spec.grid["tasks.tasks.1.contrasts"][0] == ["PDFS"]
+    spec, configs = _configs("ssl_vs_supervised", tmp_path)
+    assert {"zero_filled", "cs", "supervised", "ssdu"} <= set(spec.arms)
+    assert all(cfg.mask.get("fixed_per_slice") is True for _, cfg in configs.values())
+    spec, configs = _configs("layerwise_study", tmp_path)
+    masks = {m["name"] for m in spec.grid["mask"]}
+    assert masks == {"poisson", "random"}
+    e2e = next(cfg for run, cfg in configs.values() if run.arm == "end_to_end")
+    assert (e2e.method["lr_step_epochs"], e2e.method["lr_gamma"]) == (10, 0.5)
+    assert (e2e.model["num_blocks"], e2e.model["hidden"], e2e.model["kernel_size"]) == (5, 256, 7)
+    gpu = load_study("layerwise_study_gpu")
+    assert gpu.arms["greedy_drop_f"]["model.scheme"] == "drop_f"
+
+
+def test_set_changes_seeds_grid_and_arms_of_a_preset():
+    sets = ["seeds=[4]", "grid.tasks.tasks.1.slice_count=[12]", "arms=[stl, mtl_dwa_early]"]
+    spec = load_study("mtl_contrasts", sets)
+    assert [r.run_id for r in spec.runs()] == ["stl__contrasts-PDFS__slice_count-12__seed4",
+                                               "mtl_dwa_early__contrasts-PDFS__slice_count-12__seed4"]
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    """PD and PD-FS phantom volumes (32 x 32, 2 coils, 2/1/1 volumes x 2 slices) with noiseless references."""
+    from mrlearn.data.simulate import SimulationOptions, simulate_dataset
+
+    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=2, volumes=(2, 1, 1), contrasts=("PD", "PDFS"),
+                             coils=2)
+    return Path(simulate_dataset(tmp_path_factory.mktemp("presets") / "data", opts))
+
+
+def _run_tiny(name: str, data: Path, out: Path, *sets: str) -> list[dict]:
+    import csv
+
+    import torch
+
+    from mrlearn.study import run_study
+
+    torch.set_num_threads(1)
+    spec = load_study(name, [f"data.root={data}", "seeds=[0]", *sets])
+    run_study(spec, out, log=lambda s: None)
+    with open(out / "study.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_mtl_tiny_preset_scores_test_split_against_both_references_with_a_zero_filled_row(phantom, tmp_path):
+    rows = _run_tiny("mtl_contrasts_tiny", phantom, tmp_path / "mtl", "arms=[zero_filled, stl, mtl_dwa_early]")
+    assert {(r["arm"], r["group"]) for r in rows} == {(a, g) for a in ("zero_filled", "stl", "mtl_dwa_early")
+                                                      for g in ("pd", "scarce")}
+    for r in rows:  # simulated data: metrics against the RSS target and against the noiseless image, side by side
+        assert float(r["psnr_noiseless"]) > 0 and 0 < float(r["ssim_noiseless"]) <= 1
+        if r["arm"] != "zero_filled":  # the convergence record of every trained run
+            assert r["stopped_by"] in ("early_stopping", "max_steps") and int(r["steps"]) <= 40
+    import json
+
+    zf = json.loads(next((tmp_path / "mtl" / "runs").glob("zero_filled__*/result.json")).read_text())
+    trained = json.loads(next((tmp_path / "mtl" / "runs").glob("stl__*/result.json")).read_text())
+    # the reference row is the zero-filled input that the trained runs also scored (same test volumes, same masks)
+    for task in ("pd", "scarce"):
+        assert zf["groups"][task]["psnr"] == pytest.approx(trained["extra"]["zero_filled"][task]["psnr"], abs=1e-9)
+        assert zf["groups"][task]["volumes"] == 1  # the single test volume of each contrast, not the val volume
+
+
+def test_ssl_tiny_preset_has_reference_rows_and_noiseless_columns(phantom, tmp_path):
+    rows = _run_tiny("ssl_vs_supervised_tiny", phantom, tmp_path / "ssl", "data.contrasts=[PD]")
+    assert {r["arm"] for r in rows} == {"zero_filled", "cs", "supervised", "ssdu"}
+    assert all(float(r["psnr_noiseless"]) > 0 for r in rows)
+    trained = {r["arm"]: r for r in rows if r["arm"] in ("supervised", "ssdu")}
+    assert all(r["stopped_by"] in ("early_stopping", "max_steps") for r in trained.values())
+
