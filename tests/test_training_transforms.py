@@ -195,3 +195,23 @@ def test_sample_docstring_examples_run():
 
     result = doctest.testmod(sample, verbose=False)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_fixed_per_slice_keeps_one_training_mask_per_slice_across_epochs(mask_func):
+    s = raw_sample(w=64, h=24)
+    fixed = ReconTransform(mask_func, seed=3, train=True, keep_kspace=True, fixed_per_slice=True)
+    redrawn = ReconTransform(mask_func, seed=3, train=True, keep_kspace=True)
+    masks = {(i, e): fixed(s, index=i, epoch=e).mask for i in (0, 1) for e in (0, 1, 5)}
+    assert all(torch.equal(masks[(i, 0)], masks[(i, e)]) for i in (0, 1) for e in (1, 5))
+    assert not torch.equal(masks[(0, 0)], masks[(1, 0)])  # each slice its own acquisition
+    assert torch.equal(redrawn(s, index=0, epoch=0).mask, masks[(0, 0)])  # epoch 0 is the same draw
+    assert not all(torch.equal(redrawn(s, index=0, epoch=e).mask, masks[(0, 0)]) for e in (1, 5))
+
+
+def test_fixed_per_slice_must_be_a_boolean():
+    from mrlearn.data.transforms import fixed_per_slice
+    from mrlearn.errors import MrlearnError
+
+    assert fixed_per_slice({"name": "random"}) is False and fixed_per_slice({}, default=True) is True
+    with pytest.raises(MrlearnError, match="mask.fixed_per_slice"):
+        fixed_per_slice({"fixed_per_slice": "yes"})

@@ -208,3 +208,15 @@ def safe_child(root: str | Path, name: str, where: str = "name") -> Path:
         raise input_error(where, f"{name!r} would write outside {root}",
                           "use a plain name (letters, digits, - _ .); set the folder with --out")
     return Path(root) / p
+
+
+def read_text(path: str | Path, what: str = "text") -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or non-UTF-8 file is a one-line error naming it."""
+    p = Path(path)
+    try:
+        return p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise input_error(p, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                          f"save the {what} as UTF-8") from None
+    except OSError as exc:
+        raise input_error(p, f"cannot read the file ({exc.strerror or exc})", "check the path and its permissions") from None

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from mrlearn.errors import input_error
+from mrlearn.io import read_text
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -37,13 +38,7 @@ def yaml_load(text: str) -> Any:
 def read_yaml_file(path: str | Path) -> Any:
     """The YAML document in ``path``; unreadable, non-UTF-8 or malformed files are one-line errors."""
     p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise input_error(p, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
-                          "save the file as UTF-8") from None
-    except OSError as exc:
-        raise input_error(p, f"cannot read the file ({exc.strerror or exc})", "check the path and its permissions") from None
+    text = read_text(p, "file")
     try:
         return yaml_load(text)
     except yaml.YAMLError as exc:

@@ -3,7 +3,9 @@
 Mask (``[1, 1, W]`` column mask or ``[1, H, W]`` 2-D mask, float32 0/1, broadcast over coils):
   * the file's own ``mask`` when it has one (test/challenge files: already undersampled);
   * training: a random mask drawn with ``mask_func(shape, seed=(seed, epoch, index))`` so that a run resumed
-    mid-epoch sees exactly the same masks;
+    mid-epoch sees exactly the same masks; with ``fixed_per_slice`` the epoch is left out (``epoch = 0``), so each
+    training slice keeps one mask for the whole run, as a real undersampled acquisition has (``mask.fixed_per_slice``
+    in a config);
   * validation/test: ``mask_func(shape, seed=file_seed(fname))``, fastMRI's per-file seed (the same for every
     slice, every run, and the mask fastMRI's code draws for that file);
   * columns outside the file's ``padding`` (acquired columns ``[left, right)``) are zeroed.
@@ -78,12 +80,14 @@ class ReconTransform:
 
     ``mask_func`` is a MaskFunc (``physics.masks``) or None (no retrospective undersampling: fully sampled
     input unless the file carries a mask). ``train`` selects random (seeded by ``(seed, epoch, index)``) vs.
-    per-file fixed masks. ``recon_size`` overrides the sample's ``recon_size``.
+    per-file fixed masks; ``fixed_per_slice`` keeps one training mask per slice. ``recon_size`` overrides the
+    sample's ``recon_size``.
     """
 
     def __init__(self, mask_func: MaskFunc | None, seed: int = 0, train: bool = False,
-                 recon_size: tuple[int, int] | None = None, keep_kspace: bool = False):
+                 recon_size: tuple[int, int] | None = None, keep_kspace: bool = False, fixed_per_slice: bool = False):
         self.mask_func, self.seed, self.train = mask_func, int(seed), train
+        self.fixed_per_slice = bool(fixed_per_slice)
         self.recon_size = tuple(recon_size) if recon_size is not None else None
         self.keep_kspace = keep_kspace
 
@@ -94,7 +98,8 @@ class ReconTransform:
         elif self.mask_func is None:
             return None
         elif self.train:
-            mask = mask_to_tensor(self.mask_func(shape, seed=(self.seed, int(epoch), int(index)))[0], shape)
+            draw = 0 if self.fixed_per_slice else int(epoch)
+            mask = mask_to_tensor(self.mask_func(shape, seed=(self.seed, draw, int(index)))[0], shape)
         else:
             mask = mask_to_tensor(self.mask_func(shape, seed=file_seed(str(sample["fname"])))[0], shape)
         padding = sample.get("padding")
@@ -169,3 +174,13 @@ def denormalise(output: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
 def normalise_target(target: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Target ``[B, 1, h, w]`` (data units) -> the network's units: ``clamp((t - mean) / std, -6, 6)``."""
     return ((target - mean.reshape(-1, 1, 1, 1)) / std.reshape(-1, 1, 1, 1)).clamp(-6, 6)
+
+
+def fixed_per_slice(mask_section: dict[str, Any] | None, default: bool = False) -> bool:
+    """``fixed_per_slice`` of a config's ``mask`` section (``default`` when absent); one-line error if not a bool."""
+    from mrlearn.errors import input_error
+
+    value = (mask_section or {}).get("fixed_per_slice", default)
+    if not isinstance(value, bool):
+        raise input_error("mask.fixed_per_slice", f"expected true or false, got {value!r}", "e.g. fixed_per_slice: true")
+    return value

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mrlearn.errors import input_error
+from mrlearn.io import read_text
 
 B_SCALE = 1e-3  # s/mm^2 * um^2/ms -> dimensionless
 
@@ -109,13 +110,7 @@ def load_protocol(source: str | Path | Sequence[float], where: str = "protocol")
         path = Path(source)
         if not path.is_file():
             raise input_error(path, "protocol file not found", "give a text file of b-values (e.g. 'b.txt')")
-        try:
-            text = path.read_bytes().decode("utf-8").replace(",", " ")
-        except UnicodeDecodeError as exc:
-            raise input_error(path, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
-                              "save the b-values as plain text numbers") from None
-        except OSError as exc:
-            raise input_error(path, f"cannot read the file ({exc.strerror or exc})", "check its permissions") from None
+        text = read_text(path, "b-values").replace(",", " ")
         try:
             values = [float(tok) for tok in text.split()]
         except ValueError:

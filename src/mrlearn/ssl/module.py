@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mrlearn.config import ExperimentConfig
-from mrlearn.data.transforms import ReconTransform
+from mrlearn.data.transforms import ReconTransform, fixed_per_slice
 from mrlearn.errors import MrlearnError, input_error
 from mrlearn.mtl.module import MultiTaskModule
 from mrlearn.physics.complex import crop_or_pad
@@ -66,21 +66,6 @@ def magnitude(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     return mag * batch["scale"].to(mag.dtype).reshape(-1, 1, 1)
 
 
-def fixed_per_slice(cfg: ExperimentConfig, default: bool = True) -> bool:
-    """``mask.fixed_per_slice`` of ``cfg`` (``default`` when absent); a one-line error when not a boolean."""
-    value = (cfg.mask or {}).get("fixed_per_slice", default)
-    if not isinstance(value, bool):
-        raise input_error("mask.fixed_per_slice", f"expected true or false, got {value!r}", "e.g. fixed_per_slice: true")
-    return value
-
-
-class SliceMaskTransform(ReconTransform):
-    """``ReconTransform`` whose training mask is fixed per slice: drawn with epoch 0 in every epoch."""
-
-    def select_mask(self, sample: dict[str, Any], shape: tuple[int, int], index: int, epoch: int) -> torch.Tensor | None:
-        return super().select_mask(sample, shape, index, 0)
-
-
 class _SelfSupervised(ReconModule):
     """Shared pieces: split options, maps, inference on Omega, the held-out validation loss."""
 
@@ -101,8 +86,8 @@ class _SelfSupervised(ReconModule):
     def build_transform(self, mask_func: Any, split: str) -> ReconTransform:
         """The data module's sample transform: one training mask per slice unless ``mask.fixed_per_slice: false``."""
         recon = tuple(self.cfg.data.recon_size) if self.cfg.data.recon_size else None
-        cls = SliceMaskTransform if fixed_per_slice(self.cfg) else ReconTransform
-        return cls(mask_func, seed=self.cfg.seed, train=split == "train", recon_size=recon, keep_kspace=True)
+        return ReconTransform(mask_func, seed=self.cfg.seed, train=split == "train", recon_size=recon, keep_kspace=True,
+                              fixed_per_slice=fixed_per_slice(self.cfg.mask, default=True))
 
     def inference_model(self) -> nn.Module:
         return self.model

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mrlearn import registry
 from mrlearn.config import ExperimentConfig
 from mrlearn.data.dataset import SliceDataset, list_volumes
-from mrlearn.data.transforms import ReconTransform
+from mrlearn.data.transforms import ReconTransform, fixed_per_slice
 from mrlearn.errors import input_error
 
 
@@ -172,7 +172,8 @@ class ReconDataModule(L.LightningDataModule):
                 transform = self.transform_factory(self.mask_func, split)
             else:
                 transform = ReconTransform(self.mask_func, seed=self.cfg.seed, train=split == "train", recon_size=recon,
-                                           keep_kspace=self.keep_kspace)
+                                           keep_kspace=self.keep_kspace,
+                                           fixed_per_slice=fixed_per_slice(self.cfg.mask))
             self.datasets[split] = TransformedDataset(split_dataset(self.cfg, split), transform)
         return self.datasets[split]
 
