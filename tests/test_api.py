@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import mrlearn
 
@@ -70,7 +69,7 @@ def test_reconstruct_cli_set_options_and_one_line_errors(tmp_path, capsys):
 
 def test_load_model_reconstructs_without_config_yaml(tmp_path):
     """A checkpoint saved by training, moved away from its run folder, still loads and reconstructs."""
-    torch = pytest.importorskip("torch")
+    import torch
     from mrlearn.api.model import LoadedModel, _config
     from mrlearn.config import config_from_dict
     from mrlearn.training.runner import build_method

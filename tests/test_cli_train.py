@@ -13,7 +13,6 @@ from mrlearn.cli import main
 from mrlearn.data.fastmri import read_kspace, read_reconstruction, write_volume
 from mrlearn.physics.masks import EquiSpacedMaskFunc, file_seed
 
-pytest.importorskip("mrlearn.evaluation.metrics")
 
 
 @pytest.fixture(scope="module")

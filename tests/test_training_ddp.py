@@ -12,7 +12,6 @@ import torch
 
 from helpers_training import TINY_SET, tiny_dataset
 
-pytest.importorskip("mrlearn.evaluation.metrics")
 
 from mrlearn import registry  # noqa: E402
 from mrlearn.config import load_config  # noqa: E402

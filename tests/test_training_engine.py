@@ -15,7 +15,6 @@ from helpers_training import run_python, tiny_config, tiny_dataset
 from mrlearn.config import config_from_dict
 from mrlearn.errors import MrlearnError
 
-pytest.importorskip("mrlearn.evaluation.metrics")
 
 from mrlearn.evaluation import metrics  # noqa: E402
 from mrlearn.training.checkpoint import load_checkpoint  # noqa: E402

@@ -8,7 +8,6 @@ import torch
 
 from mrlearn import registry
 
-pytest.importorskip("mrlearn.evaluation.metrics")
 
 
 def test_l1_l2_closed_forms():
