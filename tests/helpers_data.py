@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,3 +60,14 @@ def write_test_volume(path: Path, *, slices: int = 2, coils: int | None = 3, h: 
         tgt = full[:, top : top + rh, left : left + rw]
     hdr = make_ismrmrd_header((h, w), (rh, rw), enc_center=w // 2 - 1, enc_max=w - 3) if header else None
     return write_volume(path, k, target=tgt, acquisition=acquisition, patient_id=f"p{seed}", header=hdr)
+
+
+def write_tiny_splits(root: Path, splits: tuple[tuple[str, tuple[int, ...]], ...] = (("train", (0, 1)), ("val", (2,))),
+                      **volume: Any) -> Path:
+    """``root/data/<split>/v<seed>.h5`` volumes (2 slices, 3 coils, 16 x 16, no header by default); returns ``root``."""
+    options = {"slices": 2, "coils": 3, "h": 16, "w": 16, "header": False, "recon": (16, 16), **volume}
+    for split, seeds in splits:
+        (root / "data" / split).mkdir(parents=True, exist_ok=True)
+        for s in seeds:
+            write_test_volume(root / "data" / split / f"v{s}.h5", seed=s, **options)
+    return root

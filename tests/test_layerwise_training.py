@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers_data import write_test_volume  # noqa: E402
+from helpers_data import write_tiny_splits  # noqa: E402
 
 from mrlearn.config import config_from_dict  # noqa: E402
 from mrlearn.errors import MrlearnError  # noqa: E402
@@ -33,13 +33,7 @@ def _cfg(tmp_path, method, epochs=2, **model):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lw")
-    for split, seeds in (("train", (0, 1)), ("val", (2,))):
-        (root / "data" / split).mkdir(parents=True)
-        for s in seeds:
-            write_test_volume(root / "data" / split / f"v{s}.h5", slices=2, coils=3, h=16, w=16, seed=s,
-                              header=False, recon=(16, 16))
-    return root
+    return write_tiny_splits(tmp_path_factory.mktemp("lw"))
 
 
 def _batch(root, n=4):

@@ -32,7 +32,11 @@ YamlLoader.add_implicit_resolver(
 
 def yaml_load(text: str) -> Any:
     """Parse YAML text safely (no Python objects) with YAML 1.2 floats (:class:`YamlLoader`)."""
-    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
+    loader = YamlLoader(text)  # a SafeLoader: plain data only, never Python objects
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml_file(path: str | Path) -> Any:
