@@ -55,7 +55,7 @@ def test_preset_protocol(name, tmp_path):
                 assert es.monitor == "val_loss", rid
     # zero-filled reference row wherever the runner can score one (layer-wise: extra.zero_filled of every run)
     if spec.runner in ("mtl", "ssl"):
-        assert any(cfg.method.get("name") == "reference" and cfg.method.get("recon") == "zero_filled"
+        assert any(cfg.method.get("name") == "reference" and cfg.method.get("recon") == "zero-filled"
                    for _, cfg in configs.values())
     # paper figures only where labelled as the paper's
     for figure in ("33.11", "33.40", "32.71", "0.06 dB"):

@@ -34,7 +34,7 @@ def zero_filled_psnr(root: Path, split: str, *extra: str) -> float:
     from mrlearn.training.data import ReconDataModule
     from mrlearn.training.runner import build_method
 
-    cfg = load_config("ssl_tiny", [f"data.root={root}", *TINY, *extra, "method={name: reference, recon: zero_filled}"])
+    cfg = load_config("ssl_tiny", [f"data.root={root}", *TINY, *extra, "method={name: reference, recon: zero-filled}"])
     return score(build_method(cfg), ReconDataModule(cfg, keep_kspace=True).eval_loader(split)).groups["all"]["psnr"]
 
 
@@ -105,7 +105,7 @@ def test_plain_distillation_collapses_and_the_monitor_stops_the_run(data, tmp_pa
     ("method.num_masks=0", "method.num_masks: must be at least 1"),
     ("method.selection=box", "method.selection: expected one of 'uniform', 'gaussian'"),
     ("method={name: ssl_distill, variant: dino}", "method.variant: expected one of 'plain', 'anchored'"),
-    ("method={name: reference, recon: cs}", "method: 'reference' reconstructions are not trained"),
+    ("method={name: reference, recon: cs-l1}", "method: 'reference' reconstructions are not trained"),
 ])
 def test_bad_settings_are_one_line_errors(data, tmp_path, capsys, setting, fragment):
     args = ["train", "--config", "ssl_tiny", "--out", str(tmp_path / "bad"), "--set", f"data.root={data}", "--set", setting]
@@ -168,8 +168,8 @@ def test_study_runner_scores_references_and_ssdu_on_the_test_split(data, tmp_pat
 
     study = {"name": "tiny_ssl", "base": "ssl_tiny", "runner": "ssl", "seeds": [0],
              "set": [f"data.root={data}", *TINY, *MASK3, "trainer.max_epochs=4"],
-             "arms": {"zero_filled": {"method": {"name": "reference", "recon": "zero_filled"}},
-                      "cs": {"method": {"name": "reference", "recon": "cs", "cs_iters": 10}},
+             "arms": {"zero_filled": {"method": {"name": "reference", "recon": "zero-filled"}},
+                      "cs": {"method": {"name": "reference", "recon": "cs-l1", "options": {"max_iter": 10}}},
                       "ssdu": {"method": {"name": "ssdu", "centre": [2, 2]}}},
              "summary": {"baseline": "zero_filled"}}
     path = tmp_path / "study.yaml"

@@ -17,7 +17,7 @@ from mrlearn.errors import MrlearnError
 
 
 from mrlearn.evaluation import metrics  # noqa: E402
-from mrlearn.training.checkpoint import load_checkpoint  # noqa: E402
+from mrlearn.engine.checkpoint import load_checkpoint  # noqa: E402
 from mrlearn.training.runner import load_module, train  # noqa: E402
 
 

@@ -88,7 +88,7 @@ class LoadedModel:
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a trained checkpoint (``best.ckpt``/``last.ckpt``) as a :class:`LoadedModel`; no config file needed."""
-    from mrlearn.training.checkpoint import load_checkpoint
+    from mrlearn.engine.checkpoint import load_checkpoint
     from mrlearn.training.runner import load_module
 
     path = Path(checkpoint)

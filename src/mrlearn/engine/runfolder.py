@@ -11,8 +11,6 @@ one-line reason, and always releases the lock. A NaN/Inf stop (:class:`~mrlearn.
 its message completed by what remains in ``checkpoints/`` (:func:`describe_checkpoints`), so it never claims a
 checkpoint that does not exist.
 
-:class:`RunInfo` is the older, lock-free ``run.json`` writer kept for callers that manage their folder themselves;
-new code uses :class:`RunFolder`.
 """
 
 from __future__ import annotations
@@ -26,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from mrlearn.errors import NonFiniteError, RunInterrupted, input_error
-from mrlearn.io import FolderLock, atomic_write_bytes, atomic_write_text, read_json, safe_child, write_json
+from mrlearn.io import FolderLock, atomic_write_text, read_json, write_json
 
-__all__ = ["RunFolder", "RunInfo", "safe_child", "describe_checkpoints", "atomic_write_bytes", "atomic_write_text",
-           "write_json", "read_json"]
+__all__ = ["RunFolder", "describe_checkpoints"]
 
 #: files whose presence means a folder already holds a run
 RUN_MARKERS = ("run.json", "checkpoints/last.ckpt", "metrics.json")
@@ -165,32 +162,3 @@ class RunFolder:
             self.lock.release()
         if note is not None:
             raise note from None
-
-
-class RunInfo:
-    """``run.json`` without a lock: seed, versions, git revision, command line, status (running/finished/failed).
-
-    Kept for callers that manage their folder themselves; :class:`RunFolder` is the full lifecycle.
-    """
-
-    def __init__(self, run_dir: str | Path, seed: int | None, extra: dict[str, Any] | None = None):
-        self.path = Path(run_dir) / "run.json"
-        previous = read_json(self.path) or {}
-        self.data: dict[str, Any] = {
-            "seed": seed, "status": "running", "started": now(), "finished": None,
-            "git_revision": git_revision(), "versions": versions(), "command": sys.argv,
-            "attempts": int(previous.get("attempts", 0)) + 1, **(extra or {}),
-        }
-
-    def update(self, **fields: Any) -> None:
-        self.data.update(fields)
-        write_json(self.path, self.data)
-
-    def running(self) -> None:
-        self.update(status="running")
-
-    def finished(self, **fields: Any) -> None:
-        self.update(status="finished", finished=now(), error=None, **fields)
-
-    def failed(self, error: str) -> None:
-        self.update(status="failed", finished=now(), error=error)

@@ -25,7 +25,7 @@ from mrlearn.engine.runfolder import RunFolder
 from mrlearn.errors import input_error
 from mrlearn.io import write_json
 from mrlearn.layerwise.module import LayerwiseModule
-from mrlearn.training.checkpoint import load_checkpoint, load_weights
+from mrlearn.engine.checkpoint import load_checkpoint, load_weights
 from mrlearn.training.data import ReconDataModule
 from mrlearn.training.runner import TrainResult, build_method, make_trainer
 

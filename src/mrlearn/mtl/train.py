@@ -37,7 +37,7 @@ from mrlearn.mtl.config import tasks_config
 from mrlearn.mtl.data import MultiTaskDataModule
 from mrlearn.registry import register
 from mrlearn.study.runner import RunOutcome
-from mrlearn.training.checkpoint import load_checkpoint, load_weights
+from mrlearn.engine.checkpoint import load_checkpoint, load_weights
 from mrlearn.training.runner import build_method, last_validation, make_trainer, quiet_lightning
 
 
@@ -258,7 +258,7 @@ def study_runner(cfg: ExperimentConfig) -> RunOutcome:
 
 
 def score_reference(cfg: ExperimentConfig) -> RunOutcome:
-    """A classical reference row of a multi-task study (``method: {name: reference, recon: zero_filled}``): every
+    """A classical reference row of a multi-task study (``method: {name: reference, recon: zero-filled}``): every
     task's ``tasks.eval_split`` volumes reconstructed by the reference and scored by :func:`evaluate`, no training."""
     tasks = tasks_config(cfg)
     module = build_method(cfg)

@@ -16,9 +16,8 @@ optional maps) and never read the target during training: files without any targ
 * ``mtl_ssdu`` (:class:`MultiTaskSSDUModule`): the multi-task method with the SSDU loss for the tasks named in
   ``ssl_tasks`` (the scarce contrast, used only undersampled) and the supervised loss for the others.
 * ``reference`` (:class:`ReferenceModule`): classical reconstructions in the same evaluation path (not
-  trainable; the ``ssl`` and demo study runners evaluate it instead of fitting): ``zero_filled``, ``cs``
-  (L1-wavelet with ``cs_lam``, ``cs_iters``) or any registered classical method by name (``zero-filled``,
-  ``cg-sense``, ``cs-l1``, ``tv``, ...; ``mrlearn.recon``) with its defaults.
+  trainable; the ``ssl`` and demo study runners evaluate it instead of fitting): any registered classical method by
+  name (``zero-filled``, ``cg-sense``, ``cs-l1``, ``tv``, ...; ``mrlearn.recon``) with ``options`` for its solver.
 
 Training masks: with ``mask.fixed_per_slice: true`` (the default of these methods) every training slice keeps ONE
 acquisition mask Omega for the whole run (seeded by the slice's index, not the epoch), as a real undersampled
@@ -217,47 +216,29 @@ class DistillModule(_SelfSupervised):
 
 @register("method", "reference")
 class ReferenceModule(ReconModule):
-    """Classical references in the evaluation path: ``recon`` zero_filled (RSS), cs (L1-wavelet, ``cs_lam``) or a
-    registered classical method (``mrlearn.recon``: ``zero-filled``, ``cg-sense``, ``cs-l1``, ...)."""
+    """A classical reconstruction scored like a trained method: ``recon`` names a registered classical method
+    (``mrlearn.recon``: ``zero-filled``, ``cg-sense``, ``cs-l1``, ...), ``options`` its keyword options."""
 
     keep_kspace = True
 
-    def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig,
-                 recon: str = "zero_filled", cs_lam: float = 0.005, cs_iters: int = 50):
+    def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, recon: str = "zero-filled",
+                 options: dict[str, Any] | None = None):
         from mrlearn import registry
+        from mrlearn.recon.folder import slice_predictor
 
-        if recon not in ("zero_filled", "cs") and registry.find("recon", recon) is None:
-            names = ", ".join(["zero_filled", "cs", *registry.available("recon")])
-            raise input_error("method.recon", f"unknown value {recon!r}", f"choose one of: {names}")
+        if registry.find("recon", recon) is None:
+            raise input_error("method.recon", f"{recon!r} is not a classical method",
+                              f"choose one of: {', '.join(registry.available('recon'))}")
         super().__init__(model, loss, cfg)
-        self.recon, self.cs_lam, self.cs_iters = recon, float(cs_lam), int(cs_iters)
-        self._classical: Any = None
-
-    def classical_predictor(self) -> Any:
-        """``predict(batch) -> [B, h, w]`` of a registered classical method (None for zero_filled / cs)."""
-        if self.recon in ("zero_filled", "cs"):
-            return None
-        if self._classical is None:
-            from mrlearn.recon.folder import slice_predictor
-
-            self._classical = slice_predictor(self.recon)
-        return self._classical
+        self.recon, self.options = recon, dict(options or {})
+        self._predict = slice_predictor(recon, self.options)
 
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         raise input_error("method", "'reference' reconstructions are not trained",
                           "evaluate them in a study with runner: ssl (see configs/ssl_vs_supervised.yaml)")
 
     def reconstruct(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self.recon == "zero_filled":
-            return batch["zero_filled"][:, 0].float()
-        classical = self.classical_predictor()
-        if classical is not None:
-            return classical(batch).float()
-        from mrlearn.recon.cs import cs_l1_wavelet
-
-        maps = estimate_maps(batch["kspace"], batch["mask"], batch.get("sens_maps"))
-        image = cs_l1_wavelet(batch["kspace"], batch["mask"], maps, lam=self.cs_lam, max_iter=self.cs_iters)
-        return magnitude(image, batch)
+        return self._predict(batch).float()
 
 
 class TaskBound(nn.Module):

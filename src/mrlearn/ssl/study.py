@@ -37,7 +37,7 @@ def score(module: Any, loader: Any, group: str = "all") -> RunOutcome:
 @register("runner", "ssl")
 def study_runner(cfg: Any) -> RunOutcome:
     """Fit ``cfg`` (``mrlearn train`` path) unless its method is ``reference``; score on the test split."""
-    from mrlearn.training.checkpoint import load_checkpoint, load_weights
+    from mrlearn.engine.checkpoint import load_checkpoint, load_weights
     from mrlearn.training.data import ReconDataModule
     from mrlearn.training.runner import build_method, train
 

@@ -4,7 +4,6 @@
 * ``module``      ReconModule: optimizers, NaN guard, per-volume validation metrics (DDP-gathered), images, history
 * ``supervised``  SupervisedModule (method ``supervised``): image-domain networks such as the U-Net
 * ``losses``      l1 / l2 / ssim;  ``optim``: rmsprop / adam / step decay
-* ``checkpoint``  old import path of ``mrlearn.engine.checkpoint`` (AtomicCheckpoint, load_checkpoint, load_weights)
 * ``runner``      train(cfg, resume) -> TrainResult on the engine (``mrlearn.engine``: run folder, Trainer set-up,
                   convergence, NaN guard, signals); build_method / make_trainer for other families
 * ``inference``   whole-volume reconstruction for ``mrlearn reconstruct`` and the demo

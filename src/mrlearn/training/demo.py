@@ -61,18 +61,16 @@ def study_runner(cfg: Any) -> Any:
     from mrlearn.evaluation.scoring import mean_metrics, slice_metrics, volume_metrics
     from mrlearn.study.runner import RunOutcome
     from mrlearn.training.data import resolve_root
-    from mrlearn.training.inference import classical_predictor, eval_dataset, iterate_volumes, module_predictor
+    from mrlearn.training.inference import eval_dataset, iterate_volumes, module_predictor
 
     root = resolve_root(cfg)
     mask_func = registry.build("mask", {k: v for k, v in cfg.mask.items() if k != "fixed_per_slice"}, "mask")
     contrasts = list(cfg.data.contrasts) if cfg.data.contrasts else None
     extra: dict[str, Any] = {}
     if cfg.method.get("name") == "reference":
-        recon = str(cfg.method.get("recon", "zero-filled")).replace("_", "-")
-        if registry.find("recon", recon) is None:
-            raise input_error("method.recon", f"{recon!r} is not a classical method",
-                              f"choose one of: {', '.join(registry.available('recon'))}")
-        predict = classical_predictor(recon)
+        from mrlearn.training.runner import build_method
+
+        predict = build_method(cfg).reconstruct  # the reference method checks recon and its options
         dataset = eval_dataset(root / cfg.data.test, mask_func, None, True, contrasts)
     else:
         from mrlearn.training.runner import train

@@ -6,8 +6,7 @@ and yields one volume at a time (``fname``, prediction ``[S, h, w]``, target ``[
 retrospective mask fixed per file name (``mask_func(shape, seed=file_seed(fname))``, ``physics.masks``).
 
 Classical methods live in :mod:`mrlearn.recon` (``mrlearn.recon.folder`` runs them over a folder without this
-module); :func:`classical_predictor` is :func:`mrlearn.recon.folder.slice_predictor`, the same ``predict`` shape
-for the demo's evaluation loop.
+module; its ``slice_predictor`` has the same ``predict`` shape).
 """
 
 from __future__ import annotations
@@ -46,18 +45,6 @@ def module_predictor(module: torch.nn.Module, device: str | torch.device = "cpu"
             return module.reconstruct(batch).float().cpu()
 
     return predict
-
-
-def zero_filled_predictor() -> Predict:
-    """The zero-filled baseline: the un-normalised network input."""
-    return lambda batch: batch["zero_filled"][:, 0].float()
-
-
-def classical_predictor(name: str, options: dict[str, Any] | None = None) -> Predict:
-    """``predict`` of the classical method ``name`` (canonical name, e.g. ``cg-sense``) on evaluation batches."""
-    from mrlearn.recon.folder import slice_predictor
-
-    return slice_predictor(name, options)
 
 
 def iterate_volumes(dataset: TransformedDataset, predict: Predict, batch_size: int = 1, num_workers: int = 0,
