@@ -144,3 +144,27 @@ def test_runner_rejects_a_method_that_is_not_layerwise(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "method.name" in msg and "layerwise_end_to_end" in msg
     assert not (tmp_path / "run").exists()
+
+
+def test_end_to_end_depths_default_to_every_depth_and_bad_ones_are_refused():
+    from mrlearn.layerwise.study import _depths
+
+    assert _depths(None, 5) == [1, 2, 3, 4, 5]
+    assert _depths([5, 1], 5) == [1, 5]
+    for bad in ([], [0], [6], [2, 2], "5", [True], [2.0]):
+        with pytest.raises(MrlearnError) as err:
+            _depths(bad, 5)
+        assert "method.depths" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_end_to_end_trains_only_the_depths_asked_for(study, tmp_path):
+    out, argv = study
+    runs = tmp_path / "depths"
+    argv = [a if a != str(out) else str(runs) for a in argv]
+    assert main([*argv, "--set", "arms={end_to_end: {method: {name: layerwise_end_to_end, loss: {name: l2}, "
+                 "lr_step_epochs: 2, lr_gamma: 0.5, depths: [2]}, trainer.max_epochs: 2}}",
+                 "--set", "summary.baseline=null", "--set", "grid.mask=[{name: poisson, accelerations: [4], "
+                 "calib: [16, 16]}]"]) == 0
+    (run,) = (runs / "runs").iterdir()
+    assert sorted(p.name for p in run.glob("depth*")) == ["depth2"]
+    assert {r["group"] for r in _rows(runs / "study.csv")} == {"blocks=2"}

@@ -142,10 +142,14 @@ class _AdamStageModule(LayerwiseModule):
 
 @register("method", "layerwise_end_to_end")
 class EndToEndModule(_AdamStageModule):
-    """The whole stack trained jointly (seed: Adam lr 1e-4, halved every 10 epochs)."""
+    """The whole stack trained jointly (seed: Adam lr 1e-4, halved every 10 epochs).
+
+    ``depths`` is read by the study runner (:mod:`mrlearn.layerwise.study`: which depths get an end-to-end network
+    of their own); one module always trains ``model.num_blocks`` blocks.
+    """
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, lr_step_epochs: int = 10,
-                 lr_gamma: float = 0.5):
+                 lr_gamma: float = 0.5, depths: list[int] | None = None):
         super().__init__(model, loss, cfg, "layerwise_end_to_end", 10**9, lr_step_epochs, lr_gamma)
         self.trained_blocks.fill_(self.num_blocks)
 

@@ -2,8 +2,9 @@
 
 ``runner: layerwise`` (registry kind ``runner``) in a study YAML (``configs/layerwise_study.yaml``) makes :func:`study_runner` run each arm:
 
-* ``layerwise_end_to_end``: one network per depth ``d = 1..N`` (``N = model.num_blocks``), each trained jointly
-  with ``model.num_blocks = d`` in ``<run>/depth<d>/``; group ``blocks=d`` scores the d-block network;
+* ``layerwise_end_to_end``: one network per depth ``d`` in ``method.depths`` (default ``1..N``, ``N =
+  model.num_blocks``; the runner reads this key, the training module never sees it), each trained jointly with
+  ``model.num_blocks = d`` in ``<run>/depth<d>/``; group ``blocks=d`` scores the d-block network;
 * ``layerwise_greedy`` / ``layerwise_convex``: one run of ``N`` stages; group ``blocks=d`` scores its first ``d``
   blocks (the truncated residual stack ``x_d``).
 
@@ -165,7 +166,7 @@ def study_runner(cfg: Any) -> RunOutcome:
     extra: dict[str, Any] = {}
     if name == "layerwise_end_to_end":
         groups, slices, examples, zero = {}, [], {}, {}
-        for d in range(1, N + 1):
+        for d in _depths(cfg.method.get("depths"), N):
             sub = copy.deepcopy(cfg)
             sub.model = {**cfg.model, "num_blocks": d}
             sub.out_dir = str(cfg.run_dir() / f"depth{d}")
@@ -189,6 +190,20 @@ def study_runner(cfg: Any) -> RunOutcome:
         extra["memory"] = step_memory("end_to_end" if name == "layerwise_end_to_end" else "layerwise", cfg,
                                       (int(size[0]), int(size[1])), N)
     return RunOutcome(groups=groups, slices=slices, examples=examples, extra=extra)
+
+
+def _depths(value: Any, num_blocks: int) -> list[int]:
+    """The end-to-end depths to train: ``method.depths`` (distinct integers in ``1..num_blocks``) or all of them."""
+    from mrlearn.errors import input_error
+
+    if value is None:
+        return list(range(1, num_blocks + 1))
+    ok = isinstance(value, (list, tuple)) and value and all(
+        isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= num_blocks for d in value)
+    if not ok or len(set(value)) != len(value):
+        raise input_error("method.depths", f"must be a list of distinct depths in 1..{num_blocks}, got {value!r}",
+                          f"use e.g. [{num_blocks}] or leave it out for every depth")
+    return sorted(value)
 
 
 # ------------------------------------------------------------------------------------------ standalone wrapper

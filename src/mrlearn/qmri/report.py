@@ -114,7 +114,8 @@ def make_figures(out: Path, results: dict[str, Any], map_axes: list[str]) -> lis
             ax[c].set_xlabel("mean |bias| / range")
             ax[c].set_ylabel("mean std / range")
             ax[c].set_title(f"{k} (a=0: GT labels, a=1: MLE labels)", fontsize=11)
-            ax[c].legend(fontsize=10)
+            if ax[c].get_legend_handles_labels()[0]:
+                ax[c].legend(fontsize=10)
         fig.subplots_adjust(wspace=0.3, left=0.06, right=0.98, top=0.9, bottom=0.14)
         figs.append((f"SNR {snr}: bias-variance across alpha", _save(fig, out / f"bias_variance_snr{snr}.png")))
         plt.close(fig)

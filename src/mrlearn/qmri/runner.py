@@ -16,6 +16,7 @@ from typing import Any
 
 from mrlearn.errors import input_error
 from mrlearn.io import atomic_write_text, write_json
+from mrlearn.study.results import CONVERGENCE_FIELDS
 
 METRIC_KEYS = ("abs_bias", "std", "rmse")
 
@@ -71,7 +72,7 @@ def outcome_groups(results: dict[str, Any]) -> tuple[dict[str, dict[str, float]]
             groups[g] = {f"{m}_{k}": float(s[m]) for k, s in r["summary"].items() for m in METRIC_KEYS}
             rec = results["training"].get(f"snr{snr}/{method}")
             if rec is not None:
-                conv[g] = {k: rec.get(k) for k in ("steps", "best_step", "stopped_by", "converged")}
+                conv[g] = {k: rec.get(k) for k in CONVERGENCE_FIELDS}
     return groups, conv
 
 

@@ -9,7 +9,8 @@
 Convergence record (the engine writes it into each trained run's ``metrics.json``): ``steps`` (optimiser steps
 taken), ``best_step`` (step of the checkpoint used for evaluation), ``stopped_by`` (``early_stopping``,
 ``max_steps``, ``max_epochs``, ``max_time``) and ``converged`` (False when a cap stopped the run while its
-validation metric was still improving). A runner may also return it in ``RunOutcome.extra["convergence"]``, for
+validation metric was still improving), with ``monitor`` (the validation metric) and ``best_score`` (its value at
+``best_step``: what model selection compares, e.g. one hyper-parameter arm against another). A runner may also return it in ``RunOutcome.extra["convergence"]``, for
 all groups or per group. Missing fields are read as empty (None).
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 from mrlearn.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 
 SLICE_FIELDS = ("group", "fname", "slice", "psnr", "ssim", "nmse")
-CONVERGENCE_FIELDS = ("steps", "best_step", "stopped_by", "converged")
+CONVERGENCE_FIELDS = ("steps", "best_step", "stopped_by", "converged", "monitor", "best_score")
 #: ``stopped_by`` values that are caps (a run stopped by one of these may not have converged)
 CAPS = ("max_steps", "max_epochs", "max_time")
 
@@ -67,9 +68,11 @@ def merge_records(records: list[dict[str, Any]]) -> dict[str, Any]:
         return dict(records[0])
     conv = [r.get("converged") for r in records]
     steps = [r["steps"] for r in records if isinstance(r.get("steps"), (int, float))]
+    monitors = {r.get("monitor") for r in records}
     return {"steps": max(steps) if steps else None, "best_step": None,
             "stopped_by": "+".join(sorted({str(r.get("stopped_by")) for r in records if r.get("stopped_by")})) or None,
-            "converged": False if False in conv else (None if None in conv else True)}
+            "converged": False if False in conv else (None if None in conv else True),
+            "monitor": monitors.pop() if len(monitors) == 1 else None, "best_score": None}
 
 
 def convergence(run_dir: Path, outcome: RunOutcome) -> dict[str, dict[str, Any]]:

@@ -166,7 +166,7 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
             for note in result.get("notes", []):
                 log(f"{head}: {note}")
             if status == "finished":
-                groups = ", ".join(f"{g} PSNR {m.get('psnr', float('nan')):.2f}" for g, m in result["groups"].items())
+                groups = ", ".join(f"{g} {_headline(m)}" for g, m in result["groups"].items())
                 log(f"{head}: done in {result['seconds']:.0f} s ({groups})")
             elif status == "busy":
                 busy.append(job.run.run_id)
@@ -188,3 +188,11 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
         log(f"{len(busy)} run(s) are being run by another process; rerun this command when they finish to "
             "summarise them")
     return out
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """One metric of a group for the progress line: PSNR where the runner reports it, else its first metric."""
+    if "psnr" in metrics:
+        return f"PSNR {metrics['psnr']:.2f}"
+    key = next((k for k, v in metrics.items() if isinstance(v, (int, float))), None)
+    return f"{key} {metrics[key]:.3g}" if key else "no metrics"
