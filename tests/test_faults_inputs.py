@@ -314,3 +314,17 @@ def test_signal_inside_a_study_says_to_rerun_the_study(tmp_path, capsys):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("mrlearn: interrupted by SIGTERM at step 3")
     assert f"resume with: mrlearn study {path} --out {out} --set 'seeds=[0]'" in line and "mrlearn train" not in line
+
+
+def test_reconstruction_far_from_the_zero_filled_energy_is_not_written(tmp_path):
+    from mrlearn.commands.reconstruct import ENERGY_FACTOR, write_checked
+
+    zf = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    for factor in (ENERGY_FACTOR * 2, 1 / (ENERGY_FACTOR * 2)):  # diverged weights, a near-black image
+        with pytest.raises(MrlearnError) as exc:
+            write_checked(tmp_path / "v.h5", zf * factor, "last.ckpt", "use another checkpoint", zero_filled=zf)
+        msg = str(exc.value)
+        assert "v.h5: the reconstruction by last.ckpt has" in msg and "times the norm of the zero-filled" in msg
+        assert "\n" not in msg and not list(tmp_path.iterdir())
+    write_checked(tmp_path / "v.h5", zf * 1.3, "last.ckpt", "", zero_filled=zf)  # an ordinary reconstruction
+    assert (tmp_path / "v.h5").is_file()

@@ -88,8 +88,15 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"mrlearn reconstruct: warning: {message}", file=sys.stderr, flush=True)
 
 
-def write_checked(path: Path, pred, method: str, todo: str) -> None:
-    """Write one submission file; a volume with NaN/Inf is refused (one line, nothing written for it)."""
+#: a reconstruction whose energy differs from the zero-filled image's by more than this factor (either way) is
+#: refused: the zero-filled image holds the acquired k-space energy (Parseval), which a reconstruction of the same
+#: data keeps to within a small factor; 100x more or less means diverged or collapsed weights.
+ENERGY_FACTOR = 100.0
+
+
+def write_checked(path: Path, pred, method: str, todo: str, zero_filled=None) -> None:
+    """Write one submission file; a volume with NaN/Inf is refused (one line, nothing written for it), and so is
+    one whose l2 norm is over ``ENERGY_FACTOR`` times above or below the zero-filled volume's (when given)."""
     import numpy as np
 
     from mrlearn.data.fastmri import write_reconstruction
@@ -98,6 +105,12 @@ def write_checked(path: Path, pred, method: str, todo: str) -> None:
     if bad:
         raise input_error(path, f"the reconstruction by {method} holds NaN or Inf ({bad} of {np.size(pred)} pixels); "
                           "not written", todo)
+    if zero_filled is not None:
+        ref = float(np.linalg.norm(np.asarray(zero_filled, np.float64)))
+        ratio = float(np.linalg.norm(np.asarray(pred, np.float64))) / ref if ref > 0 else 1.0
+        if not 1.0 / ENERGY_FACTOR <= ratio <= ENERGY_FACTOR:
+            raise input_error(path, f"the reconstruction by {method} has {ratio:.3g} times the norm of the zero-filled "
+                              "image (a reconstruction of the same data stays near 1); not written", todo)
     write_reconstruction(path, pred, attrs={"method": method})
 
 
@@ -160,9 +173,9 @@ def run(args: argparse.Namespace) -> int:
     mask_func = registry.build("mask", mask, "mask options")
     dataset = eval_dataset(args.data, mask_func, recon_size, keep_kspace)
     count = slices = 0
-    for fname, pred, _target, _zf in iterate_volumes(dataset, predict, args.batch_size, label=f"reconstruct ({label})"):
+    for fname, pred, _target, zf in iterate_volumes(dataset, predict, args.batch_size, label=f"reconstruct ({label})"):
         write_checked(out / fname, pred, label, f"the weights of {args.checkpoint} are not usable; use another "
-                      "checkpoint (e.g. best.ckpt) or train again")
+                      "checkpoint (e.g. best.ckpt) or train again", zero_filled=zf)
         count += 1
         slices += pred.shape[0]
     dt = time.perf_counter() - t0

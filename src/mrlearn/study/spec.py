@@ -175,7 +175,7 @@ def study_from_dict(raw: Any, where: str, base_dir: Path | None = None) -> Study
     _check(not bad, f"{where}: summary.{bad[0] if bad else ''}", "unknown key", f"valid keys: {', '.join(SUMMARY_KEYS)}")
     if summary.get("baseline") is not None:
         _check(summary["baseline"] in arms, f"{where}: summary.baseline", f"arm {summary['baseline']!r} is not in arms",
-               f"choose one of: {', '.join(arms)}")
+               f"choose one of: {', '.join(arms)}, or --set summary.baseline=null for no paired differences")
     budget = raw.get("budget")
     _check(budget is None or budget in BUDGETS, f"{where}: budget", f"unknown budget policy {budget!r}",
            f"choose one of: {', '.join(BUDGETS)}")
