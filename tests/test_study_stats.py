@@ -100,3 +100,16 @@ def test_report_flags_not_converged_and_gives_verdicts_only_when_allowed(tmp_pat
     assert "<strong>capped: not converged (3/3 runs)</strong>" in html
     assert "<strong>not converged (3/3 runs)</strong>" in html and "Budget policy: to_convergence" in html
     assert yaml.safe_load((out / "study.yaml").read_text())["budget"] == "to_convergence"
+
+
+def test_task_curves_read_the_validation_history_against_steps_and_samples_seen():
+    from mrlearn.study.figures import task_curve_figure, task_curves
+
+    history = [{"epoch": 0, "train_loss": 0.1, "step": 10, "samples/scarce": 4},  # a training entry: no validation
+               {"epoch": 1, "step": 20, "samples/scarce": 8, "val_psnr/scarce": 25.0, "val_psnr/pd": 27.0},
+               {"epoch": 2, "step": 40, "samples/scarce": 16, "val_psnr/scarce": 26.0}]
+    assert task_curves(history, "scarce") == [(20.0, 8.0, 25.0), (40.0, 16.0, 26.0)]
+    assert task_curves(history, "other") == []
+    fig = task_curve_figure({"stl": [task_curves(history, "scarce")]}, "scarce")
+    assert [ax.get_xlabel() for ax in fig.axes] == ["optimiser steps", "scarce samples seen"]
+    assert list(fig.axes[1].lines[0].get_xdata()) == [8.0, 16.0]

@@ -68,3 +68,36 @@ def group_curve_figure(rows: list[dict[str, Any]], grid_keys: list[str], name: s
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return fig
+
+
+def task_curves(history: list[dict[str, Any]], task: str) -> list[tuple[float, float, float]]:
+    """``(step, samples of task seen, val PSNR of task)`` of every validation in a run's ``metrics.json`` history
+    (entries with ``val_psnr/<task>``, ``step`` and ``samples/<task>``)."""
+    out = []
+    for e in history or []:
+        if f"val_psnr/{task}" in e and "step" in e:
+            out.append((float(e["step"]), float(e.get(f"samples/{task}", "nan")), float(e[f"val_psnr/{task}"])))
+    return out
+
+
+def task_curve_figure(curves: dict[str, list[list[tuple[float, float, float]]]], task: str):
+    """Validation PSNR of ``task`` against optimiser steps and against the samples of ``task`` seen, one colour per
+    arm, one line per seed (``curves``: arm -> per-seed curves from :func:`task_curves`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (arm, per_seed) in enumerate(sorted(curves.items())):
+        for j, pts in enumerate(per_seed):
+            for ax, col in zip(axes, (0, 1)):
+                ax.plot([p[col] for p in pts], [p[2] for p in pts], color=f"C{i % 10}", lw=1, alpha=0.8,
+                        label=arm if j == 0 else None)
+    for ax, xlabel in zip(axes, ("optimiser steps", f"{task} samples seen")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"validation PSNR of {task} (dB)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

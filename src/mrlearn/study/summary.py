@@ -13,7 +13,8 @@ Report sections (``evaluation.report``):
   * paired differences against the baseline arm (``summary.baseline``), per grid point and group: mean of
     ``metric(arm) - metric(baseline)``, its two-way bootstrap interval, counts of volumes and seeds, the
     convergence note of both arms beside the number, and a verdict only where ``study.stats.verdict`` allows one;
-  * figures (``study.figures``) and example images (target, zero-filled input, each arm's output) as a grid.
+  * figures (``study.figures``): metrics against a numeric group or the fraction key, and (``summary.scarce_task``)
+    that task's validation PSNR against steps and against its samples seen; example images (target, zero-filled input, each arm's output) as a grid.
 """
 
 from __future__ import annotations
@@ -159,6 +160,22 @@ def paired_differences(out: Path, runs: list[RunSpec], baseline: str, metric: st
     return table
 
 
+def _task_curves(out: Path, runs: list[RunSpec], task: str) -> dict[str, list[list[tuple[float, float, float]]]]:
+    """arm -> per-seed validation curves of ``task`` (first grid point only) from the runs' ``metrics.json``."""
+    from mrlearn.io import read_json
+    from mrlearn.study.figures import task_curves
+
+    first = runs[0].point if runs else {}
+    curves: dict[str, list[list[tuple[float, float, float]]]] = defaultdict(list)
+    for run in runs:
+        if run.point != first:
+            continue
+        pts = task_curves((read_json(out / "runs" / run.run_id / "metrics.json") or {}).get("history") or [], task)
+        if pts:
+            curves[run.arm].append(pts)
+    return dict(curves)
+
+
 def _examples(out: Path, runs: list[RunSpec]) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Per group: target, input, then each arm's output (first grid point, first seed)."""
     first_point = runs[0].point if runs else {}
@@ -185,7 +202,7 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mrlearn.study.figures import fraction_figure, group_curve_figure, numeric_groups
+    from mrlearn.study.figures import fraction_figure, group_curve_figure, numeric_groups, task_curve_figure
 
     rows = collect(out, runs)
     if rows:
@@ -229,6 +246,14 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
     if key and rows and any(r.get(key) is not None for r in rows):
         report.add_figure("Scarce-task PSNR against the scarce fraction",
                           fraction_figure(rows, key, spec.summary.get("scarce_task")), caption=f"mean +- std over seeds; x = {key}")
+    task = spec.summary.get("scarce_task")
+    if task:
+        curves = _task_curves(out, runs, task)
+        if curves:
+            report.add_figure(f"Validation PSNR of '{task}' against steps and against its samples seen",
+                              task_curve_figure(curves, task),
+                              caption="one line per seed, from each run's metrics.json history (transfer: the "
+                                      "fine-tuning phase); a curve still rising at its end was stopped while improving")
     plt.close("all")
     try:
         panels = _examples(out, runs)
