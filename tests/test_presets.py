@@ -123,6 +123,9 @@ def test_mtl_tiny_preset_scores_test_split_against_both_references_with_a_zero_f
         assert float(r["psnr_noiseless"]) > 0 and 0 < float(r["ssim_noiseless"]) <= 1
         if r["arm"] != "zero_filled":  # the convergence record of every trained run
             assert r["stopped_by"] in ("early_stopping", "max_steps") and int(r["steps"]) <= 40
+        else:  # a reference row trains nothing: "not trained", not "unknown"
+            assert r["stopped_by"] == "not_trained" and r["converged"] == ""
+    assert "zero_filled: not trained" in (tmp_path / "mtl" / "report.html").read_text()
     import json
 
     zf = json.loads(next((tmp_path / "mtl" / "runs").glob("zero_filled__*/result.json")).read_text())

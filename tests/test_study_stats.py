@@ -113,3 +113,12 @@ def test_task_curves_read_the_validation_history_against_steps_and_samples_seen(
     fig = task_curve_figure({"stl": [task_curves(history, "scarce")]}, "scarce")
     assert [ax.get_xlabel() for ax in fig.axes] == ["optimiser steps", "scarce samples seen"]
     assert list(fig.axes[1].lines[0].get_xdata()) == [8.0, 16.0]
+
+
+def test_reference_rows_are_not_trained_rather_than_unknown():
+    from mrlearn.study.summary import status
+
+    assert status([None, None], ["not_trained", "not_trained"]) == "not trained"
+    assert status([None, None]) == "unknown" and status([None], [None]) == "unknown"
+    assert status([True, False], ["max_steps", "early_stopping"]) == "not converged (1/2 runs)"
+    assert status([True, True], ["early_stopping", "early_stopping"]) == "converged"

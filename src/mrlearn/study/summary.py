@@ -36,6 +36,8 @@ from mrlearn.study.spec import RunSpec, StudySpec
 from mrlearn.study.stats import bootstrap_ci, cell_matrix, counts, mean_std, paired_ci, verdict  # noqa: F401
 
 METRICS = ("psnr", "ssim", "nmse")
+#: ``stopped_by`` of a reference row (an arm with ``method: {name: reference, ...}``): it trains nothing
+NOT_TRAINED = "not_trained"
 
 
 def _point_label(point: dict[str, Any]) -> str:
@@ -54,6 +56,8 @@ def collect(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
         if result is None:
             continue
         conv_all = result.get("convergence") or {}
+        method = run.overrides.get("method")
+        reference = isinstance(method, dict) and method.get("name") == "reference"  # a study's reference row
         for group, metrics in result.get("groups", {}).items():
             point = {k: v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in run.point.items()}
             row: dict[str, Any] = {"run_id": run.run_id, "arm": run.arm, "seed": run.seed, **point, "group": group}
@@ -62,6 +66,8 @@ def collect(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
             row["seconds"] = result.get("seconds", math.nan)
             conv = conv_all.get(group) or {}
             row.update({k: conv.get(k) for k in CONVERGENCE_FIELDS})
+            if reference and all(conv.get(k) is None for k in CONVERGENCE_FIELDS):
+                row["stopped_by"] = NOT_TRAINED  # zero-filled or a classical method: nothing to converge
             if conv.get("samples_per_task") is not None:
                 row["samples_per_task"] = json.dumps(conv["samples_per_task"], sort_keys=True)
             rows.append(row)
@@ -79,11 +85,14 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def status(values: Sequence[Any]) -> str:
-    """Convergence of a set of runs: ``converged``, ``not converged (k/n runs)`` or ``unknown``."""
+def status(values: Sequence[Any], stopped_by: Sequence[Any] = ()) -> str:
+    """Convergence of a set of runs from their ``converged`` values: ``converged``, ``not converged (k/n runs)``,
+    ``not trained`` (every run's ``stopped_by`` is ``not_trained``: reference rows) or ``unknown``."""
     bad = sum(v is False for v in values)
     if bad:
         return f"not converged ({bad}/{len(values)} runs)"
+    if stopped_by and all(s == NOT_TRAINED for s in stopped_by):
+        return "not trained"
     return "converged" if values and all(v is True for v in values) else "unknown"
 
 
@@ -117,7 +126,7 @@ def aggregate(rows: list[dict[str, Any]], grid_keys: list[str], out: Path | None
             _, low, high = bootstrap_ci(D)
             entry["psnr_ci95"] = f"[{low:.2f}, {high:.2f}]" if low == low else "-"
             entry["volumes"] = counts(D)[0] if D.size else 0
-        entry["convergence"] = _mark(status([i.get("converged") for i in items]))
+        entry["convergence"] = _mark(status([i.get("converged") for i in items], [i.get("stopped_by") for i in items]))
         table.append(entry)
     return table
 
@@ -126,9 +135,11 @@ def paired_differences(out: Path, runs: list[RunSpec], baseline: str, metric: st
                        rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every arm against ``baseline``: per-(seed, volume) mean paired differences, bootstrap interval, verdict."""
     conv: dict[tuple, list[Any]] = defaultdict(list)  # (arm, point, group) -> converged per run
+    stops: dict[tuple, list[Any]] = defaultdict(list)  # (arm, point, group) -> stopped_by per run
     for r in rows if rows is not None else []:
         run = next(x for x in runs if x.run_id == r["run_id"])
         conv[(r["arm"], _point_key(run.point), r["group"])].append(r.get("converged"))
+        stops[(r["arm"], _point_key(run.point), r["group"])].append(r.get("stopped_by"))
     by_key: dict[tuple, dict[tuple, float]] = {}
     for run in runs:
         values = {(r["group"], r["fname"], r["slice"]): r[metric] for r in read_slices(out / "runs" / run.run_id)}
@@ -147,15 +158,15 @@ def paired_differences(out: Path, runs: list[RunSpec], baseline: str, metric: st
         D, _, _ = cell_matrix(c)
         mean, low, high = bootstrap_ci(D)
         n_vol, n_seed = counts(D)
-        arm_status = status(conv.get((arm, point, group), []))
-        base_status = status(conv.get((baseline, point, group), []))
+        arm_status = status(conv.get((arm, point, group), []), stops.get((arm, point, group), []))
+        base_status = status(conv.get((baseline, point, group), []), stops.get((baseline, point, group), []))
         bad = [a for a, s in ((arm, arm_status), (baseline, base_status)) if s.startswith("not converged")]
         unknown = [a for a, s in ((arm, arm_status), (baseline, base_status)) if s == "unknown"]
         note = "; ".join(f"{a}: {s}" for a, s in ((arm, arm_status), (baseline, base_status)) if s != "converged")
         table.append({"arm": arm, "point": _point_label({k: json.loads(v) for k, v in point}), "group": group,
                       f"d{metric}_mean": mean, "ci95_low": low, "ci95_high": high, "volumes": n_vol, "seeds": n_seed,
                       "slices": sum(len(v) for v in c.values()),
-                      "convergence": Strong(note) if bad else (note or "both converged"),
+                      "convergence": Strong(note) if bad else (note or "both converged"),  # "x: not trained" stays
                       "verdict": verdict(low, high, n_vol, n_seed, bad, unknown)})
     return table
 
