@@ -123,3 +123,22 @@ def test_train_network_for_protocol_then_fit(series, capsys):
     assert rc == 2 and "differ from the network's protocol" in err and "mrlearn qmri train" in err
     rc = main(["qmri", "train", "--bvals", str(d / "b.txt"), "--n-train", "300", "--out", str(run)])
     assert rc == 2 and "already holds a run" in capsys.readouterr().err
+
+
+def test_qmri_train_passes_devices_and_strategy_and_refuses_zero_devices(tmp_path, monkeypatch, capsys):
+    import mrlearn.qmri.train as qtrain
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        return {"label": "mle", "steps": 1, "best_step": 1, "stopped_by": "early_stopping"}
+
+    monkeypatch.setattr(qtrain, "train_for_protocol", fake)
+    (tmp_path / "b.txt").write_text("0 10 20 50 100 200 400 800")
+    base = ["qmri", "train", "--bvals", str(tmp_path / "b.txt"), "--out", str(tmp_path / "run")]
+    assert main([*base, "--devices", "2", "--strategy", "ddp"]) == 0
+    assert (seen["devices"], seen["strategy"]) == (2, "ddp")
+    assert main([*base, "--devices", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--devices: 0 is below 1" in err and "\n" == err[-1] and err.count("\n") == 1

@@ -47,6 +47,8 @@ def register(subparsers) -> None:
                    help="for mle/ss/hybrid: do not start from a trained groundtruth-label network (default: do)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu, gpu or auto")
+    t.add_argument("--devices", type=int, default=1, help="processes (one per device) for data-parallel training")
+    t.add_argument("--strategy", default="auto", help="Lightning strategy with --devices > 1, e.g. ddp")
     t.add_argument("--out", required=True, help="run folder (network.pt, run.json, metrics.json)")
     t.set_defaults(func=run_train)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
@@ -85,11 +87,18 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from mrlearn.qmri.train import train_for_protocol
 
+    from mrlearn.errors import input_error
+    from mrlearn.qmri.sharding import process_rank
+
     check_device(args.device)
+    if args.devices < 1:
+        raise input_error("--devices", f"{args.devices} is below 1", "use 1, or the number of devices to train on")
     record = train_for_protocol(args.bvals, args.out, label=args.label, alpha=args.alpha, snr=args.snr,
                                 model=args.signal_model, n_train=args.n_train, patience=args.patience,
                                 max_epochs=args.max_epochs, init_from_gt=not args.no_init_from_gt, seed=args.seed,
-                                accelerator=args.device)
+                                accelerator=args.device, devices=args.devices, strategy=args.strategy)
+    if process_rank() != 0:  # under DDP every rank runs this command; rank 0 alone reports
+        return 0
     print(f"qmri train: {record['label']} network, {record['steps']} steps, best at step {record['best_step']}, "
           f"stopped by {record['stopped_by']} -> {Path(args.out) / 'network.pt'}")
     return 0
