@@ -94,6 +94,13 @@ def test_study_end_to_end_tiny_config(tmp_path):
                "--set", "qmri.n_train=200", "--set", "trainer.max_epochs=2"])
     assert rc == 0
     assert (out / "study.csv").is_file() and (out / "report.html").is_file()
+    import csv
+
+    with open(out / "study.csv", newline="") as fh:  # the runner's own metrics are study.csv columns
+        study_rows = {r["group"]: r for r in csv.DictReader(fh)}
+    assert float(study_rows["snr20/net_gt"]["rmse_Dstar"]) > 0 and study_rows["snr20/net_gt"]["stopped_by"]
+    study_html = (out / "report.html").read_text()
+    assert "rmse_Dstar_mean" in study_html and "psnr_mean" not in study_html  # summary.metrics of the preset
     run = out / "runs" / "base__seed0"
     for name in ("report.html", "table.csv", "table.json", "metrics.json", "result.json",
                  "bias_variance_snr20.png", "curves_snr20.png", "maps_bias_snr20.png", "maps_std_snr20.png",

@@ -17,7 +17,8 @@ A study file (safe YAML, :mod:`mrlearn.yamlfile`)::
     summary:                  # what the report compares (all optional)
       baseline: stl           # arm for the paired per-slice differences
       fraction_key: tasks.tasks.1.slice_fraction   # x axis of the "metric vs fraction" plot
-      scarce_task: t2         # task (group) shown in that plot
+      scarce_task: t2         # task (group) shown in that plot and in its validation curves
+      metrics: [psnr, ssim, nmse]   # the report's table (default); a runner's own, e.g. [rmse_Dstar, std_Dstar]
 
 Run ids are ``<arm>[__<key>-<value>...]__seed<k>`` (file-name safe); the seed override sets ``seed``.
 

@@ -63,6 +63,8 @@ def collect(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"run_id": run.run_id, "arm": run.arm, "seed": run.seed, **point, "group": group}
             row.update({k: float(metrics.get(k, math.nan)) for k in METRICS})
             row.update({f"{k}_noiseless": float(metrics[f"{k}_noiseless"]) for k in METRICS if f"{k}_noiseless" in metrics})
+            row.update({k: float(v) for k, v in sorted(metrics.items())  # a runner's own metrics (e.g. qMRI bias)
+                        if k not in row and isinstance(v, (int, float)) and not isinstance(v, bool)})
             row["seconds"] = result.get("seconds", math.nan)
             conv = conv_all.get(group) or {}
             row.update({k: conv.get(k) for k in CONVERGENCE_FIELDS})
@@ -110,16 +112,18 @@ def _cells(out: Path, run_ids: Sequence[tuple[int, str]], group: str, metric: st
     return cells
 
 
-def aggregate(rows: list[dict[str, Any]], grid_keys: list[str], out: Path | None = None) -> list[dict[str, Any]]:
-    """Per (arm, grid point, group): mean +- std over seeds, PSNR bootstrap interval, counts, convergence."""
+def aggregate(rows: list[dict[str, Any]], grid_keys: list[str], out: Path | None = None,
+              metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:
+    """Per (arm, grid point, group): mean +- std over seeds of ``metrics``, PSNR bootstrap interval, counts,
+    convergence."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["arm"], tuple(r.get(k) for k in grid_keys), r["group"])].append(r)
     table = []
     for (arm, point, group), items in groups.items():
         entry: dict[str, Any] = {"arm": arm, **dict(zip(grid_keys, point)), "group": group, "seeds": len(items)}
-        for m in METRICS:
-            mu, sd = mean_std([i[m] for i in items])
+        for m in metrics:
+            mu, sd = mean_std([i.get(m, math.nan) for i in items])
             entry[f"{m}_mean"], entry[f"{m}_std"] = mu, sd
         if out is not None:
             D, _, _ = cell_matrix(_cells(out, [(i["seed"], i["run_id"]) for i in items], group, "psnr"))
@@ -235,11 +239,13 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
         report.add_text(f"{len(not_conv)} run(s) were stopped by a cap while still improving (not converged): "
                         f"{', '.join(not_conv)}. Their numbers understate what the method reaches.",
                         title="Not converged")
-    cols = ["arm", *grid_keys, "group", "seeds", "volumes"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
-    cols += ["psnr_ci95", "convergence"]
-    report.add_table("Metrics per arm and group", aggregate(rows, grid_keys, out), cols,
-                     caption="fastMRI metrics on the evaluation split, averaged over volumes; std over seeds (sample "
-                             "std); psnr_ci95: bootstrap over seeds x volumes of the slices' PSNR per volume.")
+    metrics = tuple(spec.summary.get("metrics") or METRICS)  # summary.metrics: e.g. a qMRI study's rmse_Dstar
+    cols = ["arm", *grid_keys, "group", "seeds", "volumes"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    cols += ["psnr_ci95", "convergence"] if "psnr" in metrics else ["convergence"]
+    caption = ("fastMRI metrics on the evaluation split, averaged over volumes; std over seeds (sample std); "
+               "psnr_ci95: bootstrap over seeds x volumes of the slices' PSNR per volume." if "psnr" in metrics else
+               f"the runner's metrics ({', '.join(metrics)}); mean and sample std over seeds.")
+    report.add_table("Metrics per arm and group", aggregate(rows, grid_keys, out, metrics), cols, caption=caption)
     baseline = spec.summary.get("baseline")
     if baseline:
         diffs = paired_differences(out, runs, baseline, rows=rows)
