@@ -168,3 +168,18 @@ def test_end_to_end_trains_only_the_depths_asked_for(study, tmp_path):
     (run,) = (runs / "runs").iterdir()
     assert sorted(p.name for p in run.glob("depth*")) == ["depth2"]
     assert {r["group"] for r in _rows(runs / "study.csv")} == {"blocks=2"}
+
+
+def test_greedy_and_convex_runs_are_judged_per_block(study):
+    out, _ = study
+    results = _results(out)
+    for row in _rows(out / "study.csv"):
+        if row["arm"].startswith("convex"):  # every block solved to its tolerance, or a FISTA run hit max_iter
+            log = results[row["run_id"]]["extra"]["convex_log"]
+            met = [bool(e["tolerance_met"]) for e in log]
+            assert row["stopped_by"] == ("tolerance" if all(met) else "max_iter")
+            assert row["converged"] == str(all(met) and len(met) == 2)
+        elif row["arm"] == "greedy":  # a block whose best epoch is its last was still improving
+            metrics = json.loads((out / "runs" / row["run_id"] / "metrics.json").read_text())
+            assert row["stopped_by"] == "block_budget"
+            assert row["converged"] == str(not metrics["blocks_still_improving"])

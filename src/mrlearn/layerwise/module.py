@@ -55,6 +55,11 @@ class LayerwiseModule(ReconModule):
     #: how :func:`mrlearn.layerwise.train.train` selects the weights it scores
     selection = "best_checkpoint"
 
+    def block_convergence(self) -> dict[str, Any] | None:
+        """``stopped_by`` / ``converged`` judged per block (greedy, convex), replacing the engine's record whose
+        epoch cap is only the block count; None (end-to-end): the engine's record stands."""
+        return None
+
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig):
         if not isinstance(model, LayerwiseNet):
             raise input_error("model.name", f"{type(model).__name__} is not a layer-wise network", "use 'model: {name: layerwise}'")
@@ -170,6 +175,7 @@ class GreedyModule(_AdamStageModule):
         super().__init__(model, loss, cfg, "layerwise_greedy", epochs_per_block, lr_step_epochs, lr_gamma)
         self.epochs_per_block = epochs_per_block
         self._best: tuple[int, float, dict[str, torch.Tensor]] | None = None  # (stage, score, block weights)
+        self.best_epoch_in_block: dict[int, int] = {}  # block -> epoch (0-based, within its budget) of its best
         total = self.num_blocks * epochs_per_block
         if cfg.trainer.max_epochs != total:
             raise input_error("trainer.max_epochs", f"is {cfg.trainer.max_epochs} but greedy training of {self.num_blocks} "
@@ -196,6 +202,15 @@ class GreedyModule(_AdamStageModule):
         s, v = self.stage(), float(value)
         if self._best is None or self._best[0] != s or (v > self._best[1] if mode == "max" else v < self._best[1]):
             self._best = (s, v, {k: t.detach().clone() for k, t in self.model.blocks[s].state_dict().items()})
+            self.best_epoch_in_block[s] = int(self.current_epoch) - s * self.epochs_per_block
+
+    def block_convergence(self) -> dict[str, Any] | None:
+        """Each block has ``epochs_per_block`` epochs; a block whose best validation came at its last epoch was
+        still improving when its budget ended: then the run is not converged."""
+        last = self.epochs_per_block - 1
+        still = [b for b, e in sorted(self.best_epoch_in_block.items()) if e >= last]
+        done = len(self.best_epoch_in_block) == self.num_blocks
+        return {"stopped_by": "block_budget", "converged": done and not still, "blocks_still_improving": still}
 
     def on_train_end(self) -> None:
         self._restore_best()
@@ -221,6 +236,13 @@ class ConvexModule(LayerwiseModule):
     """Convex layer-wise training: one epoch per block (gather patches, solve by FISTA, install the block)."""
 
     selection = "solved"
+
+    def block_convergence(self) -> dict[str, Any] | None:
+        """Every block solved to its tolerance (``tolerance``), else a FISTA run stopped at ``max_iter``."""
+        met = [bool(e.get("tolerance_met")) for e in self.convex_log]
+        ok = len(met) == self.num_blocks and all(met)
+        return {"stopped_by": "tolerance" if all(met) else "max_iter", "converged": ok,
+                "blocks_at_max_iter": [i for i, m in enumerate(met) if not m]}
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, variant: str = "gated",
                  num_patterns: int = 128, beta: float = 1e-4, patches_per_slice: int = 2000, max_iter: int = 5000,

@@ -7,7 +7,8 @@ trainer (``training.runner.make_trainer``: checkpoints, best checkpoint, NaN gua
 weights it scores by validation: end-to-end loads ``checkpoints/best.ckpt``; greedy keeps, per block, the
 weights of the block's best validation epoch (``GreedyModule``); convex blocks are solved to tolerance (no
 selection). ``metrics.json`` adds ``selected``, the engine's convergence record (``steps``, ``best_step``,
-``stopped_by``, ``converged``, ...; ``best_step`` is None unless ``best.ckpt`` is what was scored), the validation
+``stopped_by``, ``converged``, ...; ``best_step`` is None unless ``best.ckpt`` is what was scored; greedy and convex
+runs are judged per block: ``block_budget`` / ``tolerance`` / ``max_iter``, see ``block_convergence``), the validation
 curve, the test-split scores and the convex log.
 """
 
@@ -60,6 +61,7 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = (), test: boo
                     selected = "last"
             if selected != "best_checkpoint":  # greedy: per-block best epochs; convex: solved blocks; last weights
                 record["best_step"] = None
+            record.update(module.block_convergence() or {})  # greedy / convex: judged per block
             test_metrics = {}
             if test:
                 module.eval()
