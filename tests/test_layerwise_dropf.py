@@ -100,7 +100,7 @@ def test_greedy_drop_f_trains_block_by_block_and_beats_the_input(data_root, tmp_
             net_loss += float(module.loss_fn(module(batch["image"]), batch["target_complex"])) * len(batch["fname"])
             n += len(batch["fname"])
     assert int(module.trained_blocks) == 2 and net_loss < 0.99 * zf_loss, (net_loss / n, zf_loss / n)
-    assert res.convergence["steps"] == 24 and res.convergence["stopped_by"] == "max_epochs"
+    assert res.convergence["steps"] == 24 and res.convergence["stopped_by"] == "block_budget"
 
 
 def test_convex_blocks_refuse_drop_f(tmp_path):
