@@ -14,7 +14,8 @@ Report sections (``evaluation.report``):
     ``metric(arm) - metric(baseline)``, its two-way bootstrap interval, counts of volumes and seeds, the
     convergence note of both arms beside the number, and a verdict only where ``study.stats.verdict`` allows one;
   * figures (``study.figures``): metrics against a numeric group or the fraction key, and (``summary.scarce_task``)
-    that task's validation PSNR against steps and against its samples seen; example images (target, zero-filled input, each arm's output) as a grid.
+    that task's validation PSNR against steps and against its samples seen; example images (target, zero-filled
+    input, each arm's output) as a grid.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def paired_differences(out: Path, runs: list[RunSpec], baseline: str, metric: st
         table.append({"arm": arm, "point": _point_label({k: json.loads(v) for k, v in point}), "group": group,
                       f"d{metric}_mean": mean, "ci95_low": low, "ci95_high": high, "volumes": n_vol, "seeds": n_seed,
                       "slices": sum(len(v) for v in c.values()),
-                      "convergence": Strong(note) if bad else (note or "both converged"),  # "x: not trained" stays
+                      "convergence": Strong(note) if bad else (note or "both converged"),
                       "verdict": verdict(low, high, n_vol, n_seed, bad, unknown)})
     return table
 
