@@ -54,6 +54,30 @@ def test_min_delta_and_modes():
     assert cb.stopped_early and cb.best_entry()[2] == pytest.approx(0.13)  # best.ckpt still follows the best value
 
 
+def test_relative_min_delta_and_reduce_on_plateau():
+    assert improved(0.98, 1.0, "min", 0.01, relative=True) and not improved(0.995, 1.0, "min", 0.01, relative=True)
+    assert not improved(9.95e-3, 1e-2, "min", 0.01, relative=True)  # the same fraction at another loss scale
+    import torch
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    cb = Convergence("val_loss", "min", patience=5, lr_patience=2, lr_factor=0.5, min_delta=1e-3, relative=True)
+    lrs = []
+    for i, value in enumerate([1.0, 0.5, 0.4999, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]):
+        trainer = fake_trainer(10 * (i + 1), i, 0.0)
+        trainer.callback_metrics = {"val_loss": torch.tensor(value)}
+        trainer.optimizers = [optimizer]
+        cb.on_validation_end(trainer, None)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        if trainer.should_stop:
+            break
+    # halved after each 2 validations without a 0.1 % gain (the gain to 0.3 restarts the count); stop at 5
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
+    assert cb.stopped_early and cb.lr_reductions == 3 and cb.state_dict()["lr_reductions"] == 3
+    with pytest.raises(ValueError):
+        Convergence("val_loss", "min", lr_patience=0)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return tiny_dataset(tmp_path_factory.mktemp("conv") / "data")

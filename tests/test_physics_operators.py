@@ -74,7 +74,10 @@ def test_sense_operator_is_adjoint(dtype, coils, mask_kind):
     tol_n = _tolerance(dtype, b * c * h * w, op_norm ** 2, x, z)
     assert abs(complex(_inner(op.normal(x), z) - _inner(x, op.normal(z)))) <= tol_n
     assert float(_inner(op.normal(x), x).real) >= -tol_n
-    assert torch.equal(op.normal(x), op.adjoint(op.forward(x)))  # the mask once: M^H M = M
+    # the shift-free normal equals the composition (mask once: M^H M = M) to the rounding of a few FFT stages
+    diff = torch.linalg.vector_norm(op.normal(x) - op.adjoint(op.forward(x)))
+    eps = torch.finfo(dtype).eps
+    assert float(diff) <= 10 * eps * math.log2(b * c * h * w) * op_norm ** 2 * float(torch.linalg.vector_norm(x))
 
 
 def test_adjointness_check_can_fail():

@@ -8,10 +8,10 @@ import torch
 
 from mrlearn.errors import MrlearnError
 from mrlearn.physics.fft import fft2c
-from mrlearn.physics.sense import sense_normal
+from mrlearn.physics.sense import sense_adjoint, sense_forward, sense_normal
 from mrlearn.recon import METHOD_NAMES, reconstruct, valid_options
 from mrlearn.recon.methods import solver
-from mrlearn.recon.normal import SenseNormal
+from mrlearn.physics.normal import SenseNormal
 from mrlearn.recon.tv import grad2d, grad2d_adjoint
 
 
@@ -41,16 +41,25 @@ def test_tv_gradient_adjoint():
 
 
 @pytest.mark.parametrize("shape", [(24, 20), (23, 19)])
-def test_fast_normal_operator_equals_the_centred_one(shape):
-    """F_c^H M F_c = F^H ifftshift(M) F for column, 2-D and no masks, even and odd sizes (float64 rounding)."""
+@pytest.mark.parametrize("coils", [3, None])
+def test_fast_normal_operator_equals_the_centred_one(shape, coils):
+    """F_c^H M F_c = F^H ifftshift(M) F for column, 2-D and no masks, even and odd sizes, multi- and single-coil
+    (float64 rounding), and its gradient (the unrolled networks train through it) equals the centred one's."""
     h, w = shape
     gen = torch.Generator().manual_seed(0)
-    maps = torch.randn(2, 3, h, w, dtype=torch.complex128, generator=gen)
+    maps = None if coils is None else torch.randn(2, coils, h, w, dtype=torch.complex128, generator=gen)
     x = torch.randn(2, h, w, dtype=torch.complex128, generator=gen)
     for mask in (None, (torch.rand(2, 1, 1, w, generator=gen) > 0.5).double(),
                  (torch.rand(2, 1, h, w, generator=gen) > 0.5).double()):
-        ref = sense_normal(x, maps, mask)
-        assert torch.allclose(SenseNormal(maps, mask)(x), ref, atol=1e-12 * float(ref.abs().max()))
+        ref = sense_adjoint(sense_forward(x, maps, mask), maps, None)  # centred FFTs, with shifts
+        tol = 1e-12 * float(ref.abs().max())
+        assert torch.allclose(SenseNormal(maps, mask)(x), ref, atol=tol)
+        assert torch.allclose(sense_normal(x, maps, mask), ref, atol=tol)
+        xg = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(SenseNormal(maps, mask)(xg).abs().sum(), xg)
+        xr = x.clone().requires_grad_(True)
+        (grad_ref,) = torch.autograd.grad(sense_adjoint(sense_forward(xr, maps, mask), maps, None).abs().sum(), xr)
+        assert torch.allclose(grad, grad_ref, atol=1e-10 * float(grad_ref.abs().max()))
 
 
 @pytest.mark.parametrize("method", ["cg-sense", "cs-l1", "tv"])

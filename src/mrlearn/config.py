@@ -121,12 +121,18 @@ class DataConfig:
 class EarlyStoppingConfig:
     """Stop when the validation metric ``monitor`` (default: the method's best-checkpoint metric, e.g. ``val_ssim``)
     has not improved by more than ``min_delta`` for ``patience`` validations in a row; ``mode`` max/min (default:
-    min for losses and errors, else max). The same metric picks ``best.ckpt``."""
+    min for losses and errors, else max). The same metric picks ``best.ckpt``. ``lr_patience`` (optional):
+    multiply every learning rate by ``lr_factor`` after each ``lr_patience`` validations without such an
+    improvement (reduce-on-plateau; use ``lr_patience < patience``). ``relative``: ``min_delta`` is a fraction of
+    the best value so far (for losses whose scale differs from run to run)."""
 
     monitor: str | None = None
     mode: Literal["max", "min"] | None = None
     patience: int = 5
     min_delta: float = 0.0
+    lr_patience: int | None = None
+    lr_factor: float = 0.5
+    relative: bool = False
 
 
 @dataclass
@@ -328,6 +334,9 @@ def _validate_budget(cfg: ExperimentConfig) -> None:
     es = t.early_stopping
     if es is not None and (es.patience < 1 or es.min_delta < 0):
         raise input_error("trainer.early_stopping", "patience must be at least 1 and min_delta at least 0", "fix the values")
+    if es is not None and es.lr_patience is not None and not (1 <= es.lr_patience < es.patience and 0 < es.lr_factor < 1):
+        raise input_error("trainer.early_stopping", f"lr_patience {es.lr_patience} / lr_factor {es.lr_factor}: need "
+                          "1 <= lr_patience < patience and 0 < lr_factor < 1", "fix the values or drop lr_patience")
     if t.checkpoint_every_n_steps < 0:
         raise input_error("trainer.checkpoint_every_n_steps", "must be 0 (never mid-epoch) or more", "fix the value")
     if cfg.data.num_workers < 0:

@@ -5,7 +5,8 @@
 * :class:`~mrlearn.engine.checkpoint.AtomicCheckpoint`: ``last.ckpt`` / ``best.ckpt``, atomic and always finite;
 * :class:`~mrlearn.engine.signals.GracefulStop`: SIGTERM/SIGINT -> resumable checkpoint + ``RunInterrupted``;
 * :class:`~mrlearn.engine.convergence.Convergence`: validation series, early stopping
-  (``trainer.early_stopping: {monitor, mode, patience, min_delta}``);
+  (``trainer.early_stopping: {monitor, mode, patience, min_delta}``) and reduce-on-plateau learning rates
+  (``lr_patience``, ``lr_factor``);
 * progress (tqdm bar on a terminal, plain lines otherwise) and the logger chosen by ``trainer.logger``
   (``tensorboard`` (default), ``csv``, ``mlflow`` where installed).
 
@@ -128,7 +129,10 @@ def make_trainer(cfg: Any, run_dir: Path, callbacks: Sequence[L.Callback] = (),
     ckpt = AtomicCheckpoint(run_dir / "checkpoints", every_n_steps=t.checkpoint_every_n_steps, monitor=name, mode=mode,
                             stop=stop)
     convergence = Convergence(name, mode, patience=es.patience if es is not None else None,
-                              min_delta=es.min_delta if es is not None else 0.0)
+                              min_delta=es.min_delta if es is not None else 0.0,
+                              lr_patience=es.lr_patience if es is not None else None,
+                              lr_factor=es.lr_factor if es is not None else 0.5,
+                              relative=es.relative if es is not None else False)
     progress, bar = progress_callbacks(t.progress_bar)
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -76,7 +76,7 @@ class GradientDC(nn.Module):
     def forward(self, z: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
                 sens_maps: torch.Tensor | None) -> torch.Tensor:
         op = SenseOperator(sens_maps, mask)
-        return z - self.eta * op.adjoint(op.forward(z) - kspace)
+        return z - self.eta * (op.normal(z) - op.adjoint(kspace))  # A^H (A z - y), shift-free normal
 
 
 class ConjugateGradientDC(nn.Module):

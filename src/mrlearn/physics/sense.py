@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from mrlearn.physics.fft import fft2c, ifft2c
+from mrlearn.physics.normal import SenseNormal
 
 
 def apply_mask(kspace: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -48,8 +49,12 @@ def sense_adjoint(kspace: torch.Tensor, sens_maps: torch.Tensor | None, mask: to
 
 
 def sense_normal(image: torch.Tensor, sens_maps: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-    """``A^H A m`` for an image ``[B, H, W]`` (the mask is applied once, as ``M^H M = M`` for a binary mask)."""
-    return sense_adjoint(sense_forward(image, sens_maps, mask), sens_maps, None)
+    """``A^H A m`` for an image ``[B, H, W]`` (the mask is applied once, as ``M^H M = M`` for a binary mask).
+
+    Computed without FFT shifts (:class:`mrlearn.physics.normal.SenseNormal`); equal to
+    ``sense_adjoint(sense_forward(m))`` to float rounding.
+    """
+    return SenseNormal(sens_maps, mask)(image)
 
 
 def rss(coil_images: torch.Tensor, dim: int = -3) -> torch.Tensor:
@@ -84,6 +89,7 @@ class SenseOperator:
     def __init__(self, sens_maps: torch.Tensor | None, mask: torch.Tensor | None = None):
         self.sens_maps = sens_maps
         self.mask = mask
+        self._normal: SenseNormal | None = None
 
     @property
     def coils(self) -> int:
@@ -101,5 +107,7 @@ class SenseOperator:
         return sense_adjoint(kspace, self.sens_maps, self.mask)
 
     def normal(self, image: torch.Tensor) -> torch.Tensor:
-        """``A^H A m``: ``[B, H, W]`` -> ``[B, H, W]``."""
-        return sense_normal(image, self.sens_maps, self.mask)
+        """``A^H A m``: ``[B, H, W]`` -> ``[B, H, W]`` (shift-free, :class:`~mrlearn.physics.normal.SenseNormal`)."""
+        if self._normal is None:
+            self._normal = SenseNormal(self.sens_maps, self.mask)
+        return self._normal(image)

@@ -26,7 +26,9 @@ class QmriConfig:
     ``alphas``); a ``_wide`` suffix on a network method (e.g. ``net_gt_wide``) uses ``wide_factor`` x width.
     ``grid_points`` values per parameter of f, D, D* (S0 = 1) x ``repeats`` noise draws form the test set;
     maps are drawn over ``map_axes`` at the middle value of the third parameter.
-    Training: to a plateau of the validation loss (``patience`` epochs) under the trainer's caps; with
+    Training: to a plateau of the validation loss (no improvement by more than the fraction ``min_delta`` of the
+    best for ``patience`` epochs; with ``lr_patience`` the learning rate halves after each ``lr_patience`` such
+    epochs) under the trainer's caps; with
     ``init_from_gt`` (default, as Epstein et al.) the MLE, self-supervised and hybrid networks start from the
     trained groundtruth-label network. ``batch_size`` is per process: with ``trainer.devices: 2, strategy: ddp``
     the global batch is twice as large (and equals one process's with ``2 x batch_size``). ``fit_bounds``: name -> [low, high] overriding the default fit bounds.
@@ -48,6 +50,8 @@ class QmriConfig:
     n_hidden: int = 3
     batch_size: int = 256
     patience: int = 20
+    min_delta: float = 0.0
+    lr_patience: int | None = None
     init_from_gt: bool = True
     grid_points: int = 5
     repeats: int = 100
@@ -83,6 +87,9 @@ class QmriConfig:
             raise input_error("qmri.grid_points", "must be at least 2", "e.g. 5")
         if not 0 < self.val_fraction < 1:
             raise input_error("qmri.val_fraction", "must be in (0, 1)", "e.g. 0.1")
+        if self.min_delta < 0 or (self.lr_patience is not None and not 1 <= self.lr_patience < self.patience):
+            raise input_error("qmri.lr_patience", f"min_delta {self.min_delta}, lr_patience {self.lr_patience}, patience "
+                              f"{self.patience}: need min_delta >= 0 and 1 <= lr_patience < patience", "fix the values")
         if self.fit_bounds is not None:
             for k, v in self.fit_bounds.items():
                 if k not in ("S0", "f", "D", "Dstar") or len(v) != 2 or not v[0] < v[1]:

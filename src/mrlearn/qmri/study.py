@@ -136,7 +136,8 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
                                       run_dir=out / "nets" / f"snr{snr:g}_{name}", alpha=alpha, width=w,
                                       n_hidden=q.n_hidden, optim=optim, seed=seed + 17 * si, max_epochs=max_epochs,
                                       max_steps=max_steps, batch_size=q.batch_size, val_fraction=q.val_fraction,
-                                      patience=q.patience, accelerator=accelerator, init_state=init,
+                                      patience=q.patience, min_delta=q.min_delta, lr_patience=q.lr_patience,
+                                      accelerator=accelerator, init_state=init,
                                       devices=devices, strategy=strategy)
             results["training"][f"snr{snr:g}/{name}"] = info
             log(f"SNR {snr:g}: trained {name}: best val loss {info['best_val_loss']:.4g} at step {info['best_step']} "

@@ -3,7 +3,8 @@
 :func:`train_network` trains one :class:`~mrlearn.qmri.module.QmriNetModule` with the Trainer of
 :func:`mrlearn.training.runner.make_trainer` (its checkpoint callback, logger and
 :class:`~mrlearn.engine.convergence.Convergence`) in a run folder: validation every epoch, early stopping on
-``val_loss`` after ``patience`` epochs without improvement, optional caps ``max_epochs`` and ``max_steps``; the
+``val_loss`` after ``patience`` epochs without an improvement by more than the fraction ``min_delta`` of the best
+(optionally halving the learning rate after each ``lr_patience`` of them), optional caps ``max_epochs`` and ``max_steps``; the
 weights returned are those of the best validation epoch, never the last. Its record is the engine's
 :func:`~mrlearn.engine.convergence.convergence_record` (``steps``, ``epochs``, ``validations``, ``best_step``,
 ``best_score``, ``stopped_by`` = ``early_stopping`` / ``max_steps`` / ``max_epochs``, ``converged`` = False when a
@@ -38,10 +39,12 @@ EPSTEIN_RANGES = {"S0": [0.8, 1.2], "f": [0.1, 0.5], "D": [0.4, 3.0], "Dstar": [
 
 
 def _trainer_config(name: str, seed: int, optim: dict[str, Any], max_epochs: int, max_steps: int, accelerator: str,
-                    patience: int, devices: int | str = 1, strategy: str = "auto"):
+                    patience: int, devices: int | str = 1, strategy: str = "auto", min_delta: float = 0.0,
+                    lr_patience: int | None = None):
     from mrlearn.config import EarlyStoppingConfig, ExperimentConfig, TrainerConfig
 
-    stop = EarlyStoppingConfig(monitor="val_loss", mode="min", patience=int(patience))
+    stop = EarlyStoppingConfig(monitor="val_loss", mode="min", patience=int(patience), min_delta=float(min_delta),
+                               relative=True, lr_patience=lr_patience)
     trainer = TrainerConfig(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
                             strategy=strategy, precision="32-true", deterministic=True, progress_bar=False,
                             log_every_n_steps=50, early_stopping=stop)
@@ -82,7 +85,8 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
                   width: int | None = None, n_hidden: int = 3, optim: dict[str, Any] | None = None, seed: int = 0,
                   max_epochs: int = 1000, max_steps: int = -1, batch_size: int = 256, val_fraction: float = 0.1,
                   patience: int = 20, accelerator: str = "cpu", init_state: dict[str, torch.Tensor] | None = None,
-                  log=None, devices: int | str = 1, strategy: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+                  log=None, devices: int | str = 1, strategy: str = "auto", min_delta: float = 0.0,
+                  lr_patience: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one network (deterministic for ``seed``); returns (net at its best validation epoch, record).
 
     ``batch_size`` is per process: ``devices: 2, strategy: ddp`` with ``batch_size`` trains on the same global
@@ -125,7 +129,7 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
                     f"(best {best['loss'] if best['loss'] is not None else math.nan:.4g} at epoch {best['epoch']})")
 
     cfg = _trainer_config(Path(run_dir).name, seed, optim or {"name": "adam", "lr": 1e-3}, max_epochs, max_steps,
-                          accelerator, patience, devices, strategy)
+                          accelerator, patience, devices, strategy, min_delta, lr_patience)
     trainer, ckpt = make_trainer(cfg, Path(run_dir), callbacks=[_KeepBest()], monitor=("val_loss", "min"))
     trainer.fit(module, datamodule=_signal_data(tensors, perm, n_val, batch_size, seed))
     if best["state"] is not None:

@@ -13,7 +13,7 @@ import torch
 from mrlearn.physics.sense import sense_adjoint
 from mrlearn.recon.cg import conjugate_gradient
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
-from mrlearn.recon.normal import SenseNormal
+from mrlearn.physics.normal import SenseNormal
 
 
 def cg_sense(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,

@@ -22,7 +22,7 @@ import torch
 from mrlearn.physics.complex import center_crop, center_pad
 from mrlearn.physics.sense import sense_adjoint
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
-from mrlearn.recon.normal import SenseNormal
+from mrlearn.physics.normal import SenseNormal
 from mrlearn.recon.scaling import lambda_weight
 from mrlearn.recon.wavelets import default_levels, detail_mask, dwt2, idwt2, pad_shape
 

@@ -22,7 +22,7 @@ import torch
 from mrlearn.physics.sense import apply_mask, sense_adjoint, sense_forward
 from mrlearn.recon.cg import conjugate_gradient
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
-from mrlearn.recon.normal import SenseNormal
+from mrlearn.physics.normal import SenseNormal
 from mrlearn.recon.scaling import lambda_weight
 
 
