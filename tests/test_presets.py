@@ -142,4 +142,10 @@ def test_ssl_tiny_preset_has_reference_rows_and_noiseless_columns(phantom, tmp_p
     assert all(float(r["psnr_noiseless"]) > 0 for r in rows)
     trained = {r["arm"]: r for r in rows if r["arm"] in ("supervised", "ssdu")}
     assert all(r["stopped_by"] in ("early_stopping", "max_steps") for r in trained.values())
+    # the CS reference (5 FISTA iterations, no tolerance) is a solver stopped by its cap, and the report says so
+    cs = next(r for r in rows if r["arm"] == "cs")
+    assert cs["stopped_by"] == "max_iter" and cs["converged"] == "False" and cs["steps"] == "5"
+    zf = next(r for r in rows if r["arm"] == "zero_filled")
+    assert zf["stopped_by"] == "not_trained"
+    assert "solver at its iteration cap" in (tmp_path / "ssl" / "report.html").read_text()
 

@@ -168,3 +168,26 @@ def test_tv_recon_minimises_its_own_objective(anisotropic):
             d = torch.randn(x.shape, dtype=torch.complex128, generator=gen)
             d = d * step * x.abs().max() / d.abs().max()
             assert float(tv_objective(x.to(torch.complex128) + d, *args)[0]) >= f * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("method, quantity", [("cs-l1", "relative_change"), ("tv", "relative_change"),
+                                              ("cg-sense", "relative_residual")])
+def test_iterative_solvers_say_whether_their_tolerance_or_their_cap_stopped_them(method, quantity):
+    """Without a tolerance (BART's fixed count) the cap stops the solver; with one it stops earlier once the
+    stopping quantity is below it, and the record aggregates batches into the convergence fields of a run."""
+    from mrlearn.recon.stopping import solver_record
+
+    ksp, mask, maps, _ = _problem(s=1, h=32, w=24)
+    fn = solver(method)
+    capped, loose = {}, {}
+    if method == "cg-sense":
+        fn(ksp * mask, mask, maps, max_iter=2, tol=1e-12, info=capped)
+        fn(ksp * mask, mask, maps, max_iter=200, tol=1e-3, info=loose)
+    else:
+        fn(ksp * mask, mask, maps, max_iter=3, info=capped)
+        fn(ksp * mask, mask, maps, max_iter=300, tol=5e-2, info=loose)
+    assert capped["iterations"] == capped["max_iter"] and capped["tolerance_met"] is False
+    assert loose["tolerance_met"] is True and loose["iterations"] < 300 and loose[quantity] < loose["tol"]
+    record = solver_record([capped, loose])
+    assert record["stopped_by"] == "max_iter" and record["converged"] is False and record["monitor"] == quantity
+    assert solver_record([loose])["stopped_by"] == "tolerance" and solver_record([]) is None

@@ -122,3 +122,5 @@ def test_reference_rows_are_not_trained_rather_than_unknown():
     assert status([None, None]) == "unknown" and status([None], [None]) == "unknown"
     assert status([True, False], ["max_steps", "early_stopping"]) == "not converged (1/2 runs)"
     assert status([True, True], ["early_stopping", "early_stopping"]) == "converged"
+    assert status([False], ["max_iter"]) == "not converged: solver at its iteration cap (1/1 runs)"
+    assert status([True], ["tolerance"]) == "converged"

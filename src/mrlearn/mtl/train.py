@@ -263,4 +263,8 @@ def score_reference(cfg: ExperimentConfig) -> RunOutcome:
     tasks = tasks_config(cfg)
     module = build_method(cfg)
     module.task_names = tasks.names
-    return evaluate(module, MultiTaskDataModule(cfg), tasks.eval_split, tasks.examples)
+    outcome = evaluate(module, MultiTaskDataModule(cfg), tasks.eval_split, tasks.examples)
+    record = module.solver_record() if hasattr(module, "solver_record") else None
+    if record is not None:  # an iterative classical reference: how its solver stopped
+        outcome.extra["convergence"] = record
+    return outcome

@@ -26,11 +26,14 @@ def conjugate_gradient(
     x0: torch.Tensor | None = None,
     max_iter: int = 10,
     tol: float = 0.0,
+    info: dict | None = None,
 ) -> torch.Tensor:
     """Run at most ``max_iter`` CG iterations on ``normal_op(x) = rhs``; returns ``x`` shaped like ``rhs``.
 
     ``rhs`` is ``[B, ...]`` (complex or real); ``normal_op`` must be Hermitian positive semi-definite per sample.
     ``tol`` is the relative residual ``||b - N x|| / ||b||`` at which a sample stops (0 = run all iterations).
+    ``info`` (optional dict) receives ``iterations``, ``max_iter``, ``tol``, ``relative_residual`` (the largest
+    over the batch) and ``tolerance_met`` (every sample below ``tol``).
     """
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
     r = rhs - normal_op(x) if x0 is not None else rhs.clone()
@@ -39,10 +42,12 @@ def conjugate_gradient(
     b_norm2 = _dot(rhs, rhs)
     tiny = torch.finfo(rr.dtype).tiny
     tol2 = float(tol) ** 2
+    iterations = 0
     for _ in range(int(max_iter)):
         active = rr > tol2 * b_norm2 if tol > 0 else rr > 0
         if not bool(active.any()):
             break
+        iterations += 1
         q = normal_op(p)
         pq = _dot(p, q)
         alpha = torch.where(active & (pq > 0), rr / pq.clamp_min(tiny), torch.zeros_like(rr))
@@ -52,4 +57,8 @@ def conjugate_gradient(
         beta = torch.where(active, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr))
         p = r + beta * p
         rr = torch.where(active, rr_new, rr)
+    if info is not None:
+        rel = float((rr / b_norm2.clamp_min(tiny)).sqrt().max()) if rr.numel() else 0.0
+        info.update(iterations=iterations, max_iter=int(max_iter), tol=float(tol), relative_residual=rel,
+                    tolerance_met=bool(rel < tol or rel == 0.0))
     return x

@@ -17,9 +17,10 @@ from mrlearn.physics.normal import SenseNormal
 
 
 def cg_sense(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
-             lam: float = 0.01, max_iter: int = 30, tol: float = 1e-6, x0: torch.Tensor | None = None
-             ) -> torch.Tensor:
-    """CG-SENSE image ``[B, H, W]``; ``max_iter`` CG steps or until ``||r|| / ||A^H y|| < tol``."""
+             lam: float = 0.01, max_iter: int = 30, tol: float = 1e-6, x0: torch.Tensor | None = None,
+             info: dict | None = None) -> torch.Tensor:
+    """CG-SENSE image ``[B, H, W]``; ``max_iter`` CG steps or until ``||r|| / ||A^H y|| < tol`` (``info``: see
+    :func:`mrlearn.recon.cg.conjugate_gradient`)."""
     kspace = check_kspace(kspace)
     mask = check_mask(mask, kspace)
     maps = check_sens_maps(sens_maps, kspace)
@@ -29,4 +30,4 @@ def cg_sense(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: 
     def normal(x: torch.Tensor) -> torch.Tensor:
         return sense_normal(x) + lam * x
 
-    return conjugate_gradient(normal, rhs, x0=x0, max_iter=max_iter, tol=tol)
+    return conjugate_gradient(normal, rhs, x0=x0, max_iter=max_iter, tol=tol, info=info)

@@ -13,6 +13,11 @@ BART) unless ``threshold_coarse=False``.
 ``bart pics -l1 -r lam``'s weight, ``"max"`` ``lam * max|A^H y|``, ``"absolute"`` ``lam`` in data units. Step
 ``1 / L`` with ``L = max_x sum_c |S_c(x)|^2 >= ||A^H A||`` (1 for unit-norm maps). kspace/maps ``[B, C, H, W]``,
 output complex ``[B, H, W]``.
+
+Stopping: ``max_iter`` iterations (BART's practice: a fixed count), or earlier with ``tol > 0`` once the relative
+change of the iterate ``||x_k - x_{k-1}|| / ||x_k||`` is below ``tol`` for every slice. ``info`` (optional dict)
+receives ``iterations``, ``max_iter``, ``tol``, ``relative_change`` (the last, largest over the batch) and
+``tolerance_met``: a result at ``max_iter`` with a large relative change is not the minimiser.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from mrlearn.physics.sense import sense_adjoint
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
 from mrlearn.physics.normal import SenseNormal
 from mrlearn.recon.scaling import lambda_weight
+from mrlearn.recon.stopping import relative_change
 from mrlearn.recon.wavelets import default_levels, detail_mask, dwt2, idwt2, pad_shape
 
 
@@ -45,7 +51,7 @@ def absolute_lambda(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: 
 def cs_l1_wavelet(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
                   lam: float = 0.005, max_iter: int = 30, wavelet: str = "db2", levels: int | None = None,
                   lambda_convention: str = "bart", random_shift: bool = True, seed: int = 0,
-                  threshold_coarse: bool = True) -> torch.Tensor:
+                  threshold_coarse: bool = True, tol: float = 0.0, info: dict | None = None) -> torch.Tensor:
     """FISTA for L1-wavelet CS (module docstring); the defaults are those of ``bart pics -l1 -r 0.005``."""
     kspace = check_kspace(kspace)
     mask = check_mask(mask, kspace)
@@ -74,6 +80,7 @@ def cs_l1_wavelet(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_m
     x = torch.zeros(rhs.shape[0], ph, pw, dtype=rhs.dtype, device=rhs.device)
     y, t = x, 1.0
     step_rhs = step * center_pad(rhs, (ph, pw))
+    iterations, change = 0, float("inf")
     for _ in range(int(max_iter)):
         # gradient step y - step (A^H A y - A^H y) on the padded grid; the border is not seen by the data
         z = y + step_rhs
@@ -81,5 +88,13 @@ def cs_l1_wavelet(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_m
         x_new = prox(z)
         t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
         y = x_new + ((t - 1) / t_new) * (x_new - x)
+        change = relative_change(x_new, x)
         x, t = x_new, t_new
+        iterations += 1
+        if tol > 0 and change < tol:
+            break
+    if info is not None:
+        info.update(iterations=iterations, max_iter=int(max_iter), tol=float(tol), relative_change=change,
+                    tolerance_met=bool(tol > 0 and change < tol))
     return center_crop(x, (h, w))
+

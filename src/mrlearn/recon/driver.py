@@ -32,7 +32,7 @@ from mrlearn.physics.complex import crop_or_pad
 from mrlearn.physics.espirit import espirit_sens_maps
 from mrlearn.physics.fft import ifft2c
 from mrlearn.physics.sense import rss
-from mrlearn.recon.methods import DATA_ARGS, NEEDS_MAPS, solver
+from mrlearn.recon.methods import NEEDS_MAPS, RUNTIME_ARGS, solver
 
 #: ESPIRiT options :func:`reconstruct` passes on to :func:`mrlearn.physics.espirit.espirit_sens_maps`
 MAP_OPTIONS: tuple[str, ...] = ("calib_size", "kernel_size", "threshold", "crop", "eig_method")
@@ -44,7 +44,7 @@ def valid_options(method: str) -> list[str]:
     """Every option key :func:`reconstruct` accepts for ``method``, sorted."""
     from mrlearn.registry import config_params
 
-    own = config_params(solver(method), runtime=DATA_ARGS)
+    own = config_params(solver(method), runtime=RUNTIME_ARGS)
     extra = MAP_OPTIONS if method in NEEDS_MAPS else ()
     return sorted({*own, *extra, *DRIVER_OPTIONS})
 
@@ -60,7 +60,7 @@ def split_options(method: str, options: dict[str, Any], where: str = "options"
             raise input_error(f"{where}.{key}", f"unknown option for method {method!r}",
                               f"valid keys: {', '.join(valid)}")
     own = {k: v for k, v in options.items() if k not in MAP_OPTIONS and k not in DRIVER_OPTIONS}
-    own = validate("recon", {"name": method, **own}, where, runtime=DATA_ARGS)
+    own = validate("recon", {"name": method, **own}, where, runtime=RUNTIME_ARGS)
     maps = {k: v for k, v in options.items() if k in MAP_OPTIONS}
     defaults = inspect.signature(espirit_sens_maps).parameters
     for key, value in maps.items():
@@ -123,8 +123,11 @@ def estimate_maps(kspace: torch.Tensor, mask: torch.Tensor | None, map_options: 
 
 
 def reconstruct(kspace: Any, mask: Any = None, method: str = "cg-sense", sens_maps: Any = None,
-                **options: Any) -> Any:
+                solver_log: list | None = None, **options: Any) -> Any:
     """Reconstruct one slice ``[C, H, W]`` or a volume ``[S, C, H, W]``; see the module docstring.
+
+    ``solver_log``: a list that receives one stopping record per solved batch (iterative methods; see
+    :mod:`mrlearn.recon.stopping`).
 
     >>> import numpy as np
     >>> k = np.fft.fft2(np.ones((1, 8, 8)), norm="ortho").astype(np.complex64)
@@ -156,6 +159,7 @@ def reconstruct(kspace: Any, mask: Any = None, method: str = "cg-sense", sens_ma
             raise input_error("sens_maps", f"shape {tuple(maps_all.shape)} does not match k-space {tuple(ksp.shape)}",
                               "pass maps shaped like the k-space ([C, H, W] or [S, C, H, W])")
     fn = solver(method)
+    takes_info = solver_log is not None and "info" in inspect.signature(fn).parameters
     batch = max(1, int(driver.get("batch_size", 4)))
     out = []
     for s0 in range(0, ksp.shape[0], batch):
@@ -168,7 +172,11 @@ def reconstruct(kspace: Any, mask: Any = None, method: str = "cg-sense", sens_ma
                 maps = maps_all[s0 : s0 + batch] if maps_all.shape[0] > 1 else maps_all.expand(k.shape[0], -1, -1, -1)
             elif k.shape[1] > 1:
                 maps = estimate_maps(k, m, map_options, float(driver.get("min_support_energy", 0.5)))
-        img = fn(k, m, maps, **own).abs()
+        if takes_info:
+            solver_log.append({})
+            img = fn(k, m, maps, info=solver_log[-1], **own).abs()
+        else:
+            img = fn(k, m, maps, **own).abs()
         if driver.get("recon_size") is not None:
             img = crop_or_pad(img, tuple(int(v) for v in driver["recon_size"]))
         out.append(img.to(torch.float32))

@@ -92,11 +92,13 @@ def iterate_folder(data: str | Path, method: str, options: dict[str, Any] | None
         slices.close()
 
 
-def slice_predictor(method: str, options: dict[str, Any] | None = None) -> Callable[[dict[str, Any]], torch.Tensor]:
+def slice_predictor(method: str, options: dict[str, Any] | None = None,
+                    solver_log: list | None = None) -> Callable[[dict[str, Any]], torch.Tensor]:
     """``predict(batch) -> [B, h, w]`` for batches of the evaluation transform (``keep_kspace=True``).
 
     ``zero-filled`` without options reuses the transform's zero-filled image; other methods undo the transform's
-    k-space normalisation (``kspace * scale``) and crop to the zero-filled image's size.
+    k-space normalisation (``kspace * scale``) and crop to the zero-filled image's size. ``solver_log`` receives
+    the iterative solver's stopping record of every batch (:mod:`mrlearn.recon.stopping`).
     """
     options = dict(options or {})
     split_options(method, options, "method options")
@@ -107,6 +109,6 @@ def slice_predictor(method: str, options: dict[str, Any] | None = None) -> Calla
         ksp = batch["kspace"] * batch["scale"].reshape(-1, 1, 1, 1).to(batch["kspace"].real.dtype)
         maps = batch.get("sens_maps")
         size = tuple(batch["zero_filled"].shape[-2:])
-        return reconstruct(ksp, batch["mask"], method, maps, recon_size=size, **options)
+        return reconstruct(ksp, batch["mask"], method, maps, recon_size=size, solver_log=solver_log, **options)
 
     return predict

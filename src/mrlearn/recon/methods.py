@@ -23,6 +23,8 @@ from mrlearn.recon.zero_filled import sense_zero_filled, zero_filled_rss
 
 #: arguments every solver takes from the data, not from options
 DATA_ARGS = ("kspace", "mask", "sens_maps")
+#: arguments the driver passes at run time, never options: the data and ``info`` (the solver's stopping record)
+RUNTIME_ARGS = (*DATA_ARGS, "info")
 
 
 def zero_filled(kspace: torch.Tensor, mask: torch.Tensor | None = None,
@@ -54,5 +56,5 @@ def solver(method: str, where: str = "method") -> Callable[..., torch.Tensor]:
 
 def method_options(method: str) -> dict[str, Any]:
     """``{option: default}`` of ``method`` (its solver's keyword arguments beyond the data)."""
-    params = registry.config_params(solver(method), runtime=DATA_ARGS)
+    params = registry.config_params(solver(method), runtime=RUNTIME_ARGS)
     return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}

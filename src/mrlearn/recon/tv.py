@@ -24,6 +24,7 @@ from mrlearn.recon.cg import conjugate_gradient
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
 from mrlearn.physics.normal import SenseNormal
 from mrlearn.recon.scaling import lambda_weight
+from mrlearn.recon.stopping import relative_change
 
 
 def grad2d(x: torch.Tensor) -> torch.Tensor:
@@ -63,8 +64,11 @@ def tv_objective(x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | Non
 
 def tv_recon(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
              lam: float = 0.002, max_iter: int = 10, cg_iter: int = 5, rho: float = 0.5,
-             lambda_convention: str = "bart", anisotropic: bool = False) -> torch.Tensor:
-    """ADMM-TV image ``[B, H, W]``: ``max_iter`` outer iterations of ``cg_iter`` warm-started CG steps each.
+             lambda_convention: str = "bart", anisotropic: bool = False, tol: float = 0.0,
+             info: dict | None = None) -> torch.Tensor:
+    """ADMM-TV image ``[B, H, W]``: ``max_iter`` outer iterations of ``cg_iter`` warm-started CG steps each, or
+    fewer with ``tol > 0`` once the relative change of ``x`` is below ``tol`` (``info``: as
+    :func:`mrlearn.recon.cs.cs_l1_wavelet`'s).
 
     ``anisotropic=False`` (default): isotropic TV; ``True``: anisotropic (l1 of each difference, BART's
     ``-R T:1:0:lam -R T:2:0:lam``).
@@ -84,9 +88,17 @@ def tv_recon(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: 
     x = torch.zeros_like(rhs)
     z = torch.zeros(rhs.shape[0], 2, *rhs.shape[-2:], dtype=rhs.dtype, device=rhs.device)
     u = torch.zeros_like(z)
+    iterations, change = 0, float("inf")
     for _ in range(int(max_iter)):
-        x = conjugate_gradient(normal, rhs + rho * grad2d_adjoint(z - u), x0=x, max_iter=cg_iter)
+        x_new = conjugate_gradient(normal, rhs + rho * grad2d_adjoint(z - u), x0=x, max_iter=cg_iter)
+        change, x = relative_change(x_new, x), x_new
         gx = grad2d(x)
         z = shrink(gx + u, thresh)
         u = u + gx - z
+        iterations += 1
+        if tol > 0 and change < tol:
+            break
+    if info is not None:
+        info.update(iterations=iterations, max_iter=int(max_iter), tol=float(tol), relative_change=change,
+                    tolerance_met=bool(tol > 0 and change < tol))
     return x

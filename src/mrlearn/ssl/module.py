@@ -217,7 +217,8 @@ class DistillModule(_SelfSupervised):
 @register("method", "reference")
 class ReferenceModule(ReconModule):
     """A classical reconstruction scored like a trained method: ``recon`` names a registered classical method
-    (``mrlearn.recon``: ``zero-filled``, ``cg-sense``, ``cs-l1``, ...), ``options`` its keyword options."""
+    (``mrlearn.recon``: ``zero-filled``, ``cg-sense``, ``cs-l1``, ...), ``options`` its keyword options.
+    :meth:`solver_record` says how its iterative solver stopped (tolerance or iteration cap) over every batch."""
 
     keep_kspace = True
 
@@ -231,7 +232,14 @@ class ReferenceModule(ReconModule):
                               f"choose one of: {', '.join(registry.available('recon'))}")
         super().__init__(model, loss, cfg)
         self.recon, self.options = recon, dict(options or {})
-        self._predict = slice_predictor(recon, self.options)
+        self.solver_log: list[dict[str, Any]] = []
+        self._predict = slice_predictor(recon, self.options, self.solver_log)
+
+    def solver_record(self) -> dict[str, Any] | None:
+        """Convergence fields of the batches reconstructed so far (None for a non-iterative method)."""
+        from mrlearn.recon.stopping import solver_record
+
+        return solver_record(self.solver_log)
 
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         raise input_error("method", "'reference' reconstructions are not trained",

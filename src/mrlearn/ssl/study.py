@@ -61,6 +61,9 @@ def study_runner(cfg: Any) -> RunOutcome:
     loader = dm.eval_loader("test")
     outcome = score(_OnDevice(module, device), loader)
     outcome.extra.update(extra)
+    record = module.solver_record() if hasattr(module, "solver_record") else None
+    if record is not None:  # an iterative classical reference: how its solver stopped
+        outcome.extra["convergence"] = record
     return outcome
 
 

@@ -90,9 +90,13 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def status(values: Sequence[Any], stopped_by: Sequence[Any] = ()) -> str:
     """Convergence of a set of runs from their ``converged`` values: ``converged``, ``not converged (k/n runs)``,
-    ``not trained`` (every run's ``stopped_by`` is ``not_trained``: reference rows) or ``unknown``."""
+    ``not trained`` (every run's ``stopped_by`` is ``not_trained``: reference rows) or ``unknown``. A classical
+    reference whose iterative solver stopped at its iteration cap (``stopped_by: max_iter``) is not converged."""
     bad = sum(v is False for v in values)
     if bad:
+        capped = [s for v, s in zip(values, stopped_by) if v is False]
+        if capped and all(s == "max_iter" for s in capped):
+            return f"not converged: solver at its iteration cap ({bad}/{len(values)} runs)"
         return f"not converged ({bad}/{len(values)} runs)"
     if stopped_by and all(s == NOT_TRAINED for s in stopped_by):
         return "not trained"

@@ -67,10 +67,12 @@ def study_runner(cfg: Any) -> Any:
     mask_func = registry.build("mask", {k: v for k, v in cfg.mask.items() if k != "fixed_per_slice"}, "mask")
     contrasts = list(cfg.data.contrasts) if cfg.data.contrasts else None
     extra: dict[str, Any] = {}
+    reference = None
     if cfg.method.get("name") == "reference":
         from mrlearn.training.runner import build_method
 
-        predict = build_method(cfg).reconstruct  # the reference method checks recon and its options
+        reference = build_method(cfg)  # the reference method checks recon and its options
+        predict = reference.reconstruct
         dataset = eval_dataset(root / cfg.data.test, mask_func, None, True, contrasts)
     else:
         from mrlearn.training.runner import train
@@ -91,6 +93,9 @@ def study_runner(cfg: Any) -> Any:
             if f == fname:
                 examples[f"{Path(f).stem}_slice{s}"] = {"target": target[s], "input": zf[s], "output": pred[s]}
     extra["volumes"] = volumes
+    record = reference.solver_record() if reference is not None else None
+    if record is not None:  # an iterative classical method: how its solver stopped
+        extra["convergence"] = record
     return RunOutcome(groups={"all": mean_metrics(volumes.values())}, slices=slices, examples=examples, extra=extra)
 
 
@@ -180,8 +185,15 @@ def write_metrics_csv(path: Path, results: dict[str, dict[str, Any]]) -> Path:
 
 # ---------------------------------------------------------------------------------------------- the demo report
 def convergence_text(record: dict[str, Any], learned: bool) -> str:
-    """What the report says about a run's training: ``-`` (classical), converged, or NOT converged and why."""
+    """What the report says about a run's training: ``-`` (classical, not iterative), how an iterative classical
+    solver stopped, converged, or NOT converged and why."""
     if not learned:
+        by = record.get("stopped_by")
+        if by == "tolerance":
+            return f"not trained; solver met its tolerance ({record.get('steps')} iterations)"
+        if by == "max_iter":
+            return (f"not trained; solver stopped at its iteration cap ({record.get('steps')} iterations, "
+                    f"{record.get('monitor')} {record.get('best_score'):.2g}): not the minimiser")
         return "- (not trained)"
     steps, best, by = record.get("steps"), record.get("best_step"), record.get("stopped_by")
     where = f"{steps} steps, best at step {best}, stopped by {by}"
