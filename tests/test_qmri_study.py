@@ -99,6 +99,9 @@ def test_study_end_to_end_tiny_config(tmp_path):
     with open(out / "study.csv", newline="") as fh:  # the runner's own metrics are study.csv columns
         study_rows = {r["group"]: r for r in csv.DictReader(fh)}
     assert float(study_rows["snr20/net_gt"]["rmse_Dstar"]) > 0 and study_rows["snr20/net_gt"]["stopped_by"]
+    fit = study_rows["snr20/mle_fit"]  # the per-voxel fit says how it stopped, as a classical solver
+    assert fit["monitor"] == "voxels_converged" and 0 <= float(fit["best_score"]) <= 1
+    assert fit["stopped_by"] == ("tolerance" if float(fit["best_score"]) == 1 else "max_iter")
     study_html = (out / "report.html").read_text()
     assert "rmse_Dstar_mean" in study_html and "psnr_mean" not in study_html  # summary.metrics of the preset
     run = out / "runs" / "base__seed0"

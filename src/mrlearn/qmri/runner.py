@@ -56,21 +56,22 @@ def run_label_study(cfg: Any, out: Path, log=print) -> dict[str, Any]:
              f"{q.patience}, init from the groundtruth network: {q.init_from_gt}, seed {cfg.seed}; run time {elapsed:.0f} s."]
     write_report(out, f"qMRI label study: {cfg.name} (seed {cfg.seed})", results, rows, figs, notes)
     write_json(out / "metrics.json", {"summary": rows, "training": results["training"],
-                                      "findings": results["findings"], "elapsed_s": elapsed})
+                                      "fits": results.get("fits", {}), "findings": results["findings"],
+                                      "elapsed_s": elapsed})
     atomic_write_text(out / "log.txt", "\n".join(lines) + "\n")
     return results
 
 
 def outcome_groups(results: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """Study groups ``snr<k>/<method>`` -> metrics ``<abs_bias|std|rmse>_<param>``, and their convergence records
-    (the network's; the per-voxel MLE fit has none)."""
+    (the network's training; the per-voxel MLE fit's stopping, as a classical solver's)."""
     groups: dict[str, dict[str, float]] = {}
     conv: dict[str, dict[str, Any]] = {}
     for snr, per in results["snr"].items():
         for method, r in per.items():
             g = f"snr{snr}/{method}"
             groups[g] = {f"{m}_{k}": float(s[m]) for k, s in r["summary"].items() for m in METRIC_KEYS}
-            rec = results["training"].get(f"snr{snr}/{method}")
+            rec = results["training"].get(f"snr{snr}/{method}") or results.get("fits", {}).get(f"snr{snr}/{method}")
             if rec is not None:
                 conv[g] = {k: rec.get(k) for k in CONVERGENCE_FIELDS}
     return groups, conv
