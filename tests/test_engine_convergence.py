@@ -118,6 +118,22 @@ def test_early_stopping_is_converged_and_evaluates_the_best_checkpoint(data, tmp
     assert again.convergence["steps"] == 6 and again.convergence["stopped_by"] == "early_stopping"
 
 
+def test_reduce_on_plateau_cuts_the_trained_optimizers_rate_and_survives_resume(data, tmp_path):
+    import torch
+
+    out = tmp_path / "plateau"
+    # min_delta 10 (SSIM never gains that): rate halved after validations 2 and 3, stop after validation 4
+    sets = ("optim.lr=1e-3", "trainer.val_every_n_steps=2", "trainer.max_epochs=10",
+            "trainer.early_stopping={patience: 3, min_delta: 10.0, lr_patience: 1, lr_factor: 0.5}")
+    train(tiny_config(data, out, *sets))
+    m = metrics(out)
+    assert m["stopped_by"] == "early_stopping" and m["validations"] == 4 and m["lr_reductions"] == 2
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 4)
+    again = train(tiny_config(data, out, *sets), resume=True)
+    assert again.convergence["lr_reductions"] == 2 and again.convergence["steps"] == m["steps"]
+
+
 def test_time_cap_and_csv_logger(data, tmp_path):
     out = tmp_path / "timed"
     train(tiny_config(data, out, "trainer.max_time=0.001", "trainer.max_epochs=50", "trainer.logger=csv"))

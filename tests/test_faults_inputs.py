@@ -74,6 +74,8 @@ def test_bad_config_files(tmp_path, capsys, content, fragment):
     (["trainer.accelerator=tpu"], "trainer.accelerator: expected one of"),
     (["trainer.max_steps=0"], "trainer.max_steps: 0 is not at least 1"),
     (["trainer.early_stopping={patience: 0}"], "trainer.early_stopping: patience must be at least 1"),
+    (["trainer.early_stopping={patience: 3, lr_patience: 3}"], "trainer.early_stopping: lr_patience 3 / lr_factor 0.5"),
+    (["trainer.early_stopping={patience: 3, lr_patience: 1, lr_factor: 1.5}"], "need 1 <= lr_patience < patience"),
     (["trainer.val_every_n_steps=0"], "trainer.val_every_n_steps: must be at least 1"),
     (["trainer.devices=3", "trainer.strategy=ddp"], "--devices 3: 2 val volume(s) for 3 processes"),
     (["mask.accelerations=[1000]"], "mask center_fractions: 3 centre columns (fraction 0.08) exceed"),
