@@ -10,7 +10,8 @@
       ratio: [1, 1]              # stratified: samples of each task per batch, proportional (batch_size in total)
       weighting: {name: dwa, temperature: 2.0}   # equal | fixed | inverse | dwa | uncertainty | mgda | gradnorm | pcgrad | cagrad
       pooled: false              # true: one model task for all samples (single-task on pooled contrasts)
-      transfer: null             # {pretrain_fraction: 0.5}: pretrain on all tasks but the last, fine-tune on the last
+      transfer: null             # {pretrain_fraction: 0.5}: pretrain on all tasks but the last, fine-tune on the last;
+                                 # phase_caps: split (the budget B split by the fraction) | each (B per phase)
       separate: false            # true: one single-task model per task (the single-task baseline), same steps each
       eval_split: test           # split of the final per-task evaluation (study runs)
       examples: 1                # example slices per task kept for the report
@@ -94,9 +95,12 @@ class TasksConfig:
             raise input_error("tasks.weighting", f"expected a name or a mapping, got {self.weighting!r}", "e.g. {name: dwa}")
         registry.validate("weighting", self.weighting, "tasks.weighting", runtime=("num_tasks", "sizes"))
         if self.transfer is not None:
-            bad = sorted(set(self.transfer) - {"pretrain_fraction"})
+            bad = sorted(set(self.transfer) - {"pretrain_fraction", "phase_caps"})
             if bad:
-                raise input_error(f"tasks.transfer.{bad[0]}", "unknown key", "valid keys: pretrain_fraction")
+                raise input_error(f"tasks.transfer.{bad[0]}", "unknown key", "valid keys: pretrain_fraction, phase_caps")
+            if self.transfer.get("phase_caps", "split") not in ("split", "each"):
+                raise input_error("tasks.transfer.phase_caps", f"{self.transfer['phase_caps']!r} is not split or each",
+                                  "split: equal total steps; each: every phase to convergence under the full cap")
             frac = self.transfer.get("pretrain_fraction", 0.5)
             check_type(frac, float, "tasks.transfer.pretrain_fraction")
             if not 0 < frac < 1:

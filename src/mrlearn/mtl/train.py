@@ -12,7 +12,9 @@ models of a single-task run (``per_task_runs`` keeps each) or the two transfer p
 Baseline ``tasks.transfer: {pretrain_fraction: f}``: with the same budget ``B`` (optimizer steps the configured
 epochs take on the full multi-task loader) the model is trained for ``round(f B)`` steps on all tasks but the
 last (phase 1, one model task), then for ``B - round(f B)`` steps on the last task (phase 2, starting from the
-phase-1 weights, fresh optimizer). Both phases use ``model.num_tasks: 1``.
+phase-1 weights, fresh optimizer). Both phases use ``model.num_tasks: 1``. With ``phase_caps: each`` (studies
+trained to convergence) each phase has the whole ``B`` as its safety cap instead, so neither phase is stopped by
+half a budget while still improving.
 """
 
 from __future__ import annotations
@@ -227,9 +229,12 @@ def _run(cfg: ExperimentConfig, tasks: Any) -> tuple[RunOutcome, dict[str, Any]]
         budget = _budget(cfg)
         first = int(round(tasks.transfer.get("pretrain_fraction", 0.5) * budget))
         first = min(max(first, 1), budget - 1)
+        second = budget - first
+        if tasks.transfer.get("phase_caps", "split") == "each":
+            first = second = budget
         n = len(tasks.specs)
         pre = _fit(_phase_cfg(cfg, list(range(n - 1)), first, "pretrain"), run_dir / "pretrain")
-        fit = _fit(_phase_cfg(cfg, [n - 1], budget - first, "finetune"), run_dir / "finetune",
+        fit = _fit(_phase_cfg(cfg, [n - 1], second, "finetune"), run_dir / "finetune",
                    init_state=pre.module.model.state_dict())
         module, steps = fit.module, first + fit.steps
         record = {**combine_records([pre.record, fit.record], steps, None if fit.best_step is None else first + fit.best_step),
