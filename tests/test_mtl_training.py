@@ -72,7 +72,8 @@ def test_transfer_and_pooled_baselines(tmp_path, data):
     arms = {"stl": {"tasks.separate": True, "model.sharing": "all"},
             "transfer": {"tasks.transfer": {"pretrain_fraction": 0.5}, "model.num_tasks": 1, "model.sharing": "all"},
             "transfer_each": {"tasks.transfer": {"pretrain_fraction": 0.5, "phase_caps": "each"}, "model.num_tasks": 1,
-                              "model.sharing": "all"},
+                              "model.sharing": "all", "trainer.val_every_n_steps": 1,  # a plateau after 2 steps
+                              "trainer.early_stopping": {"patience": 1, "min_delta": 100.0}},
             "pooled": {"tasks.pooled": True, "model.num_tasks": 1, "model.sharing": "all", "tasks.weighting": "inverse"}}
     spec = load_study(_study(tmp_path, data, arms))
     spec.set.append("trainer.max_steps=4")
@@ -81,7 +82,9 @@ def test_transfer_and_pooled_baselines(tmp_path, data):
     assert transfer["steps"] == 4  # 2 pretraining + 2 fine-tuning steps: the same budget
     assert (out / "runs" / "transfer__seed0" / "pretrain" / "checkpoints" / "last.ckpt").is_file()
     each = json.loads((out / "runs" / "transfer_each__seed0" / "metrics.json").read_text())
-    assert each["steps"] == 8 and [each["phases"][p]["steps"] for p in ("pretrain", "finetune")] == [4, 4]
+    phases = [each["phases"][p]["steps"] for p in ("pretrain", "finetune")]
+    assert phases == [2, 2] and each["steps"] == 4  # each phase stopped early under its own cap of 4; the total counts
+    assert [each["phases"][p]["stopped_by"] for p in ("pretrain", "finetune")] == ["early_stopping"] * 2
     assert set(transfer["tasks"]) == {"pd", "scarce"}
 
 

@@ -236,8 +236,8 @@ def _run(cfg: ExperimentConfig, tasks: Any) -> tuple[RunOutcome, dict[str, Any]]
         pre = _fit(_phase_cfg(cfg, list(range(n - 1)), first, "pretrain"), run_dir / "pretrain")
         fit = _fit(_phase_cfg(cfg, [n - 1], second, "finetune"), run_dir / "finetune",
                    init_state=pre.module.model.state_dict())
-        module, steps = fit.module, first + fit.steps
-        record = {**combine_records([pre.record, fit.record], steps, None if fit.best_step is None else first + fit.best_step),
+        module, steps = fit.module, pre.steps + fit.steps  # the steps each phase took (early stopping may end it first)
+        record = {**combine_records([pre.record, fit.record], steps, None if fit.best_step is None else pre.steps + fit.best_step),
                   "phases": {"pretrain": pre.record, "finetune": fit.record}}
         dm = MultiTaskDataModule(dataclasses.replace(cfg, model={**cfg.model, "num_tasks": 1}))
         module.task_names = tasks.names  # evaluate every task with the fine-tuned (single-task) model
