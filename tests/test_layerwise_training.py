@@ -103,6 +103,41 @@ def test_lightning_greedy_stages(data_root, tmp_path):
     assert int(ck["state_dict"]["trained_blocks"]) == 2
 
 
+def test_greedy_blocks_stop_on_their_own_plateau_and_restart_the_learning_rate(data_root, tmp_path):
+    # a gain of 100 dB is never reached: each block plateaus after its second validation (patience 1), long
+    # before its 6-epoch cap; the run ends when the last block has plateaued
+    method = {"name": "layerwise_greedy", "epochs_per_block": 6, "block_patience": 1, "block_min_delta": 100.0,
+              "block_monitor": "val_psnr", "lr_step_epochs": 1, "lr_gamma": 0.5}
+    cfg = _cfg(tmp_path, method, epochs=12)
+    cfg.data.root = str(data_root / "data")
+    res = _run(cfg)
+    assert [h["blocks"] for h in res.history] == [1, 1, 2, 2]
+    assert [h["lr"] for h in res.history] == pytest.approx([3e-3, 1.5e-3, 3e-3, 1.5e-3])  # restarts per block
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    assert m["stopped_by"] == "block_plateau" and m["converged"] is True
+    assert m["blocks_still_improving"] == [] and m["block_epochs"] == [2, 2] and m["monitor"] == "val_psnr"
+    # the stage bookkeeping travels in the checkpoint (a resumed run continues the same block)
+    ck = torch.load(res.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    fresh = build_method(cfg)
+    fresh.on_load_checkpoint(ck)
+    assert fresh.stage() == 1 and fresh.block_end == {0: "plateau", 1: "plateau"}
+    assert fresh.best_epoch_in_block == res.module.best_epoch_in_block
+
+
+def test_greedy_block_stopped_by_its_cap_is_still_improving(data_root, tmp_path):
+    method = {"name": "layerwise_greedy", "epochs_per_block": 4, "block_patience": 2}
+    module = build_method(_cfg(tmp_path, method, epochs=8))
+    module.best_epoch_in_block = {0: 1, 1: 3}
+    module.block_end = {0: "plateau", 1: "cap"}
+    record = module.block_convergence()
+    assert record["stopped_by"] == "block_cap" and not record["converged"] and record["blocks_still_improving"] == [1]
+    module.block_end = {0: "plateau", 1: "plateau"}
+    assert module.block_convergence()["converged"]
+    fixed = build_method(_cfg(tmp_path, {"name": "layerwise_greedy", "epochs_per_block": 4}, epochs=8))
+    fixed.best_epoch_in_block = {0: 1, 1: 3}  # fixed budget: best at the block's last epoch = still improving
+    assert fixed.block_convergence()["blocks_still_improving"] == [1]
+
+
 def test_lightning_end_to_end(data_root, tmp_path):
     cfg = _cfg(tmp_path, {"name": "layerwise_end_to_end"}, epochs=2)
     cfg.data.root = str(data_root / "data")
@@ -145,6 +180,10 @@ def test_bad_method_options(data_root, tmp_path):
         build_method(_cfg(tmp_path, {"name": "layerwise_convex"}, epochs=1))
     with pytest.raises(MrlearnError, match="epochs_per_block"):
         build_method(_cfg(tmp_path, {"name": "layerwise_greedy", "epochs_per_block": 0}))
+    with pytest.raises(MrlearnError, match="block_patience"):
+        build_method(_cfg(tmp_path, {"name": "layerwise_greedy", "epochs_per_block": 1, "block_patience": 1}))
+    with pytest.raises(MrlearnError, match="block_monitor"):
+        build_method(_cfg(tmp_path, {"name": "layerwise_greedy", "block_monitor": "psnr"}, epochs=20))
     with pytest.raises(MrlearnError, match="variant"):
         build_method(_cfg(tmp_path, {"name": "layerwise_convex", "variant": "cone"}))
     with pytest.raises(MrlearnError, match="beta"):

@@ -46,8 +46,10 @@ def test_preset_protocol(name, tmp_path):
         if method in ("layerwise_convex",):  # to tolerance: a real tolerance and a cap far above typical use
             assert cfg.method["tol"] <= 1e-5 and cfg.method["max_iter"] >= 1000, rid
             assert cfg.method["num_patterns"] >= (128 if not name.endswith("_tiny") else 8), rid
-        elif method == "layerwise_greedy":  # per-block budget, best epoch per block by validation
-            assert cfg.method["epochs_per_block"] >= 4 and cfg.trainer.val_every == 1 or name.endswith("_tiny"), rid
+        elif method == "layerwise_greedy":  # each block to its own plateau, best epoch per block by validation
+            if not name.endswith("_tiny"):
+                assert cfg.method["block_patience"] >= 2 and cfg.trainer.val_every == 1, rid
+                assert cfg.method["epochs_per_block"] >= 4 * cfg.method["block_patience"], rid
         else:
             es = cfg.trainer.early_stopping
             assert es is not None and es.monitor and es.patience >= 2, rid

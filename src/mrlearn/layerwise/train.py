@@ -8,7 +8,8 @@ weights it scores by validation: end-to-end loads ``checkpoints/best.ckpt``; gre
 weights of the block's best validation epoch (``GreedyModule``); convex blocks are solved to tolerance (no
 selection). ``metrics.json`` adds ``selected``, the engine's convergence record (``steps``, ``best_step``,
 ``stopped_by``, ``converged``, ...; ``best_step`` is None unless ``best.ckpt`` is what was scored; greedy and convex
-runs are judged per block: ``block_budget`` / ``tolerance`` / ``max_iter``, see ``block_convergence``), the validation
+runs are judged per block: ``block_plateau`` / ``block_cap`` / ``block_budget`` / ``tolerance`` / ``max_iter``, see
+``block_convergence``), the validation
 curve, the test-split scores and the convex log.
 """
 

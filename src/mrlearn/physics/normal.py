@@ -41,7 +41,7 @@ class SenseNormal:
     def lipschitz(self) -> torch.Tensor:
         """``max_x sum_c |S_c(x)|^2`` per slice ``[B, 1, 1]`` (1 without maps): a bound on ``||A^H A||``."""
         if self.maps is None:
-            return torch.ones(1, 1, 1)
+            return torch.ones(1, 1, 1, device=None if self.mask is None else self.mask.device)
         return (self.maps.abs() ** 2).sum(dim=1).amax(dim=(-2, -1)).clamp_min(1e-30)[:, None, None]
 
     def _functional(self, x: torch.Tensor) -> torch.Tensor:

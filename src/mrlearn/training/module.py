@@ -99,6 +99,11 @@ class ReconModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:  # not called when resuming mid-epoch: the restored sums stay
         self._train_sum, self._train_count = 0.0, 0
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # the rate this epoch trains with (epoch schedulers step before on_train_epoch_end reads the history)
+        groups = self.trainer.optimizers[0].param_groups if self.trainer.optimizers else []
+        self._epoch_lr = float(groups[0]["lr"]) if groups else math.nan
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.training_loss(batch)
         bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
@@ -127,7 +132,7 @@ class ReconModule(L.LightningModule):
             entry = self.history.setdefault(int(self.current_epoch), {"epoch": int(self.current_epoch)})
             entry["train_loss"] = float(total[0] / total[1])
             entry["step"] = int(self.global_step)
-            entry["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else math.nan
+            entry["lr"] = getattr(self, "_epoch_lr", math.nan)
 
     # ------------------------------------------------------------------ evaluation
     def _expected(self, stage: str) -> dict[str, int]:
