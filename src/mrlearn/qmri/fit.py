@@ -200,7 +200,7 @@ def _lm(signals, bvals, fn, model: str, p0, lo, hi, objective, sigma, max_iter: 
 
 def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", objective: str = "mle",
                sigma: float | torch.Tensor | None = None, bounds: Sequence[Sequence[float]] | dict | None = None,
-               n_starts: int = 4, n_grid: int = 12, max_iter: int = 100, ftol: float = 1e-9,
+               n_starts: int = 4, n_grid: int = 12, max_iter: int = 1000, ftol: float = 1e-9,
                gtol: float = 1e-6, xtol: float = 1e-7, b_split: float = 200.0, init: torch.Tensor | None = None) -> FitResult:
     """Fit ``signals [V, N]`` measured at ``bvals [N]`` (s/mm^2; echo times in ms for ``t2``).
 
