@@ -47,6 +47,7 @@ SETS = {
             "trainer.max_epochs=100", "trainer.val_every=100", "data.contrasts=null"],
     "ssdu": ["trainer.max_steps=2", "trainer.max_epochs=100", "trainer.val_every=100"],
     "greedy": ["model.num_blocks=2", "model.hidden=4", "model.kernel_size=3", "method.epochs_per_block=1",
+               "method.block_patience=null",
                "trainer.max_epochs=2", "mask={name: random, accelerations: [4], center_fractions: [0.25]}"],
     "convex": ["model.num_blocks=2", "model.hidden=4", "model.kernel_size=3", "method.num_patterns=4",
                "method.patches_per_slice=40", "method.max_iter=200", "trainer.max_epochs=2",

@@ -217,6 +217,7 @@ class ReconModule(L.LightningModule):
         checkpoint["mrlearn"] = {
             "history": {str(k): dict(v) for k, v in self.history.items()},
             "train_sum": self._train_sum, "train_count": self._train_count,
+            "epoch_lr": getattr(self, "_epoch_lr", None),
             "model": dict(self.cfg.model), "method": {k: v for k, v in self.cfg.method.items()},
             "config": config_to_dict(self.cfg),  # lets mrlearn.load_model rebuild the method without config.yaml
         }
@@ -226,6 +227,8 @@ class ReconModule(L.LightningModule):
         self.history = {int(k): dict(v) for k, v in extra.get("history", {}).items()}
         self._train_sum = float(extra.get("train_sum", 0.0))
         self._train_count = int(extra.get("train_count", 0))
+        if extra.get("epoch_lr") is not None:  # a run resumed at the end of an epoch records that epoch's rate
+            self._epoch_lr = float(extra["epoch_lr"])
 
     def history_list(self) -> list[dict[str, float]]:
         return [self.history[k] for k in sorted(self.history)]
