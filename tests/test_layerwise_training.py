@@ -1,6 +1,7 @@
 """Layer-wise training: greedy stages, frozen features, the three Lightning methods on tiny volumes."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -219,3 +220,51 @@ def test_layerwise_step_saves_one_block_of_activations_for_backward():
     net.freeze(4)
     lw = saved_bytes(lambda: net.blocks[4](net.frozen_features(x, 4)).square().mean())
     assert lw > 0 and lw * 4 < e2e  # about 1/5: only the trained block's activations are kept
+
+
+GREEDY_SET = ["model.num_blocks=2", "model.hidden=4", "model.kernel_size=3", "method.epochs_per_block=4",
+              "method.block_patience=1", "method.block_min_delta=100", "method.lr_step_epochs=1", "trainer.max_epochs=8",
+              "trainer.val_every=1", "trainer.checkpoint_every_n_steps=2", "trainer.progress_bar=false",
+              "trainer.accelerator=cpu", "data.batch_size=2", "data.contrasts=null", "data.recon_size=null",
+              "mask={name: random, accelerations: [4], center_fractions: [0.25]}"]
+
+GREEDY_KILL = """
+import os, signal, sys
+import lightning as L
+from mrlearn.config import load_config
+from mrlearn.training.runner import train
+
+class KillAt(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+sets = [f"data.root={sys.argv[1]}", f"out_dir={sys.argv[2]}", *sys.argv[4:]]
+train(load_config("layerwise_greedy", sets), callbacks=[KillAt()])
+"""
+
+
+def test_greedy_killed_in_its_second_block_resumes_to_the_same_network(data_root, tmp_path):
+    # each block plateaus after 2 epochs; the kill falls in block 2 (epoch 2) after a mid-epoch step checkpoint:
+    # the resumed run must keep block 1 frozen, continue block 2 with its best-so-far weights and step schedule
+    import subprocess
+
+    from mrlearn.config import load_config
+    from mrlearn.training.runner import train
+
+    root = str(data_root / "data")
+    ref = train(load_config("layerwise_greedy", [f"data.root={root}", f"out_dir={tmp_path / 'ref'}", *GREEDY_SET]))
+    steps_per_epoch = ref.history[0]["step"]
+    kill_at = 2 * steps_per_epoch + 3
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", GREEDY_KILL, root, str(out), str(kill_at), *GREEDY_SET],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    resumed = train(load_config("layerwise_greedy", [f"data.root={root}", f"out_dir={out}", *GREEDY_SET]), resume=True)
+    a = torch.load(ref.last_checkpoint, weights_only=True)
+    b = torch.load(resumed.last_checkpoint, weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["mrlearn"]["greedy"]["block_end"] == b["mrlearn"]["greedy"]["block_end"] == {"0": "plateau", "1": "plateau"}
+    assert [h["blocks"] for h in resumed.history] == [h["blocks"] for h in ref.history] == [1, 1, 2, 2]
+    assert [h["lr"] for h in resumed.history] == [h["lr"] for h in ref.history]

@@ -281,6 +281,10 @@ class GreedyModule(_AdamStageModule):
                 self._end_stage("cap")
                 self.stage_start = self._stage * self.epochs_per_block
         super().on_train_epoch_start()  # the learning rate of this epoch of the block
+        self._apply_stage()
+
+    def _apply_stage(self) -> None:
+        """Only the current block trains; it and the blocks before it reconstruct."""
         s = self.stage()
         self.model.freeze(s)
         for blk in self.model.blocks[s + 1:]:  # later blocks are not trained yet either
@@ -311,6 +315,7 @@ class GreedyModule(_AdamStageModule):
         self._best = None if best is None else (int(best["stage"]), float(best["score"]), dict(best["weights"]))
         self.best_epoch_in_block = {int(k): int(v) for k, v in state["best_epoch_in_block"].items()}
         self.block_end = {int(k): str(v) for k, v in state["block_end"].items()}
+        self._apply_stage()  # depth and frozen blocks as the restored stage says
 
 
 @register("method", "layerwise_convex")
