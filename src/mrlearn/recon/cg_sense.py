@@ -17,9 +17,9 @@ from mrlearn.physics.normal import SenseNormal
 
 
 def cg_sense(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
-             lam: float = 0.01, max_iter: int = 30, tol: float = 1e-6, x0: torch.Tensor | None = None,
+             lam: float = 0.01, max_iter: int = 300, tol: float = 1e-6, x0: torch.Tensor | None = None,
              info: dict | None = None) -> torch.Tensor:
-    """CG-SENSE image ``[B, H, W]``; ``max_iter`` CG steps or until ``||r|| / ||A^H y|| < tol`` (``info``: see
+    """CG-SENSE image ``[B, H, W]``: CG until ``||r|| / ||A^H y|| < tol``, ``max_iter`` a safety cap (``info``: see
     :func:`mrlearn.recon.cg.conjugate_gradient`)."""
     kspace = check_kspace(kspace)
     mask = check_mask(mask, kspace)
