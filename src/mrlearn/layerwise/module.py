@@ -8,10 +8,9 @@ The loss (``method.loss``, seed: l2) compares complex images as 2 channels in th
 ``|output| * scale``.
 
 * end-to-end: the whole stack, jointly (Adam lr 1e-4, halved every ``lr_step_epochs = 10`` epochs).
-* greedy: block ``i`` trains for at most ``epochs_per_block`` epochs; with ``block_patience`` it ends earlier, on
-  its own plateau (``block_patience`` validations without a gain of more than ``block_min_delta`` in
-  ``block_monitor``, default the checkpoint monitor val_ssim); the next block starts in the following epoch. During stage ``i`` only block ``i`` has
-  ``requires_grad``; its input is the output of blocks ``< i`` computed under ``no_grad``
+* greedy (:mod:`mrlearn.layerwise.greedy`): block ``i`` trains for at most ``epochs_per_block`` epochs, or until its
+  own validation plateau with ``block_patience``; the next block starts in the following epoch. During stage ``i``
+  only block ``i`` has ``requires_grad``; its input is the output of blocks ``< i`` computed under ``no_grad``
   (recomputed every step, never stored: activations of frozen blocks are never kept for backward). The block
   is trained to fit the target with its own skip, ``x_{i+1} = x_i + f_i(relu(g_i(x_i)))``; afterwards g_i and
   f_i are both frozen (f_i stays: it maps the block back onto the 2-channel residual stream that the next
