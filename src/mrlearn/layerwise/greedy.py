@@ -115,7 +115,7 @@ class GreedyModule(AdamStageModule):
                 "block_epochs": self._block_epochs()}
 
     def _block_epochs(self) -> list[int]:
-        """Epochs each finished block trained (from the validation history)."""
+        """Validations each block ran, from the history: its epochs when ``trainer.val_every`` is 1 (the presets)."""
         counts: dict[int, int] = {}
         for entry in self.history.values():
             if "blocks" in entry:
