@@ -86,6 +86,23 @@ def test_cpu_presets_set_the_protocol_sizes(tmp_path):
     assert gpu.arms["greedy_drop_f"]["model.scheme"] == "drop_f"
 
 
+@pytest.mark.parametrize("name", ["ivim_labels", "ivim_labels_gpu"])
+def test_ivim_presets_train_to_a_plateau_with_epsteins_budget(name, tmp_path):
+    """Both SNRs, 3 seeds, a plateau of tens of epochs, at least 20 000 steps under the cap, networks from the
+    groundtruth network, per-voxel fits far from their iteration cap."""
+    spec, configs = _configs(name, tmp_path)
+    assert len(spec.seeds) >= 3 and spec.budget == "to_convergence"
+    snrs = set()
+    for rid, (_, cfg) in configs.items():
+        q = cfg.extra["qmri"]
+        snrs.update(q.snrs)
+        steps_per_epoch = -(-round(q.n_train * (1 - q.val_fraction)) // q.batch_size)
+        assert cfg.trainer.max_epochs * steps_per_epoch >= 20_000, rid
+        assert q.patience >= 20 and q.init_from_gt and q.fit_max_iter >= 1000, rid
+        assert {"mle_fit", "net_gt", "net_mle", "net_ss", "hybrid"} <= set(q.methods), rid
+    assert {15, 30} <= snrs
+
+
 def test_set_changes_seeds_grid_and_arms_of_a_preset():
     sets = ["seeds=[4]", "grid.tasks.tasks.1.slice_count=[12]", "arms=[stl, mtl_dwa_early]"]
     spec = load_study("mtl_contrasts", sets)

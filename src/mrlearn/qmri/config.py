@@ -57,7 +57,7 @@ class QmriConfig:
     repeats: int = 100
     map_axes: list[str] = field(default_factory=lambda: ["f", "Dstar"])
     fit_starts: int = 2
-    fit_max_iter: int = 1000  # a safety cap: every voxel of the presets stops on its tolerance (at most ~260)
+    fit_max_iter: int = 1000  # a safety cap: every voxel of the presets stops on its tolerance (154-655 iterations)
 
     def __post_init__(self) -> None:
         for m in self.methods:
