@@ -100,6 +100,10 @@ def test_config_errors_are_one_line(tmp_path, data):
         load_config("mtl_tiny", [*base, "tasks.weighting=dwb"])
     with pytest.raises(MrlearnError, match=r"tasks.ratio: needs 2 positive numbers"):
         load_config("mtl_tiny", [*base, "tasks.ratio=[1]"])
+    with pytest.raises(MrlearnError, match=r"tasks.max_samples.t2: is not a task of this run.*pd, scarce"):
+        load_config("mtl_tiny", [*base, "tasks.max_samples={t2: 10}"])
+    with pytest.raises(MrlearnError, match=r"tasks.max_samples.scarce: must be a positive number of samples, got 0"):
+        load_config("mtl_tiny", [*base, "tasks.max_samples={scarce: 0}"])
     from mrlearn.mtl.train import train_mtl
 
     cfg = load_config("mtl_tiny", [*base, *TINY, "model.num_tasks=3", f"out_dir={tmp_path / 'r'}"])
@@ -159,3 +163,32 @@ def test_multitask_training_beats_zero_filled_on_every_task(tmp_path, data):
     assert metrics["selected"] == "best" and metrics["best_step"] is not None
     # shuffled: an epoch is the 5 training slices (pd 4, scarce 1) in 3 batches, so 60 steps = 20 epochs
     assert metrics["samples_per_task"] == {"pd": 80, "scarce": 20}
+
+
+def test_max_samples_ends_each_model_when_its_task_reaches_the_count(tmp_path, data):
+    """The scarce task (1 training slice, so at most 1 sample per step) stops every model that trains it after
+    exactly 3 samples; a model without a capped task runs to max_steps."""
+    from mrlearn.study import load_study, run_study
+
+    arms = {"stl": {"tasks.separate": True, "model.sharing": "all"}, "mtl": {"model.sharing": "early"}}
+    spec = load_study(_study(tmp_path, data, arms), ["trainer.max_steps=12", "tasks.max_samples={scarce: 3}",
+                                                     "budget=equal_samples_per_task"])
+    out = run_study(spec, tmp_path / "out", log=lambda s: None)
+    mtl = json.loads((out / "runs" / "mtl__seed0" / "metrics.json").read_text())
+    assert mtl["stopped_by"] == "max_samples" and mtl["samples_per_task"]["scarce"] == 3 and mtl["steps"] < 12
+    stl = json.loads((out / "runs" / "stl__seed0" / "metrics.json").read_text())
+    assert stl["samples_per_task"] == {"pd": 24, "scarce": 3}  # pd: 12 steps x 2; scarce: 3 steps x 1
+    runs = stl["per_task_runs"]
+    assert (runs["pd"]["stopped_by"], runs["scarce"]["stopped_by"]) == ("max_steps", "max_samples")
+    assert runs["scarce"]["steps"] == 3
+    rows = {(r["arm"], r["group"]): r for r in csv.DictReader(open(out / "study.csv"))}
+    assert "max_samples" in rows[("mtl", "scarce")]["stopped_by"]
+    # the policy is checked before any run starts
+    with pytest.raises(MrlearnError, match=r"equal_samples_per_task but tasks.max_samples differs"):
+        run_study(load_study(_study(tmp_path, data, arms), ["budget=equal_samples_per_task",
+                                                            "tasks.max_samples={scarce: 3}",
+                                                            "arms.mtl.tasks.max_samples={scarce: 4}"]),
+                  tmp_path / "o", log=lambda s: None)
+    with pytest.raises(MrlearnError, match=r"equal_samples_per_task but run stl__seed0 has no tasks.max_samples"):
+        run_study(load_study(_study(tmp_path, data, arms), ["budget=equal_samples_per_task"]), tmp_path / "o2",
+                  log=lambda s: None)

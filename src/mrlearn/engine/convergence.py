@@ -15,7 +15,8 @@ stopped early stays stopped).
 * ``steps`` (optimizer steps done), ``epochs``, ``validations`` (how many);
 * ``best_step`` / ``best_score`` of the monitored metric (the step of ``best.ckpt``);
 * ``lr_reductions``: the reduce-on-plateau cuts made (0 without ``lr_patience``);
-* ``stopped_by``: ``early_stopping``, ``max_steps``, ``max_epochs`` or ``max_time`` (``None`` when none applies);
+* ``stopped_by``: ``early_stopping``, ``max_steps``, ``max_epochs``, ``max_time``, or a cap the method itself
+  applies and names in its ``stopped_by_cap`` attribute (e.g. ``max_samples``) (``None`` when none applies);
 * ``converged``: True after early stopping; after a cap, False when the metric was still improving - its last
   improvement lies within the last ``patience`` validations (the last validation when no patience is set) - or
   when no validation ran.
@@ -28,7 +29,7 @@ from typing import Any
 
 import lightning as L
 
-STOPPED_BY = ("early_stopping", "max_steps", "max_epochs", "max_time")
+STOPPED_BY = ("early_stopping", "max_steps", "max_epochs", "max_time", "max_samples")
 
 
 def default_mode(monitor: str) -> str:
@@ -136,6 +137,9 @@ def stopped_by(trainer: L.Trainer, callback: Convergence | None = None) -> str |
     callback = callback or find_callback(trainer, Convergence)
     if callback is not None and callback.stopped_early:
         return "early_stopping"
+    own_cap = getattr(getattr(trainer, "lightning_module", None), "stopped_by_cap", None)
+    if own_cap:
+        return str(own_cap)
     timer = find_callback(trainer, Timer)
     if timer is not None and timer._duration is not None:
         remaining = timer.time_remaining("train")

@@ -13,12 +13,18 @@
       transfer: null             # {pretrain_fraction: 0.5}: pretrain on all tasks but the last, fine-tune on the last;
                                  # phase_caps: split (the budget B split by the fraction) | each (B per phase)
       separate: false            # true: one single-task model per task (the single-task baseline), same steps each
+      max_samples: null          # {scarce: 480}: training ends once a listed task has seen that many samples
       eval_split: test           # split of the final per-task evaluation (study runs)
       examples: 1                # example slices per task kept for the report
 
 Each task's ``root`` (default ``data.root``), ``contrasts``, and subset keys (``volume_fraction``,
 ``volume_count``, ``slice_fraction``, ``slice_count``) override the ``data`` section for that task's training
 split; validation and test use the task's whole split.
+
+``max_samples`` is a cap like ``trainer.max_steps``, counted in training samples of a task (all processes): the fit
+ends after the step in which any listed task reaches its count (``stopped_by: max_samples``), so a task sees at most
+one batch more than its cap. It applies in every model that trains the task (a single-task model, a transfer phase);
+``budget: equal_samples_per_task`` requires the same caps in every run of a study.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class TasksConfig:
     pooled: bool = False
     transfer: dict[str, Any] | None = None
     separate: bool = False
+    max_samples: dict[str, int] | None = None
     eval_split: Literal["val", "test"] = "test"
     examples: int = 1
 
@@ -112,6 +119,13 @@ class TasksConfig:
             raise input_error("tasks.separate", "cannot be combined with pooled or transfer", "choose one baseline")
         if self.examples < 0:
             raise input_error("tasks.examples", "must be >= 0", "fix the value")
+        for name, count in (self.max_samples or {}).items():
+            if name not in self.names:
+                raise input_error(f"tasks.max_samples.{name}", "is not a task of this run",
+                                  f"use the task names: {', '.join(self.names)}")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise input_error(f"tasks.max_samples.{name}", f"must be a positive number of samples, got {count!r}",
+                                  "e.g. 480")
 
     @property
     def names(self) -> list[str]:

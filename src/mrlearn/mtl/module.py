@@ -17,7 +17,8 @@ loss is multiplied by the world size, as DDP averages; manual: gradients are sum
 Logged per step: ``train_loss`` (sum of raw task losses), ``loss/<task>``, ``weight/<task>``; per epoch the mean
 raw loss per task feeds DWA; validation logs ``val_psnr/<task>``, ``val_ssim/<task>`` besides the means of
 ``ReconModule``. ``samples_seen`` counts the training samples of every task (data task, also when pooled), saved in
-checkpoints and written to the history as ``samples/<task>``. The model is called as
+checkpoints and written to the history as ``samples/<task>``; ``tasks.max_samples`` ends the fit once a listed
+task has seen its count (``stopped_by_cap = "max_samples"``, read by the engine's convergence record). The model is called as
 ``model(kspace, mask, sens_maps, task)`` (``mtl_unrolled``).
 """
 
@@ -66,6 +67,7 @@ class MultiTaskModule(ReconModule):
         self.clip_value: float | None = None  # manual optimisation clips here (set by mtl.train)
         self.file_task: dict[str, int] = {}
         self.samples_seen = [0] * len(self.task_names)
+        self.stopped_by_cap: str | None = None
         self._task_sum = [0.0] * self.model_tasks
         self._task_count = [0] * self.model_tasks
         self.task_volume_results: dict[str, dict[str, float]] = {}
@@ -206,6 +208,7 @@ class MultiTaskModule(ReconModule):
             self.log(f"weight/{self.task_label(t)}", float(weights[t]), on_step=True, on_epoch=False, batch_size=n)
         for i, c in enumerate(data_counts.tolist()):
             self.samples_seen[i] += int(c)
+        self._stop_at_sample_cap()
         total = float(losses.sum())
         self._train_sum += total * n
         self._train_count += n
@@ -216,6 +219,17 @@ class MultiTaskModule(ReconModule):
 
     def samples_per_task(self) -> dict[str, int]:
         return dict(zip(self.task_names, self.samples_seen))
+
+    def _stop_at_sample_cap(self) -> None:
+        """End the fit once a task of ``tasks.max_samples`` has seen its count (``stopped_by_cap``)."""
+        caps = self.tasks.max_samples or {}
+        if any(self.samples_per_task().get(name, -1) >= cap for name, cap in caps.items()):
+            self.stopped_by_cap = "max_samples"
+            self.trainer.should_stop = True
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._stop_at_sample_cap()  # a resumed run that had reached its cap stays stopped
 
     def on_train_epoch_end(self) -> None:
         # the base sums train_loss over ranks; here the losses are global already: sum on one rank's share

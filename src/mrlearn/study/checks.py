@@ -1,7 +1,8 @@
 """Checks of a study before any run starts: its budget policy holds, and its slice counts exist in the data.
 
 * ``budget: equal_steps`` needs every run to have the same ``trainer.max_steps`` (> 0); ``equal_wall_time`` the same
-  ``trainer.max_time``. Anything else is refused with a one-line error naming the runs that differ.
+  ``trainer.max_time``; ``equal_samples_per_task`` the same ``tasks.max_samples`` (the samples a task may be
+  trained on). Anything else is refused with a one-line error naming the runs that differ.
 * A ``slice_count`` (``data.slice_count``, or a task's ``tasks.tasks.<i>.slice_count``) larger than the training
   slices the data hold would silently be cut to what exists (so two grid points could run the same setting):
   such a study is refused, saying how many slices there are and how to change the count or the grid.
@@ -16,21 +17,34 @@ from mrlearn.errors import MrlearnError, input_error
 from mrlearn.study.spec import StudySpec
 
 
+#: the config key (section, field) each budget policy fixes for every run of a study
+BUDGET_KEYS = {"equal_steps": ("trainer", "max_steps"), "equal_wall_time": ("trainer", "max_time"),
+               "equal_samples_per_task": ("tasks", "max_samples")}
+
+
 def check_budget(spec: StudySpec, configs: dict[str, Any]) -> None:
     """Refuse a study whose runs break its declared budget policy."""
     where = f"{spec.path or spec.name}: budget"
-    if spec.budget in ("equal_steps", "equal_wall_time"):
-        key = "max_steps" if spec.budget == "equal_steps" else "max_time"
-        values = {rid: getattr(cfg.trainer, key, None) for rid, cfg in configs.items()}
-        unset = [rid for rid, v in values.items() if v in (None, -1, 0, "")]
-        if unset:
-            raise input_error(where, f"{spec.budget} but run {unset[0]} has no trainer.{key}",
-                              f"set trainer.{key} for every run (e.g. in the study's set:)")
-        distinct = sorted({str(v) for v in values.values()})
-        if len(distinct) > 1:
-            first = {v: next(r for r, x in values.items() if str(x) == v) for v in distinct}
-            raise input_error(where, f"{spec.budget} but trainer.{key} differs: " +
-                              ", ".join(f"{v} ({r})" for v, r in first.items()), f"give every arm the same trainer.{key}")
+    if spec.budget not in BUDGET_KEYS:
+        return
+    section, key = BUDGET_KEYS[spec.budget]
+    name = f"{section}.{key}"
+    values = {rid: _get(_section(cfg, section), key) for rid, cfg in configs.items()}
+    unset = [rid for rid, v in values.items() if v in (None, -1, 0, "", {})]
+    if unset:
+        raise input_error(where, f"{spec.budget} but run {unset[0]} has no {name}",
+                          f"set {name} for every run (e.g. in the study's set:)")
+    distinct = sorted({str(v) for v in values.values()})
+    if len(distinct) > 1:
+        first = {v: next(r for r, x in values.items() if str(x) == v) for v in distinct}
+        raise input_error(where, f"{spec.budget} but {name} differs: " +
+                          ", ".join(f"{v} ({r})" for v, r in first.items()), f"give every arm the same {name}")
+
+
+def _section(cfg: Any, section: str) -> Any:
+    """A config section: a dataclass field (``trainer``) or a capability's section in ``cfg.extra``."""
+    value = getattr(cfg, section, None)
+    return value if value is not None else (getattr(cfg, "extra", {}) or {}).get(section)
 
 
 def _available_slices(cfg: Any, contrasts: Any, root: Any, cache: dict) -> int | None:

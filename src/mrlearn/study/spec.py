@@ -12,7 +12,7 @@ A study file (safe YAML, :mod:`mrlearn.yamlfile`)::
       stl: {tasks.pooled: false, model.sharing: all}
       mtl_dwa_early: {model.sharing: early, tasks.weighting: {name: dwa}}
     runner: auto              # auto | train | mtl | ... (registry kind "runner"), or "package.module:function"
-    budget: equal_steps       # to_convergence | equal_steps | equal_samples_per_task | equal_wall_time (recorded)
+    budget: equal_steps       # to_convergence | equal_steps | equal_samples_per_task | equal_wall_time
     resources: {cpus: 1, gpus: 0.25}   # what one run needs (local and ray executors; gpus may be fractional)
     summary:                  # what the report compares (all optional)
       baseline: stl           # arm for the paired per-slice differences
@@ -28,9 +28,9 @@ those arms), ``arms.<arm>=<mapping or null>``, ``arms.<arm>.<dotted key>=v``, ``
 ``summary.baseline=...``, ``runner=...``. Every other item overrides every run's experiment config.
 
 Budget policy (``budget``): how the arms' training budgets are made comparable. ``equal_steps`` requires every run
-to have the same ``trainer.max_steps``; ``equal_wall_time`` the same ``trainer.max_time``; ``to_convergence`` and
-``equal_samples_per_task`` are recorded (the runs record ``steps`` and ``samples_per_task``). Undeclared: the
-report says so.
+to have the same ``trainer.max_steps``; ``equal_wall_time`` the same ``trainer.max_time``; ``equal_samples_per_task``
+the same ``tasks.max_samples`` (checked before any run starts); ``to_convergence`` is recorded. Every run records
+``steps`` and, with tasks, ``samples_per_task``. Undeclared: the report says so.
 """
 
 from __future__ import annotations
