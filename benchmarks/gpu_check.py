@@ -13,6 +13,10 @@ Parts (``--only`` picks some):
                 SSIM on held-out images, so a faster setting is also seen to learn as well.
   ``unrolled``  an unrolled VarNet-size training step with and without gradient checkpointing
                 (``benchmarks/unrolled_step.py --device cuda``: step time and peak CUDA memory).
+  ``convex``    one convex layer-wise block (gated, 128 sign patterns, 7 x 7 patches of a 2-channel image) solved by
+                FISTA to the tolerance 1e-6 on the GPU and on the CPU (``--convex-rows`` patch rows each): seconds,
+                iterations, the ratio of the times and the relative difference of the final objectives; then the
+                GPU alone at the ``layerwise_study_gpu`` size (96 000 rows).
   ``ddp``       ``mrlearn train`` of the U-Net demo over all visible GPUs (DDP, NCCL) when there are two or more:
                 wall time of ``--ddp-steps`` steps against one GPU.
   ``presets``   the first ``--preset-minutes`` minutes of each shipped ``*_gpu`` study preset
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("unet", "unrolled", "ddp", "presets")
+PARTS = ("unet", "unrolled", "convex", "ddp", "presets")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=320, help="U-Net image size (square; default 320, fastMRI's crop)")
     p.add_argument("--steps", type=int, default=30, help="timed U-Net steps per setting (after 5 warm-up steps)")
     p.add_argument("--ssim-steps", type=int, default=300, help="steps of the same-steps SSIM check (0: skip)")
+    p.add_argument("--convex-rows", type=int, default=20000, help="patch rows of the GPU vs CPU convex solve")
     p.add_argument("--ddp-steps", type=int, default=60, help="optimiser steps of the DDP check")
     p.add_argument("--preset-minutes", type=float, default=3.0, help="minutes given to each _gpu study preset")
     p.add_argument("--out", help="folder for the DDP and preset runs (default: a temporary folder)")
@@ -203,6 +208,42 @@ def unrolled_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
              "ms/step": 1000 * r["step_s"], "peak MiB": r.get("cuda_peak_mib", math.nan)} for r in json.loads(lines[-1])]
 
 
+def _convex_solve(rows: int, device: str) -> dict[str, Any]:
+    """One seeded gated block problem of ``rows`` patch rows solved on ``device``: seconds, iterations, objective."""
+    import torch
+
+    from mrlearn.layerwise.convex import ConvexProblem, sample_gates, solve_convex_report
+
+    gen = torch.Generator().manual_seed(0)
+    Y = torch.randn(rows, 2 * 7 * 7, generator=gen)
+    X = 0.1 * torch.tanh(Y[:, :2] + Y[:, 48:50]) + 0.01 * torch.randn(rows, 2, generator=gen)
+    Y, X = Y.to(device), X.to(device)
+    H, G = sample_gates(Y, 128, gen)
+    problem = ConvexProblem(Y=Y, X=X, G=G, beta=1e-4, variant="gated", H=H)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    sol = solve_convex_report(problem, max_iter=20000, tol=1e-6, generator=gen)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - t0, "iterations": sol.iterations, "objective": problem.objective(sol.U),
+            "converged": sol.converged}
+
+
+def convex_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    gpu, cpu = _convex_solve(args.convex_rows, "cuda"), _convex_solve(args.convex_rows, "cpu")
+    diff = abs(gpu["objective"] - cpu["objective"]) / abs(cpu["objective"])
+    for name, r in (("GPU", gpu), ("CPU", cpu)):
+        rows.append({"check": "convex block", "setting": f"{name}, {args.convex_rows} rows, {r['iterations']} it",
+                     "seconds": r["seconds"], "note": f"objective {r['objective']:.6g}, tolerance met {r['converged']}"})
+    rows[0]["note"] += f"; CPU/GPU time {cpu['seconds'] / gpu['seconds']:.3g}x, objectives differ by {diff:.2e}"
+    big = _convex_solve(96000, "cuda")
+    rows.append({"check": "convex block", "setting": f"GPU, 96000 rows, {big['iterations']} it", "seconds": big["seconds"],
+                 "note": f"tolerance met {big['converged']}"})
+    return rows
+
+
 def _train_cmd(out: Path, devices: int, steps: int) -> list[str]:
     return [sys.executable, "-m", "mrlearn.cli", "train", "--config", "unet_demo", "--out", str(out),
             "--accelerator", "gpu", "--devices", str(devices), "--strategy", "ddp" if devices > 1 else "auto",
@@ -283,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += unet_rows(args)
     if "unrolled" in args.only:
         rows += unrolled_rows(args)
+    if "convex" in args.only:
+        rows += convex_rows(args)
     if "ddp" in args.only:
         rows += ddp_rows(args, work)
     if "presets" in args.only:

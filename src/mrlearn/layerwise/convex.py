@@ -15,7 +15,8 @@ neuron: ``u = w / sqrt(||w||)`` and ``v = sqrt(||w||) e_o`` (``-sqrt(||z||) e_o`
 point the recovered ReLU block has exactly the convex objective. The cone constraints are enforced by a
 quadratic penalty ``rho/(2n) ||((I - 2 D_i) Y w)_+||^2`` with continuation on ``rho``; the remaining violation
 shows up as the gap between the convex objective and the recovered block's objective, which is reported.
-The solver is FISTA with restarts (:mod:`mrlearn.layerwise.fista`) on the whole (sub-sampled) patch matrix.
+The solver is FISTA with restarts (:mod:`mrlearn.layerwise.fista`) on the whole (sub-sampled) patch matrix, on
+the device of ``Y`` (random draws come from a CPU generator, so a seed gives the same filters on any device).
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ def group_prox(V: torch.Tensor, thresh: float) -> torch.Tensor:
     return V * torch.clamp(1.0 - thresh / torch.clamp(norms, min=1e-30), min=0.0)
 
 
-def _power_norm2(apply, adjoint, shape, dtype, iters: int = 30, generator: torch.Generator | None = None) -> float:
-    """Largest eigenvalue of ``adjoint(apply(.))`` by power iteration."""
-    v = torch.randn(shape, generator=generator, dtype=dtype)
+def _power_norm2(apply, adjoint, shape, dtype, iters: int = 30, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> float:
+    """Largest eigenvalue of ``adjoint(apply(.))`` by power iteration (start drawn on the CPU, run on ``device``)."""
+    v = torch.randn(shape, generator=generator, dtype=dtype).to(device)
     lam = 0.0
     for _ in range(iters):
         v = v / v.norm().clamp_min(1e-30)
@@ -157,7 +159,7 @@ class ConvexProblem:
         """Upper estimate of the smooth part's gradient Lipschitz constant (power iteration, 10 % margin)."""
         P, d, c = self.G.shape[1], self.Y.shape[1], self.X.shape[1]
         lam = _power_norm2(lambda V: gated_apply(self.Y, self.G, V), lambda R: gated_adjoint(self.Y, self.G, R),
-                           (P, d, c), self.Y.dtype, generator=generator) / self.n
+                           (P, d, c), self.Y.dtype, generator=generator, device=self.Y.device) / self.n
         if self.variant == "relu":
             lam *= 2.0
             if rho > 0:
@@ -170,8 +172,10 @@ def recover_relu_weights(U: torch.Tensor, variant: str, in_channels: int, kernel
     """ReLU block weights from a convex solution: ``g [m, C, k, k]``, ``f [c, m, 1, 1]`` (m = nonzero groups).
 
     Each group ``w`` with ``||w|| > tol`` gives a neuron ``u = w / sqrt(||w||)`` with output weight
-    ``+sqrt(||w||)`` (``-sqrt(||z||)`` for z groups of the relu variant) on its own output channel.
+    ``+sqrt(||w||)`` (``-sqrt(||z||)`` for z groups of the relu variant) on its own output channel. The weights
+    are returned on the CPU.
     """
+    U = U.detach().cpu()
     parts = [(U, 1.0)] if variant == "gated" else [(U[0], 1.0), (U[1], -1.0)]
     c = U.shape[-1]
     us, vs = [], []
@@ -192,8 +196,8 @@ def recover_relu_weights(U: torch.Tensor, variant: str, in_channels: int, kernel
 
 def relu_objective(Y: torch.Tensor, X: torch.Tensor, g: torch.Tensor, f: torch.Tensor, beta: float) -> float:
     """Non-convex primal objective of a ReLU block with weights ``g [m, ...]``, ``f [c, m, 1, 1]`` on patches."""
-    U = g.reshape(g.shape[0], -1)
-    Fm = f.reshape(f.shape[0], -1)
+    U = g.reshape(g.shape[0], -1).to(Y.device, Y.dtype)
+    Fm = f.reshape(f.shape[0], -1).to(Y.device, Y.dtype)
     pred = torch.relu(Y @ U.T) @ Fm.T
     data = 0.5 * float(((pred - X) ** 2).sum()) / Y.shape[0]
     return data + 0.5 * beta * (float((U * U).sum()) + float((Fm * Fm).sum()))
@@ -263,7 +267,7 @@ def solve_convex_report(problem: ConvexProblem, max_iter: int = 5000, tol: float
     every accepted iterate (smooth part including the current penalty, plus the group lasso), monotone within
     each run; ``converged`` is True when every run stopped on its tolerance rather than on ``max_iter``.
     """
-    U = torch.zeros(problem.shape, dtype=problem.Y.dtype) if U0 is None else U0.clone()
+    U = torch.zeros(problem.shape, dtype=problem.Y.dtype, device=problem.Y.device) if U0 is None else U0.clone()
     history, restarts, iterations, converged = [], 0, 0, True
     for rho in ((0.0,) if problem.variant == "gated" else rhos):
         res = fista(lambda V, r=rho: problem.smooth(V, r), lambda V, t: group_prox(V, t * problem.beta),

@@ -20,8 +20,8 @@ The loss (``method.loss``, seed: l2) compares complex images as 2 channels in th
   the weights of its best validation. The stage, its start and the best weights so far are saved in checkpoints.
 * convex: one epoch per block. The epoch's training steps compute the block input under ``no_grad`` and keep
   ``patches_per_slice`` random pixels' patch rows and residual targets; the last step of the epoch solves the
-  block's convex problem (:mod:`mrlearn.layerwise.convex`, FISTA with restarts to the relative tolerance
-  ``tol``, ``max_iter`` a safety cap; ``variant`` gated or relu) and installs the block (gated: :class:`~mrlearn.layerwise.blocks.GatedBlock`; relu: the recovered ReLU block).
+  block's convex problem on the training device (:mod:`mrlearn.layerwise.convex`, FISTA with restarts to the
+  relative tolerance ``tol``, ``max_iter`` a safety cap; ``variant`` gated or relu) and installs the block (gated: :class:`~mrlearn.layerwise.blocks.GatedBlock`; relu: the recovered ReLU block).
   Convex and recovered objectives, their gap, neurons, iterations used and whether the tolerance was met
   (``tolerance_met``) are logged (``convex_*``) and kept in ``self.convex_log``. Optimizer and scheduler sections are not used.
 
@@ -262,6 +262,7 @@ class ConvexModule(LayerwiseModule):
         X = torch.cat([unique[key][2] for key in sorted(unique)])
         self._rows = []
         gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1000 + s)
+        Y, X = Y.to(self.device), X.to(self.device)  # FISTA on the training device (a GPU when training on one)
         H, G = sample_gates(Y, self.num_patterns, gen)
         problem = ConvexProblem(Y=Y, X=X, G=G, beta=self.beta, variant=self.variant, H=H)
         sol = solve_convex_report(problem, self.max_iter, self.tol, self.rhos, generator=gen)
@@ -270,7 +271,7 @@ class ConvexModule(LayerwiseModule):
         result = ConvexBlockResult(
             g_weight=g, f_weight=f, convex_objective=problem.objective(U), relu_objective=relu_objective(Y, X, g, f, self.beta),
             cone_violation=problem.cone_violation(U), history=history, restarts=sol.restarts, iterations=sol.iterations,
-            num_neurons=int(g.shape[0]), variant=self.variant, converged=sol.converged, solution=U,
+            num_neurons=int(g.shape[0]), variant=self.variant, converged=sol.converged, solution=U.cpu(),
             gate_filters=H.T.reshape(-1, C, k, k))
         self.model.blocks[s] = result.block().to(self.trained_blocks.device)
         for p in self.model.blocks[s].parameters():
