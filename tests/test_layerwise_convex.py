@@ -163,3 +163,27 @@ def test_gated_block_on_images_has_the_convex_objective():
     assert r.relu_objective >= r.convex_objective  # the ReLU recovery of a gated solution is not exact: gap >= 0 here
     relu = r.relu_block()
     assert relu(x).shape == x.shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", ["gated", "relu"])
+def test_solve_on_the_gpu_matches_the_cpu(variant):
+    """The same seeded problem solved on the GPU and the CPU: the same filters, objectives within the tolerance's
+    reach (float32 rounding changes the iterates, not the optimum)."""
+    from mrlearn.layerwise.convex import recover_relu_weights, relu_objective, sample_gates, solve_convex_report
+
+    out = {}
+    for device in ("cpu", "cuda"):
+        gen = torch.Generator().manual_seed(3)
+        Y = torch.randn(600, 8, generator=gen)
+        X = torch.relu(Y[:, :1]) - 0.5 * torch.relu(-Y[:, 1:3].sum(1, keepdim=True))
+        Y, X = Y.to(device), X.to(device)
+        H, G = sample_gates(Y, 16, gen)
+        problem = ConvexProblem(Y=Y, X=X, G=G, beta=1e-3, variant=variant, H=H)
+        sol = solve_convex_report(problem, max_iter=20000, tol=1e-7, generator=gen)
+        g, f = recover_relu_weights(sol.U, variant, 2, 2)
+        out[device] = (H, problem.objective(sol.U), relu_objective(Y, X, g, f, 1e-3), sol.converged, g.device.type)
+    assert torch.equal(out["cpu"][0], out["cuda"][0])  # the filters come from the CPU generator
+    assert out["cuda"][3] and out["cuda"][4] == "cpu"
+    assert abs(out["cuda"][1] - out["cpu"][1]) <= 1e-3 * abs(out["cpu"][1])
+    assert abs(out["cuda"][2] - out["cpu"][2]) <= 1e-2 * abs(out["cpu"][2]) + 1e-6
