@@ -170,7 +170,8 @@ def test_max_samples_ends_each_model_when_its_task_reaches_the_count(tmp_path, d
     exactly 3 samples; a model without a capped task runs to max_steps."""
     from mrlearn.study import load_study, run_study
 
-    arms = {"stl": {"tasks.separate": True, "model.sharing": "all"}, "mtl": {"model.sharing": "early"}}
+    arms = {"stl": {"tasks.separate": True, "model.sharing": "all"}, "mtl": {"model.sharing": "early"},
+            "transfer": {"tasks.transfer": {"pretrain_fraction": 0.5}, "model.num_tasks": 1, "model.sharing": "all"}}
     spec = load_study(_study(tmp_path, data, arms), ["trainer.max_steps=12", "tasks.max_samples={scarce: 3}",
                                                      "budget=equal_samples_per_task"])
     out = run_study(spec, tmp_path / "out", log=lambda s: None)
@@ -181,6 +182,10 @@ def test_max_samples_ends_each_model_when_its_task_reaches_the_count(tmp_path, d
     runs = stl["per_task_runs"]
     assert (runs["pd"]["stopped_by"], runs["scarce"]["stopped_by"]) == ("max_steps", "max_samples")
     assert runs["scarce"]["steps"] == 3
+    transfer = json.loads((out / "runs" / "transfer__seed0" / "metrics.json").read_text())
+    phases = transfer["phases"]  # pretraining (pd only) has no capped task: it runs its 6 steps
+    assert (phases["pretrain"]["stopped_by"], phases["finetune"]["stopped_by"]) == ("max_steps", "max_samples")
+    assert transfer["samples_per_task"] == {"pd": 12, "scarce": 3}
     rows = {(r["arm"], r["group"]): r for r in csv.DictReader(open(out / "study.csv"))}
     assert "max_samples" in rows[("mtl", "scarce")]["stopped_by"]
     # the policy is checked before any run starts
