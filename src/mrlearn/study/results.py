@@ -29,8 +29,6 @@ from mrlearn.io import atomic_write_bytes, atomic_write_text, read_json, write_j
 
 SLICE_FIELDS = ("group", "fname", "slice", "psnr", "ssim", "nmse")
 CONVERGENCE_FIELDS = ("steps", "best_step", "stopped_by", "converged", "monitor", "best_score")
-#: ``stopped_by`` values that are caps (a run stopped by one of these may not have converged)
-CAPS = ("max_steps", "max_epochs", "max_time", "max_samples")
 
 
 @dataclass
