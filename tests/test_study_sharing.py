@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from mrlearn.errors import MrlearnError
-from mrlearn.study import RunOutcome, load_study, register_runner, run_study, study_from_dict
+from mrlearn.study import RunOutcome, load_study, register_runner, run_config, run_study, study_from_dict
 
 CALLS: list[str] = []
 
@@ -128,6 +128,20 @@ def test_budget_policy_is_checked(tmp_path):
         run_study(spec, tmp_path / "o", log=lambda s: None)
     with pytest.raises(MrlearnError, match="equal_steps but run a__seed0 has no trainer.max_steps"):
         run_study(load_study(path, ["budget=equal_steps"]), tmp_path / "o", log=lambda s: None)
+
+
+@pytest.mark.parametrize("devices,n", [("2", 2), ("'0,1'", 2)])
+def test_a_run_on_several_devices_is_refused_before_any_run(tmp_path, devices, n):
+    """DDP inside a study: the relaunched ranks would rerun the study and join another run's process group."""
+    path = _study(tmp_path)
+    spec = load_study(path, [f"arms.b.trainer.devices={devices}", "trainer.strategy=ddp"])
+    with pytest.raises(MrlearnError, match=rf"run b__seed0: trainer.devices: .* starts {n} processes \(DDP\)"):
+        run_study(spec, tmp_path / "o", log=lambda s: None)
+    assert not (tmp_path / "o" / "runs").exists()
+    from mrlearn.study.checks import check_single_process
+
+    auto = load_study(path, ["trainer.devices=auto", "trainer.accelerator=cpu"])  # auto on the CPU: one process
+    check_single_process({r.run_id: run_config(auto, r, tmp_path / r.run_id) for r in auto.runs()})
 
 
 def test_slice_count_larger_than_the_data_is_refused(tmp_path):
