@@ -20,7 +20,7 @@ def tiny_dataset(root: Path) -> Path:
     """3 train / 2 val / 2 test phantom volumes (PD, 4 coils, 32 x 32, 4 slices)."""
     from mrlearn.data.simulate import SimulationOptions, simulate_dataset
 
-    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=4, volumes=(3, 2, 2), contrasts=("PD",), coils=4)
+    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=4, subjects=(3, 2, 2), contrasts=("PD",), coils=4)
     return simulate_dataset(root, opts)
 
 

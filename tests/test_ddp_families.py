@@ -60,7 +60,7 @@ def data(tmp_path_factory) -> Path:
     """2 train volumes x 2 slices per contrast (PD, T2), 1 val, 1 test; 24 x 24, 2 coils."""
     from mrlearn.data.simulate import SimulationOptions, simulate_dataset
 
-    opts = SimulationOptions(anatomy="phantom", matrix=(24, 24), slices=2, volumes=(2, 1, 1), contrasts=("PD", "T2"),
+    opts = SimulationOptions(anatomy="phantom", matrix=(24, 24), slices=2, subjects=(2, 1, 1), contrasts=("PD", "T2"),
                              coils=2)
     return Path(simulate_dataset(tmp_path_factory.mktemp("ddpfam") / "data", opts))
 

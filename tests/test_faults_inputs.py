@@ -263,7 +263,7 @@ def test_unreadable_bvalue_file_is_one_line(tmp_path, monkeypatch):
     ["evaluate", "--target", "{t}", "--pred", "{p}", "--out", "{bad}"],
     ["reconstruct", "--method", "zero-filled", "--data", "{t}", "--out", "{bad}"],
     ["convert", "{t}/v.h5", "{bad}/v"],
-    ["simulate", "--out", "{bad}", "--anatomy", "phantom", "--matrix", "16", "16", "--volumes", "1", "0", "0",
+    ["simulate", "--out", "{bad}", "--anatomy", "phantom", "--matrix", "16", "16", "--subjects", "1", "0", "0",
      "--slices", "1", "--coils", "2", "--contrasts", "PD"],
 ])
 def test_output_into_an_unwritable_folder_is_one_line(tmp_path, capsys, command):

@@ -52,7 +52,7 @@ def test_accumulate_gives_a_full_batch_per_task():
 def two_contrasts(tmp_path_factory) -> Path:
     from mrlearn.data.simulate import SimulationOptions, simulate_dataset
 
-    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=4, volumes=(4, 1, 1), contrasts=("PD", "T2"),
+    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=4, subjects=(4, 1, 1), contrasts=("PD", "T2"),
                              coils=4)
     return Path(simulate_dataset(tmp_path_factory.mktemp("mtl") / "data", opts))
 

@@ -23,7 +23,7 @@ TINY = ["trainer.max_steps=3", "trainer.max_epochs=100", "trainer.val_every=100"
 def data(tmp_path_factory) -> Path:
     from mrlearn.data.simulate import SimulationOptions, simulate_dataset
 
-    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=2, volumes=(2, 1, 1), contrasts=("PD", "T2"),
+    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=2, subjects=(2, 1, 1), contrasts=("PD", "T2"),
                              coils=2)
     return Path(simulate_dataset(tmp_path_factory.mktemp("mtltrain") / "data", opts))
 

@@ -115,7 +115,7 @@ def phantom(tmp_path_factory) -> Path:
     """PD and PD-FS phantom volumes (32 x 32, 2 coils, 2/1/1 volumes x 2 slices) with noiseless references."""
     from mrlearn.data.simulate import SimulationOptions, simulate_dataset
 
-    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=2, volumes=(2, 1, 1), contrasts=("PD", "PDFS"),
+    opts = SimulationOptions(anatomy="phantom", matrix=(32, 32), slices=2, subjects=(2, 1, 1), contrasts=("PD", "PDFS"),
                              coils=2)
     return Path(simulate_dataset(tmp_path_factory.mktemp("presets") / "data", opts))
 

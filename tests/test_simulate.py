@@ -18,7 +18,7 @@ from mrlearn.data.simulate import CONTRASTS, PROTOCOLS, SimulationOptions, defau
 from mrlearn.data.simulate.anatomy import mni_anatomy
 from mrlearn.data.simulate.contrasts import Protocol, contrast_image, tissue_signals
 from mrlearn.data.simulate.phantom import phantom_anatomy
-from mrlearn.data.simulate.slabs import anatomy_layout, sample_slab, slab_points
+from mrlearn.data.simulate.slabs import Slab, anatomy_layout, sample_slab, slab_points
 from mrlearn.data.simulate.tissue import TISSUE_INDEX, TISSUES, parameter_maps
 from mrlearn.data.simulate.volume import fft2c_np, ifft2c_np, simulate_volume
 from mrlearn.errors import MrlearnError
@@ -26,7 +26,7 @@ from mrlearn.physics.complex import center_crop
 from mrlearn.physics.fft import fft2c, ifft2c
 from mrlearn.physics.sense import rss
 
-SMALL = SimulationOptions(anatomy="phantom", matrix=(32, 32), coils=4, slices=4, volumes=(3, 2, 2), seed=1)
+SMALL = SimulationOptions(anatomy="phantom", matrix=(32, 32), coils=4, slices=4, subjects=(3, 2, 2), seed=1)
 
 
 def _read(path: Path) -> dict:
@@ -48,7 +48,10 @@ def test_layout_manifest_and_reader(small):
     assert {"mrlearn", "numpy", "h5py"} <= set(m["versions"])
     assert m["counts"] == {"train": 3 * 5, "val": 2 * 5, "test": 2 * 5}
     assert {f["acquisition"] for f in m["files"]} == set(CONTRASTS)
-    assert {f["orientation"] for f in m["files"] if f["split"] == "test"} == {"axial", "coronal", "sagittal"}
+    assert {f["orientation"] for f in m["files"]} == {"axial", "coronal", "sagittal"}
+    for sub in m["subjects"]:  # subject k gets orientation k mod 3, on every contrast
+        assert sub["orientation"] == ("axial", "coronal", "sagittal")[sub["index"] % 3]
+        assert {f["orientation"] for f in m["files"] if f["subject"] == sub["subject_id"]} == {sub["orientation"]}
     for f in m["files"]:
         path = small / f["path"]
         assert path.parent.name == f["split"] and path.is_file()
@@ -73,10 +76,10 @@ def test_deterministic_for_a_seed(small, tmp_path):
 
 
 def test_cache_is_reused_and_protected(tmp_path):
-    opts = replace(SMALL, volumes=(1, 1, 1), contrasts=("PD",))
+    opts = replace(SMALL, subjects=(1, 1, 1), contrasts=("PD",))
     logs: list[str] = []
     root = simulate_dataset(tmp_path / "c", opts, log=logs.append)
-    assert logs[-1].startswith("made 3 volumes")
+    assert logs[-1].startswith("made 3 subjects, 3 volumes")
     files = sorted(root.rglob("*.h5"))
     stamps = [p.stat().st_mtime_ns for p in files]
     assert simulate_dataset(tmp_path / "c", opts, log=logs.append) == root
@@ -105,28 +108,14 @@ def test_default_cache_dir_follows_options_and_env(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ splits, geometry
-def test_splits_come_from_disjoint_anatomy(small):
+def test_slabs_are_consecutive_and_tr_te_jittered(small):
     m = load_manifest(small)
     spacing = m["geometry"]["slice_spacing_mm"]
-    for orientation in ("axial", "coronal", "sagittal"):
-        pos = {s: np.array([p for f in m["files"] if f["split"] == s and f["orientation"] == orientation
-                            for p in f["slice_positions_mm"]]) for s in ("train", "val", "test")}
-        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-            if pos[a].size and pos[b].size:
-                gap = np.abs(pos[a][:, None] - pos[b][None, :]).min()
-                assert gap >= spacing - 1e-6, (orientation, a, b, gap)
-        # slab positions stay in their split's zones; slabs are consecutive slices
-        for f in (f for f in m["files"] if f["orientation"] == orientation):
-            p = np.array(f["slice_positions_mm"])
-            np.testing.assert_allclose(np.diff(p), spacing, atol=1e-3)
-            assert any(lo - 1e-6 <= p.min() and p.max() <= hi + 1e-6 for lo, hi in m["geometry"]["zones_mm"][orientation][f["split"]])
-    # the phantom (like the MNI template) is mirror-symmetric: sagittal slabs only from x >= 0
-    assert all(min(f["slice_positions_mm"]) >= 0 for f in m["files"] if f["orientation"] == "sagittal")
-
-
-def test_random_rotation_flip_and_tr_te_jitter(small):
-    m = load_manifest(small)
-    assert len({f["rot90"] for f in m["files"]}) >= 3 and len({f["flip"] for f in m["files"]}) == 2
+    for f in m["files"]:
+        p = np.array(f["slice_positions_mm"])
+        np.testing.assert_allclose(np.diff(p), spacing, atol=1e-3)
+        lo, hi = m["geometry"]["ranges_mm"][f["orientation"]]
+        assert lo - 1e-6 <= p.min() and p.max() <= hi + 1e-6
     for c in CONTRASTS:
         tr = [f["tr_ms"] for f in m["files"] if f["acquisition"] == c]
         te = [f["te_ms"] for f in m["files"] if f["acquisition"] == c]
@@ -138,8 +127,7 @@ def test_random_rotation_flip_and_tr_te_jitter(small):
 def test_slab_points_rotation_is_a_90_degree_turn():
     anatomy = phantom_anatomy()
     layout = anatomy_layout(anatomy)
-    slab = sample_slab(layout, "axial", "train", 2, 2.0, np.random.default_rng(0))
-    base = replace(slab, rot90=0, flip=False, shift_mm=(0.0, 0.0))
+    base = sample_slab(layout, "axial", 2, 2.0, np.random.default_rng(0))
     p0 = slab_points(layout, base, (16, 16), 5.0)
     p1 = slab_points(layout, replace(base, rot90=1), (16, 16), 5.0)
     np.testing.assert_allclose(p1[:, 1:, 1:], np.rot90(p0[:, 1:, 1:], k=-1, axes=(1, 2)), atol=1e-4)
@@ -153,7 +141,7 @@ def test_numpy_fft_twins_match_the_torch_operators():
 
 
 def test_oversampled_rss_target_equals_rss_of_stored_kspace(tmp_path):
-    opts = replace(SMALL, matrix=(30, 26), oversample=True, volumes=(1, 0, 1), contrasts=("T2",), sens_maps=True)
+    opts = replace(SMALL, matrix=(30, 26), oversample=True, subjects=(1, 0, 1), contrasts=("T2",), sens_maps=True)
     root = simulate_dataset(tmp_path / "os", opts)
     for f in load_manifest(root)["files"]:
         d = _read(root / f["path"])
@@ -168,7 +156,7 @@ def test_oversampled_rss_target_equals_rss_of_stored_kspace(tmp_path):
 
 
 def test_single_coil_target_is_the_magnitude(tmp_path):
-    opts = replace(SMALL, single_coil=True, volumes=(1, 0, 0), contrasts=("PD",), oversample=True)
+    opts = replace(SMALL, single_coil=True, subjects=(1, 0, 0), contrasts=("PD",), oversample=True)
     root = simulate_dataset(tmp_path / "sc", opts)
     f = load_manifest(root)["files"][0]
     d = _read(root / f["path"])
@@ -181,11 +169,11 @@ def _phantom_volume(protocol: Protocol, snr: float, *, shape=(48, 48), coils=6, 
     anatomy = phantom_anatomy()
     layout = anatomy_layout(anatomy)
     rng = np.random.default_rng(seed)
-    slab = sample_slab(layout, "axial", "train", 3, 2.0, rng)
+    slab = sample_slab(layout, "axial", 3, 2.0, rng)
     pixel = 240.0 / max(shape)
-    vol = simulate_volume(anatomy, layout, slab, protocol, recon_hw=shape, kspace_hw=shape, pixel_mm=pixel,
-                          coils=coils, snr=snr, single_coil=single_coil, rng=rng, keep_clean=True)
     fractions = anatomy.fractions(slab_points(layout, slab, shape, pixel))
+    vol = simulate_volume(fractions, protocol, positions_mm=slab.positions_mm, recon_hw=shape, pixel_mm=pixel,
+                          coils=coils, snr=snr, single_coil=single_coil, rng=rng, keep_clean=True)
     return vol, fractions
 
 
@@ -292,7 +280,7 @@ def test_mni_head_and_small_dataset(tmp_path):
     f = anatomy.fractions(np.array([[8.0, 0.0, 20.0], [-8.0, 0.0, 20.0], [28.0, -20.0, 30.0]]))
     assert f[TISSUE_INDEX["csf"], 0] > 0.5 and f[TISSUE_INDEX["csf"], 1] > 0.5 and f[TISSUE_INDEX["wm"], 2] > 0.8
 
-    opts = SimulationOptions(matrix=(48, 40), coils=4, slices=2, volumes=(1, 1, 1), contrasts=("T2", "FLAIR"))
+    opts = SimulationOptions(matrix=(48, 40), coils=4, slices=2, subjects=(1, 1, 1), contrasts=("T2", "FLAIR"))
     root = simulate_dataset(tmp_path / "mni", opts)
     m = load_manifest(root)
     assert m["anatomy"] == "mni152_2009_2mm" and "nilearn" in m["versions"] and len(m["files"]) == 6
@@ -305,10 +293,10 @@ def test_mni_head_and_small_dataset(tmp_path):
     layout = anatomy_layout(anatomy)
     for c in ("T2", "FLAIR"):
         rng = np.random.default_rng(0)
-        slab = replace(sample_slab(layout, "axial", "train", 1, 2.0, rng), positions_mm=(20.0,))
-        vol_c = simulate_volume(anatomy, layout, slab, PROTOCOLS[c], recon_hw=(96, 96), kspace_hw=(96, 96),
-                                pixel_mm=2.5, coils=1, snr=math.inf, single_coil=True, rng=rng)
+        slab = Slab("axial", (20.0,))
         fr = anatomy.fractions(slab_points(layout, slab, (96, 96), 2.5))
+        vol_c = simulate_volume(fr, PROTOCOLS[c], positions_mm=slab.positions_mm, recon_hw=(96, 96), pixel_mm=2.5,
+                                coils=1, snr=math.inf, single_coil=True, rng=rng)
         shading = np.abs(vol_c.sens_maps[:, 0])
         means[c] = _pure_means(vol_c.target / shading, fr)
     assert means["T2"]["csf"] > 1.5 * means["T2"]["gm"] > 1.5 * means["T2"]["wm"]
@@ -317,7 +305,10 @@ def test_mni_head_and_small_dataset(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ bad input, CLI
 @pytest.mark.parametrize("bad", [
-    {"matrix": (4, 32)}, {"matrix": (32,)}, {"slices": 0}, {"volumes": (0, 0, 0)}, {"volumes": (1, -1, 1)},
+    {"matrix": (4, 32)}, {"matrix": (32,)}, {"slices": 0}, {"slices": (4, 4)}, {"subjects": (0, 0, 0)},
+    {"subjects": (1, -1, 1)}, {"subjects": 2}, {"subjects": (1, 2)}, {"orientations": ("oblique",)},
+    {"orientations": ()}, {"orientations": ("axial", "axial")}, {"first_subject": -1}, {"lesion_fraction": 1.5},
+    {"lesion_fraction": True}, {"variation": "yes"},
     {"contrasts": ()}, {"contrasts": ("PD", "DWI")}, {"contrasts": ("PD", "PD")}, {"coils": 0}, {"snr": -1.0},
     {"snr": float("nan")}, {"anatomy": "brainweb"}, {"fov_mm": 10.0}, {"jitter": 0.7}, {"oversample": "yes"},
     {"seed": -3},
@@ -333,7 +324,7 @@ def test_options_round_trip_and_unknown_keys():
     o = replace(SMALL, snr=math.inf)
     assert SimulationOptions.from_dict(json.loads(json.dumps(o.to_dict()))) == o
     # YAML/argparse spellings of the same options (lists, ints) are the same dataset
-    alike = SimulationOptions(anatomy="phantom", matrix=[32, 32], coils=4, slices=4, volumes=[3, 2, 2], seed=1, snr=30)
+    alike = SimulationOptions(anatomy="phantom", matrix=[32, 32], coils=4, slices=4, subjects=[3, 2, 2], seed=1, snr=30)
     assert alike == SMALL and options_hash(alike) == options_hash(SMALL)
     with pytest.raises(MrlearnError, match="unknown option"):
         SimulationOptions.from_dict({"matrx": [32, 32]})
@@ -341,10 +332,11 @@ def test_options_round_trip_and_unknown_keys():
 
 def test_cli_simulate_makes_then_reuses(tmp_path, capsys):
     argv = ["simulate", "--out", str(tmp_path / "cli"), "--anatomy", "phantom", "--matrix", "24", "20", "--coils", "3",
-            "--slices", "2", "--volumes", "1", "1", "1", "--contrasts", "PD", "PDFS", "--snr", "inf", "--seed", "4"]
+            "--slices", "2", "--subjects", "1", "1", "1", "--contrasts", "PD", "PDFS", "--snr", "inf", "--seed", "4"]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
-    assert "made 6 volumes" in out and str(tmp_path / "cli") in out and "PDFS 1" in out
+    assert "made 3 subjects, 6 volumes" in out and str(tmp_path / "cli") in out
+    assert "test    1 subjects (sub-0002..sub-0002; sagittal 1), 2 volumes" in out and "ventricle volume factor" in out
     assert cli_main(argv) == 0
     assert "reused" in capsys.readouterr().out
     m = load_manifest(tmp_path / "cli")

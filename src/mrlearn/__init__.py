@@ -27,7 +27,8 @@ the classical path never loads Lightning):
     mrlearn.errors.MrlearnError: missing.ckpt: ...
 
 ``read_volume(path)`` / ``write_volume(path, kspace, **fields)``
-    fastMRI HDF5 volumes as ``{"kspace" [S, C, H, W], "mask", "target" [S, h, w]}``; writing is atomic.
+    fastMRI HDF5 volumes as ``{"kspace" [S, C, H, W], "mask", "target" [S, h, w], "segmentation" [S, h, w] uint8
+    or None, "segmentation_labels" {label: name}, "patient_id"}``; writing is atomic.
 
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "vol.h5"

@@ -1,8 +1,11 @@
 """Volume read/write of the public API: fastMRI HDF5 files as plain numpy arrays.
 
 :func:`read_volume` returns a dict: ``kspace`` ``[S, C, H, W]`` complex64 (single-coil files get ``C = 1``),
-``mask`` (``[W]``, ``[H, W]``, ``[S, H, W]`` as stored, or None), ``target`` ``[S, h, w]`` float32 or None.
-:func:`write_volume` is :func:`mrlearn.data.fastmri_write.write_volume` (atomic).
+``mask`` (``[W]``, ``[H, W]``, ``[S, H, W]`` as stored, or None), ``target`` ``[S, h, w]`` float32 or None,
+``segmentation`` ``[S, h, w]`` uint8 class labels (the target's shape) or None, ``segmentation_labels``
+``{label: class name}`` ({} when absent) and ``patient_id`` (str, "" when absent).
+:func:`write_volume` is :func:`mrlearn.data.fastmri_write.write_volume` (atomic; ``segmentation=`` and
+``segmentation_labels=`` store the two above).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import numpy as np
 
 
 def read_volume(path: str | Path) -> dict[str, Any]:
-    """``{"kspace", "mask", "target"}`` of a fastMRI-format file (see the module docstring)."""
-    from mrlearn.data.fastmri import read_kspace, read_mask, read_target
+    """``{"kspace", "mask", "target", "segmentation", "segmentation_labels", "patient_id"}`` of a fastMRI-format
+    file (see the module docstring)."""
+    from mrlearn.data.fastmri import (read_kspace, read_mask, read_segmentation, read_segmentation_labels,
+                                      read_target, read_volume_info)
     from mrlearn.errors import MrlearnError
 
     kspace = np.asarray(read_kspace(path)).astype(np.complex64, copy=False)
@@ -24,7 +29,8 @@ def read_volume(path: str | Path) -> dict[str, Any]:
         target = np.asarray(read_target(path), dtype=np.float32)
     except MrlearnError:
         target = None
-    return {"kspace": kspace, "mask": read_mask(path), "target": target}
+    return {"kspace": kspace, "mask": read_mask(path), "target": target, "segmentation": read_segmentation(path),
+            "segmentation_labels": read_segmentation_labels(path), "patient_id": read_volume_info(path).patient_id}
 
 
 def write_volume(path: str | Path, kspace: np.ndarray, **kwargs: Any) -> Path:

@@ -8,14 +8,18 @@ from mrlearn.data.simulate.contrasts import CONTRASTS, PROTOCOLS
 from mrlearn.data.simulate.options import ANATOMIES, SimulationOptions
 
 _D = SimulationOptions.__dataclass_fields__
-_HELP = f"""Simulate fastMRI-format multi-coil k-space from the MNI ICBM152 2009 templates shipped in nilearn
-(or a procedural phantom): one .h5 per volume under OUT/{{train,val,test}}/ plus OUT/manifest.json.
+_HELP = f"""Simulate a population of subjects from the MNI ICBM152 2009 templates shipped in nilearn (or a procedural
+phantom): each subject its own deformation, head pose and size, fine structure, tissue parameters, receive bias,
+coils, noise level and (in some) white-matter lesions; every contrast of a subject co-registered. One fastMRI .h5
+per subject and contrast (k-space, targets, tissue segmentation, patient_id) under OUT/{{train,val,test}}/ (disjoint
+subjects) plus OUT/manifest.json.
 Contrasts: {', '.join(f'{c} ({p.sequence} TR {p.tr_ms:g} TE {p.te_ms:g}' + (f' TI {p.ti_ms:g}' if p.ti_ms else '') + ')'
                       for c, p in PROTOCOLS.items())} ms. The same options reuse an existing dataset.
 With --from-images PATH (NIfTI magnitude/complex, BART coil-combined image .cfl, or fastMRI files' targets; a file or
 a folder), the user's images go through the same coil, phase, noise and oversampling model instead and are written
 as OUT/<name>.h5 (fastMRI format, targets reconstruction_rss and reconstruction_noiseless), ready for train/study."""
-_EMBEDDED_ONLY = ("matrix", "slices", "volumes", "contrasts", "anatomy", "jitter")
+_EMBEDDED_ONLY = ("matrix", "slices", "subjects", "orientations", "first_subject", "lesion_fraction", "variation",
+                  "contrasts", "anatomy", "jitter")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,9 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "~/.cache/mrlearn/embedded/<hash>)")
     p.add_argument("--matrix", type=int, nargs=2, metavar=("H", "W"), default=list(_D["matrix"].default),
                    help="recon (target) size in pixels (default: 128 128)")
-    p.add_argument("--slices", type=int, default=_D["slices"].default, help="slices per volume (default: 8)")
-    p.add_argument("--volumes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), default=list(_D["volumes"].default),
-                   help="volumes per contrast in each split (default: 12 3 3)")
+    p.add_argument("--subjects", type=int, nargs="+", metavar="N", default=list(_D["subjects"].default),
+                   help="subjects: N (split about 46/15/38 %%) or TRAIN VAL TEST (default: 12 4 10)")
+    p.add_argument("--slices", type=int, nargs="+", metavar="S", default=list(_D["slices"].default),
+                   help="slices per subject: S, or TRAIN VAL TEST (default: 8 6 4)")
+    p.add_argument("--orientations", nargs="+", metavar="O", default=list(_D["orientations"].default),
+                   help="slab orientations, assigned to subjects in turn (default: axial coronal sagittal)")
+    p.add_argument("--first-subject", dest="first_subject", type=int, default=_D["first_subject"].default,
+                   help="index of the first subject (another population of the same seed; default: 0)")
+    p.add_argument("--lesions", dest="lesion_fraction", type=float, default=_D["lesion_fraction"].default,
+                   help="fraction of subjects with white-matter lesions (default: 0.2)")
+    p.add_argument("--no-variation", dest="variation", action="store_false",
+                   help="every subject the unmodified template (only slab, coils and noise vary)")
     p.add_argument("--contrasts", nargs="+", metavar="ACQ", default=list(CONTRASTS),
                    help=f"contrasts (acquisition names) to make (default: {' '.join(CONTRASTS)})")
     p.add_argument("--coils", type=int, default=_D["coils"].default, help="receive coils (default: 8)")
@@ -49,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def options_from_args(args: argparse.Namespace) -> SimulationOptions:
     """The :class:`SimulationOptions` given on the command line (validated: bad values raise MrlearnError)."""
     return SimulationOptions(
-        matrix=tuple(args.matrix), slices=args.slices, volumes=tuple(args.volumes), contrasts=tuple(args.contrasts),
+        matrix=tuple(args.matrix), slices=tuple(args.slices), subjects=tuple(args.subjects),
+        orientations=tuple(args.orientations), first_subject=args.first_subject,
+        lesion_fraction=args.lesion_fraction, variation=args.variation, contrasts=tuple(args.contrasts),
         coils=args.coils, snr=args.snr, oversample=args.oversample, single_coil=args.single_coil,
         anatomy=args.anatomy, fov_mm=args.fov, jitter=args.jitter, sens_maps=args.sens_maps, seed=args.seed)
 
@@ -90,10 +105,45 @@ def run(args: argparse.Namespace) -> int:
     kind = "single-coil" if options.single_coil else f"{options.coils} coils"
     print(f"  anatomy {manifest['anatomy']}, {kind}, k-space {geo['kspace_hw'][0]} x {geo['kspace_hw'][1]}, "
           f"targets {geo['recon_hw'][0]} x {geo['recon_hw'][1]}, pixel {geo['pixel_mm']:.3g} mm, "
-          f"slice spacing {geo['slice_spacing_mm']:.3g} mm, {options.slices} slices/volume, snr {options.snr:g}")
-    for split in ("train", "val", "test"):
-        files = [f for f in manifest["files"] if f["split"] == split]
-        per = {c: sum(f["acquisition"] == c for f in files) for c in options.contrasts}
-        print(f"  {split:5s} {len(files):4d} volumes in {root / split}  ({', '.join(f'{c} {n}' for c, n in per.items())})")
+          f"slice spacing {geo['slice_spacing_mm']:.3g} mm, median snr {options.snr:g}")
+    for line in population_summary(manifest):
+        print(f"  {line}")
     print(f"  manifest {root / 'manifest.json'}")
     return 0
+
+
+def population_summary(manifest: dict) -> list[str]:
+    """Lines describing the population of a dataset manifest: subjects and files per split, then the range of each
+    subject parameter."""
+    subjects, files = manifest.get("subjects", []), manifest.get("files", [])
+    lines = []
+    for split in ("train", "val", "test"):
+        subs = [s for s in subjects if s["split"] == split]
+        n_files = sum(f["split"] == split for f in files)
+        ids = f"{subs[0]['subject_id']}..{subs[-1]['subject_id']}" if subs else "-"
+        orient = ", ".join(f"{o} {sum(s['orientation'] == o for s in subs)}" for o in sorted({s["orientation"] for s in subs}))
+        lines.append(f"{split:5s} {len(subs):3d} subjects ({ids}; {orient or 'none'}), {n_files} volumes")
+    if not subjects:
+        return lines
+
+    def span(key: str, fmt: str = ".2f") -> str:
+        vals = [float(s[key]) for s in subjects]
+        return f"{min(vals):{fmt}}-{max(vals):{fmt}}"
+
+    lines.append(f"displacement over the brain: RMS {span('rms_displacement_mm')} mm, max {span('max_displacement_mm')} mm; "
+                 f"Jacobian {span('jacobian_min', '.2f')}..{span('jacobian_max', '.2f')} (min..max ranges)")
+    lines.append(f"ventricle volume factor {span('ventricle_factor')}; head scale "
+                 f"{min(min(s['scale']) for s in subjects):.3f}-{max(max(s['scale']) for s in subjects):.3f}; "
+                 f"rotation up to {max(max(abs(a) for a in s['rotation_deg']) for s in subjects):.1f} deg; "
+                 f"bias peak {span('bias_peak')}")
+    with_lesions = [s for s in subjects if s["lesions"]]
+    lines.append(f"lesions in {len(with_lesions)} of {len(subjects)} subjects "
+                 f"({sum(s['lesion_pixels'] > 0 for s in with_lesions)} with lesion pixels in their slab)")
+    for tissue in ("gm", "wm", "csf"):
+        t1 = [s["tissues"][tissue]["t1_ms"] for s in subjects]
+        t2 = [s["tissues"][tissue]["t2_ms"] for s in subjects]
+        lines.append(f"{tissue}: T1 {min(t1):.0f}-{max(t1):.0f} ms, T2 {min(t2):.1f}-{max(t2):.1f} ms")
+    if files:
+        snr = [f["snr"] for f in files]
+        lines.append(f"acquisition snr {min(snr):.1f}-{max(snr):.1f}")
+    return lines

@@ -8,9 +8,10 @@
   stay bounded over any number of reads. No file is held open after ``__init__`` (safe for DataLoader workers,
   fork or spawn).
 * Each raw sample keeps its own matrix size (docs/architecture.md). ``target_size=(h, w)`` centre-crops or
-  zero-pads the image-domain *target* (and ``target_noiseless``, the noiseless reference of simulated files) to
-  ``(h, w)``; a size beyond twice a file's k-space matrix is refused (the crop starts at ``(H - h) // 2`` as
-  :func:`mrlearn.physics.complex.center_crop` and fastMRI) and reports ``recon_size = (h, w)``; k-space is never resized.
+  zero-pads the image-domain *target* (and ``target_noiseless``, the noiseless reference of simulated files, and
+  ``segmentation``, their class labels, padded with 0 = background) to ``(h, w)``; a size beyond twice a file's
+  k-space matrix is refused (the crop starts at ``(H - h) // 2`` as :func:`mrlearn.physics.complex.center_crop` and
+  fastMRI) and reports ``recon_size = (h, w)``; k-space is never resized.
 """
 
 from __future__ import annotations
@@ -292,7 +293,7 @@ class SliceDataset(torch.utils.data.Dataset):
         finally:
             self._handles.release(f)
         if self.target_size is not None:
-            for key in ("target", "target_noiseless"):
+            for key in ("target", "target_noiseless", "segmentation"):  # images of the target's grid
                 if sample.get(key) is not None:
                     sample[key] = _crop_or_pad(sample[key], self.target_size)
             sample["recon_size"] = self.target_size

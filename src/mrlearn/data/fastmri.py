@@ -9,10 +9,13 @@ Layout (REFERENCE section 1):
   ``mask``                bool/0-1: ``[W]`` (columns, fastMRI), or 2-D ``[H, W]`` (all slices) / ``[S, H, W]``
                           (per slice), e.g. a Poisson-disc acquisition converted with ``mrlearn convert``.
   ``reconstruction_noiseless`` (mrlearn extension, simulated files) float32 ``[S, h, w]``: the target without noise.
+  ``segmentation``        (mrlearn extension, simulated files) uint8 ``[S, h, w]``, the target's shape: one integer
+                          class label per target pixel; attr ``segmentation_labels`` names the classes, a JSON
+                          string mapping label (as a string) to name, e.g. ``'{"0": "background", "1": "csf"}'``.
   ``ismrmrd_header``      XML: encoded/recon matrix sizes, encodingLimits of kspace_encoding_step_1.
   ``sens_maps``           (mrlearn extension, e.g. from ``mrlearn convert --maps``) complex64 ``[S, C, H, W]``.
   attrs                   ``max`` (target volume max), ``norm`` (L2 norm of the target volume), ``acquisition``,
-                          ``patient_id``.
+                          ``patient_id``, ``segmentation_labels`` (above).
 Submission files hold one dataset ``reconstruction`` float32 ``[S, h, w]``.
 
 Every user-caused problem (see :mod:`mrlearn.data.checks`: missing, unreadable, locked, non-HDF5 or truncated file,
@@ -32,7 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from mrlearn.data import checks
+from mrlearn.data import checks, segmentation
 from mrlearn.data.fastmri_write import (  # noqa: F401  (re-exported: the one import place for fastMRI I/O)
     NOISELESS_KEY,
     SUBMISSION_KEY,
@@ -61,7 +64,8 @@ class VolumeInfo:
     ``encoding_size`` is the header's encodedSpace matrix ``(x, y, z)`` or the k-space ``(H, W, 1)`` without header.
     ``padding`` ``(left, right)``: columns ``[left, right)`` of W hold acquired data (fastMRI convention), None
     without header limits. ``mask_shape``: the stored mask's shape normalised to ``(W,)``, ``(H, W)`` or
-    ``(S, H, W)`` (None without mask). ``has_noiseless``: the file stores ``reconstruction_noiseless``.
+    ``(S, H, W)`` (None without mask). ``has_noiseless``: the file stores ``reconstruction_noiseless``;
+    ``has_segmentation``: it stores ``segmentation`` (validated: integer, the target's shape).
     """
 
     path: Path
@@ -80,6 +84,7 @@ class VolumeInfo:
     attrs: dict[str, Any] = field(default_factory=dict)
     mask_shape: tuple[int, ...] | None = None
     has_noiseless: bool = False
+    has_segmentation: bool = False
 
     @property
     def matrix_size(self) -> tuple[int, int]:
@@ -190,6 +195,9 @@ def info_from_handle(f: h5py.File, path: str | Path) -> VolumeInfo:
     has_noiseless = NOISELESS_KEY in f
     if has_noiseless and _image_shape(f, NOISELESS_KEY, path, num_slices) != target_hw:
         raise input_error(path, f"'{NOISELESS_KEY}' does not have the target's shape", "fix or remove it")
+    has_segmentation = segmentation.SEGMENTATION_KEY in f
+    if has_segmentation:
+        segmentation.check_stored(path, f[segmentation.SEGMENTATION_KEY], None if target_hw is None else (num_slices, *target_hw))
 
     has_mask = "mask" in f
     mask_shape = _mask_shape(f, path, num_slices, h, w) if has_mask else None
@@ -204,6 +212,8 @@ def info_from_handle(f: h5py.File, path: str | Path) -> VolumeInfo:
     attrs = {k: _attr(v) for k, v in f.attrs.items()}
     if "max" in attrs:
         attrs["max"] = checks.check_max_attr(path, attrs["max"])
+    if segmentation.LABELS_ATTR in attrs:
+        segmentation.labels_from_json(path, attrs[segmentation.LABELS_ATTR])  # an unreadable attr fails up front
     header = _header_text(f)
     hdr = parse_ismrmrd_header(header, where=path) if header else None
     encoding_size: tuple[int, ...] = (h, w, 1)
@@ -235,6 +245,7 @@ def info_from_handle(f: h5py.File, path: str | Path) -> VolumeInfo:
         attrs=attrs,
         mask_shape=mask_shape,
         has_noiseless=has_noiseless,
+        has_segmentation=has_segmentation,
     )
 
 
@@ -270,9 +281,10 @@ def read_slice_from_handle(f: h5py.File, info: VolumeInfo, index: int) -> dict[s
     """The raw sample (docs/architecture.md) of slice ``index`` from an open file with known ``info``.
 
     ``kspace`` complex64 ``[C, H, W]`` (C = 1 for single-coil); ``target`` float32 ``[h, w]`` or None;
-    ``target_noiseless`` float32 ``[h, w]`` or None (simulated files); ``mask`` float32 ``[W]`` or ``[H, W]``
-    (this slice's 2-D pattern) or None; ``sens_maps`` complex64 ``[C, H, W]`` or None (only when stored); metadata
-    ``fname``, ``slice``, ``acquisition``, ``max``, ``recon_size``, ``padding``, ``single_coil``.
+    ``target_noiseless`` float32 ``[h, w]`` and ``segmentation`` uint8 ``[h, w]`` (class labels) or None (simulated
+    files); ``mask`` float32 ``[W]`` or ``[H, W]`` (this slice's 2-D pattern) or None; ``sens_maps`` complex64
+    ``[C, H, W]`` or None (only when stored); metadata ``fname``, ``slice``, ``acquisition``, ``max``,
+    ``recon_size``, ``padding``, ``single_coil``.
     The k-space is checked (:func:`mrlearn.data.checks.check_kspace`): finite, not all zero, no float32 overflow,
     and, with a mask, holding data at the sampled positions.
     """
@@ -291,6 +303,7 @@ def read_slice_from_handle(f: h5py.File, info: VolumeInfo, index: int) -> dict[s
     if info.target_key is not None:
         target = np.asarray(f[info.target_key][i], dtype=np.float32)
     noiseless = np.asarray(f[NOISELESS_KEY][i], dtype=np.float32) if info.has_noiseless else None
+    seg = segmentation.stored_to_uint8(path, f[segmentation.SEGMENTATION_KEY][i]) if info.has_segmentation else None
     sens_maps = None
     if info.has_sens_maps:
         sens_maps = np.asarray(f["sens_maps"][i], dtype=np.complex64)
@@ -299,6 +312,7 @@ def read_slice_from_handle(f: h5py.File, info: VolumeInfo, index: int) -> dict[s
         "kspace": kspace,
         "target": target,
         "target_noiseless": noiseless,
+        "segmentation": seg,
         "mask": mask,
         "sens_maps": sens_maps,
         "fname": path.name,
@@ -360,6 +374,22 @@ def read_target(path: str | Path, noiseless: bool = False) -> np.ndarray:
             raise input_error(path, "no target dataset (reconstruction_rss / reconstruction_esc)",
                               "test/challenge files have no target; use validation files")
         return _read_3d(f, key, path)
+
+
+def read_segmentation(path: str | Path) -> np.ndarray | None:
+    """The stored class labels uint8 ``[S, h, w]`` (the target's shape), or None when the file has none."""
+    with open_volume(path) as f:
+        info = info_from_handle(f, path)
+        if not info.has_segmentation:
+            return None
+        return segmentation.stored_to_uint8(path, f[segmentation.SEGMENTATION_KEY][()])
+
+
+def read_segmentation_labels(path: str | Path) -> dict[int, str]:
+    """``{label: class name}`` from the JSON attr ``segmentation_labels`` ({} when absent)."""
+    with open_volume(path) as f:
+        raw = f.attrs.get(segmentation.LABELS_ATTR)
+        return {} if raw is None else segmentation.labels_from_json(path, raw)
 
 
 def read_reconstruction(path: str | Path) -> np.ndarray:

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from mrlearn.errors import MrlearnError, input_error
+from mrlearn.data.segmentation import LABELS_ATTR, SEGMENTATION_KEY, labels_to_json, segmentation_to_store
 from mrlearn.io import atomic_write_bytes
 
 SUBMISSION_KEY = "reconstruction"
@@ -48,6 +49,8 @@ def write_volume(
     attrs: dict[str, Any] | None = None,
     sens_maps: np.ndarray | None = None,
     noiseless: np.ndarray | None = None,
+    segmentation: np.ndarray | None = None,
+    segmentation_labels: dict[int, str] | None = None,
 ) -> Path:
     """Write a fastMRI-format volume atomically and return its path.
 
@@ -57,7 +60,10 @@ def write_volume(
     ``[S, H, W]``) makes a test-style file (pass ``acceleration``/``num_low_frequency`` in ``attrs``). ``header``
     is an ISMRMRD XML string (see :func:`mrlearn.data.ismrmrd.make_ismrmrd_header`); without one, readers use the
     full matrix. ``sens_maps`` ``[S, C, H, W]``. ``noiseless`` float ``[S, h, w]``: the noiseless reference of a
-    simulation, stored as ``reconstruction_noiseless`` (same shape as the target).
+    simulation, stored as ``reconstruction_noiseless`` (same shape as the target). ``segmentation`` integer (or
+    integral float) class labels 0..255 ``[S, h, w]``, one per target pixel (same shape as the target), stored as
+    uint8 dataset ``segmentation``; ``segmentation_labels`` ``{label: class name}`` (needs a segmentation), stored as
+    the JSON attr ``segmentation_labels`` with string keys, e.g. ``'{"0": "background", "1": "csf"}'``.
     """
     path = Path(path)
     kspace = np.asarray(kspace)
@@ -74,6 +80,13 @@ def write_volume(
         if target is None or noiseless.shape != target.shape:
             raise input_error(path, f"noiseless reference shape {noiseless.shape} differs from the target's",
                               "pass it with a target of the same shape")
+    if segmentation is not None:
+        segmentation = segmentation_to_store(path, segmentation, None if target is None else target.shape)
+    labels_json = None
+    if segmentation_labels is not None:
+        if segmentation is None:
+            raise input_error(path, "segmentation_labels given without a segmentation", "pass both, or neither")
+        labels_json = labels_to_json(path, segmentation_labels)
     if mask is not None:
         mask = np.asarray(mask)
         if mask.ndim == 1 or (mask.ndim > 1 and int(np.prod(mask.shape[:-1])) == 1):
@@ -96,6 +109,8 @@ def write_volume(
             f.attrs["norm"] = float(np.linalg.norm(target.astype(np.float64)))
         if noiseless is not None:
             f.create_dataset(NOISELESS_KEY, data=noiseless)
+        if segmentation is not None:
+            f.create_dataset(SEGMENTATION_KEY, data=segmentation)
         if mask is not None:
             f.create_dataset("mask", data=mask.astype(bool))
         if sens_maps is not None:
@@ -104,6 +119,8 @@ def write_volume(
             f.create_dataset("ismrmrd_header", data=np.bytes_(header.encode("utf-8")))
         f.attrs["acquisition"] = str(acquisition)
         f.attrs["patient_id"] = str(patient_id)
+        if labels_json is not None:
+            f.attrs[LABELS_ATTR] = labels_json
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
     atomic_write_bytes(path, buf.getbuffer())

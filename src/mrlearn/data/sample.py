@@ -12,6 +12,9 @@ same field names and a leading batch axis ``B``. Shapes and units (per sample; t
                        ``has_target`` is False)
 ``target_noiseless``   ``[1, h, w]`` float32 noiseless reference of a simulated file (``reconstruction_noiseless``),
                        in the target's units and size; None when the file has none
+``segmentation``       ``[1, h, w]`` int64 class indices of a simulated file (``segmentation``, names in its
+                       ``segmentation_labels`` attr), cropped like the target, 0 (background) where it is zero-padded;
+                       None when the file has none; -1 (ignore index) in a batch for the samples that lack one
 ``image``              ``[1, h, w]`` float32 network input of image-domain models: the zero-filled magnitude
                        (RSS over coils) instance-normalised, ``clamp((zero_filled - mean) / std, -6, 6)``
 ``zero_filled``        ``[1, h, w]`` float32 zero-filled magnitude in data units
@@ -50,9 +53,10 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 
 # Fields a batch keeps as one Python list entry per sample instead of stacking.
 PER_SAMPLE_FIELDS = ("fname", "acquisition", "recon_size", "padding")
-# Fields that may be set in only some samples of a batch (e.g. simulated and real files mixed): the samples that
-# lack one get a NaN-filled tensor of the same shape, which scorers read as "absent".
-NAN_FILLED_FIELDS = ("target_noiseless",)
+# Fields that may be set in only some samples of a batch (e.g. simulated and real files mixed) -> the value that
+# fills a tensor of the same shape for the samples that lack one: NaN (scorers read it as "absent") for the noiseless
+# reference, -1 for class labels (the ignore index, e.g. ``cross_entropy(..., ignore_index=-1)``).
+FILL_VALUES: dict[str, float] = {"target_noiseless": math.nan, "segmentation": -1}
 
 
 class _FieldMapping(MutableMapping):
@@ -100,6 +104,7 @@ class Sample(_FieldMapping):
     mask: torch.Tensor | None = None
     target: torch.Tensor | None = None
     target_noiseless: torch.Tensor | None = None
+    segmentation: torch.Tensor | None = None
     image: torch.Tensor | None = None
     zero_filled: torch.Tensor | None = None
     mean: torch.Tensor | None = None
@@ -124,6 +129,7 @@ class Batch(_FieldMapping):
     mask: torch.Tensor | None = None
     target: torch.Tensor | None = None
     target_noiseless: torch.Tensor | None = None
+    segmentation: torch.Tensor | None = None
     image: torch.Tensor | None = None
     zero_filled: torch.Tensor | None = None
     mean: torch.Tensor | None = None
@@ -153,7 +159,8 @@ def collate(samples: Sequence[Sample]) -> Batch:
     """Stack samples into a :class:`Batch` (lists for ``PER_SAMPLE_FIELDS``, ``default_collate`` for the rest).
 
     A field must be set in all samples or in none (e.g. ``sens_maps``); otherwise this raises ``ValueError``,
-    except for ``NAN_FILLED_FIELDS`` (``target_noiseless``), where the samples without it get NaNs.
+    except for ``FILL_VALUES`` (``target_noiseless``: NaN, ``segmentation``: -1), where the samples without it get a
+    tensor of the others' shape and dtype filled with that value.
 
     >>> import torch
     >>> s = [Sample(target=torch.zeros(1, 4, 4), fname=f"a{i}.h5", slice=i, has_target=True) for i in range(3)]
@@ -172,9 +179,10 @@ def collate(samples: Sequence[Sample]) -> Batch:
         missing = sum(v is None for v in column)
         if missing == len(column):
             values[f.name] = None
-        elif missing and f.name in NAN_FILLED_FIELDS:
+        elif missing and f.name in FILL_VALUES:
             like = next(v for v in column if v is not None)
-            values[f.name] = default_collate([torch.full_like(like, math.nan) if v is None else v for v in column])
+            fill = torch.full_like(like, FILL_VALUES[f.name])
+            values[f.name] = default_collate([fill if v is None else v for v in column])
         elif missing:
             raise ValueError(f"field {f.name!r} is set in {len(column) - missing} of {len(column)} samples of a "
                              "batch; it must be set in all or none")

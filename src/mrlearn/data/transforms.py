@@ -26,7 +26,9 @@ is zero) and ``sens_maps`` ``[C, H, W]`` when the raw sample has them. Multiply 
 A training sample is a :class:`mrlearn.data.sample.Sample` (collated into a :class:`~mrlearn.data.sample.Batch`;
 shapes and units are stated there): ``image`` ``[1, h, w]`` (normalised), ``target`` ``[1, h, w]`` in data units
 (zeros without a target), ``has_target``, ``target_noiseless`` ``[1, h, w]`` (the noiseless reference of simulated
-files, ``reconstruction_noiseless``, cropped/padded like the target; None when the file has none), ``zero_filled``
+files, ``reconstruction_noiseless``, cropped/padded like the target; None when the file has none), ``segmentation``
+``[1, h, w]`` int64 class labels (simulated files; cropped like the target, 0 = background where it is padded; None
+when the file has none), ``zero_filled``
 ``[1, h, w]`` (data units), ``mean``, ``std``, ``max`` (target volume max, NaN when unknown), ``fname``, ``slice``,
 ``acquisition``, ``recon_size``, ``padding``, and the physics entries above when requested. It also reads as a dict
 of those keys.
@@ -138,6 +140,9 @@ class ReconTransform:
         noiseless = sample.get("target_noiseless")
         if noiseless is not None:
             noiseless = crop_or_pad(torch.as_tensor(np.asarray(noiseless, dtype=np.float32)), size).unsqueeze(0)
+        seg = sample.get("segmentation")
+        if seg is not None:  # int64: the class-index dtype of torch's losses; zero padding is label 0 (background)
+            seg = crop_or_pad(torch.as_tensor(np.asarray(seg, dtype=np.int64)), size).unsqueeze(0)
         vmax = sample.get("max")
         padding = sample.get("padding")
         out = Sample(
@@ -145,6 +150,7 @@ class ReconTransform:
             target=target_t.float().unsqueeze(0),
             has_target=has_target,
             target_noiseless=noiseless,
+            segmentation=seg,
             zero_filled=image.float().unsqueeze(0),
             mean=torch.tensor(mean, dtype=torch.float32),
             std=torch.tensor(std, dtype=torch.float32),

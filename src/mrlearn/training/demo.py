@@ -35,7 +35,7 @@ from mrlearn.io import atomic_write_text
 
 #: ``--quick``: dataset options and overrides of the demo study (tiny networks, short budgets)
 QUICK: dict[str, Any] = {
-    "simulation": {"anatomy": "phantom", "matrix": [64, 64], "slices": 4, "volumes": [3, 1, 2], "contrasts": ["PD"],
+    "simulation": {"anatomy": "phantom", "matrix": [64, 64], "slices": 4, "subjects": [3, 1, 2], "contrasts": ["PD"],
                    "coils": 4},
     "set": ["mask={name: random, accelerations: [4], center_fractions: [0.25]}",  # 16 ACS lines: ESPIRiT well posed
             "trainer.progress_bar=false", "data.batch_size=2",

@@ -154,7 +154,7 @@ def mni_anatomy(resolution_mm: int = 2) -> VolumeAnatomy:
     muscle_end = 11.0 + 6.0 * lateral ** 2
     del lateral
     free = np.where(brain, np.float32(0.0), 1.0 - s)  # room left outside the brain mask
-    volume = np.empty((len(TISSUE_NAMES),) + gm.shape, dtype=np.uint8)
+    volume = np.zeros((len(TISSUE_NAMES),) + gm.shape, dtype=np.uint8)  # lesion: none in the template
 
     def put(name: str, field: np.ndarray) -> None:
         volume[TISSUE_INDEX[name]] = np.round(np.clip(field, 0.0, 1.0) * 255.0)

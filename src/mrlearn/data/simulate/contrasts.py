@@ -31,11 +31,12 @@ nominal value, so CSF in FLAIR is nulled only approximately, as on a scanner.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mrlearn.data.simulate.tissue import FAT_INDEX, TISSUE_INDEX, TISSUES
+from mrlearn.data.simulate.tissue import FAT_INDEX, TISSUE_INDEX, TISSUES, Tissue
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,12 @@ def jittered(protocol: Protocol, rng: np.random.Generator, rel: float = 0.05) ->
     return replace(protocol, tr_ms=round(protocol.tr_ms * (1 + u_tr), 1), te_ms=round(protocol.te_ms * (1 + u_te), 2))
 
 
-def tissue_signals(protocol: Protocol) -> np.ndarray:
-    """Signal of each tissue in :data:`TISSUES` (float64 ``[T]``) for this protocol, by the equations above."""
-    pd = np.array([t.pd for t in TISSUES])
-    t1 = np.array([t.t1_ms for t in TISSUES])
-    t2 = np.array([t.t2_ms for t in TISSUES])
+def tissue_signals(protocol: Protocol, tissues: Sequence[Tissue] = TISSUES) -> np.ndarray:
+    """Signal of each tissue (float64 ``[T]``) for this protocol, by the equations above; ``tissues`` in the order of
+    :data:`TISSUES` (default the population means; a subject's own from :func:`tissue.draw_tissues`)."""
+    pd = np.array([t.pd for t in tissues])
+    t1 = np.array([t.t1_ms for t in tissues])
+    t2 = np.array([t.t2_ms for t in tissues])
     e2 = np.exp(-protocol.te_ms / t2)
     if protocol.sequence == "SE":
         s = pd * (1.0 - np.exp(-protocol.tr_ms / t1)) * e2

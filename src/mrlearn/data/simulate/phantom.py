@@ -10,6 +10,8 @@ carry partial volume. Evaluation is analytic and fast: it is meant for unit test
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from mrlearn.data.simulate.anatomy import Anatomy
@@ -53,6 +55,7 @@ class PhantomAnatomy(Anatomy):
         return out
 
 
+@functools.lru_cache(maxsize=1)
 def phantom_anatomy() -> PhantomAnatomy:
-    """The procedural phantom (cheap to construct; stateless)."""
+    """The procedural phantom (stateless; one shared instance)."""
     return PhantomAnatomy()

@@ -1,4 +1,4 @@
-"""Where the slabs come from: orientations, train/val/test zones along the slab axis, and sampling grids.
+"""Where the slabs come from: orientations, the usable range along the slab axis, and sampling grids.
 
 Orientations (image rows, image columns, slab normal; MNI frame x left-to-right, y posterior-to-anterior,
 z inferior-to-superior; radiological display, the subject's right on the image's left):
@@ -7,16 +7,10 @@ z inferior-to-superior; radiological display, the subject's right on the image's
 * ``coronal``: rows superior -> inferior, columns right -> left, slab along y.
 * ``sagittal``: rows superior -> inferior, columns anterior -> posterior, slab along x.
 
-A random in-plane rotation by a multiple of 90 degrees and a random flip are applied per volume, plus a
-translation of up to +-4 mm.
-
-Disjoint splits: per orientation, the range of slab-axis positions where the brain cross-section is at least
-30 % of its largest is cut into five equal zones assigned (train, val, train, test, train) -- (train, test, train,
-val, train) for coronal -- and every slab lies inside one zone of its split. Zones of different splits are kept
-one slice spacing apart, so no slice position is shared and neighbouring slices of different splits are at least
-one spacing apart. For a mirror-symmetric anatomy (the symmetric MNI template, the phantom), sagittal slabs use
-x >= 0 only, so no split holds the mirror image of another split's slice. Slices of different orientations do
-intersect (as in one subject scanned in three planes); the split is by position along each slab axis.
+Each subject has one slab of consecutive slices at a uniform random position inside the range of slab-axis
+positions where the template's brain cross-section is at least 30 % of its largest. Splits are by subject
+(:mod:`build`), so slabs need no zones: every subject is its own head (pose, size and shape differ, see
+:mod:`subject`). ``rot90`` / ``flip`` / ``shift_mm`` remain for callers that want in-plane variants of a slab.
 """
 
 from __future__ import annotations
@@ -36,12 +30,6 @@ _BASIS = {  # (row direction, column direction, slab normal) as (x, y, z) unit v
     "sagittal": ((0.0, 0.0, -1.0), (0.0, -1.0, 0.0), (1.0, 0.0, 0.0)),
 }
 _NORMAL_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
-_ZONES = {
-    "axial": ("train", "val", "train", "test", "train"),
-    "coronal": ("train", "test", "train", "val", "train"),
-    "sagittal": ("train", "val", "train", "test", "train"),
-}
-MAX_SHIFT_MM = 4.0
 
 
 @dataclass(frozen=True)
@@ -54,14 +42,14 @@ class Layout:
 
 @dataclass(frozen=True)
 class Slab:
-    """One volume's geometry: orientation, split, slice positions along the normal (mm), rotation, flip, shift."""
+    """One volume's geometry: orientation, slice positions along the normal (mm), in-plane rotation by
+    ``rot90`` quarter turns, column flip, in-plane shift (mm)."""
 
     orientation: str
-    split: str
     positions_mm: tuple[float, ...]
-    rot90: int
-    flip: bool
-    shift_mm: tuple[float, float]
+    rot90: int = 0
+    flip: bool = False
+    shift_mm: tuple[float, float] = (0.0, 0.0)
 
 
 def anatomy_layout(anatomy: Anatomy, step_mm: float = 4.0) -> Layout:
@@ -76,47 +64,25 @@ def anatomy_layout(anatomy: Anatomy, step_mm: float = 4.0) -> Layout:
     for name, ax in _NORMAL_AXIS.items():
         profile = brain.sum(axis=tuple(i for i in range(3) if i != ax))
         keep = np.nonzero(profile >= 0.3 * profile.max())[0]
-        lo, hi = float(axes[ax][keep[0]]), float(axes[ax][keep[-1]])
-        if name == "sagittal" and anatomy.symmetric_x:
-            lo = max(lo, 0.0)
-        ranges[name] = (lo, hi)
+        ranges[name] = (float(axes[ax][keep[0]]), float(axes[ax][keep[-1]]))
     return Layout(center, ranges)
 
 
 def slice_spacing(layout: Layout, slices: int, pixel_mm: float) -> float:
-    """The in-plane pixel size, shrunk where needed so a slab of ``slices`` fits in every zone with its guard."""
+    """The in-plane pixel size, shrunk where needed so a slab of ``slices`` fits in every orientation's range."""
     shortest = min(hi - lo for lo, hi in layout.ranges.values())
-    return float(min(pixel_mm, shortest / (len(_ZONES["axial"]) * slices)))
+    return float(min(pixel_mm, shortest / max(slices, 1)))
 
 
-def split_zones(layout: Layout, orientation: str, split: str, spacing: float) -> list[tuple[float, float]]:
-    """The ``(lo, hi)`` intervals (mm) of the slab axis where ``split``'s slices may lie."""
-    lo, hi = layout.ranges[orientation]
-    pattern = _ZONES[orientation]
-    edges = np.linspace(lo, hi, len(pattern) + 1)
-    out = []
-    for k, name in enumerate(pattern):
-        if name == split:
-            a = edges[k] + (spacing / 2 if k > 0 else 0.0)
-            b = edges[k + 1] - (spacing / 2 if k < len(pattern) - 1 else 0.0)
-            out.append((float(a), float(b)))
-    return out
-
-
-def sample_slab(layout: Layout, orientation: str, split: str, slices: int, spacing: float, rng: np.random.Generator) -> Slab:
-    """Draw a slab of ``split`` in a random zone of that split, with random rotation/flip/shift."""
-    zones = split_zones(layout, orientation, split, spacing)
-    a, b = zones[int(rng.integers(len(zones)))]
+def sample_slab(layout: Layout, orientation: str, slices: int, spacing: float, rng: np.random.Generator) -> Slab:
+    """A slab of ``slices`` consecutive slices at a uniform random position inside the orientation's range."""
+    a, b = layout.ranges[orientation]
     extent = (slices - 1) * spacing
     if b - a < extent - 1e-6:
-        raise input_error("simulate option 'slices'", f"{slices} slices do not fit in a {split} zone of {b - a:.0f} mm",
-                          "use fewer slices per volume")
+        raise input_error("simulate option 'slices'", f"{slices} slices do not fit in the {b - a:.0f} mm of brain",
+                          "use fewer slices per subject")
     start = float(rng.uniform(a, max(a, b - extent)))
-    positions = tuple(round(start + i * spacing, 4) for i in range(slices))
-    rot = int(rng.integers(4))
-    flip = bool(rng.random() < 0.5)
-    shift = tuple(float(v) for v in rng.uniform(-MAX_SHIFT_MM, MAX_SHIFT_MM, 2))
-    return Slab(orientation, split, positions, rot, flip, shift)
+    return Slab(orientation, tuple(round(start + i * spacing, 4) for i in range(slices)))
 
 
 def slab_points(layout: Layout, slab: Slab, shape: tuple[int, int], pixel_mm: float) -> np.ndarray:

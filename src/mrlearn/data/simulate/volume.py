@@ -3,10 +3,12 @@
 Pipeline for a slab of S slices on the k-space grid ``(H, W)`` (``H = 2 h`` with readout oversampling, the
 extra rows being real anatomy of a twice-as-long readout field of view):
 
-1. magnitude ``m = sum_t f_t S_t`` (:mod:`contrasts`), fractions sampled from the anatomy on the slab grid;
+1. magnitude ``m = b sum_t f_t S_t`` (:mod:`contrasts`, with the subject's tissue parameters), fractions sampled
+   from the subject's anatomy on the slab grid, ``b`` the subject's smooth receive bias (:mod:`subject`);
 2. image ``x = m exp(i phi)`` with a smooth random phase ``phi``: a random quadratic polynomial of the in-plane
    position and linear in the slice position (coefficients ~ N(0, 1) rad at the edge of the field of view);
-3. coil images ``x_c = s_c x`` with :func:`mrlearn.physics.coils.simulate_coil_maps` (``normalize="mean"``);
+3. coil images ``x_c = s_c x`` with :func:`mrlearn.physics.coils.simulate_coil_maps` (``normalize="mean"``;
+   drawn once per subject, so every contrast of a subject sees the same coils, as in one session);
    single-coil: ``x_1 = rss(s) x`` (an emulated single coil that keeps the coil shading);
 4. k-space ``y_c = F x_c + n_c`` with the centered orthonormal FFT and complex white Gaussian noise,
    ``E|n|^2 = sigma^2`` (real and imaginary parts each ``sigma / sqrt 2``), the same for every coil and sample.
@@ -23,14 +25,13 @@ same coil, noise and target model as the embedded dataset.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from mrlearn.data.simulate.anatomy import Anatomy
 from mrlearn.data.simulate.contrasts import Protocol, tissue_signals
-from mrlearn.data.simulate.tissue import TISSUES
-from mrlearn.data.simulate.slabs import Layout, Slab, slab_points
+from mrlearn.data.simulate.tissue import TISSUES, Tissue
 from mrlearn.physics.coils import simulate_coil_maps
 
 _AXES = (-2, -1)
@@ -100,16 +101,23 @@ def smooth_phase(shape: tuple[int, int], positions_mm: np.ndarray, pixel_mm: flo
     return (plane[None] + c[6] * z[:, None, None]).astype(np.float32)
 
 
+def coil_maps(kspace_hw: tuple[int, int], recon_hw: tuple[int, int], pixel_mm: float, coils: int, z_mm: np.ndarray,
+              rng: np.random.Generator) -> np.ndarray:
+    """Coil maps ``[S, C, H, W]`` (complex64) of a ring of ``coils`` at 0.55 x the recon field of view, slices at
+    ``z_mm`` from the slab centre; placement (rotation, radii, heights, phases) drawn from ``rng``."""
+    ring = (0.55 * recon_hw[0] * pixel_mm, 0.55 * recon_hw[1] * pixel_mm)
+    return simulate_coil_maps(kspace_hw, coils, pixel_mm=pixel_mm, ring_radii_mm=ring, z_mm=z_mm, rng=rng)
+
+
 def acquire(image: np.ndarray, object_mask: np.ndarray, *, recon_hw: tuple[int, int], pixel_mm: float, coils: int,
             snr: float, single_coil: bool, z_mm: np.ndarray, rng: np.random.Generator,
-            keep_clean: bool = False) -> SimulatedVolume:
+            keep_clean: bool = False, maps: np.ndarray | None = None) -> SimulatedVolume:
     """Steps 3-5 of the module docstring for a complex image ``[S, H, W]`` (complex64, on the k-space grid
-    ``(H, W)``) whose object is ``object_mask`` ``[S, H, W]``: coil maps (a ring of 0.55 x the recon field of view,
-    slices at ``z_mm`` from the slab centre), noise of ``sigma = mu / snr`` and the targets. Draws the coil maps,
-    then the noise, from ``rng``."""
+    ``(H, W)``) whose object is ``object_mask`` ``[S, H, W]``: coil maps (``maps`` ``[S, C, H, W]``, else drawn by
+    :func:`coil_maps` from ``rng``), noise of ``sigma = mu / snr`` (drawn from ``rng``) and the targets."""
     kspace_hw = tuple(int(v) for v in image.shape[-2:])
-    ring = (0.55 * recon_hw[0] * pixel_mm, 0.55 * recon_hw[1] * pixel_mm)  # coils around the recon FOV
-    maps = simulate_coil_maps(kspace_hw, coils, pixel_mm=pixel_mm, ring_radii_mm=ring, z_mm=z_mm, rng=rng)
+    if maps is None:
+        maps = coil_maps(kspace_hw, recon_hw, pixel_mm, coils, z_mm, rng)
     if single_coil:
         maps = np.sqrt((np.abs(maps) ** 2).sum(axis=1, keepdims=True)).astype(np.complex64)
     coil_images = maps * image[:, None]  # [S, C, H, W] complex64
@@ -128,17 +136,22 @@ def acquire(image: np.ndarray, object_mask: np.ndarray, *, recon_hw: tuple[int, 
                            target_noiseless=noiseless)
 
 
-def simulate_volume(anatomy: Anatomy, layout: Layout, slab: Slab, protocol: Protocol, *, recon_hw: tuple[int, int],
-                    kspace_hw: tuple[int, int], pixel_mm: float, coils: int, snr: float, single_coil: bool,
-                    rng: np.random.Generator, keep_clean: bool = False) -> SimulatedVolume:
-    """Simulate the slab ``slab`` with ``protocol`` (see the module docstring for every step)."""
-    pts = slab_points(layout, slab, kspace_hw, pixel_mm)
-    weights = np.stack([tissue_signals(protocol), np.ones(len(TISSUES))])
-    magnitude, total = anatomy.mix(pts, weights)  # sum_t f_t S_t and sum_t f_t, each [S, H, W]
-    object_mask = total > 0.5
+def simulate_volume(fractions: np.ndarray, protocol: Protocol, *, tissues: Sequence[Tissue] = TISSUES,
+                    bias: np.ndarray | None = None, positions_mm: Sequence[float], recon_hw: tuple[int, int],
+                    pixel_mm: float, coils: int, snr: float, single_coil: bool, rng: np.random.Generator,
+                    maps: np.ndarray | None = None, keep_clean: bool = False) -> SimulatedVolume:
+    """Simulate one acquisition of tissue ``fractions`` ``[T, S, H, W]`` (on the k-space grid) with ``protocol``
+    and the subject's ``tissues``, times the receive ``bias`` ``[S, H, W]``, at slice positions ``positions_mm``
+    (see the module docstring for every step; ``maps`` the subject's coil maps, else drawn)."""
+    weights = tissue_signals(protocol, tissues).astype(np.float32)
+    magnitude = np.tensordot(weights, fractions, axes=(0, 0))  # sum_t f_t S_t, [S, H, W]
+    if bias is not None:
+        magnitude *= bias
+    object_mask = fractions.sum(axis=0) > 0.5
+    kspace_hw = tuple(int(v) for v in fractions.shape[-2:])
     half_fov = 0.5 * max(recon_hw) * pixel_mm
-    phase = smooth_phase(kspace_hw, np.asarray(slab.positions_mm), pixel_mm, half_fov, rng)
+    phase = smooth_phase(kspace_hw, np.asarray(positions_mm), pixel_mm, half_fov, rng)
     image = (magnitude * np.cos(phase)) + 1j * (magnitude * np.sin(phase))  # complex64
-    z = np.asarray(slab.positions_mm) - np.mean(slab.positions_mm)
-    return acquire(image, object_mask, recon_hw=recon_hw, pixel_mm=pixel_mm, coils=coils, snr=snr,
-                   single_coil=single_coil, z_mm=z, rng=rng, keep_clean=keep_clean)
+    z = np.asarray(positions_mm) - np.mean(positions_mm)
+    return acquire(image.astype(np.complex64), object_mask, recon_hw=recon_hw, pixel_mm=pixel_mm, coils=coils,
+                   snr=snr, single_coil=single_coil, z_mm=z, rng=rng, keep_clean=keep_clean, maps=maps)
