@@ -336,7 +336,7 @@ def test_cli_simulate_makes_then_reuses(tmp_path, capsys):
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "made 3 subjects, 6 volumes" in out and str(tmp_path / "cli") in out
-    assert "test    1 subjects (sub-0002..sub-0002; sagittal 1), 2 volumes" in out and "ventricle volume factor" in out
+    assert "test    1 subjects (sub-0002..sub-0002; sagittal 1), 2 volumes" in out and "ventricle wall shift" in out
     assert cli_main(argv) == 0
     assert "reused" in capsys.readouterr().out
     m = load_manifest(tmp_path / "cli")

@@ -98,7 +98,7 @@ def test_same_seed_same_kspace_and_bad_inputs(tmp_path):
 
 
 def test_embedded_files_store_the_noiseless_reference(tmp_path):
-    opts = SimulationOptions(matrix=(32, 32), slices=2, volumes=(1, 0, 0), contrasts=("PD",), coils=4,
+    opts = SimulationOptions(matrix=(32, 32), slices=2, subjects=(1, 0, 0), contrasts=("PD",), coils=4,
                              anatomy="phantom", oversample=True, seed=1)
     root = simulate_dataset(tmp_path / "d", opts)
     path = next((root / "train").glob("*.h5"))

@@ -45,7 +45,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert torch.allclose(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5), k
     # validation: each volume scored once (volumes sharded by rank, gathered), equal to the 1-process numbers
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
-    assert set(ma["volumes"]) == set(mb["volumes"]) == {"PD_000_axial.h5", "PD_001_coronal.h5"}
+    assert set(ma["volumes"]) == set(mb["volumes"]) == {"PD_sub-0003_axial.h5", "PD_sub-0004_coronal.h5"}
     for vol in ma["volumes"]:
         for key in ("nmse", "psnr", "ssim"):
             assert mb["volumes"][vol][key] == pytest.approx(ma["volumes"][vol][key], rel=1e-3)

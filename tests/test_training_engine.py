@@ -41,7 +41,7 @@ def test_run_folder_holds_config_run_info_metrics_and_checkpoints(reference_run)
     assert info["status"] == "finished" and info["seed"] == cfg.seed and info["global_step"] == 12
     assert {"torch", "lightning", "mrlearn"} <= set(info["versions"])
     m = json.loads((d / "metrics.json").read_text())
-    assert [h["epoch"] for h in m["history"]] == [0, 1] and set(m["volumes"]) == {"PD_000_axial.h5", "PD_001_coronal.h5"}
+    assert [h["epoch"] for h in m["history"]] == [0, 1] and set(m["volumes"]) == {"PD_sub-0003_axial.h5", "PD_sub-0004_coronal.h5"}
     assert m["final"]["val_psnr"] == pytest.approx(np.mean([v["psnr"] for v in m["volumes"].values()]))
     assert (d / "checkpoints" / "last.ckpt").is_file() and (d / "checkpoints" / "best.ckpt").is_file()
     assert not list(d.rglob("*.tmp"))
@@ -166,5 +166,5 @@ def test_supervised_kspace_method_trains_an_unrolled_network(data, tmp_path):
     cfg = tiny_config(data, tmp_path / "unrolled", "model={name: unrolled, cascades: 2, chans: 4, num_blocks: 1, maps: acs}",
                       "method.name=supervised_kspace", "trainer.max_epochs=1", "optim.name=adam")
     result = train(cfg)
-    assert result.module.keep_kspace and set(result.volumes) == {"PD_000_axial.h5", "PD_001_coronal.h5"}
+    assert result.module.keep_kspace and set(result.volumes) == {"PD_sub-0003_axial.h5", "PD_sub-0004_coronal.h5"}
     assert np.isfinite(result.metrics["val_psnr"]) and result.history[0]["train_loss"] > 0

@@ -132,7 +132,8 @@ def population_summary(manifest: dict) -> list[str]:
 
     lines.append(f"displacement over the brain: RMS {span('rms_displacement_mm')} mm, max {span('max_displacement_mm')} mm; "
                  f"Jacobian {span('jacobian_min', '.2f')}..{span('jacobian_max', '.2f')} (min..max ranges)")
-    lines.append(f"ventricle volume factor {span('ventricle_factor')}; head scale "
+    lines.append(f"ventricle wall shift {span('ventricle_shift_mm')} mm, ventricle volume / template's "
+                 f"{span('ventricle_volume_ratio')}; head scale "
                  f"{min(min(s['scale']) for s in subjects):.3f}-{max(max(s['scale']) for s in subjects):.3f}; "
                  f"rotation up to {max(max(abs(a) for a in s['rotation_deg']) for s in subjects):.1f} deg; "
                  f"bias peak {span('bias_peak')}")

@@ -209,11 +209,11 @@ def _depths(value: Any, num_blocks: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ standalone wrapper
 #: preset -> (shipped study, embedded-dataset options or None for data.root as configured, extra overrides)
 PRESETS: dict[str, tuple[str, dict[str, Any] | None, list[str]]] = {
-    # the study's sizes on a 64 x 64 phantom, 6/2/2 volumes x 4 slices, 8 coils (the former standalone run of
-    # these sizes took about 25 min on 2 cores with gated convex)
-    "cpu": ("layerwise_study", dict(matrix=(64, 64), slices=4, volumes=(6, 2, 2), coils=8, anatomy="phantom"), []),
+    # the study's sizes on a population of 64 x 64 phantom subjects, 6 / 2 / 10 subjects x 4 slices, 8 coils (the
+    # former standalone run of these sizes, with 2 test volumes, took about 25 min on 2 cores with gated convex)
+    "cpu": ("layerwise_study", dict(matrix=(64, 64), slices=4, subjects=(6, 2, 10), coils=8, anatomy="phantom"), []),
     # seconds: the test study
-    "tiny": ("layerwise_study_tiny", dict(matrix=(40, 40), slices=2, volumes=(2, 1, 1), coils=4, anatomy="phantom"),
+    "tiny": ("layerwise_study_tiny", dict(matrix=(40, 40), slices=2, subjects=(2, 1, 1), coils=4, anatomy="phantom"),
              []),
 }
 

@@ -64,15 +64,6 @@ def smooth_random_field(grid: Grid, smooth_mm: float, rng: np.random.Generator, 
     return out
 
 
-def radial_velocity(grid: Grid, centre_mm: np.ndarray, radius_mm: float, rate: float) -> np.ndarray:
-    """``v(x) = -rate (x - c) exp(-|x - c|^2 / (2 r^2))`` ``[3, X, Y, Z]``: near ``c`` its flow maps
-    ``x -> c + exp(-rate) (x - c)``. A tissue map pulled back through it (``f(phi(x))``) grows about ``c`` by
-    ``exp(rate)`` per axis, ``exp(3 rate)`` in volume (rate < 0 shrinks it)."""
-    rel = grid.points() - np.asarray(centre_mm, dtype=np.float32)
-    g = np.exp(-(rel ** 2).sum(axis=-1) / (2.0 * radius_mm ** 2))
-    return np.moveaxis(-rate * rel * g[..., None], -1, 0).astype(np.float32)
-
-
 def exp_velocity(v: np.ndarray, grid: Grid, steps: int = 7) -> np.ndarray:
     """Displacement ``u`` ``[3, X, Y, Z]`` (mm) of ``phi = exp(v)`` by scaling and squaring with ``steps``
     squarings: ``u <- v / 2**steps``, then ``steps`` times ``u <- u + u(x + u)``."""

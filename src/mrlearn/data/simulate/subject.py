@@ -19,8 +19,9 @@ and then changes the fractions there (all in template space, so they move with t
 contrasts are co-registered, as in one multi-contrast session.
 
 Velocity field ``v``: Gaussian-smoothed noise (15 mm) scaled so the displacement over the brain has an RMS drawn
-from 1.5-3.5 mm, plus a radial field about each lateral ventricle that scales its volume by a factor drawn
-log-uniformly from 0.8-2.2 (ventricles enlarge with age; REFERENCE section 13). Pose: rotations N(0, 5 deg) about
+from 1.5-3.5 mm, plus a field along the gradient of the (smoothed) lateral-ventricle mask that moves the ventricle
+walls outwards by a distance drawn from -0.5 to 2.5 mm (ventricles enlarge with age; REFERENCE section 13); the
+resulting ventricle volume over the template's is measured per subject (``ventricle_volume_ratio``). Pose: rotations N(0, 5 deg) about
 x (pitch), N(0, 3 deg) about y and z, truncated at 2 SD; translation U(-5, 5) mm per axis; head size: a global scale
 N(1, 0.04) times a per-axis N(1, 0.02), truncated at 2 SD (adult head length/width vary by about 4 %).
 """
@@ -36,7 +37,7 @@ from scipy import ndimage
 
 from mrlearn.data.simulate.anatomy import Anatomy, VolumeAnatomy
 from mrlearn.data.simulate.deform import (
-    Grid, exp_velocity, jacobian_determinant, radial_velocity, rotation_matrix, sample_field, smooth_random_field,
+    Grid, exp_velocity, jacobian_determinant, rotation_matrix, sample_field, smooth_random_field,
 )
 from mrlearn.data.simulate.texture import TEXTURE_TISSUES, sharpen, texture_fields
 from mrlearn.data.simulate.tissue import TISSUE_INDEX, TISSUES, Tissue, draw_tissues
@@ -44,8 +45,8 @@ from mrlearn.data.simulate.tissue import TISSUE_INDEX, TISSUES, Tissue, draw_tis
 DEFORM_SPACING_MM = 4.0
 DEFORM_SMOOTH_MM = 15.0
 RMS_DISPLACEMENT_MM = (1.5, 3.5)
-VENTRICLE_FACTOR = (0.8, 2.2)
-VENTRICLE_RADIUS_MM = 14.0
+VENTRICLE_SHIFT_MM = (-0.5, 2.5)  # outward move of the lateral ventricles' walls
+VENTRICLE_SMOOTH_MM = 4.0
 ROTATION_SD_DEG = (5.0, 3.0, 3.0)
 TRANSLATION_MM = 5.0
 SCALE_SD = 0.04
@@ -57,12 +58,16 @@ LESION_RADIUS_MM = (1.5, 6.0)
 
 @dataclass(frozen=True)
 class TemplateInfo:
-    """What subjects need of a base anatomy: the head centre, lateral-ventricle centres, white-matter points."""
+    """What subjects need of a base anatomy: its head centre, lateral ventricles, white-matter points."""
 
     centre_mm: np.ndarray  # [3]
-    ventricles_mm: np.ndarray  # [V, 3] (V = 0 when none found)
     deep_wm_mm: np.ndarray  # [N, 3] candidate lesion centres
+    deep_wm_to_ventricle_mm: np.ndarray  # [N] their distance to the nearest ventricle voxel (inf without)
     brain_mm: np.ndarray  # [M, 3] brain points (for displacement statistics)
+    ventricle_mm: np.ndarray  # [V, 3] ventricle voxel centres (2 mm grid; V = 0 when none found)
+    ventricle_grid: Grid  # 2 mm grid of ventricle_mask
+    ventricle_mask: np.ndarray  # bool [X, Y, Z]
+    ventricle_shift: np.ndarray | None  # [3, X, Y, Z] on the deformation grid: velocity of a 1 mm boundary shift
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,12 +79,38 @@ def _template_info(base: Anatomy) -> TemplateInfo:
     depth = ndimage.distance_transform_edt(head, sampling=2.0)
     brain = (f[TISSUE_INDEX["gm"]] + f[TISSUE_INDEX["wm"]]) > 0.5
     centre = pts[head].mean(axis=0)
-    deep_csf = (f[TISSUE_INDEX["csf"]] > 0.5) & (depth > 40.0) & (np.abs(pts[..., 0] - centre[0]) < 35.0)
-    ventricles = [pts[deep_csf & side].mean(axis=0) for side in (pts[..., 0] < centre[0], pts[..., 0] >= centre[0])
-                  if (deep_csf & side).sum() >= 4]
-    deep_wm = pts[(f[TISSUE_INDEX["wm"]] > 0.9) & (depth > 25.0)]
-    return TemplateInfo(centre.astype(np.float64), np.asarray(ventricles, dtype=np.float64).reshape(-1, 3),
-                        deep_wm.astype(np.float64), pts[brain][::8].astype(np.float64))
+    # lateral ventricles: CSF deep in the head, off the midline (not the third ventricle), near the centre
+    off_mid = np.abs(pts[..., 0] - centre[0])
+    ventricles = (f[TISSUE_INDEX["csf"]] > 0.5) & (depth > 40.0) & (off_mid > 2.0) & (off_mid < 35.0)
+    deep_wm = (f[TISSUE_INDEX["wm"]] > 0.9) & (depth > 25.0)
+    to_ventricle = (ndimage.distance_transform_edt(~ventricles, sampling=grid.spacing_mm)[deep_wm]
+                    if ventricles.any() else np.full(int(deep_wm.sum()), np.inf))
+    shift = None
+    if ventricles.sum() >= 8:
+        # grad S of the ventricle mask smoothed by VENTRICLE_SMOOTH_MM points into the ventricles; scaled so that
+        # its median over the ventricle boundary is 1: the velocity of a 1 mm outward move of the boundary (the
+        # pull-back f(phi(x)) looks up the template 1 mm further in)
+        smooth = ndimage.gaussian_filter(ventricles.astype(np.float32), VENTRICLE_SMOOTH_MM / grid.spacing_mm)
+        grad = np.stack(np.gradient(smooth, grid.spacing_mm)).astype(np.float32)
+        boundary = ventricles & ~ndimage.binary_erosion(ventricles)
+        grad /= max(float(np.median(np.linalg.norm(grad[:, boundary], axis=0))), 1e-9)
+        dgrid = Grid.covering(base.bounds_mm, DEFORM_SPACING_MM)
+        shift = sample_field(grad, grid, dgrid.points())
+    return TemplateInfo(centre.astype(np.float64), pts[deep_wm].astype(np.float64), to_ventricle,
+                        pts[brain][::8].astype(np.float64), pts[ventricles].astype(np.float64), grid, ventricles, shift)
+
+
+def ventricle_volume_ratio(subject: "SubjectAnatomy", info: TemplateInfo) -> float:
+    """Volume of the subject's lateral ventricles over the template's: subject points on a 2 mm grid around them
+    whose template point falls in the template's ventricle mask, counted."""
+    if not len(info.ventricle_mm):
+        return 1.0
+    lo, hi = info.ventricle_mm.min(axis=0) - 20.0, info.ventricle_mm.max(axis=0) + 20.0
+    probe = Grid.covering(np.stack([lo, hi], axis=1), 2.0).points()
+    idx = np.rint(info.ventricle_grid.to_index(subject.template_points(probe))).astype(np.int64)
+    inside = np.all((idx >= 0) & (idx < np.asarray(info.ventricle_grid.shape)[:, None]), axis=0)
+    hits = info.ventricle_mask[tuple(idx[:, inside])].sum()
+    return float(hits) / float(info.ventricle_mask.sum())
 
 
 @dataclass(frozen=True)
@@ -181,11 +212,7 @@ def _draw_lesions(info: TemplateInfo, rng: np.random.Generator) -> tuple[Lesion,
     if len(info.deep_wm_mm) == 0:
         return ()
     count = 1 + int(rng.poisson(LESION_COUNT_MEAN - 1.0))
-    if len(info.ventricles_mm):  # periventricular and deep white matter: nearer the ventricles more likely
-        d = np.min(np.linalg.norm(info.deep_wm_mm[:, None] - info.ventricles_mm[None], axis=-1), axis=1)
-        p = np.exp(-d / 20.0)
-    else:
-        p = np.ones(len(info.deep_wm_mm))
+    p = np.exp(-np.minimum(info.deep_wm_to_ventricle_mm, 200.0) / 20.0)  # periventricular more likely than deep
     picks = rng.choice(len(info.deep_wm_mm), size=count, p=p / p.sum())
     out = []
     for i in picks:
@@ -204,7 +231,8 @@ def draw_subject(base: Anatomy, seed: int, index: int, *, variation: bool = True
     info = _template_info(base)
     if not variation:
         return SubjectAnatomy(base, subject_id, centre_mm=info.centre_mm,
-                              stats={"rms_displacement_mm": 0.0, "max_displacement_mm": 0.0, "ventricle_factor": 1.0,
+                              stats={"rms_displacement_mm": 0.0, "max_displacement_mm": 0.0, "ventricle_shift_mm": 0.0,
+                                     "ventricle_volume_ratio": 1.0,
                                      "jacobian_min": 1.0, "jacobian_max": 1.0, "bias_peak": 0.0})
     rng = np.random.default_rng([seed, index, 0])
     tissues = draw_tissues(rng)
@@ -214,9 +242,9 @@ def draw_subject(base: Anatomy, seed: int, index: int, *, variation: bool = True
     rms_unit = np.sqrt(np.mean(sum(ndimage.map_coordinates(unit[k], brain_idx, order=1) ** 2 for k in range(3))))
     target_rms = float(rng.uniform(*RMS_DISPLACEMENT_MM))
     v = unit * np.float32(target_rms / max(rms_unit, 1e-9))
-    factor = float(np.exp(rng.uniform(*np.log(VENTRICLE_FACTOR))))
-    for centre in info.ventricles_mm:
-        v += radial_velocity(grid, centre, VENTRICLE_RADIUS_MM, np.log(factor) / 3.0)
+    ventricle_shift = float(rng.uniform(*VENTRICLE_SHIFT_MM))
+    if info.ventricle_shift is not None:
+        v += np.float32(ventricle_shift) * info.ventricle_shift
     u = exp_velocity(v, grid)
     jac = jacobian_determinant(u, grid.spacing_mm)
     disp = np.linalg.norm(sample_field(u, grid, info.brain_mm), axis=0)
@@ -232,13 +260,15 @@ def draw_subject(base: Anatomy, seed: int, index: int, *, variation: bool = True
     has_lesions = bool(np.random.default_rng([seed, index, 3]).random() < lesion_fraction)
     lesion_list = _draw_lesions(info, np.random.default_rng([seed, index, 2])) if has_lesions else ()
     stats = {"rms_displacement_mm": round(float(np.sqrt(np.mean(disp ** 2))), 3),
-             "max_displacement_mm": round(float(disp.max()), 3), "ventricle_factor": round(factor, 3),
+             "max_displacement_mm": round(float(disp.max()), 3), "ventricle_shift_mm": round(ventricle_shift, 3),
              "jacobian_min": round(float(jac.min()), 4), "jacobian_max": round(float(jac.max()), 4),
              "bias_peak": round(peak, 4)}
-    return SubjectAnatomy(base, subject_id, tissues=tissues, centre_mm=info.centre_mm,
+    subject = SubjectAnatomy(base, subject_id, tissues=tissues, centre_mm=info.centre_mm,
                           rotation=rotation_matrix(angles), rotation_deg=tuple(float(a) for a in angles), scale=scale,
                           translation_mm=translation, grid=grid, displacement=u, texture_grid=tgrid, texture=texture,
                           lesions=lesion_list, bias_coeffs=coeffs, stats=stats)
+    subject.stats["ventricle_volume_ratio"] = round(ventricle_volume_ratio(subject, info), 3)
+    return subject
 
 
 __all__ = ["Lesion", "SubjectAnatomy", "TemplateInfo", "TEXTURE_TISSUES", "VolumeAnatomy", "draw_subject"]
