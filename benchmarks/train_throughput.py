@@ -51,12 +51,7 @@ def reference_check(reference: str) -> float:
 
     ref = load_model("fastmri-ref", reference, 8, 3).eval()
     ours = Unet(1, 1, 8, 3, pool="avg").eval()
-    mapped = {}
-    for key, value in ref.state_dict().items():
-        k = key.replace("down_sample_layers.", "down.").replace("up_transpose_conv.", "up_transpose.")
-        k = ("bottleneck." + k[5:]) if k.startswith("conv.") else k
-        mapped[k.replace(".layers.4.", ".layers.3.")] = value
-    ours.load_state_dict(mapped, strict=True)
+    ours.load_state_dict(ref.state_dict(), strict=True)  # the same parameter names as fastMRI's
     x = torch.randn(2, 1, 64, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return float((ours(x) - ref(x)).abs().max())

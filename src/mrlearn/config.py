@@ -5,7 +5,9 @@ is a number; :mod:`mrlearn.yamlfile`), refuses an empty file, applies ``--set ke
 overrides (values parsed as YAML scalars/lists, so ``--set model.chans=16`` gives an int), then checks every
 key: unknown keys and wrong types raise a one-line :class:`~mrlearn.errors.MrlearnError` naming the key path
 (``model.chans``). Named sections (``mask``, ``model``, ``method``, ``method.loss``, ``optim``, ``scheduler``)
-are ``{name: ..., <keyword args>}`` and are validated against the registry entry's signature.
+are ``{name: ..., <keyword args>}`` and are validated against the registry entry's signature. ``model.init``
+(null or a file path) is no model option: the built model starts from the weights in that file
+(:mod:`mrlearn.models.weights`).
 
 Extensibility: later capabilities add top-level sections with :func:`register_section` (a dataclass per
 section); the entry-point group ``mrlearn.section`` names the module that registers a section, imported lazily when a
@@ -256,12 +258,23 @@ def _validate_named(cfg: ExperimentConfig) -> None:
             value = {k: v for k, v in value.items() if k != "loss"}
         if section == "mask":  # fixed_per_slice says how training masks are drawn (data module), not a mask option
             value = {k: v for k, v in value.items() if k != "fixed_per_slice"}
+        if section == "model":  # init names a weights file the built model starts from, not a model option
+            check_init(value.get("init"))
+            value = {k: v for k, v in value.items() if k != "init"}
         registry.validate(kind, value, section, runtime=runtime)
     loss = cfg.method.get("loss")
     if loss is not None:
         if isinstance(loss, str):
             cfg.method["loss"] = {"name": loss}
         registry.validate("loss", cfg.method["loss"], "method.loss")
+
+
+def check_init(value: Any) -> None:
+    """``model.init``: null or the path of a weights file (a state dict; read when the model is built, so a config
+    stored in a checkpoint stays valid when the file has gone)."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise input_error("model.init", f"expected the path of a weights file or null, got {value!r}",
+                          "e.g. --set model.init=/path/state_dict.pt")
 
 
 def set_override(raw: dict[str, Any], override: str) -> None:

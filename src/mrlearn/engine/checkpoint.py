@@ -201,8 +201,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str | Path) -> None:
-    """Load ``state_dict`` strictly; a mismatch is a one-line error naming the first differing keys/shapes."""
+    """Load ``state_dict`` strictly; a mismatch is a one-line error naming the first differing keys/shapes.
+
+    U-Net weights under mrlearn's earlier names (before fastMRI's) are renamed first (``models.unet``)."""
+    from mrlearn.models.unet import upgrade_legacy_keys
+
     own = module.state_dict()
+    state_dict = upgrade_legacy_keys(state_dict, own)
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()

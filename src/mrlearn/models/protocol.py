@@ -5,7 +5,9 @@ A network class sets ``input_kind``:
 ``"image"``   ``model(x)``: real ``[B, in_chans, H, W]`` -> ``[B, out_chans, H, W]`` (the fastMRI U-Net, the SSDU
               ResNet used on its own); complex images travel as 2 channels (real, imaginary)
 ``"kspace"``  ``model(kspace, mask, sens_maps)``: masked k-space ``[B, C, H, W]`` complex, its mask and maps
-              ``[B, C, H, W]`` or None -> complex image ``[B, H, W]`` (the physics-guided unrolled networks)
+              ``[B, C, H, W]`` or None -> complex image ``[B, H, W]`` (the physics-guided unrolled networks), or a
+              real magnitude ``[B, H, W]`` (fastMRI's E2E-VarNet returns the RSS image and estimates its own maps):
+              supervised training and inference take either (they use the magnitude); SSDU needs a complex image
 
 A ``torch.nn.Module`` that declares nothing is an image network, so any plain image-to-image module works unchanged.
 """

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mrlearn.data.sample import Batch, as_batch
+from mrlearn.errors import input_error
 from mrlearn.models.protocol import input_kind
 from mrlearn.models.sens_refine import acs_coil_images, normalise_by_rss
 from mrlearn.physics.complex import channels_to_complex, complex_to_channels
@@ -56,7 +57,11 @@ def run_model(model: nn.Module, kspace: torch.Tensor, mask: torch.Tensor, maps: 
     """The network's complex image ``[B, H, W]`` from the k-space ``kspace * mask`` (see the module docstring)."""
     sub = kspace * mask.to(kspace.real.dtype) + 0.0
     if input_kind(model) == "kspace":
-        return model(sub, mask, maps)
+        out = model(sub, mask, maps)
+        if not out.is_complex():
+            raise input_error("model", f"{type(model).__name__} returns a magnitude image, SSDU needs a complex one "
+                              "(its k-space loss re-applies the coil maps)", "use model.name: unrolled for SSDU")
+        return out
     x0 = adjoint(sub, mask, maps)
     s = x0.detach().abs().flatten(1).amax(-1)
     s = torch.where(s > 0, s, torch.ones_like(s))[:, None, None]

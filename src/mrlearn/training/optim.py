@@ -28,6 +28,14 @@ def adam(params: Iterable[torch.nn.Parameter], lr: float = 1e-3, betas: list[flo
     return torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay)
 
 
+@register("optimizer", "sgd")
+def sgd(params: Iterable[torch.nn.Parameter], lr: float = 1e-2, momentum: float = 0.0,
+        weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Plain SGD (update proportional to the gradient: RMSprop's and Adam's first steps are ``lr`` times the sign of
+    each gradient element, so two runs that agree to float rounding can differ by ``2 lr`` where an element is ~0)."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
 @register("scheduler", "step")
 def step(optimizer: torch.optim.Optimizer, step_size: int = 40, gamma: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler:
     """Step decay: multiply the learning rate by ``gamma`` every ``step_size`` epochs."""

@@ -56,9 +56,18 @@ class TrainResult:
     convergence: dict[str, Any] = field(default_factory=dict)
 
 
-def build_method(cfg: ExperimentConfig) -> ReconModule:
-    """The LightningModule of ``cfg.method`` around the model ``cfg.model`` and loss ``cfg.method.loss``."""
-    model = registry.build("model", cfg.model, "model")
+def build_method(cfg: ExperimentConfig, init: bool = True) -> ReconModule:
+    """The LightningModule of ``cfg.method`` around the model ``cfg.model`` and loss ``cfg.method.loss``.
+
+    ``model.init`` (a weights file) is loaded into the model before the method wraps it (``init=False``: not, for
+    callers that load a checkpoint's weights next).
+    """
+    section = {k: v for k, v in cfg.model.items() if k != "init"} if isinstance(cfg.model, dict) else cfg.model
+    model = registry.build("model", section, "model")
+    if init and isinstance(cfg.model, dict) and cfg.model.get("init"):
+        from mrlearn.models.weights import load_init_weights
+
+        load_init_weights(model, cfg.model["init"], registry.section_name(section, "model"))
     loss = registry.build("loss", cfg.method.get("loss") or {"name": "l1"}, "method.loss")
     section = {k: v for k, v in cfg.method.items() if k != "loss"}
     return registry.build("method", section, "method", model=model, loss=loss, cfg=cfg)
@@ -116,7 +125,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     run_dir = cfg.run_dir()
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_method(cfg)
+    module = build_method(cfg, init=not (resume and (run_dir / "checkpoints" / "last.ckpt").is_file()))
     datamodule = make_datamodule(cfg, module)
     trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=getattr(module, "checkpoint_monitor", ("val_ssim", "max")))
     ckpt_path = _resume_checkpoint(run_dir, resume, cfg.trainer.max_epochs) if trainer.is_global_zero else (
@@ -171,7 +180,7 @@ def last_validation(history: list[dict[str, float]]) -> dict[str, float]:
 def load_module(checkpoint: str | Path, cfg: ExperimentConfig) -> ReconModule:
     """A method module for ``cfg`` with the weights of ``checkpoint`` (``weights_only=True``), in eval mode."""
     ckpt = load_checkpoint(checkpoint)
-    module = build_method(cfg)
+    module = build_method(cfg, init=False)  # the checkpoint's weights replace model.init's
     load_weights(module, ckpt["state_dict"], checkpoint)
     return module.eval()
 
