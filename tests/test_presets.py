@@ -168,3 +168,14 @@ def test_ssl_tiny_preset_has_reference_rows_and_noiseless_columns(phantom, tmp_p
     assert zf["stopped_by"] == "not_trained"
     assert "solver at its iteration cap" in (tmp_path / "ssl" / "report.html").read_text()
 
+
+
+@pytest.mark.parametrize("name", ["demo", *FAMILIES, *(f + "_gpu" for f in FAMILIES)])
+def test_image_presets_score_on_the_populations_test_subjects(name, tmp_path):
+    from mrlearn.data.simulate import SimulationOptions
+
+    default = SimulationOptions()
+    assert default.subjects[2] >= 10 and default.variation  # at least 10 distinct test subjects
+    _, configs = _configs(name, tmp_path)
+    for _, cfg in configs.values():  # every run on the embedded population, scored on its whole test split
+        assert cfg.data.root is None and cfg.data.test == "test", (name, cfg.data)

@@ -11,14 +11,16 @@ grid's Nyquist wavelength) re-weight the three brain tissues at every point:
 
     ``f'_t = B w_t / sum_s w_s``,  ``w_t = f_t^GAMMA exp(SIGMA n_t)``,  ``B = f_csf + f_gm + f_wm``
 
-``GAMMA > 1`` sharpens the template's ramps (a voxel at 70 % / 30 % becomes about 84 / 16 %); ``SIGMA`` moves each
+``GAMMA > 1`` sharpens the template's ramps (a voxel at 70 % / 30 % becomes about 78 / 22 %); ``SIGMA`` moves each
 boundary by a random, spatially correlated amount, folding it at all scales of the spectrum. The sum ``B`` (the
 brain / CSF space) and the other tissues are unchanged, so head shape and skull stay those of the deformation.
 
-How the values were chosen: with ``beta = 3`` the 2-D radial power spectrum of the simulated targets continues the
-power law of the template's low-frequency band out to the Nyquist frequency instead of falling below it (measured by
-``benchmarks/population.py``, which prints both slopes, and asserted in the tests); ``SIGMA = 1.2`` shifts a 50 / 50
-boundary by one grid voxel for a field of one standard deviation, about the cortical thickness scale (2-3 mm).
+How the values were chosen: the in-brain radial power spectrum of the template's slices follows a power law below
+1/8 mm^-1 and then steepens by about 3.5 (its fine structure is averaged away); with ``beta = 3``, ``GAMMA = 1.5``
+and ``SIGMA = 1.2`` a subject's steepens by 1.0-1.4 (T1- and PD-weighted, :func:`brain_spectrum_slopes`,
+``benchmarks/population.py --spectrum``; figures in docs/data.md). With ``SIGMA = 1.2`` a difference of one
+standard deviation between two tissues' fields scales their weight ratio by ``e^1.2 = 3.3``: enough to turn a
+sharpened 78 / 22 voxel, so boundaries move by about a voxel where the fields differ by one standard deviation.
 """
 
 from __future__ import annotations
