@@ -109,3 +109,37 @@ def test_reconstruct_missing_checkpoint_or_data(tmp_path, data, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["reconstruct", "--method", "magic", "--data", str(data / "test"), "--out", str(tmp_path / "o")]) == 2
     assert "unknown recon 'magic'" in capsys.readouterr().err
+
+
+def test_resume_from_another_working_directory_evaluates_this_runs_best_checkpoint(data, tmp_path, monkeypatch):
+    def train_here(*extra: str) -> None:
+        args = ["train", "--config", "unet_demo", "--set", f"data.root={data}", "--set", "name=r"]
+        for item in (*TINY_SET, "trainer.max_epochs=1", *extra):
+            args += ["--set", item]
+        assert main(args) == 0
+
+    (tmp_path / "w1").mkdir()
+    (tmp_path / "w2").mkdir()
+    monkeypatch.chdir(tmp_path / "w1")
+    train_here()  # w1/runs/r, checkpoint paths written while the working directory was w1
+    monkeypatch.chdir(tmp_path / "w2")
+    train_here("optim.lr=0.0")  # another run at the same relative path w2/runs/r, other weights
+    mine = tmp_path / "w1" / "runs" / "r"
+    before = json.loads((mine / "metrics.json").read_text())
+    assert main(["train", "--resume", "--out", str(mine)]) == 0  # resumed from w2
+    after = json.loads((mine / "metrics.json").read_text())
+    assert after["evaluated"]["checkpoint"] == str(mine / "checkpoints" / "best.ckpt")
+    assert after["best"]["checkpoint"] == str(mine / "checkpoints" / "best.ckpt")
+    assert after["final"] == before["final"]
+
+
+@pytest.mark.parametrize("extra", [["--set", "model.chans=8"], ["--set", "optim.lr=0.5"]])
+def test_resume_with_another_config_is_refused_and_the_run_stays_resumable(trained, extra, capsys):
+    config = (trained / "config.yaml").read_bytes()
+    status = json.loads((trained / "run.json").read_text())
+    assert main(["train", "--resume", "--out", str(trained), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    key = extra[1].split("=")[0]
+    assert "\n" not in err and "--resume asks for another run" in err and key in err
+    assert (trained / "config.yaml").read_bytes() == config and json.loads((trained / "run.json").read_text()) == status
+    assert main(["train", "--resume", "--out", str(trained), "--set", "trainer.progress_bar=false"]) == 0  # allowed

@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from mrlearn.errors import MrlearnError, input_error
 
@@ -220,3 +220,41 @@ def read_text(path: str | Path, what: str = "text") -> str:
                           f"save the {what} as UTF-8") from None
     except OSError as exc:
         raise input_error(p, f"cannot read the file ({exc.strerror or exc})", "check the path and its permissions") from None
+
+
+def guard_outputs(out: str | Path, inputs: Iterable[str | Path], option: str = "--out") -> Path:
+    """Refuse an output folder that would overwrite an input: ``out`` must not be the folder of any input file
+    (nor one of them), must not lie inside an input folder, and must not hold a raw data file (``kspace``) under the
+    name of an input ``.h5`` file (checked before any work starts). Returns ``out`` as a Path."""
+    out_path = Path(out)
+    target = out_path.resolve()
+    for item in inputs:
+        p = Path(item).resolve()
+        folder = p if p.is_dir() else p.parent
+        if target == p or target == folder:
+            raise input_error(option, f"{out} is the folder of the input data ({item}); outputs never replace inputs",
+                              "choose another output folder")
+        if p.is_dir() and folder in target.parents:
+            raise input_error(option, f"{out} lies inside the input folder {item} (its files would be read as inputs "
+                              "next time)", "choose an output folder outside the data folder")
+        names = [c.name for c in p.iterdir() if c.suffix.lower() in (".h5", ".hdf5")] if p.is_dir() else [p.name]
+        for name in names:
+            refuse_overwriting_data(out_path / name)
+    return out_path
+
+
+def refuse_overwriting_data(path: str | Path, keys: tuple[str, ...] = ("kspace",)) -> None:
+    """A one-line error when ``path`` exists and is an HDF5 file holding any of ``keys`` (raw data, not an output)."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    try:
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            held = [k for k in keys if k in f]
+    except OSError:
+        return
+    if held:
+        raise input_error(p, f"exists and holds '{held[0]}' (input data, not an output of mrlearn); not overwritten",
+                          "choose an output folder that does not hold data files")

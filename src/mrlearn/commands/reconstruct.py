@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from mrlearn.errors import input_error
+from mrlearn.io import FolderLock, guard_outputs, refuse_overwriting_data
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -111,6 +112,7 @@ def write_checked(path: Path, pred, method: str, todo: str, zero_filled=None) ->
         if not 1.0 / ENERGY_FACTOR <= ratio <= ENERGY_FACTOR:
             raise input_error(path, f"the reconstruction by {method} has {ratio:.3g} times the norm of the zero-filled "
                               "image (a reconstruction of the same data stays near 1); not written", todo)
+    refuse_overwriting_data(path)
     write_reconstruction(path, pred, attrs={"method": method})
 
 
@@ -133,10 +135,10 @@ def run_classical(args: argparse.Namespace) -> int:
     options.setdefault("batch_size", args.batch_size)
     options.setdefault("device", _device(args.device))
     mask_func = registry.build("mask", mask_section(args, None), "mask options")
-    out = Path(args.out)
+    out = guard_outputs(args.out, [args.data])
     t0 = time.perf_counter()
     count = slices = 0
-    with warnings.catch_warnings():
+    with FolderLock(out, what="reconstruction"), warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         for fname, pred, _target in iterate_folder(args.data, args.method, options, mask_func):
             write_checked(out / fname, pred, args.method, "check the method options (e.g. lam) and the input file")
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise input_error("--batch-size", f"{args.batch_size} is below 1", "use 1 or more")
     device = _device(args.device)
-    out = Path(args.out)
+    out = guard_outputs(args.out, [args.data])
     t0 = time.perf_counter()
     cfg = load_config(args.config) if args.config else config_for_checkpoint(args.checkpoint)
     module = load_module(args.checkpoint, cfg)
@@ -173,11 +175,12 @@ def run(args: argparse.Namespace) -> int:
     mask_func = registry.build("mask", mask, "mask options")
     dataset = eval_dataset(args.data, mask_func, recon_size, keep_kspace)
     count = slices = 0
-    for fname, pred, _target, zf in iterate_volumes(dataset, predict, args.batch_size, label=f"reconstruct ({label})"):
-        write_checked(out / fname, pred, label, f"the weights of {args.checkpoint} are not usable; use another "
-                      "checkpoint (e.g. best.ckpt) or train again", zero_filled=zf)
-        count += 1
-        slices += pred.shape[0]
+    with FolderLock(out, what="reconstruction"):
+        for fname, pred, _target, zf in iterate_volumes(dataset, predict, args.batch_size, label=f"reconstruct ({label})"):
+            write_checked(out / fname, pred, label, f"the weights of {args.checkpoint} are not usable; use another "
+                          "checkpoint (e.g. best.ckpt) or train again", zero_filled=zf)
+            count += 1
+            slices += pred.shape[0]
     dt = time.perf_counter() - t0
     print(f"mrlearn reconstruct: {count} volumes ({slices} slices) in {dt:.1f} s -> {out}/ "
           f"(fastMRI submission format, dataset 'reconstruction')")

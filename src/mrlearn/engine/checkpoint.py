@@ -85,7 +85,7 @@ class AtomicCheckpoint(Checkpoint):
     def __init__(self, dirpath: str | Path, every_n_steps: int = 0, monitor: str = "val_ssim", mode: str = "max",
                  stop: Any = None):
         super().__init__()
-        self.dirpath = Path(dirpath)
+        self.dirpath = Path(dirpath).absolute()  # paths in metrics.json must not depend on the working directory
         self.every_n_steps = int(every_n_steps)
         self.monitor, self.mode = monitor, mode
         self.stop = stop
@@ -167,7 +167,9 @@ class AtomicCheckpoint(Checkpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
-        self.best_path = state_dict.get("best_path")
+        # best.ckpt of THIS run folder: a stored path may be relative to the working directory of an earlier
+        # process, where it could name another run's file
+        self.best_path = str(self.dirpath / "best.ckpt") if state_dict.get("best_path") else None
         self.best_step = state_dict.get("best_step")
 
 

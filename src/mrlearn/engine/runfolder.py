@@ -11,6 +11,9 @@ one-line reason, and always releases the lock. A NaN/Inf stop (:class:`~mrlearn.
 its message completed by what remains in ``checkpoints/`` (:func:`describe_checkpoints`), so it never claims a
 checkpoint that does not exist.
 
+A resume (``resume=True``) must ask for the run the folder holds: a config that differs from its ``config.yaml`` in
+anything but :data:`RESUMABLE_CHANGES` (longer budgets, logging, loader workers) is refused before any file is
+touched (:func:`config_changes`), so the run stays resumable.
 """
 
 from __future__ import annotations
@@ -26,7 +29,29 @@ from typing import Any
 from mrlearn.errors import NonFiniteError, RunInterrupted, input_error
 from mrlearn.io import FolderLock, atomic_write_text, read_json, write_json
 
-__all__ = ["RunFolder", "describe_checkpoints"]
+__all__ = ["RESUMABLE_CHANGES", "RunFolder", "config_changes", "describe_checkpoints"]
+
+#: config keys a resume may change: budgets (continue a run for longer), logging and data-loader workers
+RESUMABLE_CHANGES = frozenset({"trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.progress_bar",
+                               "trainer.log_every_n_steps", "data.num_workers", "out_dir"})
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_changes(old_text: str, new_text: str) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for every key of both resolved configs (YAML text) whose value differs, outside
+    :data:`RESUMABLE_CHANGES`; keys only one side has (options added or retired between versions) are left out."""
+    import yaml
+
+    old, new = _flatten(yaml.safe_load(old_text) or {}), _flatten(yaml.safe_load(new_text) or {})
+    return [(k, old[k], new[k]) for k in new if k in old and old[k] != new[k] and k not in RESUMABLE_CHANGES]
 
 #: files whose presence means a folder already holds a run
 RUN_MARKERS = ("run.json", "checkpoints/last.ckpt", "metrics.json")
@@ -123,6 +148,7 @@ class RunFolder:
             if not self.resume and self.holds_run():
                 raise input_error(self.path, f"already holds a run (status {previous.get('status', 'unknown')})",
                                   "pass --resume to continue it, or choose another --out")
+            self._check_resume_config()
             self.data = {"seed": self.seed, "status": "running", "started": now(), "finished": None,
                          "git_revision": git_revision(), "versions": versions(), "command": sys.argv,
                          "pid": os.getpid(), "attempts": int(previous.get("attempts", 0)) + 1, **self.extra}
@@ -133,6 +159,18 @@ class RunFolder:
             self.lock.release()
             raise
         return self
+
+    def _check_resume_config(self) -> None:
+        old_path = self.path / "config.yaml"
+        if not (self.resume and self.config_text is not None and old_path.is_file()):
+            return
+        changes = config_changes(old_path.read_text(encoding="utf-8"), self.config_text)
+        if changes:
+            key, old, new = changes[0]
+            more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+            raise input_error(self.path, f"--resume asks for another run than the folder holds ({key}: {old!r} -> "
+                              f"{new!r}{more}); nothing changed",
+                              "resume without --config/--set to continue it, or train the new setting with another --out")
 
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` into ``run.json`` and write it (rank 0 only)."""

@@ -32,6 +32,7 @@ from mrlearn.data.images import ImageVolume, list_image_files, read_image_volume
 from mrlearn.data.simulate.options import SIMULATOR_VERSION
 from mrlearn.data.simulate.volume import SimulatedVolume, acquire, smooth_phase
 from mrlearn.errors import input_error
+from mrlearn.io import guard_outputs
 
 OBJECT_THRESHOLD = 0.1
 
@@ -85,7 +86,7 @@ def simulate_from_images(src: str | Path, out_dir: str | Path, *, acquisition: s
         raise input_error("--snr", f"{snr!r} is not a positive number", "use e.g. 30 (or inf for no noise)")
     if not 50 <= float(fov_mm) <= 600:
         raise input_error("--fov", f"{fov_mm!r} is not a field of view in [50, 600] mm", "use e.g. 240")
-    out_dir = Path(out_dir)
+    out_dir = guard_outputs(out_dir, [src])
     if out_dir.exists() and not out_dir.is_dir():
         raise input_error(out_dir, "exists and is not a folder", "choose a folder for --out")
     say = log or (lambda _msg: None)
