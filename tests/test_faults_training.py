@@ -113,7 +113,7 @@ def test_second_train_into_the_same_folder_is_refused_while_the_first_goes_on(da
     assert not (out / ".lock").exists()
 
 
-@pytest.mark.parametrize("sig, step, code", [("SIGTERM", 3, 143), ("SIGINT", 8, 130)])
+@pytest.mark.parametrize("sig, step, code", [("SIGTERM", 3, 143), ("SIGINT", 8, 130), ("SIGHUP", 5, 129)])
 def test_signal_saves_a_resumable_checkpoint_and_resume_equals_uninterrupted(data, reference, tmp_path, capsys,
                                                                             sig, step, code):
     out = tmp_path / "run"
@@ -130,6 +130,41 @@ def test_signal_saves_a_resumable_checkpoint_and_resume_equals_uninterrupted(dat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (reference.run_dir, out))
     assert ma["history"] == mb["history"] and ma["final"] == mb["final"]
+
+
+# A `mrlearn train` that sends itself a signal while it checks its training data: the run folder is open (run.json
+# says "running"), no Lightning fit has started.
+SIGNAL_BEFORE_TRAINING = textwrap.dedent("""
+    import os, signal, sys
+    import mrlearn.training.runner as runner
+    from mrlearn.cli import main
+
+    sig, args = sys.argv[1], sys.argv[2:]
+    check = runner.check_targets
+
+    def check_then_signal(*a, **k):
+        check(*a, **k)
+        os.kill(os.getpid(), getattr(signal, sig))
+
+    runner.check_targets = check_then_signal
+    sys.exit(main(args))
+""")
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_signal_before_training_is_one_line_and_marks_the_run_interrupted(data, tmp_path, sig, code):
+    import subprocess
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": TESTS}
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_BEFORE_TRAINING, sig, *cli_args(data, out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"mrlearn: interrupted by {sig}"), proc.stderr[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and sig in info["error"]
+    assert not (out / ".lock").exists()
 
 
 @pytest.mark.parametrize("hook", ["on_validation_start", "on_validation_end"])

@@ -3,8 +3,8 @@
 Each sub-command lives in ``mrlearn.commands.<name>`` and exposes ``register(subparsers)``, which adds its
 parser and sets ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
 User errors (:class:`mrlearn.errors.MrlearnError`) are printed as one line and exit with status 2. A run stopped
-by SIGTERM/SIGINT (:class:`mrlearn.errors.RunInterrupted`) prints one line saying how to resume and exits
-``128 + signal`` (143 / 130). Output into a closed pipe (``mrlearn ... | head``) ends quietly.
+by SIGTERM/SIGINT/SIGHUP (:class:`mrlearn.errors.RunInterrupted`), in training or outside it, prints one line
+saying how to resume and exits ``128 + signal`` (143 / 130 / 129). Output into a closed pipe (``mrlearn ... | head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def _main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 1
+    previous = _stop_on_signals()
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
@@ -63,6 +64,36 @@ def _main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return 141  # as a shell reports a process ended by SIGPIPE
+    finally:
+        _restore_signals(previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise RunInterrupted(signum, "outside a training step", None, "the same command again")
+
+
+def _stop_on_signals() -> dict:
+    """SIGTERM and SIGHUP end a command like SIGINT does: an exception, so run folders record "interrupted" and one
+    line is printed (a fit installs its own handlers, which save a checkpoint first, and restores these after).
+    Returns the handlers replaced."""
+    import signal
+    import threading
+
+    previous: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            previous[sig] = signal.signal(sig, _interrupt)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _say(line: str) -> None:

@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT during training: save a resumable checkpoint, record the state, exit 143 / 130.
+"""SIGTERM, SIGINT and SIGHUP during training: save a resumable checkpoint, record the state, exit 143 / 130 / 129.
 
 :class:`GracefulStop` is a Lightning callback that owns the two signals while a fit runs. A signal during training
 only sets a flag; the checkpoint callback (:class:`~mrlearn.engine.checkpoint.AtomicCheckpoint`) looks at it at its
@@ -24,7 +24,7 @@ import torch
 
 from mrlearn.errors import RunInterrupted
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 def resume_command(run_dir: str | Path) -> str:
@@ -33,7 +33,8 @@ def resume_command(run_dir: str | Path) -> str:
 
 
 class GracefulStop(L.Callback):
-    """Turns SIGTERM/SIGINT into a checkpoint and :class:`~mrlearn.errors.RunInterrupted` (see the module docstring).
+    """Turns SIGTERM/SIGINT/SIGHUP into a checkpoint and :class:`~mrlearn.errors.RunInterrupted` (see the module
+    docstring).
 
     ``run_dir``: the run folder (its ``checkpoints/last.ckpt`` is named in messages); ``resume``: the command that
     continues the run (default :func:`resume_command`).
@@ -52,7 +53,7 @@ class GracefulStop(L.Callback):
 
     # ------------------------------------------------------------------ handlers
     def install(self) -> None:
-        """Own SIGTERM and SIGINT (main thread only; elsewhere signals keep their handlers)."""
+        """Own SIGTERM, SIGINT and SIGHUP (main thread only; elsewhere signals keep their handlers)."""
         for sig in SIGNALS:
             try:
                 previous = signal.signal(sig, self._handle)
