@@ -179,6 +179,30 @@ def test_kill_after_the_last_step_of_an_epoch_keeps_exact_history(data, referenc
     assert got["history"] == ref["history"] and got["validation_curve"] == ref["validation_curve"]
 
 
+def _csv_rows(run: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run / "csv" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return sorted(({k: v for k, v in r.items() if v != ""} for r in rows), key=lambda r: (int(r["step"]), sorted(r)))
+
+
+@pytest.mark.parametrize("hook", ["on_validation_end", "finished"])
+def test_csv_training_log_keeps_every_row_across_a_resume(data, tmp_path, hook):
+    ref = tmp_path / "ref"
+    train(tiny_config(data, ref, "trainer.logger=csv"))
+    out = tmp_path / "run"
+    if hook == "finished":  # resuming a finished run re-evaluates it
+        train(tiny_config(data, out, "trainer.logger=csv"))
+    else:  # killed right after the end-of-epoch checkpoint of epoch 0
+        proc = run_cli_with_callback(hook, 0, "SIGKILL", cli_args(data, out, "trainer.logger=csv"))
+        assert proc.returncode == -9, proc.stderr_text[-2000:]
+    train(tiny_config(data, out, "trainer.logger=csv"), resume=True)
+    rows, expected = _csv_rows(out), _csv_rows(ref)
+    assert [r["step"] for r in rows] == [r["step"] for r in expected]  # no row lost, none twice
+    assert rows == expected  # and the same values: the resumed run equals the uninterrupted one
+
+
 def test_nan_from_a_huge_learning_rate_never_reaches_a_checkpoint(data, tmp_path):
     out = tmp_path / "nan"
     with pytest.raises(MrlearnError) as err:

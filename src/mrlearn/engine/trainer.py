@@ -76,9 +76,9 @@ def make_logger(kind: str, run_dir: Path, name: str = "run") -> Any:
 
         return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+        from mrlearn.engine.csvlog import ResumableCSVLogger
 
-        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+        return ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="")
     if kind == "mlflow":
         try:
             import mlflow  # noqa: F401
