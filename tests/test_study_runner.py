@@ -43,6 +43,23 @@ def _study(tmp_path: Path, arms=None) -> Path:
     return path
 
 
+def test_a_finished_run_with_another_setting_is_not_reused_silently(tmp_path):
+    path = _study(tmp_path, arms={"low": {"optim.lr": 0.1}})
+    out = tmp_path / "out"
+    run_study(load_study(path), out, log=lambda s: None)
+    before = (out / "study.csv").read_text()
+    CALLS.clear()
+    with pytest.raises(MrlearnError) as exc:  # the same study with another --set
+        run_study(load_study(path, ["arms.low.optim.lr=0.2"]), out, log=lambda s: None)
+    msg = str(exc.value)
+    assert "\n" not in msg and "low__chans-4__seed0" in msg and "optim.lr: 0.1 -> 0.2" in msg
+    assert CALLS == [] and (out / "study.csv").read_text() == before  # nothing ran, nothing rewritten
+    with pytest.raises(MrlearnError, match="finished with another setting"):  # nor summarised under it
+        run_study(load_study(path, ["arms.low.optim.lr=0.2"]), out, log=lambda s: None, only_summary=True)
+    run_study(load_study(path, ["trainer.progress_bar=false"]), out, log=lambda s: None)  # cosmetic: reused
+    assert CALLS == []
+
+
 def test_grid_expansion_and_ids(tmp_path):
     spec = load_study(_study(tmp_path))
     runs = spec.runs()

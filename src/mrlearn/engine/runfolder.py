@@ -29,7 +29,7 @@ from typing import Any
 from mrlearn.errors import NonFiniteError, RunInterrupted, input_error
 from mrlearn.io import FolderLock, atomic_write_text, read_json, write_json
 
-__all__ = ["RESUMABLE_CHANGES", "RunFolder", "config_changes", "describe_checkpoints"]
+__all__ = ["COSMETIC_CHANGES", "RESUMABLE_CHANGES", "RunFolder", "config_changes", "describe_checkpoints"]
 
 #: config keys a resume may change: budgets (continue a run for longer), logging and data-loader workers
 RESUMABLE_CHANGES = frozenset({"trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.progress_bar",
@@ -45,13 +45,17 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(old_text: str, new_text: str) -> list[tuple[str, Any, Any]]:
+#: config keys that do not change what a run computes (a finished run with other values is the same run)
+COSMETIC_CHANGES = frozenset({"trainer.progress_bar", "trainer.log_every_n_steps", "data.num_workers", "out_dir"})
+
+
+def config_changes(old_text: str, new_text: str, ignore: frozenset[str] = RESUMABLE_CHANGES) -> list[tuple[str, Any, Any]]:
     """``(key, old, new)`` for every key of both resolved configs (YAML text) whose value differs, outside
-    :data:`RESUMABLE_CHANGES`; keys only one side has (options added or retired between versions) are left out."""
+    ``ignore``; keys only one side has (options added or retired between versions) are left out."""
     import yaml
 
     old, new = _flatten(yaml.safe_load(old_text) or {}), _flatten(yaml.safe_load(new_text) or {})
-    return [(k, old[k], new[k]) for k in new if k in old and old[k] != new[k] and k not in RESUMABLE_CHANGES]
+    return [(k, old[k], new[k]) for k in new if k in old and old[k] != new[k] and k not in ignore]
 
 #: files whose presence means a folder already holds a run
 RUN_MARKERS = ("run.json", "checkpoints/last.ckpt", "metrics.json")

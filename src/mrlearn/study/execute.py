@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mrlearn.io import safe_child
+from mrlearn.config import dump_config
 from mrlearn.errors import MrlearnError
 from mrlearn.io import FolderLock, is_locked_by_other
 from mrlearn.study.results import is_finished, write_outcome
@@ -144,7 +145,7 @@ def run_job(job: Job) -> dict[str, Any]:
         except MrlearnError as exc:
             return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}
         seconds = time.time() - start
-        write_outcome(run_dir, job.run, outcome, seconds)
+        write_outcome(run_dir, job.run, outcome, seconds, config=dump_config(cfg))
         return {"status": "finished", "run_id": rid, "seconds": seconds, "groups": outcome.groups, "notes": notes,
                 "pid": os.getpid()}
     finally:

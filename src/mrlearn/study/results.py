@@ -99,8 +99,9 @@ def convergence(run_dir: Path, outcome: RunOutcome) -> dict[str, dict[str, Any]]
     return out
 
 
-def write_outcome(run_dir: Path, run: Any, outcome: RunOutcome, seconds: float) -> None:
-    """Write ``slices.csv``, ``examples.npz`` and last ``result.json`` (atomic files)."""
+def write_outcome(run_dir: Path, run: Any, outcome: RunOutcome, seconds: float, config: str | None = None) -> None:
+    """Write ``slices.csv``, ``examples.npz`` and last ``result.json`` (atomic files; ``config``: the resolved config
+    the run was given, as YAML, kept so a later study can tell whether it asks for the same run)."""
     if outcome.slices:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(SLICE_FIELDS), extrasaction="ignore")
@@ -115,7 +116,8 @@ def write_outcome(run_dir: Path, run: Any, outcome: RunOutcome, seconds: float) 
     extra = {k: v for k, v in outcome.extra.items() if k != "convergence"}
     write_json(run_dir / "result.json", {"status": "finished", "run_id": run.run_id, "arm": run.arm, "seed": run.seed,
                                          "point": run.point, "groups": outcome.groups, "seconds": round(seconds, 2),
-                                         "convergence": convergence(run_dir, outcome), "extra": extra})
+                                         "convergence": convergence(run_dir, outcome), "extra": extra,
+                                         "config": config})
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:

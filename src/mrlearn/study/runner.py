@@ -31,7 +31,7 @@ from mrlearn.errors import MrlearnError, input_error
 from mrlearn.io import atomic_write_text
 from mrlearn.study.execute import Job, study_files_lock
 from mrlearn.study.executors import check_executor, default_threads, execute
-from mrlearn.study.results import RunOutcome, is_finished, read_slices, write_outcome  # noqa: F401 (re-exported)
+from mrlearn.study.results import RunOutcome, is_finished, read_result, read_slices, write_outcome  # noqa: F401 (re-exported)
 from mrlearn.study.spec import StudySpec, run_config
 
 Runner = Callable[[Any], RunOutcome]
@@ -113,6 +113,29 @@ def run_resources(spec: StudySpec, cfg: Any, executor: str, workers: int | None)
     return {"cpus": float(spec.resources.get("cpus", cpus)), "gpus": float(spec.resources.get("gpus", gpus))}
 
 
+def check_finished_runs_match(configs: dict[str, Any], out: Path) -> None:
+    """A finished run is reused only if it ran the config the study asks for now: otherwise (e.g. a rerun with another
+    ``--set``) a one-line error names the run and the first differing key, before any run starts."""
+    from mrlearn.config import dump_config
+    from mrlearn.engine.runfolder import COSMETIC_CHANGES, config_changes
+
+    for run_id, cfg in configs.items():
+        folder = out / "runs" / run_id
+        result = read_result(folder)
+        old = (result or {}).get("config")
+        if old is None and result is not None and (folder / "config.yaml").is_file():  # runs of earlier versions
+            old = (folder / "config.yaml").read_text(encoding="utf-8")
+        if old is None:
+            continue
+        changes = config_changes(old, dump_config(cfg), COSMETIC_CHANGES)
+        if changes:
+            key, old, new = changes[0]
+            more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+            raise input_error(folder, f"finished with another setting than the study asks for now ({key}: {old!r} -> "
+                              f"{new!r}{more}); its results would be reported under the new setting",
+                              f"use another --out for the new setting, or delete {folder} to run it again")
+
+
 def write_study_yaml(spec: StudySpec, out: Path, executor: str) -> None:
     import yaml
 
@@ -142,6 +165,7 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
     if not only_summary:
         check_single_process(configs)
         check_slice_counts(configs, log)
+    check_finished_runs_match(configs, out)
     with study_files_lock(out):
         write_study_yaml(spec, out, executor)
     busy: list[str] = []
