@@ -115,6 +115,10 @@ def check_kspace(path: str | Path, kspace: np.ndarray, what: str = "k-space", ma
                                  f"{MAX_KSPACE_ENERGY:.0e}): the FFT/RSS would overflow; refused, not rescaled",
                           "divide the k-space by a constant (e.g. scale it to a peak near 1)")
     if energy == 0.0:
+        if np.any(kspace != 0):  # float32 squares underflow below ~1e-23: not zero data, data far too small
+            peak = float(np.abs(np.asarray(kspace, dtype=np.complex128)).max())
+            raise input_error(where, f"{what} is too small for float32 (peak |k| {peak:.3g}): its energy underflows "
+                                     "to zero", "multiply the k-space by a constant (e.g. scale it to a peak near 1)")
         raise input_error(where, f"{what} is all zero", "exclude this volume or check the conversion")
     if mask is not None and kspace_energy(kspace * np.asarray(mask, dtype=np.float32)) == 0.0:
         raise input_error(where, f"{what} holds no data at the sampled positions of its mask",

@@ -21,12 +21,14 @@ a warning says so.
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
+from mrlearn.data.checks import check_kspace, check_matrix, check_recon_size
 from mrlearn.errors import input_error
 from mrlearn.physics.complex import crop_or_pad
 from mrlearn.physics.espirit import espirit_sens_maps
@@ -49,9 +51,32 @@ def valid_options(method: str) -> list[str]:
     return sorted({*own, *extra, *DRIVER_OPTIONS})
 
 
+#: option -> (lowest, highest, integer?, example): values outside are one-line errors (CLI --set and API alike)
+OPTION_RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "lam": (0.0, 1e6, False, "0.01"), "tol": (0.0, 1.0, False, "1e-4"), "max_iter": (1, 100_000, True, "100"),
+    "cg_iter": (1, 10_000, True, "10"), "rho": (1e-12, 1e6, False, "1.0"), "levels": (1, 16, True, "4"),
+    "threshold_coarse": (0.0, 1e6, False, "0.0"), "batch_size": (1, 100_000, True, "4"),
+    "min_support_energy": (0.0, 1.0, False, "0.5"), "calib_size": (4, 4096, True, "24"),
+    "kernel_size": (2, 64, True, "6"), "threshold": (0.0, 1.0, False, "0.001"), "crop": (0.0, 1.0, False, "0.8"),
+}
+
+
+def check_option_ranges(options: dict[str, Any], where: str = "options") -> None:
+    """Refuse option values outside :data:`OPTION_RANGES` (NaN, negative ``lam``, ``max_iter`` 0, ...)."""
+    for key, value in options.items():
+        if key not in OPTION_RANGES or isinstance(value, (list, tuple)):
+            continue
+        lo, hi, integer, example = OPTION_RANGES[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not lo <= value <= hi or (integer and int(value) != value):
+            kind = "an integer" if integer else "a number"
+            raise input_error(f"{where}.{key}", f"{value!r} is not {kind} in [{lo:g}, {hi:g}]", f"e.g. {key}={example}")
+
+
 def split_options(method: str, options: dict[str, Any], where: str = "options"
                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(method options, ESPIRiT options, driver options)``; unknown keys and wrong types are one-line errors."""
+    """``(method options, ESPIRiT options, driver options)``; unknown keys, wrong types and values out of range
+    (:data:`OPTION_RANGES`) are one-line errors."""
     from mrlearn.registry import validate
 
     valid = valid_options(method)
@@ -59,6 +84,7 @@ def split_options(method: str, options: dict[str, Any], where: str = "options"
         if key not in valid:
             raise input_error(f"{where}.{key}", f"unknown option for method {method!r}",
                               f"valid keys: {', '.join(valid)}")
+    check_option_ranges(options, where)
     own = {k: v for k, v in options.items() if k not in MAP_OPTIONS and k not in DRIVER_OPTIONS}
     own = validate("recon", {"name": method, **own}, where, runtime=RUNTIME_ARGS)
     maps = {k: v for k, v in options.items() if k in MAP_OPTIONS}
@@ -88,7 +114,16 @@ def _as_mask(mask: Any, kshape: tuple[int, ...], device: torch.device) -> torch.
     if m.ndim != 4 or m.shape[-1] != w or m.shape[-2] not in (1, h) or m.shape[0] not in (1, s) or m.shape[1] != 1:
         raise input_error("mask", f"shape {tuple(np.shape(mask))} does not fit k-space {tuple(kshape)}",
                           "use [W], [H, W], [S, H, W] or [S, 1, 1, W] (slices, rows, columns as the k-space)")
-    return m.to(torch.float32)
+    m = m.to(torch.float32)
+    if not bool(torch.isfinite(m).all()):
+        raise input_error("mask", "contains NaN or Inf", "pass a 0/1 mask")
+    if not bool(((m == 0) | (m == 1)).all()):
+        bad = float(m[(m != 0) & (m != 1)].flatten()[0])
+        raise input_error("mask", f"is not binary (holds {bad:g}): a weighted mask would rescale the data",
+                          "pass a 0/1 mask (e.g. mask != 0)")
+    if not bool((m.flatten(1).amax(dim=1) > 0).all()):
+        raise input_error("mask", "samples nothing (all zeros) in a slice", "pass the sampling mask of the data")
+    return m
 
 
 def _pattern_mask(kspace: torch.Tensor) -> torch.Tensor | None:
@@ -147,9 +182,16 @@ def reconstruct(kspace: Any, mask: Any = None, method: str = "cg-sense", sens_ma
         raise input_error("kspace", f"expected complex k-space, got {ksp.dtype}", "pass complex64 data")
     device = driver.get("device")
     ksp = ksp.to(device=device or ksp.device, dtype=torch.complex64)
+    check_kspace("kspace", ksp.detach().cpu().numpy())  # NaN/Inf, all zero, float32 overflow: as for files
+    check_matrix("kspace", *ksp.shape[-2:])
     msk = _as_mask(mask, tuple(ksp.shape), ksp.device)
     if msk is None:
         msk = _pattern_mask(ksp)
+    if driver.get("recon_size") is not None:
+        size = driver["recon_size"]
+        if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+            raise input_error("recon_size", f"{size!r} is not two integers (h, w)", "e.g. recon_size=(320, 320)")
+        check_recon_size("recon_size", tuple(size), tuple(ksp.shape[-2:]))
     maps_all = None
     if sens_maps is not None:
         maps_all = torch.as_tensor(np.asarray(sens_maps) if not torch.is_tensor(sens_maps) else sens_maps)
@@ -158,6 +200,10 @@ def reconstruct(kspace: Any, mask: Any = None, method: str = "cg-sense", sens_ma
         if maps_all.ndim != 4 or tuple(maps_all.shape[1:]) != tuple(ksp.shape[1:]) or maps_all.shape[0] not in (1, ksp.shape[0]):
             raise input_error("sens_maps", f"shape {tuple(maps_all.shape)} does not match k-space {tuple(ksp.shape)}",
                               "pass maps shaped like the k-space ([C, H, W] or [S, C, H, W])")
+        if not bool(torch.isfinite(torch.view_as_real(maps_all)).all()):
+            raise input_error("sens_maps", "contain NaN or Inf", "pass finite coil maps (or none: ESPIRiT estimates them)")
+        if not bool((maps_all.abs().sum(dim=1) > 0).any(dim=(-2, -1)).all()):
+            raise input_error("sens_maps", "are zero everywhere in a slice", "pass the coil maps of the data")
     fn = solver(method)
     takes_info = solver_log is not None and "info" in inspect.signature(fn).parameters
     batch = max(1, int(driver.get("batch_size", 4)))
