@@ -109,3 +109,105 @@ def test_random_bad_inputs_never_give_nan(seed):
         assert "\n" not in str(exc)
         return
     assert np.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------------------- fit_ivim
+B = np.array([0, 10, 20, 50, 100, 200, 400, 800.0])
+
+
+def _ivim(v: int = 4) -> np.ndarray:
+    f = np.linspace(0.1, 0.3, v)[:, None]
+    return (1 - f) * np.exp(-B * 1e-3) + f * np.exp(-B * 2e-2)
+
+
+def test_fit_ivim_bad_voxels_are_skipped_and_flagged_without_touching_the_others():
+    clean = mrlearn.fit_ivim(_ivim(6)[:4], B)
+    s = _ivim(6)[:4].copy()
+    s = np.concatenate([s, [[np.nan] * 8], -np.abs(_ivim(1))], axis=0)
+    fit = mrlearn.fit_ivim(s, B)
+    assert fit.bad.tolist() == [0, 0, 0, 0, 1, 2]
+    assert bool(fit.params[4:].isnan().all()) and not bool(fit.converged[4:].any())
+    np.testing.assert_allclose(fit.params[:4].numpy(), clean.params.numpy(), rtol=1e-6)  # one NaN voxel harms none
+    with pytest.raises(MrlearnError, match="2 voxel\\(s\\) cannot be fitted \\(voxel 4: NaN/inf\\)"):
+        mrlearn.fit_ivim(s, B, bad_voxels="error")
+
+
+@pytest.mark.parametrize("bvals, fragment", [
+    (np.array([800.0]), "IVIM needs at least 4 distinct b-values"), (B * 1e6, "look like s/m^2"),
+    (B / 1000, "look like ms/um^2"), (np.where(B == 10, -10, B), "finite and >= 0"), (B[None], "1-D"),
+])
+def test_fit_ivim_refuses_bvalues(bvals, fragment):
+    with pytest.raises(MrlearnError, match=fragment.replace("^", "\\^").replace("(", "\\(")):
+        mrlearn.fit_ivim(_ivim()[:, : np.asarray(bvals).reshape(-1).size] if np.asarray(bvals).size < 8 else _ivim(),
+                         bvals)
+
+
+@pytest.mark.parametrize("signals, options, fragment", [
+    (np.zeros((0, 8)), {}, "V >= 1"), (_ivim()[:, :5], {}, "expected [V, 8] signals"),
+    (-_ivim(), {}, "no voxel can be fitted"), (_ivim(), {"objective": "mle", "sigma": float("inf")}, "finite"),
+    (_ivim(), {"objective": "mle", "sigma": float("nan")}, "finite"), (_ivim(), {"bad_voxels": "drop"}, "unknown choice"),
+])
+def test_fit_ivim_refuses_signals_and_options(signals, options, fragment):
+    with pytest.raises(MrlearnError) as exc:
+        mrlearn.fit_ivim(signals, B, **options)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ------------------------------------------------------------------------------------ write_volume and load_model
+@pytest.mark.parametrize("kspace, fragment", [
+    (np.full((1, 2, 16, 16), np.nan, np.complex64), "NaN or Inf"), (np.zeros((1, 2, 16, 16), np.complex64), "all zero"),
+    (np.zeros((0, 2, 16, 16), np.complex64), "no k-space"),
+])
+def test_write_volume_refuses_what_a_reader_would(tmp_path, kspace, fragment):
+    with pytest.raises(MrlearnError, match=fragment):
+        mrlearn.write_volume(tmp_path / "v.h5", kspace)
+    assert not (tmp_path / "v.h5").exists()
+
+
+def test_write_volume_refuses_a_nan_target(tmp_path):
+    target = np.ones((1, 16, 16), np.float32)
+    target[0, 0, 0] = np.nan
+    with pytest.raises(MrlearnError, match="target contains NaN"):
+        mrlearn.write_volume(tmp_path / "v.h5", K[None], target=target)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from helpers_training import TINY_SET, tiny_dataset
+    from mrlearn.cli import main
+
+    data = tiny_dataset(tmp_path_factory.mktemp("api") / "data")
+    out = tmp_path_factory.mktemp("api_run") / "run"
+    args = ["train", "--config", "unet_demo", "--out", str(out), "--set", f"data.root={data}"]
+    for item in (*TINY_SET, "trainer.max_epochs=1"):
+        args += ["--set", item]
+    assert main(args) == 0
+    return out / "checkpoints" / "best.ckpt", data
+
+
+def test_loaded_model_checks_inputs_and_outputs(trained, tmp_path):
+    import torch
+
+    ckpt, data = trained
+    model = mrlearn.load_model(ckpt)
+    vol = mrlearn.read_volume(next((data / "test").glob("*.h5")))
+    k = vol["kspace"]
+    out = model.reconstruct(k)
+    assert np.isfinite(out).all()
+    bad = k.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(MrlearnError, match="NaN or Inf"):
+        model.reconstruct(bad)
+    with pytest.raises(MrlearnError, match="not binary"):
+        model.reconstruct(k, np.full(k.shape[-1], 0.5))
+    with pytest.raises(MrlearnError, match="batch_size"):
+        model.reconstruct(k, batch_size=0)
+    # weights that diverged: the output is refused, not returned
+    ckpt_data = torch.load(ckpt, weights_only=True)
+    for key, value in ckpt_data["state_dict"].items():
+        if value.is_floating_point():
+            ckpt_data["state_dict"][key] = value * 1e4
+    huge = tmp_path / "huge.ckpt"
+    torch.save(ckpt_data, huge)
+    with pytest.raises(MrlearnError, match="times the norm of the zero-filled|NaN or Inf"):
+        mrlearn.load_model(huge).reconstruct(k)

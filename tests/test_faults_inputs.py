@@ -319,7 +319,8 @@ def test_signal_inside_a_study_says_to_rerun_the_study(tmp_path, capsys):
 
 
 def test_reconstruction_far_from_the_zero_filled_energy_is_not_written(tmp_path):
-    from mrlearn.commands.reconstruct import ENERGY_FACTOR, write_checked
+    from mrlearn.commands.reconstruct import write_checked
+    from mrlearn.data.checks import ENERGY_FACTOR
 
     zf = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
     for factor in (ENERGY_FACTOR * 2, 1 / (ENERGY_FACTOR * 2)):  # diverged weights, a near-black image

@@ -50,6 +50,7 @@ class LoadedModel:
         """Magnitudes ``[h, w]`` or ``[S, h, w]`` (numpy in -> numpy out) of k-space ``[C, H, W]``/``[S, C, H, W]``."""
         from torch.utils.data import default_collate
 
+        from mrlearn.data.checks import check_binary_mask, check_kspace, check_matrix, check_reconstruction
         from mrlearn.data.transforms import ReconTransform
         from mrlearn.errors import input_error
 
@@ -60,7 +61,13 @@ class LoadedModel:
         if k.ndim != 4 or k.dtype.kind != "c":
             raise input_error("kspace", f"expected complex [C, H, W] or [S, C, H, W], got {k.dtype} {k.shape}",
                               "add a coil axis (C = 1 for single-coil data)")
+        if int(batch_size) < 1:
+            raise input_error("batch_size", f"{batch_size!r} is below 1", "use 1 or more")
+        check_kspace("kspace", k)  # the checks of a data file: NaN/Inf, all zero, overflow
+        check_matrix("kspace", *k.shape[-2:])
         m = None if mask is None else np.asarray(mask.cpu() if torch.is_tensor(mask) else mask, dtype=np.float32)
+        if m is not None:
+            check_binary_mask("mask", m, slice_axis=m.ndim == 3)
         transform = ReconTransform(None, train=False, recon_size=self.recon_size,
                                    keep_kspace=bool(getattr(self.module, "keep_kspace", False)))
         items = []
@@ -74,6 +81,9 @@ class LoadedModel:
             items.append(transform(raw, s, 0))
         out = [self._predict(default_collate(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
         result = torch.cat(out).float()
+        zero_filled = torch.cat([item.zero_filled for item in items]).numpy()
+        check_reconstruction("load_model(...).reconstruct", result.numpy(), "the loaded model",
+                             "its weights are not usable (diverged or collapsed): use another checkpoint", zero_filled)
         result = result[0] if single else result
         return result.numpy() if as_numpy else result
 

@@ -34,8 +34,19 @@ def read_volume(path: str | Path) -> dict[str, Any]:
 
 
 def write_volume(path: str | Path, kspace: np.ndarray, **kwargs: Any) -> Path:
-    """Write a fastMRI-format file atomically (keywords of :func:`mrlearn.data.fastmri_write.write_volume`)."""
+    """Write a fastMRI-format file atomically (keywords of :func:`mrlearn.data.fastmri_write.write_volume`), after the
+    checks a reader makes: k-space finite, not all zero, within float32; target and noiseless reference finite."""
+    from mrlearn.data.checks import check_kspace
     from mrlearn.data.fastmri_write import write_volume as _write
+    from mrlearn.errors import input_error
+
+    if kspace is None or np.size(kspace) == 0:
+        raise input_error(path, "no k-space to write (None or empty)", "pass complex k-space [S, C, H, W]")
+    check_kspace(path, np.asarray(kspace))
+    for key in ("target", "noiseless"):
+        value = kwargs.get(key)
+        if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise input_error(path, f"{key} contains NaN or Inf; not written", f"pass a finite {key}")
 
     kwargs.setdefault("acquisition", "unknown")
     return _write(path, kspace, **kwargs)

@@ -89,29 +89,13 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"mrlearn reconstruct: warning: {message}", file=sys.stderr, flush=True)
 
 
-#: a reconstruction whose energy differs from the zero-filled image's by more than this factor (either way) is
-#: refused: the zero-filled image holds the acquired k-space energy (Parseval), which a reconstruction of the same
-#: data keeps to within a small factor; 100x more or less means diverged or collapsed weights.
-ENERGY_FACTOR = 100.0
-
-
 def write_checked(path: Path, pred, method: str, todo: str, zero_filled=None) -> None:
-    """Write one submission file; a volume with NaN/Inf is refused (one line, nothing written for it), and so is
-    one whose l2 norm is over ``ENERGY_FACTOR`` times above or below the zero-filled volume's (when given)."""
-    import numpy as np
-
+    """Write one submission file after :func:`mrlearn.data.checks.check_reconstruction` (NaN/Inf or an absurd
+    norm against the zero-filled volume: one line, nothing written for it); never over a raw data file."""
+    from mrlearn.data.checks import check_reconstruction
     from mrlearn.data.fastmri import write_reconstruction
 
-    bad = int(np.size(pred) - np.count_nonzero(np.isfinite(pred)))
-    if bad:
-        raise input_error(path, f"the reconstruction by {method} holds NaN or Inf ({bad} of {np.size(pred)} pixels); "
-                          "not written", todo)
-    if zero_filled is not None:
-        ref = float(np.linalg.norm(np.asarray(zero_filled, np.float64)))
-        ratio = float(np.linalg.norm(np.asarray(pred, np.float64))) / ref if ref > 0 else 1.0
-        if not 1.0 / ENERGY_FACTOR <= ratio <= ENERGY_FACTOR:
-            raise input_error(path, f"the reconstruction by {method} has {ratio:.3g} times the norm of the zero-filled "
-                              "image (a reconstruction of the same data stays near 1); not written", todo)
+    check_reconstruction(path, pred, method, todo, zero_filled)
     refuse_overwriting_data(path)
     write_reconstruction(path, pred, attrs={"method": method})
 

@@ -135,3 +135,42 @@ def check_mask_values(path: str | Path, mask: np.ndarray) -> None:
     if frac < MIN_SAMPLED_FRACTION:
         raise input_error(where, f"'mask' samples {100 * frac:.2g} % of k-space, below {100 * MIN_SAMPLED_FRACTION:g} %",
                           "too little data to reconstruct; use a denser mask")
+
+
+def check_binary_mask(where: str | Path, mask: np.ndarray, slice_axis: bool = False) -> None:
+    """Refuse a sampling mask with NaN/Inf, values other than 0 and 1 (a weighted mask would rescale the data), or no
+    sample (in any slice, when ``slice_axis``: the first axis indexes slices)."""
+    m = np.asarray(mask, dtype=np.float64)
+    name = show_path(where)
+    if not np.isfinite(m).all():
+        raise input_error(name, "mask contains NaN or Inf", "pass a 0/1 mask")
+    odd = m[(m != 0) & (m != 1)]
+    if odd.size:
+        raise input_error(name, f"mask is not binary (holds {odd.flat[0]:g}): a weighted mask would rescale the data",
+                          "pass a 0/1 mask (e.g. mask != 0)")
+    empty = (m.reshape(m.shape[0], -1).max(axis=1) == 0).any() if slice_axis and m.ndim > 1 else not m.any()
+    if empty:
+        raise input_error(name, "mask samples nothing (all zeros)" + (" in a slice" if slice_axis else ""),
+                          "pass the sampling mask of the data")
+
+
+#: a reconstruction whose energy differs from the zero-filled image's by more than this factor (either way) is
+#: refused: the zero-filled image holds the acquired k-space energy (Parseval), which a reconstruction of the same
+#: data keeps to within a small factor; 100x more or less means diverged or collapsed weights.
+ENERGY_FACTOR = 100.0
+
+
+def check_reconstruction(where: str | Path, pred: Any, method: str, todo: str, zero_filled: Any = None) -> None:
+    """Refuse a reconstruction with NaN/Inf, or (with ``zero_filled``) one whose l2 norm is over ``ENERGY_FACTOR``
+    times above or below the zero-filled image's; one line naming ``where`` and ``method``."""
+    pred = np.asarray(pred)
+    bad = int(np.size(pred) - np.count_nonzero(np.isfinite(pred)))
+    if bad:
+        raise input_error(where, f"the reconstruction by {method} holds NaN or Inf ({bad} of {np.size(pred)} pixels); "
+                          "not written", todo)
+    if zero_filled is not None:
+        ref = float(np.linalg.norm(np.asarray(zero_filled, np.float64)))
+        ratio = float(np.linalg.norm(np.asarray(pred, np.float64))) / ref if ref > 0 else 1.0
+        if not 1.0 / ENERGY_FACTOR <= ratio <= ENERGY_FACTOR:
+            raise input_error(where, f"the reconstruction by {method} has {ratio:.3g} times the norm of the zero-filled "
+                              "image (a reconstruction of the same data stays near 1); not written", todo)

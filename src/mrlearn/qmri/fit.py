@@ -38,6 +38,7 @@ class FitResult:
     at_lower: torch.Tensor | None = None
     at_upper: torch.Tensor | None = None
     bounds: tuple[list[float], list[float]] | None = None
+    bad: torch.Tensor | None = None  # [V] uint8 bad-voxel codes (mrlearn.qmri.voxels.BAD_CODES) where checked
 
 
 def objective_values(signals: torch.Tensor, pred: torch.Tensor, objective: str,
@@ -216,8 +217,10 @@ def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", 
     if objective == "mle":
         if sigma is None:
             raise input_error("sigma", "the Rician MLE needs the noise level sigma", "give sigma or use 'nlls'")
-        if bool(torch.any(torch.as_tensor(sigma) <= 0)):
-            raise input_error("sigma", "sigma must be positive", "give the noise standard deviation")
+        sig = torch.as_tensor(sigma, dtype=torch.float64)
+        if bool(torch.any(sig <= 0)) or not bool(torch.isfinite(sig).all()):
+            raise input_error("sigma", f"sigma must be positive and finite, got {sigma!r}",
+                              "give the noise standard deviation")
     fn, spec = get_model(model)
     sig_dev = signals.device
     signals = signals.to(torch.float64)

@@ -89,6 +89,19 @@ class VoxelSet:
         return f"bad voxels: {bad} of {n_mask} in the mask skipped ({detail}); map in excluded.nii.gz"
 
 
+def bad_voxel_codes(signals: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per voxel of ``signals [V, N]`` (uint8 ``[V]``): 0 fit-able, else the code of :data:`BAD_CODES` (1 NaN/inf,
+    2 a negative value, 3 no positive signal at the lowest b-value; the first that applies in that order)."""
+    vox = np.asarray(signals, dtype=np.float64)
+    low = np.asarray(b) == np.min(b)
+    code = np.zeros(vox.shape[0], dtype=np.uint8)
+    with np.errstate(invalid="ignore"):
+        code[(vox[:, low].mean(-1) <= 0)] = 3
+        code[(vox < 0).any(-1)] = 2
+    code[~np.isfinite(vox).all(-1)] = 1
+    return code
+
+
 def select_voxels(data: np.ndarray, b: np.ndarray, mask: np.ndarray | None, bad_voxels: str = "skip",
                   where: str | Path = "--dwi") -> VoxelSet:
     """Apply ``mask`` (None: :func:`default_mask`) and sort out bad voxels (``skip`` them or ``error``)."""
@@ -100,11 +113,7 @@ def select_voxels(data: np.ndarray, b: np.ndarray, mask: np.ndarray | None, bad_
         if not mask.any():
             raise input_error(where, "the default (Otsu) mask is empty", "give --mask")
     vox = data[mask]
-    low = b == b.min()
-    code = np.zeros(vox.shape[0], dtype=np.uint8)
-    code[(vox[:, low].mean(-1) <= 0)] = 3
-    code[(vox < 0).any(-1)] = 2
-    code[~np.isfinite(vox).all(-1)] = 1
+    code = bad_voxel_codes(vox, b)
     counts = {BAD_CODES[c]: int((code == c).sum()) for c in BAD_CODES}
     if code.any() and bad_voxels == "error":
         first = next(k for k, n in counts.items() if n)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrlearn.data.checks import check_kspace, check_matrix, check_recon_size
+from mrlearn.data.checks import check_binary_mask, check_kspace, check_matrix, check_recon_size
 from mrlearn.errors import input_error
 from mrlearn.physics.complex import crop_or_pad
 from mrlearn.physics.espirit import espirit_sens_maps
@@ -115,14 +115,7 @@ def _as_mask(mask: Any, kshape: tuple[int, ...], device: torch.device) -> torch.
         raise input_error("mask", f"shape {tuple(np.shape(mask))} does not fit k-space {tuple(kshape)}",
                           "use [W], [H, W], [S, H, W] or [S, 1, 1, W] (slices, rows, columns as the k-space)")
     m = m.to(torch.float32)
-    if not bool(torch.isfinite(m).all()):
-        raise input_error("mask", "contains NaN or Inf", "pass a 0/1 mask")
-    if not bool(((m == 0) | (m == 1)).all()):
-        bad = float(m[(m != 0) & (m != 1)].flatten()[0])
-        raise input_error("mask", f"is not binary (holds {bad:g}): a weighted mask would rescale the data",
-                          "pass a 0/1 mask (e.g. mask != 0)")
-    if not bool((m.flatten(1).amax(dim=1) > 0).all()):
-        raise input_error("mask", "samples nothing (all zeros) in a slice", "pass the sampling mask of the data")
+    check_binary_mask("mask", m.detach().cpu().numpy(), slice_axis=True)
     return m
 
 
