@@ -316,6 +316,20 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     trainer, module, dm, notes = build_family(job, total, [timer])
     out.update(notes)
+    if pst:  # name the step's two phases for the profile (instance attributes: the class is untouched)
+        from torch.profiler import record_function
+
+        step_fn, backward_fn = module.training_step, module.backward
+
+        def training_step(*args, **kwargs):
+            with record_function(FORWARD):
+                return step_fn(*args, **kwargs)
+
+        def backward(*args, **kwargs):
+            with record_function(BACKWARD):
+                return backward_fn(*args, **kwargs)
+
+        module.training_step, module.backward = training_step, backward
     solve: list[float] = []
     if hasattr(module, "solve_stage"):  # convex: time the block's solve apart from the gathering steps
         inner = module.solve_stage
@@ -361,9 +375,12 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
 # ============================================================================================ profile analysis
 
 _PY_FRAME = re.compile(r"^(?P<path>.+?)\((?P<line>\d+)\): (?P<func>.+)$")
-KIND_ORDER = ("data loading (DataLoader: read + transform)", "optimizer (step, zero_grad)", "fftshift / roll",
-              "FFT", "convolution (forward + backward)", "other tensor ops", "autograd engine (node wrappers)",
-              "Python / Lightning (outside any operator)")
+FORWARD, BACKWARD = "## forward (training_step)", "## backward"
+KIND_ORDER = ("data loading (DataLoader: read + transform)", "optimizer (update, zero_grad, clipping)",
+              "NaN fill of new tensors (deterministic mode)", "fftshift / roll", "FFT", "convolution",
+              "other tensor ops (elementwise, complex, reductions, copies)",
+              "autograd engine (backward-node bookkeeping)", "Python in training_step / backward, between operators",
+              "Lightning loop, logging and the rest")
 
 
 def _chain(e) -> list[Any]:
@@ -379,18 +396,44 @@ def _kind(e) -> str:
     names = [x.name for x in _chain(e)]
     if any(n.startswith("enumerate(DataLoader)") for n in names):
         return KIND_ORDER[0]
-    if any(n.startswith("Optimizer.") for n in names):
+    in_step = any(n in (FORWARD, BACKWARD) for n in names)
+    if not in_step and any(n.startswith("Optimizer.") for n in names):
         return KIND_ORDER[1]
+    if e.name == "aten::fill_" and e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::empty"):
+        return KIND_ORDER[2]  # torch.use_deterministic_algorithms fills every new tensor (fill_uninitialized_memory)
     aten = [n for n in names if n.startswith("aten::")]
     if any("roll" in n or "fftshift" in n for n in aten):
-        return KIND_ORDER[2]
-    if any("fft" in n for n in aten):
         return KIND_ORDER[3]
-    if any("conv" in n for n in aten):
+    if any("fft" in n for n in aten):
         return KIND_ORDER[4]
-    if aten:
+    if any("conv" in n for n in aten):
         return KIND_ORDER[5]
-    return KIND_ORDER[6]
+    if aten:
+        return KIND_ORDER[6]
+    if e.name.startswith("autograd::engine") or re.search(r"Backward\d*$", e.name):
+        return KIND_ORDER[7]
+    if in_step:  # the step's own ranges and custom autograd functions: Python between operators
+        return KIND_ORDER[8]
+    return KIND_ORDER[9]
+
+
+#: mrlearn source files -> the part of a step they belong to (the profile's grouping by code)
+FILE_GROUPS = (
+    ("SENSE / data consistency (normal operator, CG, coil maps)",
+     ("physics/", "recon/", "models/data_consistency.py", "models/sens_refine.py")),
+    ("network layers (regulariser, blocks, MLP)",
+     ("models/resnet.py", "models/unet.py", "models/unrolled.py", "models/varnet.py", "layerwise/blocks.py",
+      "layerwise/model.py", "mtl/networks.py", "qmri/networks.py")),
+    ("data loading (reading, masks, transforms)", ("data/", "training/data.py", "mtl/data.py", "layerwise/data.py",
+                                                   "layerwise/patches.py", "qmri/sharding.py")),
+)
+
+
+def file_group(path: str) -> str:
+    for label, prefixes in FILE_GROUPS:
+        if path.startswith(prefixes):
+            return label
+    return "method, loss and the rest" if not path.startswith("(") else path
 
 
 def _region(e, seq_region: dict[int, str]) -> str:
@@ -420,14 +463,18 @@ def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dic
     events = [e for e in plain.events() if not getattr(e, "is_async", False)]
     by_kind: dict[str, float] = {k: 0.0 for k in KIND_ORDER}
     ops_total = 0.0
+    phases = {FORWARD: 0.0, BACKWARD: 0.0}
     for e in events:
         t = float(e.self_cpu_time_total)
         ops_total += t
         by_kind[_kind(e)] += t
-    by_kind[KIND_ORDER[-1]] = max(0.0, wall_us - ops_total)
+        if e.name in phases:
+            phases[e.name] += float(e.cpu_time_total)
+    by_kind[KIND_ORDER[-1]] += max(0.0, wall_us - ops_total)  # time in no event at all
     top = sorted(plain.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:15]
     result: dict[str, Any] = {
         "steps": steps, "wall_ms_per_step": wall_us / 1e3 / steps,
+        "forward_ms": phases[FORWARD] / 1e3 / steps, "backward_ms": phases[BACKWARD] / 1e3 / steps,
         "by_kind": [{"kind": k, "ms_per_step": v / 1e3 / steps, "pct": 100 * v / wall_us} for k, v in by_kind.items()],
         "top_ops": [{"name": a.key, "ms_per_step": a.self_cpu_time_total / 1e3 / steps,
                      "pct": 100 * a.self_cpu_time_total / wall_us, "calls_per_step": a.count / steps} for a in top],
@@ -449,8 +496,12 @@ def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dic
             op_total += t
             r = _region(e, seq_region)
             regions[r] = regions.get(r, 0.0) + t
-        result["by_file"] = [{"file": k, "pct_of_op_time": 100 * v / op_total}
+        result["by_file"] = [{"file": k, "group": file_group(k), "pct_of_op_time": 100 * v / op_total}
                              for k, v in sorted(regions.items(), key=lambda kv: -kv[1])]
+        groups: dict[str, float] = {}
+        for f in result["by_file"]:
+            groups[f["group"]] = groups.get(f["group"], 0.0) + f["pct_of_op_time"]
+        result["by_group"] = [{"group": k, "pct_of_op_time": v} for k, v in sorted(groups.items(), key=lambda kv: -kv[1])]
         result["op_share_of_wall_pct"] = 100 * ops_total / wall_us
     return result
 
@@ -606,6 +657,7 @@ def print_table(rows: list[dict[str, Any]], with_base: bool) -> None:
 def print_profile(family: str, size: str, threads: int, prof: dict[str, Any]) -> None:
     print(f"\nprofile: {family}, {size}, {threads} thread(s), {prof['steps']} steps after warm-up; "
           f"{prof['wall_ms_per_step']:.1f} ms per iteration (step + data loading + bookkeeping, profiler on)")
+    print(f"forward (training_step) {prof['forward_ms']:.1f} ms, backward {prof['backward_ms']:.1f} ms per iteration")
     print("\ntime by kind (self CPU time of the operators, % of the iteration's wall time):\n")
     print("| kind | ms/iteration | % |\n|---|---:|---:|")
     for k in prof["by_kind"]:
@@ -617,10 +669,13 @@ def print_profile(family: str, size: str, threads: int, prof: dict[str, Any]) ->
     if "by_file" in prof:
         print(f"\noperator time by the mrlearn source file that called it (forward and backward; operators are "
               f"{prof['op_share_of_wall_pct']:.0f} % of the wall time):\n")
-        print("| source | % of operator time |\n|---|---:|")
+        print("| part of the step | % of operator time |\n|---|---:|")
+        for g in prof["by_group"]:
+            print(f"| {g['group']} | {g['pct_of_op_time']:.1f} |")
+        print("\n| source file | part | % of operator time |\n|---|---|---:|")
         for f in prof["by_file"]:
             if f["pct_of_op_time"] >= 0.5:
-                print(f"| `{f['file']}` | {f['pct_of_op_time']:.1f} |")
+                print(f"| `{f['file']}` | {f['group']} | {f['pct_of_op_time']:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ config uses it. Registered sections land in ``ExperimentConfig.extra[name]``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -352,6 +353,17 @@ def _validate_budget(cfg: ExperimentConfig) -> None:
                           "1 <= lr_patience < patience and 0 < lr_factor < 1", "fix the values or drop lr_patience")
     if t.checkpoint_every_n_steps < 0:
         raise input_error("trainer.checkpoint_every_n_steps", "must be 0 (never mid-epoch) or more", "fix the value")
+    if t.gradient_clip_val is not None and not (math.isfinite(t.gradient_clip_val) and t.gradient_clip_val > 0):
+        raise input_error("trainer.gradient_clip_val", f"{t.gradient_clip_val} is not a positive number",
+                          "e.g. 1.0, or null for no clipping")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = getattr(t, key)
+        if isinstance(value, bool) or not (value > 0 if isinstance(value, int) else 0 < value <= 1):
+            raise input_error(f"trainer.{key}", f"{value!r} is not a batch count >= 1 or a fraction in (0, 1]",
+                              "e.g. 1.0 (all batches) or 10")
+    if isinstance(t.devices, int) and not isinstance(t.devices, bool) and t.devices < 1 and t.devices != -1:
+        raise input_error("trainer.devices", f"{t.devices} is not a device count (>= 1, -1 for all, or 'auto')",
+                          "e.g. 1")
     if cfg.data.num_workers < 0:
         raise input_error("data.num_workers", f"{cfg.data.num_workers} is negative", "use 0 (load in the main process) or more")
     if cfg.out_dir is None:

@@ -74,6 +74,12 @@ class Convergence(L.Callback):
             return
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None:
+            logged = sorted(k for k in trainer.callback_metrics if k.startswith("val"))
+            if logged and not self.series:  # a validation ran and never logs the monitor: stopping would never act
+                from mrlearn.errors import input_error
+
+                raise input_error("trainer.early_stopping.monitor", f"{self.monitor!r} is not logged by this method "
+                                  f"(its validation logs {', '.join(logged[:8])})", "monitor one of those")
             return
         value = float(metric)
         self.series.append([int(trainer.global_step), int(trainer.current_epoch), value])

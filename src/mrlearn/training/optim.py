@@ -41,4 +41,6 @@ def step(optimizer: torch.optim.Optimizer, step_size: int = 40, gamma: float = 0
     """Step decay: multiply the learning rate by ``gamma`` every ``step_size`` epochs."""
     if step_size < 1:
         raise ValueError("step_size must be at least 1")
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1] (the factor the rate is multiplied by), got {gamma}")
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)

@@ -1,0 +1,51 @@
+"""Option values that used to be accepted and produce garbage are refused with one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers_training import TINY_SET, tiny_dataset
+from mrlearn.cli import main
+from mrlearn.config import load_config
+from mrlearn.errors import MrlearnError
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val: -1"),
+    ("trainer.gradient_clip_val=.nan", "trainer.gradient_clip_val: nan"),
+    ("trainer.limit_train_batches=-1", "trainer.limit_train_batches: -1"),
+    ("trainer.limit_val_batches=1.5", "trainer.limit_val_batches: 1.5"),
+    ("trainer.devices=0", "trainer.devices: 0"),
+    ("name=.", "name: '.' does not name a folder inside runs"),
+])
+def test_config_values_out_of_range(setting, fragment):
+    with pytest.raises(MrlearnError) as exc:
+        load_config("unet_demo", [setting])
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\noptim:\n  name: adam\n  lr: 0.1\n  lr: 0.001\n")
+    with pytest.raises(MrlearnError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert "key 'lr' appears twice" in msg and "(line 5)" in msg and "\n" not in msg
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("opts") / "data")
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("trainer.early_stopping={monitor: val_psnrr, patience: 2}", "'val_psnrr' is not logged by this method"),
+    ("scheduler={name: step, step_size: 1, gamma: -0.5}", "gamma must be in (0, 1]"),
+])
+def test_training_options_that_would_never_act_or_flip_the_rate(data, tmp_path, capsys, setting, fragment):
+    args = ["train", "--config", "unet_demo", "--out", str(tmp_path / "r"), "--set", f"data.root={data}"]
+    for item in (*TINY_SET, setting):
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
