@@ -204,7 +204,10 @@ def is_locked_by_other(folder: str | Path) -> bool:
 def safe_child(root: str | Path, name: str, where: str = "name") -> Path:
     """``root / name`` where ``name`` must stay inside ``root`` (no absolute path, no ``..``)."""
     p = Path(name)
-    if not name or p.is_absolute() or ".." in p.parts or name.startswith("~") or not p.parts or "\x00" in name:
+    if not name or p.is_absolute() or ".." in p.parts or name.startswith("~") or "\x00" in name:
+        raise input_error(where, f"{name!r} would write outside {root}",
+                          "use a plain name (letters, digits, - _ .); set the folder with --out")
+    if not p.parts:  # '.', './': the root itself, which would become the run folder
         raise input_error(where, f"{name!r} does not name a folder inside {root}",
                           "use a plain name (letters, digits, - _ .); set the folder with --out")
     return Path(root) / p
