@@ -88,7 +88,7 @@ def test_the_shipped_demo_is_a_valid_study_of_five_arms(tmp_path):
     from mrlearn.study.spec import run_config
 
     spec = load_study("demo")
-    assert spec.runner == "mrlearn.training.demo:study_runner" and spec.summary["baseline"] == "zero-filled"
+    assert spec.runner == "demo" and spec.summary["baseline"] == "zero-filled"
     configs = {run.arm: run_config(spec, run, tmp_path / run.run_id) for run in spec.runs()}
     assert list(configs) == ["zero-filled", "CG-SENSE", "CS-L1-wavelet", "U-Net", "unrolled"]
     assert configs["CG-SENSE"].method == {"name": "reference", "recon": "cg-sense"}

@@ -176,3 +176,14 @@ def test_unknown_runner_is_a_one_line_error():
     with pytest.raises(MrlearnError, match="study: runner: unknown runner 'nosuch'"):
         get_runner("nosuch", None)
     assert get_runner("fake", None) is fake_runner
+
+
+@pytest.mark.parametrize("runner", ["os:system", "subprocess:run", "builtins:exec", "engine", "../x", "os.system"])
+def test_a_study_file_cannot_name_arbitrary_code_as_its_runner(tmp_path, runner):
+    path = tmp_path / "evil.yaml"
+    path.write_text(yaml.safe_dump({"name": "evil", "base": "unet_demo", "runner": runner, "seeds": [0],
+                                    "arms": {"a": {"optim.lr": 0.1}}}))
+    with pytest.raises(MrlearnError) as exc:
+        run_study(load_study(path), tmp_path / "out", log=lambda s: None)
+    assert "registered runners only" in str(exc.value) and "\n" not in str(exc.value)
+    assert not list((tmp_path / "out").glob("runs/*/result.json"))

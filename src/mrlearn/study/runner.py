@@ -15,13 +15,12 @@ killed study gives the same numbers. Runs go through an executor (``sequential``
 Runners (registry kind ``runner``; the study's ``runner``, ``auto``: ``mtl`` when the config has a ``tasks`` section,
 else ``train``) take the run's ExperimentConfig and return a :class:`RunOutcome`. A capability registers its runner
 with ``@register("runner", name)`` (or :func:`register_runner`) and declares the module in the entry-point group
-``mrlearn.runner``; a runner ``<name>`` not declared is looked up in ``mrlearn.<name>.study``; a runner written
-``package.module:function`` is imported from there.
+``mrlearn.runner``. A study file can name registered runners only, never a module or function of its own choosing
+(a study file from someone else cannot make mrlearn import or call arbitrary code).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,34 +41,15 @@ def register_runner(name: str, fn: Runner) -> Runner:
     return registry.register("runner", name)(fn)
 
 
-def _import_runner(name: str) -> Runner:
-    module, _, attr = name.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise input_error("study: runner", f"cannot import {name!r} ({exc})", "write package.module:function") from None
-    if not callable(fn):
-        raise input_error("study: runner", f"{name!r} is not callable", "name a function")
-    return fn
-
-
 def get_runner(name: str, cfg: Any) -> Runner:
     """The runner called ``name`` (``auto`` picks ``mtl`` or ``train`` from ``cfg``)."""
     if name == "auto":
         name = "mtl" if "tasks" in getattr(cfg, "extra", {}) else "train"
-    if ":" in name:
-        return _import_runner(name)
-    fn = registry.find("runner", name)
-    if fn is None and name.isidentifier():  # convention: mrlearn.<name>.study registers runner <name> on import
-        try:
-            importlib.import_module(f"mrlearn.{name}.study")
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not f"mrlearn.{name}.study".startswith(exc.name):
-                raise
-        fn = registry.find("runner", name)
-    if fn is None:
-        raise input_error("study: runner", f"unknown runner {name!r}",
-                          f"choose one of: auto, {', '.join(registry.available('runner'))}")
+    fn = registry.find("runner", name) if isinstance(name, str) and name.isidentifier() else None
+    if fn is None:  # a study file names registered runners only: never a module or callable of its own choosing
+        raise input_error("study: runner", f"unknown runner {name!r} (study files name registered runners only)",
+                          f"choose one of: auto, {', '.join(registry.available('runner'))}; code registers its own "
+                          "with mrlearn.study.register_runner")
     return fn
 
 

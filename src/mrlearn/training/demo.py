@@ -52,6 +52,7 @@ def _say(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the study runner
+@registry.register("runner", "demo")
 def study_runner(cfg: Any) -> Any:
     """Runner of the demo study: evaluate a ``reference`` arm, or train a learned one; score the test volumes.
 
