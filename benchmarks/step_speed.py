@@ -686,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     p.add_argument("--steps", type=int, default=None, help="timed steps at preset size (default 10; --quick 2)")
     p.add_argument("--fastmri-steps", type=int, default=3, help="timed steps at fastMRI size")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; --quick 1)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first (default 2 at preset size, 1 at fastMRI size; --quick 1)")
     p.add_argument("--rounds", type=int, default=None, help="A B rounds per cell, medians (default 2; --quick 1)")
     p.add_argument("--baseline", default="764bdeb", help="git revision to compare with (default 764bdeb)")
     p.add_argument("--no-baseline", action="store_true")
@@ -748,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{fam} {size}: not measured ({NOT_AT.get(fam, '')})")
                     continue
                 for t in threads:
-                    job = {"family": fam, "size": size, "threads": t, "root": roots[size], "warmup": warmup,
+                    job = {"family": fam, "size": size, "threads": t, "root": roots[size],
+                           "warmup": warmup if size == "preset" or a.warmup is not None else 1,
                            "steps": steps if size == "preset" else a.fastmri_steps}
                     got: dict[str, list[dict[str, Any]]] = {k: [] for k in checkouts}
                     for r in range(rounds):
@@ -768,7 +770,8 @@ def main(argv: list[str] | None = None) -> int:
             remove_worktree(*base_dirs)
     load2 = os.getloadavg()
     log(f"load average after: {load2[0]:.2f} {load2[1]:.2f} {load2[2]:.2f}; {time.perf_counter() - t_start:.0f} s")
-    print(f"\nsteps: {warmup} warm-up + {steps} timed (fastMRI size: {a.fastmri_steps}); rounds: {rounds}; baseline: "
+    fw = warmup if a.warmup is not None else 1
+    print(f"\nsteps: {warmup} warm-up + {steps} timed (fastMRI size: {fw} + {a.fastmri_steps}); rounds: {rounds}; baseline: "
           f"{'none' if a.no_baseline else a.baseline}; load average before {load[0]:.2f}, after {load2[0]:.2f}; "
           "ratio = baseline / current (> 1: current faster)\n")
     print_table(rows, not a.no_baseline)

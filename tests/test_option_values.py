@@ -49,3 +49,50 @@ def test_training_options_that_would_never_act_or_flip_the_rate(data, tmp_path, 
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+@pytest.mark.parametrize("setting, fragment", [("seed=-1", "seed: -1 is outside"), ("seed=4294967296", "outside [0, 2**32)")])
+def test_seed_range(setting, fragment):
+    with pytest.raises(MrlearnError) as exc:
+        load_config("unet_demo", [setting])
+    assert fragment in str(exc.value)
+
+
+@pytest.mark.parametrize("device, fragment", [("foo", "unknown device 'foo'"), ("cuda:x", "unknown device")])
+def test_reconstruct_device_names(tmp_path, capsys, device, fragment):
+    from helpers_data import write_test_volume
+
+    write_test_volume(tmp_path / "v.h5", slices=1, coils=2, h=16, w=16)
+    assert main(["reconstruct", "--method", "zero-filled", "--data", str(tmp_path / "v.h5"), "--out",
+                 str(tmp_path / "o"), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+
+
+def test_evaluate_refuses_a_target_without_positive_values(tmp_path, capsys):
+    import numpy as np
+
+    from mrlearn.evaluation.evaluate import evaluate_volumes
+
+    for target in (np.zeros((2, 8, 8)), -np.ones((2, 8, 8))):
+        with pytest.raises(MrlearnError, match="all zero or negative"):
+            evaluate_volumes([("v.h5", target, np.ones((2, 8, 8)))])
+
+
+def test_training_refuses_files_whose_targets_are_all_zero(data, tmp_path, capsys):
+    import shutil
+
+    import h5py
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    victim = sorted((copy / "train").glob("*.h5"))[0]
+    with h5py.File(victim, "r+") as f:
+        f["reconstruction_rss"][...] = 0
+        f.attrs["max"] = 0.0
+    args = ["train", "--config", "unet_demo", "--out", str(tmp_path / "r"), "--set", f"data.root={copy}"]
+    for item in TINY_SET:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert victim.name in err and "all zero or negative" in err and err.count("\n") == 1

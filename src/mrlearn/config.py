@@ -332,7 +332,9 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentCo
 
 
 def _validate_budget(cfg: ExperimentConfig) -> None:
-    """Caps, validation interval, early stopping, workers and the run name."""
+    """Seed, caps, validation interval, early stopping, workers and the run name."""
+    if not 0 <= cfg.seed < 2 ** 32:  # numpy's and Lightning's seed range
+        raise input_error("seed", f"{cfg.seed} is outside [0, 2**32)", "use e.g. 0")
     t = cfg.trainer
     if t.max_epochs == 0 or t.max_epochs < -1:
         raise input_error("trainer.max_epochs", f"{t.max_epochs} is not at least 1 (or -1: no epoch cap)", "fix the value")

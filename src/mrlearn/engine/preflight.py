@@ -23,6 +23,10 @@ def check_targets(dataset: Any, split: str = "train") -> None:
             raise input_error(info.path, f"no target image in this {split} file (k-space and mask only, like fastMRI "
                               "test files); supervised training needs fully sampled references",
                               "use a self-supervised method (method.name=ssdu) or training files with targets")
+        vmax = (getattr(info, "attrs", None) or {}).get("max")
+        if getattr(info, "target_key", None) is not None and vmax is not None and float(vmax) <= 0:
+            raise input_error(info.path, f"its target is all zero or negative (attr max {float(vmax):.3g}): nothing to "
+                              f"train against in this {split} file", "exclude it or fix the target")
 
 
 def volume_count(dataset: Any) -> int:

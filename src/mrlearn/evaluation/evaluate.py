@@ -106,6 +106,9 @@ def evaluate_volumes(pairs: Iterable[VolumePair | Sequence[Any]], square: bool =
             raise input_error(p_where, "prediction contains NaN or Inf", "fix the reconstruction before scoring")
         if not np.all(np.isfinite(target)):
             raise input_error(t_where, "target contains NaN or Inf", "use a valid target file")
+        if float(target.max()) <= 0:  # PSNR's peak and SSIM's data range are the target's maximum
+            raise input_error(t_where, f"target is all zero or negative (max {float(target.max()):.3g}): PSNR and SSIM "
+                              "are undefined", "score against a magnitude target (e.g. reconstruction_rss)")
         rows.append({"volume": str(pair.volume), "acquisition": str(pair.acquisition), "slices": int(target.shape[0]),
                      **volume_metrics(target, pred)})
     return rows
