@@ -96,3 +96,22 @@ def test_training_refuses_files_whose_targets_are_all_zero(data, tmp_path, capsy
     assert main(args) == 2
     err = capsys.readouterr().err
     assert victim.name in err and "all zero or negative" in err and err.count("\n") == 1
+
+
+def test_a_data_root_with_only_some_split_folders_says_which_is_missing(data, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "only_train"
+    shutil.copytree(data / "train", root / "train")
+    args = ["train", "--config", "unet_demo", "--out", str(tmp_path / "r"), "--set", f"data.root={root}"]
+    for item in TINY_SET:
+        args += ["--set", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "val: no such split folder" in err and "has train/ only" in err and err.count("\n") == 1
+
+
+def test_summary_only_without_finished_runs_says_so(tmp_path, capsys):
+    assert main(["study", "ssl_vs_supervised_tiny", "--out", str(tmp_path / "s"), "--summary-only"]) == 0
+    out = capsys.readouterr().out
+    assert "no finished run" in out and not (tmp_path / "s" / "study.csv").exists()

@@ -93,10 +93,16 @@ def run_train(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.devices < 1:
         raise input_error("--devices", f"{args.devices} is below 1", "use 1, or the number of devices to train on")
-    record = train_for_protocol(args.bvals, args.out, label=args.label, alpha=args.alpha, snr=args.snr,
-                                model=args.signal_model, n_train=args.n_train, patience=args.patience,
-                                max_epochs=args.max_epochs, init_from_gt=not args.no_init_from_gt, seed=args.seed,
-                                accelerator=args.device, devices=args.devices, strategy=args.strategy)
+    from mrlearn.errors import RunInterrupted
+
+    try:
+        record = train_for_protocol(args.bvals, args.out, label=args.label, alpha=args.alpha, snr=args.snr,
+                                    model=args.signal_model, n_train=args.n_train, patience=args.patience,
+                                    max_epochs=args.max_epochs, init_from_gt=not args.no_init_from_gt, seed=args.seed,
+                                    accelerator=args.device, devices=args.devices, strategy=args.strategy)
+    except RunInterrupted as exc:  # the engine's default names `mrlearn train --resume`, which is not this command
+        exc.resume = "the same `mrlearn qmri train` command into a new --out (qmri train starts over; it has no --resume)"
+        raise
     if process_rank() != 0:  # under DDP every rank runs this command; rank 0 alone reports
         return 0
     print(f"qmri train: {record['label']} network, {record['steps']} steps, best at step {record['best_step']}, "

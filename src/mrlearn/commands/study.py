@@ -42,5 +42,9 @@ def run(args: argparse.Namespace) -> int:
                  *(["--executor", args.executor] if args.executor != "sequential" else [])]
         exc.resume = f"{shlex.join(again)} (finished runs are kept; unfinished ones start again)"
         raise
-    print(f"mrlearn study: {spec.name}: {out / 'study.csv'}, {out / 'report.html'}")
+    if (out / "study.csv").is_file():
+        print(f"mrlearn study: {spec.name}: {out / 'study.csv'}, {out / 'report.html'}")
+    else:
+        print(f"mrlearn study: {spec.name}: no finished run in {out} yet, so no study.csv "
+              f"(run `mrlearn study {args.config}` without --summary-only)")
     return 0

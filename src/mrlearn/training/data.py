@@ -133,6 +133,10 @@ def split_dataset(cfg: ExperimentConfig, split: str, transform: ReconTransform |
     common = dict(contrasts=d.contrasts, seed=cfg.seed, target_size=tuple(d.recon_size) if d.recon_size else None, **subset, **kw)
     if folder.is_dir():
         return SliceDataset(folder, **common)
+    present = [name for name in (d.train, d.val, d.test) if (root / name).is_dir()]
+    if present:  # some split folders but not this one: not a flat folder to split by volume
+        raise input_error(folder, f"no such split folder ({root} has {', '.join(f'{p}/' for p in present)} only)",
+                          f"add {folder.name}/ with its volumes, or set data.{split} to the folder to use")
     list_volumes(root)  # a clear error when root holds neither split folders nor volumes
     return SliceDataset(root, split=split, split_fractions=tuple(d.split_fractions), split_seed=cfg.seed, **common)
 
