@@ -596,6 +596,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [r[key] for r in ok if r.get(key) is not None]
         if vals:
             out[key] = _median(vals)
+    out["val_metrics"] = ok[0].get("val_metrics") or {}
     for key in ("loss", "objective"):
         vals = [r.get(key) for r in ok]
         out[key] = vals[0]
@@ -632,8 +633,13 @@ def print_table(rows: list[dict[str, Any]], with_base: bool) -> None:
             ok = "yes"
         else:
             ok = f"NO: {a.get(lkey)!r} vs {b.get(lkey)!r}"
-        if not a.get("loss_stable", True):
-            ok += " (current rounds differ)"
+        if not berr:  # the weights after the N steps: the validation metrics of both checkouts
+            va, vb = a.get("val_metrics") or {}, b.get("val_metrics") or {}
+            bad = [k for k in sorted(set(va) & set(vb)) if not agree(va[k], vb[k])]
+            if bad:
+                ok += f"; {bad[0]} differs: {va[bad[0]]!r} vs {vb[bad[0]]!r}"
+        if not a.get("loss_stable", True) or (b and not b.get("loss_stable", True)):
+            ok += " (rounds of one checkout differ)"
         name = r["family"] + (" (gather)" if solve else "")
         lines.append([name, r["size"], str(r["threads"]), cur, base, ratio, load, val, ok])
         if solve:

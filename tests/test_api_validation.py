@@ -211,3 +211,60 @@ def test_loaded_model_checks_inputs_and_outputs(trained, tmp_path):
     torch.save(ckpt_data, huge)
     with pytest.raises(MrlearnError, match="times the norm of the zero-filled|NaN or Inf"):
         mrlearn.load_model(huge).reconstruct(k)
+
+
+# -------------------------------------------------------------------------------------------- tracebacks -> one line
+def test_api_calls_with_nothing_or_wrong_devices_are_one_line(tmp_path):
+    for call, fragment in [
+        (lambda: mrlearn.reconstruct(None), "no k-space"),
+        (lambda: mrlearn.reconstruct(np.zeros((0, 16, 16), np.complex64)), "no k-space"),
+        (lambda: mrlearn.reconstruct(np.array([object()] * 4)), "not a numeric array"),
+        (lambda: mrlearn.reconstruct(K, method="zero-filled", device="foo"), "unknown device 'foo'"),
+        (lambda: mrlearn.load_model(None), "is not a checkpoint path"),
+        (lambda: mrlearn.read_volume(None), "is not a file path"),
+    ]:
+        with pytest.raises(MrlearnError) as exc:
+            call()
+        assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_cuda_without_a_gpu_is_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(MrlearnError, match="no CUDA device is available"):
+        mrlearn.reconstruct(K, method="zero-filled", device="cuda")
+
+
+def test_hdf5_links_and_broken_symlinks_are_one_line(tmp_path):
+    import os
+
+    import h5py
+
+    from helpers_data import write_test_volume
+    from mrlearn.data.dataset import list_volumes
+
+    write_test_volume(tmp_path / "a.h5", slices=1, coils=2, h=16, w=16)
+    with h5py.File(tmp_path / "soft.h5", "w") as f:
+        f["kspace"] = h5py.SoftLink("/nothere")
+    with h5py.File(tmp_path / "ext.h5", "w") as f:
+        f["kspace"] = h5py.ExternalLink("a.h5", "/kspace")
+    for name, kind in (("soft.h5", "a soft link"), ("ext.h5", "an external link")):
+        with pytest.raises(MrlearnError, match=f"'kspace' is {kind}"):
+            mrlearn.read_volume(tmp_path / name)
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    write_test_volume(loop / "a.h5", slices=1, coils=2, h=16, w=16)
+    os.symlink("y.h5", loop / "x.h5")
+    os.symlink("x.h5", loop / "y.h5")
+    with pytest.raises(MrlearnError, match="symbolic link that does not resolve"):
+        list_volumes(loop)
+
+
+def test_max_time_must_be_seconds_or_a_duration():
+    from mrlearn.config import load_config
+
+    with pytest.raises(MrlearnError, match="is not seconds or DD:HH:MM:SS"):
+        load_config("unet_demo", ["trainer.max_time=abc"])
+    assert load_config("unet_demo", ["trainer.max_time=00:01:00:00"]).trainer.max_time == "00:01:00:00"

@@ -15,7 +15,7 @@ from mrlearn.study import load_study, run_study
 
 FAKE = '''
 import os
-from mrlearn.study import RunOutcome
+from mrlearn.study import RunOutcome, register_runner
 
 def runner(cfg):
     """Deterministic stand-in for training."""
@@ -25,6 +25,9 @@ def runner(cfg):
     return RunOutcome(groups={"a": {"psnr": base, "ssim": 0.9, "nmse": 0.01}}, slices=slices,
                       extra={"pid": os.getpid(), "convergence": {"steps": 10, "best_step": 8,
                                                                  "stopped_by": "early_stopping", "converged": True}})
+
+
+register_runner("execfake", runner)
 '''
 
 METRIC_COLS = ("run_id", "arm", "seed", "group", "psnr", "ssim", "nmse", "steps", "best_step", "stopped_by", "converged")
@@ -38,8 +41,13 @@ def _rows(out: Path) -> list[tuple]:
 def _fake_study(tmp_path: Path, monkeypatch) -> Path:
     (tmp_path / "execfake.py").write_text(FAKE)
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("MRLEARN_PLUGINS", "execfake")  # the user, not the study file, names the module
+    import mrlearn.registry
+
+    mrlearn.registry._LOADED.discard("plugins")
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "ex", "base": "unet_demo", "runner": "execfake:runner", "seeds": [0],
+    path.write_text(yaml.safe_dump({"name": "ex", "base": "unet_demo", "runner": "execfake", "seeds": [0],
                                     "arms": {"low": {"optim.lr": 0.1}, "high": {"optim.lr": 0.3}},
                                     "summary": {"baseline": "low"}}))
     return path

@@ -115,3 +115,12 @@ def test_summary_only_without_finished_runs_says_so(tmp_path, capsys):
     assert main(["study", "ssl_vs_supervised_tiny", "--out", str(tmp_path / "s"), "--summary-only"]) == 0
     out = capsys.readouterr().out
     assert "no finished run" in out and not (tmp_path / "s" / "study.csv").exists()
+
+
+def test_plugins_named_by_the_user_must_import(monkeypatch):
+    import mrlearn.registry as registry
+
+    monkeypatch.setenv("MRLEARN_PLUGINS", "no_such_mrlearn_plugin")
+    monkeypatch.setattr(registry, "_LOADED", set())
+    with pytest.raises(MrlearnError, match="MRLEARN_PLUGINS: cannot import 'no_such_mrlearn_plugin'"):
+        registry.find("runner", "train")

@@ -70,23 +70,26 @@ def test_live_holder_is_left_alone_then_stale_folder_is_rerun(tmp_path):
 SLOW = '''
 import os, time
 from pathlib import Path
-from mrlearn.study import RunOutcome
+from mrlearn.study import RunOutcome, register_runner
 
 def runner(cfg):
     with open(os.environ["CALLS_FILE"], "a") as fh:
         fh.write(cfg.name + "\\n")
     time.sleep(1.0)
     return RunOutcome(groups={"a": {"psnr": 30 + float(cfg.optim["lr"]), "ssim": 0.9, "nmse": 0.01}})
+
+
+register_runner("slowfake", runner)
 '''
 
 
 @pytest.mark.slow
 def test_two_study_processes_share_one_folder(tmp_path):
     (tmp_path / "slowfake.py").write_text(SLOW)
-    path = _study(tmp_path, runner="slowfake:runner", seeds=(0, 1))
+    path = _study(tmp_path, runner="slowfake", seeds=(0, 1))
     calls = tmp_path / "calls.txt"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "CALLS_FILE": str(calls), "OMP_NUM_THREADS": "1"}
+           "CALLS_FILE": str(calls), "OMP_NUM_THREADS": "1", "MRLEARN_PLUGINS": "slowfake"}
     cmd = [sys.executable, "-m", "mrlearn.cli", "study", str(path), "--out", str(tmp_path / "o")]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [p.communicate(timeout=280) for p in procs]

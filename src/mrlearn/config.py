@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -345,6 +346,8 @@ def _validate_budget(cfg: ExperimentConfig) -> None:
                           "set trainer.max_steps, trainer.max_time or trainer.early_stopping")
     if t.val_every_n_steps is not None and t.val_every_n_steps < 1:
         raise input_error("trainer.val_every_n_steps", "must be at least 1 (or null: every val_every epochs)", "fix the value")
+    if isinstance(t.max_time, str) and not re.fullmatch(r"\d{1,3}:\d{2}:\d{2}:\d{2}", t.max_time):
+        raise input_error("trainer.max_time", f"{t.max_time!r} is not seconds or DD:HH:MM:SS", "e.g. 3600 or '00:01:00:00'")
     if isinstance(t.max_time, (int, float)) and not isinstance(t.max_time, bool) and t.max_time <= 0:
         raise input_error("trainer.max_time", f"{t.max_time} is not a positive number of seconds", "e.g. 3600 or '00:01:00:00'")
     es = t.early_stopping

@@ -31,12 +31,17 @@ points, one group per kind (``mrlearn.model``, ``mrlearn.recon``, ``mrlearn.meth
 
 Core lists no capability: a capability (in mrlearn or in another installed package) declares its modules there.
 They are imported lazily, in declaration order, only as far as needed to find a name (fast start-up).
+
+Code of one's own without a package: the environment variable ``MRLEARN_PLUGINS`` (comma-separated module names,
+importable from ``sys.path``) lists modules imported before the first lookup, which register entries with
+:func:`register`. The user who runs mrlearn sets it; a config or study file never names a module.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 import inspect
 import typing
 from typing import Any, Callable
@@ -80,8 +85,22 @@ def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..
     return deco
 
 
+def _load_plugins() -> None:
+    """Import the modules of ``MRLEARN_PLUGINS`` once (one-line error for one that cannot be imported)."""
+    if "plugins" in _LOADED:
+        return
+    _LOADED.add("plugins")
+    for module in filter(None, (m.strip() for m in os.environ.get("MRLEARN_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise input_error("MRLEARN_PLUGINS", f"cannot import {module!r} ({exc})",
+                              "put the module on PYTHONPATH or fix the variable") from None
+
+
 def _load(kind: str, name: str | None = None) -> None:
     """Import the providers of ``kind``; with ``name``, stop as soon as that entry is registered (fast start-up)."""
+    _load_plugins()
     if kind in _LOADED:
         return
     for module in providers(kind, name):

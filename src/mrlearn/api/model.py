@@ -101,6 +101,12 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Lo
     from mrlearn.engine.checkpoint import load_checkpoint
     from mrlearn.training.runner import load_module
 
+    from mrlearn.devices import resolve_device
+    from mrlearn.errors import input_error
+
+    if not isinstance(checkpoint, (str, Path)) or not str(checkpoint):
+        raise input_error("load_model", f"{checkpoint!r} is not a checkpoint path", "pass e.g. runs/x/checkpoints/best.ckpt")
+    device = resolve_device(device, "load_model(device=...)")
     path = Path(checkpoint)
     cfg = _config(path, load_checkpoint(path))
     return LoadedModel(load_module(path, cfg), cfg, device)

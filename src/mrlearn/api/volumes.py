@@ -21,7 +21,10 @@ def read_volume(path: str | Path) -> dict[str, Any]:
     file (see the module docstring)."""
     from mrlearn.data.fastmri import (read_kspace, read_mask, read_segmentation, read_segmentation_labels,
                                       read_target, read_volume_info)
-    from mrlearn.errors import MrlearnError
+    from mrlearn.errors import MrlearnError, input_error
+
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise input_error("read_volume", f"{path!r} is not a file path", "pass the path of a fastMRI .h5 file")
 
     kspace = np.asarray(read_kspace(path)).astype(np.complex64, copy=False)
     kspace = kspace[:, None] if kspace.ndim == 3 else kspace

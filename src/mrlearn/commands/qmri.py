@@ -55,21 +55,10 @@ def register(subparsers) -> None:
 
 
 def check_device(name: str) -> str:
-    """``--device`` as a torch device name (``auto``: cuda when available, ``gpu``: cuda); one-line errors for a
-    name that is not a device or a GPU this machine does not have."""
-    import torch
+    """``--device`` as a torch device name (:func:`mrlearn.devices.resolve_device`)."""
+    from mrlearn.devices import resolve_device
 
-    from mrlearn.errors import input_error
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = "cuda" if name == "gpu" else torch.device(name).type
-    except (RuntimeError, ValueError):
-        raise input_error("--device", f"{name!r} is not a device", "use cpu, cuda (gpu) or auto") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise input_error("--device", f"{name!r} requested but no CUDA GPU is available here", "use --device cpu")
-    return "cuda" if name == "gpu" else name
+    return resolve_device(name)
 
 
 def run_fit(args: argparse.Namespace) -> int:

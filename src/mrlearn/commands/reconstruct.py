@@ -75,17 +75,9 @@ def method_options(method: str, overrides: list[str]) -> dict:
 
 
 def _device(name: str) -> str:
-    import torch
+    from mrlearn.devices import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise input_error("--device", f"unknown device {name!r}", "use cpu, cuda, cuda:N or auto")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise input_error("--device", f"{name} requested but no CUDA device is available", "use --device cpu")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise input_error("--device", f"{name}: only {torch.cuda.device_count()} CUDA device(s)", "use cuda:0")
-    return name
+    return resolve_device(name)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

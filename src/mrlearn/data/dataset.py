@@ -43,6 +43,10 @@ def list_volumes(root: str | Path | Iterable[str | Path]) -> list[Path]:
             raise input_error(root, "not found", "check the data path")
         if root.is_file():
             return [root]
+        broken = sorted(p.name for p in root.iterdir() if p.is_symlink() and not p.exists())
+        if broken:  # a loop or a missing target: say so rather than skip it
+            raise input_error(root / broken[0], "is a symbolic link that does not resolve (a loop or a missing target)",
+                              "fix or remove the link")
         files = sorted((p for p in root.iterdir() if p.is_file() and p.suffix.lower() in H5_SUFFIXES), key=lambda p: p.name)
         for p in files:
             checks.check_name(p)

@@ -116,11 +116,20 @@ def open_volume(path: str | Path) -> Iterator[h5py.File]:
 
 
 def open_h5(path: str | Path) -> h5py.File:
-    """``h5py.File(path, "r")`` with open errors (permissions, a writer's lock, corruption) as one line."""
+    """``h5py.File(path, "r")`` with open errors (permissions, a writer's lock, corruption) as one line; a top-level
+    HDF5 soft or external link is refused (its data live elsewhere, or nowhere)."""
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as exc:
         raise checks.open_error(path, exc) from None
+    for key in f:
+        link = f.get(key, getlink=True)
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            f.close()
+            raise input_error(path, f"'{key}' is {kind}, not data stored in this file",
+                              "store the data in the file itself (e.g. copy it with h5py or h5copy)")
+    return f
 
 
 def _attr(value: Any) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from mrlearn.data.checks import check_binary_mask, check_kspace, check_matrix, check_recon_size
+from mrlearn.devices import resolve_device
 from mrlearn.errors import input_error
 from mrlearn.physics.complex import crop_or_pad
 from mrlearn.physics.espirit import espirit_sens_maps
@@ -164,7 +165,12 @@ def reconstruct(kspace: Any, mask: Any = None, method: str = "cg-sense", sens_ma
     """
     as_numpy = not torch.is_tensor(kspace)
     own, map_options, driver = split_options(method, options)
-    ksp = torch.as_tensor(np.asarray(kspace) if as_numpy else kspace)
+    if kspace is None or np.size(kspace) == 0:
+        raise input_error("kspace", "no k-space (None or an empty array)", "pass complex k-space [C, H, W] or [S, C, H, W]")
+    try:
+        ksp = torch.as_tensor(np.asarray(kspace) if as_numpy else kspace)
+    except (TypeError, ValueError, RuntimeError):
+        raise input_error("kspace", f"not a numeric array ({type(kspace).__name__})", "pass complex64 k-space") from None
     single = ksp.ndim == 3
     if single:
         ksp = ksp.unsqueeze(0)
@@ -173,7 +179,7 @@ def reconstruct(kspace: Any, mask: Any = None, method: str = "cg-sense", sens_ma
                           "add a coil axis (C = 1 for single-coil data)")
     if not ksp.is_complex():
         raise input_error("kspace", f"expected complex k-space, got {ksp.dtype}", "pass complex64 data")
-    device = driver.get("device")
+    device = resolve_device(driver["device"], "options.device") if driver.get("device") is not None else None
     ksp = ksp.to(device=device or ksp.device, dtype=torch.complex64)
     check_kspace("kspace", ksp.detach().cpu().numpy())  # NaN/Inf, all zero, float32 overflow: as for files
     check_matrix("kspace", *ksp.shape[-2:])
