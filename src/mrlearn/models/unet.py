@@ -7,7 +7,8 @@ pooling by default, as fastMRI's code (``fastmri/models/unet.py``) does, so the 
 convolution (+ instance norm, LeakyReLU) whose output is concatenated with the skip connection of the same
 level. The last level ends with a 1x1 convolution (with bias) to ``out_chans``.
 Channels double at every pooling level (``chans``, ``2 chans``, ...). Any ``H, W`` works: the input is
-zero-padded to a multiple of ``2 ** num_pool_layers`` (centred) and the output cropped back.
+zero-padded to a multiple of ``2 ** num_pool_layers`` (centred; at least twice that, so the bottleneck keeps
+2 x 2 pixels) and the output cropped back.
 
 Parameter names are fastMRI's (``down_sample_layers.0.layers.0.weight``, ``conv.layers.4.weight``,
 ``up_transpose_conv.0.layers.0.weight``, ``up_conv.3.1.bias``, ...), so a fastMRI ``Unet`` state dict loads
@@ -108,7 +109,8 @@ class Unet(nn.Module):
             raise ValueError(f"Unet expects [B, {self.in_chans}, H, W], got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         m = 2 ** self.num_pool_layers
-        ph, pw = (-h) % m, (-w) % m
+        # a multiple of 2^pools, and at least twice it: the bottleneck keeps 2 x 2 pixels (instance norm needs > 1)
+        ph, pw = max((-h) % m, 2 * m - h), max((-w) % m, 2 * m - w)
         pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
         out = F.pad(x, pad) if (ph or pw) else x
         skips = []

@@ -41,6 +41,7 @@ from mrlearn.data.transforms import ReconTransform, fixed_per_slice
 from mrlearn.errors import MrlearnError, input_error
 from mrlearn.mtl.module import MultiTaskModule
 from mrlearn.physics.complex import crop_or_pad
+from mrlearn.models.protocol import require_input
 from mrlearn.registry import register
 from mrlearn.ssl.distill import VARIANTS, TeacherCentre, distill_step, ema_update, make_teacher
 from mrlearn.ssl.split import SplitOptions, check_options
@@ -72,6 +73,7 @@ class _SelfSupervised(ReconModule):
     checkpoint_monitor = ("val_loss", "min")  # needs no target: the held-out SSDU loss of the validation slices
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, options: SplitOptions):
+        require_input(model, cfg.method.get("name", "ssdu"), ("kspace", "image"), image_chans=2)  # complex images
         super().__init__(model, loss, cfg)
         self.options = options
         if getattr(model, "sens_net", None) is not None:

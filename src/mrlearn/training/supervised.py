@@ -14,6 +14,7 @@ from torch import nn
 
 from mrlearn.config import ExperimentConfig
 from mrlearn.data.transforms import denormalise, normalise_target
+from mrlearn.models.protocol import require_input
 from mrlearn.registry import register
 from mrlearn.training.module import ReconModule
 
@@ -26,6 +27,7 @@ class SupervisedModule(ReconModule):
     requires_target = True
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig):
+        require_input(model, "supervised", ("image",), image_chans=1)
         super().__init__(model, loss, cfg)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -63,6 +65,7 @@ class SupervisedKspaceModule(ReconModule):
     requires_target = True
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig):
+        require_input(model, "supervised_kspace", ("kspace",))
         super().__init__(model, loss, cfg)
 
     def _magnitude(self, batch: dict[str, Any]) -> torch.Tensor:
