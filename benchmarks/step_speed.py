@@ -456,11 +456,29 @@ def _region(e, seq_region: dict[int, str]) -> str:
     return "(other)"
 
 
+def _is_python(e) -> bool:
+    """A Python function or C-function call recorded by the stack tracer (not an operator)."""
+    return bool(_PY_FRAME.match(e.name)) or e.name.startswith("<built-in")
+
+
+def _main_thread(events) -> list[Any]:
+    """The events of the training thread (the one that ran the step; e.g. tensorboard's writer thread is not)."""
+    events = [e for e in events if not getattr(e, "is_async", False)]
+    step = [e.thread for e in events if e.name == FORWARD]
+    if not step:
+        counts: dict[int, int] = {}
+        for e in events:
+            if e.name.startswith("aten::"):
+                counts[e.thread] = counts.get(e.thread, 0) + 1
+        step = [max(counts, key=counts.get)] if counts else []
+    return [e for e in events if not step or e.thread == step[0]]
+
+
 def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dict[str, Any]:
     """Top operators and time by kind (pass 1, no stacks) and by mrlearn source file (pass 2, with stacks)."""
     plain, stacked = profiles[0], profiles[1] if len(profiles) > 1 else None
     wall_us = walls[0] * 1e6
-    events = [e for e in plain.events() if not getattr(e, "is_async", False)]
+    events = _main_thread(plain.events())
     by_kind: dict[str, float] = {k: 0.0 for k in KIND_ORDER}
     ops_total = 0.0
     phases = {FORWARD: 0.0, BACKWARD: 0.0}
@@ -480,7 +498,7 @@ def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dic
                      "pct": 100 * a.self_cpu_time_total / wall_us, "calls_per_step": a.count / steps} for a in top],
     }
     if stacked is not None:
-        sevents = [e for e in stacked.events() if not getattr(e, "is_async", False)]
+        sevents = [e for e in _main_thread(stacked.events()) if not _is_python(e)]
         seq_region: dict[int, str] = {}
         for e in sevents:  # forward operators: their sequence number -> the mrlearn file that called them
             if e.name.startswith("aten::") and e.sequence_nr >= 0 and e.sequence_nr not in seq_region:
@@ -489,9 +507,7 @@ def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dic
                     seq_region[e.sequence_nr] = r
         regions: dict[str, float] = {}
         op_total = 0.0
-        for e in sevents:
-            if _PY_FRAME.match(e.name):  # Python frames' own time is inflated by the tracer: operators only
-                continue
+        for e in sevents:  # operators only: the Python frames' own time is inflated by the tracer
             t = float(e.self_cpu_time_total)
             op_total += t
             r = _region(e, seq_region)

@@ -153,3 +153,21 @@ def test_unet_trains_on_images_smaller_than_its_pooling():
     out = net(x)
     assert out.shape == x.shape
     out.mean().backward()
+
+
+@pytest.mark.parametrize("weight", [0.5, 2.0])
+def test_a_file_with_a_weighted_mask_is_refused(tmp_path, weight):
+    import numpy as np
+
+    from helpers_data import write_test_volume
+    from mrlearn.data.fastmri import read_volume_info
+
+    import h5py
+
+    mask = np.where(np.arange(16) % 2 == 0, weight, 0.0)
+    mask[6:10] = weight
+    p = write_test_volume(tmp_path / "w.h5", slices=1, coils=2, h=16, w=16)
+    with h5py.File(p, "r+") as f:
+        f.create_dataset("mask", data=mask)
+    with pytest.raises(MrlearnError, match=f"'mask' is not binary \\(holds {weight:g}\\)"):
+        read_volume_info(p)

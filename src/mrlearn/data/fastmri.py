@@ -171,6 +171,9 @@ def _mask_shape(f: h5py.File, path: Path, s: int, h: int, w: int) -> tuple[int, 
     values = np.asarray(ds[()])
     if not np.isfinite(values).all():
         raise input_error(path, "'mask' contains NaN or Inf", "store a 0/1 or bool mask")
+    odd = values[(values != 0) & (values != 1)]
+    if odd.size:  # a weighted mask would rescale the data (classical and learned outputs alike)
+        raise input_error(path, f"'mask' is not binary (holds {odd.flat[0]:g})", "store a 0/1 or bool mask (mask != 0)")
     if values.ndim == 3 and values.shape[0] == s and s > 1:
         for i in range(s):
             checks.check_mask_values(f"{path} (mask of slice {i})", values[i])
