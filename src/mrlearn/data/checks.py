@@ -125,10 +125,27 @@ def check_kspace(path: str | Path, kspace: np.ndarray, what: str = "k-space", ma
                           "the mask does not belong to this k-space; fix or remove the 'mask' dataset")
 
 
+def check_links(f: Any, path: str | Path) -> None:
+    """Refuse an open HDF5 file whose top-level entries are soft or external links (data elsewhere, or nowhere)."""
+    import h5py
+
+    for key in f:
+        link = f.get(key, getlink=True)
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            kind = "an external link to another file" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            raise input_error(show_path(path), f"'{key}' is {kind}, not data stored in this file",
+                              "store the data in the file itself (e.g. copy it with h5py or h5copy)")
+
+
 def check_mask_values(path: str | Path, mask: np.ndarray) -> None:
-    """Refuse a mask of zeros or one that samples less than 2 % of k-space."""
-    m = np.asarray(mask) != 0
+    """Refuse a mask that is not 0/1 (a weighted mask would rescale the data), of zeros, or that samples less than
+    2 % of k-space."""
+    values = np.asarray(mask)
     where = show_path(path)
+    odd = values[(values != 0) & (values != 1)]
+    if odd.size:
+        raise input_error(where, f"'mask' is not binary (holds {odd.flat[0]:g})", "store a 0/1 or bool mask (mask != 0)")
+    m = values != 0
     if not m.any():
         raise input_error(where, "'mask' samples nothing (all zeros)", "fix or remove the 'mask' dataset")
     frac = sampled_fraction(m)
