@@ -225,6 +225,7 @@ def _dwi(tmp_path: Path) -> tuple[Path, Path]:
     ("bvals not UTF-8", "b.txt: not UTF-8 text (byte 0xe9"),
     ("out under a file", "cannot write (Not a directory)"),
     ("device foo", "--device: unknown device 'foo'"),
+    ("sigma inf", "--sigma: must be positive and finite, got inf"),
     pytest.param("device cuda", "--device: cuda requested but no CUDA device is available here; use cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
@@ -236,9 +237,13 @@ def test_qmri_fit_bad_input_is_one_line(tmp_path, capsys, case, fragment):
     elif case == "out under a file":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "maps"
-    else:
+    extra = []
+    if case == "sigma inf":
+        extra = ["--sigma", "inf"]
+    elif case.startswith("device"):
         device = case.split()[1]
-    assert main(["qmri", "fit", "--dwi", str(dwi), "--bvals", str(bvals), "--out", str(out), "--device", device]) == 2
+    assert main(["qmri", "fit", "--dwi", str(dwi), "--bvals", str(bvals), "--out", str(out), "--device", device,
+                 *extra]) == 2
     one_line_error(capsys, fragment)
 
 

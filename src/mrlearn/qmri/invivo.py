@@ -15,6 +15,7 @@ Conventions
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,8 +80,9 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
     if method == "net" and network is None:
         raise input_error("--model", "method 'net' needs a trained network",
                           "give --model <file>.pt from 'mrlearn qmri train' (or a study's models/)")
-    if sigma is not None and not sigma > 0:
-        raise input_error("--sigma", f"must be positive, got {sigma}", "give the noise standard deviation in signal units")
+    if sigma is not None and not (sigma > 0 and math.isfinite(sigma)):
+        raise input_error("--sigma", f"must be positive and finite, got {sigma}",
+                          "give the noise standard deviation in signal units")
     user_bounds = parse_bounds(bounds, model) if isinstance(bounds, str) or bounds is None else bounds
     img, data, b, m = load_inputs(dwi, bvals, mask)
     bn = b.numpy()
