@@ -18,26 +18,24 @@ module, data module and Trainer are built the way each family's runner builds th
   same pass the engine runs during training: reconstruction, per-volume metrics, logging);
 * **loss**: the training loss of the last step (``outputs["loss"]``, else the logged ``train_loss``).
 
-Families (``--families``; the preset, arm and how it is run):
+Families (``--families``; the preset, the arm and how it is run):
 
-=================  ==================================================================================================
-``unet``           demo study, arm ``U-Net`` (= ``unet_demo``): U-Net 16 channels, 3 pools, RMSprop, batch 2
-``unrolled_gd``    demo study, arm ``unrolled`` (= ``unrolled_demo``): 4 cascades, gradient-step DC, ResNet 12 ch
-``unrolled_gd_stl`` mtl_contrasts, arm ``stl``: the single-task network (task ``pd``, first of the arm's models):
-                   4 cascades, gradient DC, ResNet 8 channels x 1 block, through the multi-task module
-``unrolled_cg``    ssl_vs_supervised, arm ``supervised``: 4 shared cascades, CG DC (3 iterations), ResNet 16 ch
-``ssdu``           ssl_vs_supervised, arm ``ssdu``: the same network trained by SSDU (k-space split loss)
-``mtl_hard``       mtl_contrasts, arm ``mtl_dwa_early``: hard sharing (2 of 4 cascades shared), DWA weighting
-``mtl_cross_stitch`` the same arm with ``model.sharing: cross_stitch`` (soft sharing, docs/mtl.md)
-``lw_end_to_end``  layerwise_study, arm ``end_to_end`` (first grid point: Poisson 4x): 5 blocks x 256 ch, 7 x 7
-``lw_greedy``      layerwise_study, arm ``greedy``: a step of block 3 of 5 (stage index 2: two frozen blocks before
-                   it; the mean of the five stages' step costs); the stage is set on the module before the fit
-``lw_convex``      layerwise_study, arm ``convex_gated``: one epoch = the gathering steps of block 1 (ms/step) and
-                   one block's convex solve (FISTA to tolerance, reported on its own row, in seconds); the fit is
-                   stopped after that epoch. Loss agreement compares the block's convex objective
-``ivim``           ivim_labels (grid point SNR 15): the groundtruth-label MLP step (the study's first network), on the
-                   study's simulated training signals (Epstein ranges, Rician noise), batch 100
-=================  ==================================================================================================
+* ``unet``: demo study, arm ``U-Net`` (= ``unet_demo``): U-Net 16 channels, 3 pools, RMSprop, batch 2;
+* ``unrolled_gd``: demo study, arm ``unrolled`` (= ``unrolled_demo``): 4 cascades, gradient-step DC, ResNet 12 ch;
+* ``unrolled_gd_stl``: mtl_contrasts, arm ``stl``: the single-task network (task ``pd``, the first of the arm's two
+  models, built as ``mtl.train`` builds it): 4 cascades, gradient DC, ResNet 8 channels x 1 block;
+* ``unrolled_cg``: ssl_vs_supervised, arm ``supervised``: 4 shared cascades, CG DC (3 iterations), ResNet 16 ch;
+* ``ssdu``: ssl_vs_supervised, arm ``ssdu``: the same network trained by SSDU (k-space split loss);
+* ``mtl_hard``: mtl_contrasts, arm ``mtl_dwa_early``: hard sharing (2 of 4 cascades shared), DWA weighting;
+* ``mtl_cross_stitch``: the same arm with ``model.sharing: cross_stitch`` (soft sharing, docs/mtl.md);
+* ``lw_end_to_end``: layerwise_study, arm ``end_to_end`` (first grid point: Poisson 4x): 5 blocks x 256 ch, 7 x 7;
+* ``lw_greedy``: layerwise_study, arm ``greedy``: a step of block 3 of 5 (stage index 2, two frozen blocks before it:
+  the mean of the five stages' step costs); the stage is set on the module before the fit;
+* ``lw_convex``: layerwise_study, arm ``convex_gated``: one epoch = the gathering steps of block 1 (ms/step) and one
+  block's convex solve (FISTA to tolerance; its own row, in seconds); the fit stops after that epoch. Its agreement
+  check compares the block's convex objective;
+* ``ivim``: ivim_labels (grid point SNR 15): the groundtruth-label MLP step (the study's first network) on the
+  study's simulated training signals (Epstein ranges, Rician noise), batch 100, built as ``qmri.train`` builds it.
 
 Sizes (``--sizes``): ``preset`` (the embedded dataset: 128 x 128, 8 coils; the layer-wise crop 48 x 48; IVIM's
 10 b-values) and ``fastmri`` (320 x 320, 15 coils: a small population simulated once with the current checkout,
@@ -53,15 +51,21 @@ end); its children run with ``PYTHONPATH=<worktree>/src`` (every child prints ``
 checks it). Both checkouts read the same data files (built once with the current checkout and passed as
 ``data.root``), the same seed and the same presets (each checkout's own copy). Current (A) and baseline (B) run
 interleaved, A B A B ... (``--rounds``); the table holds medians over rounds. A family the baseline cannot run
-shows ``n/a (reason)``. Loss agreement: ``|a - b| <= 1e-5 * max(1, |a|)``, the two values printed when not.
+shows ``n/a (reason)``. Loss agreement: ``|a - b| <= 1e-5 * max(1, |a|)``, the two values printed when not; the
+validation metrics after the N steps (the weights the N updates made) are compared the same way.
 
-Profile (``--profile FAMILY``): torch.profiler (CPU) over a few steps of that family with the current checkout,
-after the warm-up. Pass 1 (no stacks) gives the top 15 operators by self CPU time and the time by kind (FFT,
-fftshift / roll, convolution, data loading, optimizer, other tensor ops, autograd engine, Python / Lightning
-outside any operator) as % of the wall time of the profiled iterations; pass 2 (with Python stacks, which slow
-Python down, so only its operator times are used) attributes the operators' time (forward and backward: a backward
-node is charged to the code of its forward operator) to the innermost mrlearn source file that called them, e.g.
-``physics/normal.py`` (SENSE normal operator), ``recon/cg.py`` (CG), ``models/resnet.py`` (the regulariser).
+Profile (``--profile FAMILY``): torch.profiler (CPU, no Python stacks) over ``--steps`` iterations (default 3) of
+that family with the current checkout, after the warm-up, at the first of ``--sizes`` and ``--threads``. To name the
+parts of a step, the profiled child wraps the module's ``training_step`` and ``backward`` in profiler ranges and puts
+a range around every call of an mrlearn ``nn.Module`` (forward hooks; nothing in mrlearn changes). Printed, per
+iteration and as % of the iteration's wall time (step + loading the next batch + Lightning's bookkeeping): the
+forward / backward split; the time by kind (data loading, optimizer, the NaN fill that deterministic mode gives every
+new tensor, fftshift / roll, FFT, convolution, other tensor ops, autograd engine, Python between operators, the
+Lightning loop outside any operator); the top 15 operators by self CPU time; and the time by part of the step: every
+operator is charged to the innermost mrlearn module that ran it, a backward operator to the module of its forward
+operator (same autograd sequence number): SENSE data consistency (gradient step / CG: normal operator, CG
+iterations), the network layers, the unrolled network's own code (ACS coil maps, normalisation), the loss, the
+method's code outside the model, data loading, optimizer, Lightning.
 
 Usage::
 
@@ -171,18 +175,22 @@ def make_timer(warmup: int, profile_steps: int = 0):
             from torch.profiler import ProfilerActivity, profile
 
             k = self.done - warmup  # timed steps done so far
-            if self._prof is not None and k in (profile_steps, 2 * profile_steps):
+            if self._prof is not None and k == profile_steps:
                 self._prof.stop()
                 self.profile_wall.append(time.perf_counter() - self._prof_t0)
                 self.profiles.append(self._prof)
                 self._prof = None
-            if k in (0, profile_steps):
-                self._prof = profile(activities=[ProfilerActivity.CPU], with_stack=k > 0)
+            if k == 0:
+                self._prof = profile(activities=[ProfilerActivity.CPU])
                 self._prof.start()
                 self._prof_t0 = time.perf_counter()
 
         def on_validation_start(self, trainer, pl_module) -> None:
             self._clean = False
+            if self._prof is not None:
+                self.validated_in_profile = True
+
+        validated_in_profile = False
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._clean = False
@@ -309,7 +317,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     print(f"mrlearn: {mrlearn.__file__}", flush=True)
     out: dict[str, Any] = {"mrlearn_file": str(Path(mrlearn.__file__).resolve()), "threads": torch.get_num_threads()}
     warmup, steps, pst = int(job["warmup"]), int(job["steps"]), int(job.get("profile_steps", 0))
-    total = warmup + (2 * pst if pst else steps)
+    total = warmup + (pst if pst else steps)
     timer = make_timer(warmup, pst)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*returned `None`.*")
@@ -330,6 +338,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
                 return backward_fn(*args, **kwargs)
 
         module.training_step, module.backward = training_step, backward
+        add_module_ranges(module)
     solve: list[float] = []
     if hasattr(module, "solve_stage"):  # convex: time the block's solve apart from the gathering steps
         inner = module.solve_stage
@@ -363,6 +372,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     out["loss"] = losses[-1] if losses else None
     if timer.profiles:
         out["profile"] = analyse_profiles(timer.profiles, timer.profile_wall, pst)
+        out["profile"]["validation_inside"] = timer.validated_in_profile
         return out
     t0 = time.perf_counter()
     trainer.validate(module, datamodule=dm, verbose=False)
@@ -374,13 +384,36 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
 
 # ============================================================================================ profile analysis
 
-_PY_FRAME = re.compile(r"^(?P<path>.+?)\((?P<line>\d+)\): (?P<func>.+)$")
 FORWARD, BACKWARD = "## forward (training_step)", "## backward"
+MODULE = "mod:"  # prefix of the profiler ranges around every mrlearn nn.Module call (add_module_ranges)
 KIND_ORDER = ("data loading (DataLoader: read + transform)", "optimizer (update, zero_grad, clipping)",
               "NaN fill of new tensors (deterministic mode)", "fftshift / roll", "FFT", "convolution",
               "other tensor ops (elementwise, complex, reductions, copies)",
               "autograd engine (backward-node bookkeeping)", "Python in training_step / backward, between operators",
               "Lightning loop, logging and the rest")
+
+
+def add_module_ranges(module) -> None:
+    """A profiler range ``mod:<module>.<class>`` around every call of an mrlearn ``nn.Module`` inside ``module``
+    (forward hooks; the classes are untouched), so operators can be charged to the part of the model that ran
+    them: the data-consistency layers, the regulariser, the loss, the unrolled network's own code."""
+    from torch.autograd.profiler import record_function
+
+    open_ranges: list[Any] = []
+
+    def enter(m, args):
+        r = record_function(MODULE + f"{type(m).__module__}.{type(m).__qualname__}")
+        r.__enter__()
+        open_ranges.append(r)
+
+    def leave(m, args, output):
+        if open_ranges:
+            open_ranges.pop().__exit__(None, None, None)
+
+    for m in module.modules():
+        if m is not module and type(m).__module__.startswith("mrlearn."):
+            m.register_forward_pre_hook(enter)
+            m.register_forward_hook(leave)
 
 
 def _chain(e) -> list[Any]:
@@ -412,114 +445,103 @@ def _kind(e) -> str:
         return KIND_ORDER[6]
     if e.name.startswith("autograd::engine") or re.search(r"Backward\d*$", e.name):
         return KIND_ORDER[7]
-    if in_step:  # the step's own ranges and custom autograd functions: Python between operators
+    if in_step:  # the step's own ranges, module ranges, custom autograd functions: Python between operators
         return KIND_ORDER[8]
     return KIND_ORDER[9]
 
 
-#: mrlearn source files -> the part of a step they belong to (the profile's grouping by code)
-FILE_GROUPS = (
-    ("SENSE / data consistency (normal operator, CG, coil maps)",
-     ("physics/", "recon/", "models/data_consistency.py", "models/sens_refine.py")),
-    ("network layers (regulariser, blocks, MLP)",
-     ("models/resnet.py", "models/unet.py", "models/unrolled.py", "models/varnet.py", "layerwise/blocks.py",
-      "layerwise/model.py", "mtl/networks.py", "qmri/networks.py")),
-    ("data loading (reading, masks, transforms)", ("data/", "training/data.py", "mtl/data.py", "layerwise/data.py",
-                                                   "layerwise/patches.py", "qmri/sharding.py")),
+#: innermost mrlearn module (module path + class) -> the part of the step it is
+PARTS = (
+    ("SENSE data consistency (gradient step / CG)", ("mrlearn.models.data_consistency.",)),
+    ("unrolled network's own code (ACS coil maps, normalisation, cascade glue)",
+     ("mrlearn.models.unrolled.", "mrlearn.mtl.networks.MultiTaskUnrolled", "mrlearn.models.sens_refine.")),
+    ("loss", ("mrlearn.training.losses.", "mrlearn.ssl.losses.")),
+    ("network layers (regulariser, blocks, MLP)", ("mrlearn.",)),
 )
+STEP_REST = "method code in training_step outside the model (masks, SSDU split, k-space loss, task loop)"
 
 
-def file_group(path: str) -> str:
-    for label, prefixes in FILE_GROUPS:
-        if path.startswith(prefixes):
+def part_of(region: str) -> str:
+    if not region.startswith(MODULE):
+        return region
+    name = region[len(MODULE):]
+    for label, prefixes in PARTS:
+        if name.startswith(prefixes):
             return label
-    return "method, loss and the rest" if not path.startswith("(") else path
+    return name
 
 
 def _region(e, seq_region: dict[int, str]) -> str:
-    """The innermost mrlearn source file on the Python stack of an operator (backward: of its forward op)."""
+    """The part of the step an operator belongs to (backward operators: that of their forward operator)."""
     chain = _chain(e)
-    for x in chain:
-        m = _PY_FRAME.match(x.name)
-        if m and "mrlearn/" in m["path"]:
-            return m["path"].split("mrlearn/", 1)[1]
-    for x in chain:  # a backward node: charge it to the code of the forward operator with its sequence number
-        if x.name.endswith(tuple(f"Backward{i}" for i in range(10))) and x.sequence_nr >= 0:
-            return seq_region.get(x.sequence_nr, "(backward of code outside mrlearn)")
-    for x in chain:
-        m = _PY_FRAME.match(x.name)
-        if m:
-            for key, label in (("torch/optim", "(torch optimizer)"), ("torch/utils/data", "(torch DataLoader)"),
-                               ("lightning", "(Lightning)")):
-                if key in m["path"]:
-                    return label
-    return "(other)"
-
-
-def _is_python(e) -> bool:
-    """A Python function or C-function call recorded by the stack tracer (not an operator)."""
-    return bool(_PY_FRAME.match(e.name)) or e.name.startswith("<built-in")
+    names = [x.name for x in chain]
+    if any(n.startswith("enumerate(DataLoader)") for n in names):
+        return "data loading (DataLoader: read + transform)"
+    for n in names:  # innermost module range first
+        if n.startswith(MODULE):
+            return part_of(n)
+    if FORWARD in names:
+        return STEP_REST
+    if BACKWARD in names:
+        for x in chain:  # the backward node (XBackward0, CopySlices, ...): charged to the forward operator
+            if x.sequence_nr >= 0 and not x.name.startswith("aten::"):
+                return seq_region.get(x.sequence_nr, "backward: gradient accumulation and the rest")
+        return "backward: gradient accumulation and the rest"
+    if any(n.startswith("Optimizer.") for n in names):
+        return "optimizer (update, zero_grad, clipping)"
+    return "Lightning loop, logging and the rest"
 
 
 def _main_thread(events) -> list[Any]:
-    """The events of the training thread (the one that ran the step; e.g. tensorboard's writer thread is not)."""
+    """The events of the training thread (the one that ran the step)."""
     events = [e for e in events if not getattr(e, "is_async", False)]
     step = [e.thread for e in events if e.name == FORWARD]
-    if not step:
-        counts: dict[int, int] = {}
-        for e in events:
-            if e.name.startswith("aten::"):
-                counts[e.thread] = counts.get(e.thread, 0) + 1
-        step = [max(counts, key=counts.get)] if counts else []
     return [e for e in events if not step or e.thread == step[0]]
 
 
 def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dict[str, Any]:
-    """Top operators and time by kind (pass 1, no stacks) and by mrlearn source file (pass 2, with stacks)."""
-    plain, stacked = profiles[0], profiles[1] if len(profiles) > 1 else None
+    """Top operators, time by kind of operator and by part of the step, per iteration and as % of its wall time."""
+    prof = profiles[0]
     wall_us = walls[0] * 1e6
-    events = _main_thread(plain.events())
+    events = _main_thread(prof.events())
+    seq_region: dict[int, str] = {}
+    # forward operators: sequence number -> part (a backward node carries the number of the operator that made it).
+    # An operator that makes no node (no_grad, detach) reports the number the NEXT node will take, so the last
+    # operator with a number, in time order, is the one that made the node.
+    for e in sorted(events, key=lambda x: x.time_range.start):
+        if e.name.startswith("aten::") and e.sequence_nr >= 0 and BACKWARD not in (x.name for x in _chain(e)):
+            seq_region[e.sequence_nr] = _region(e, {})
     by_kind: dict[str, float] = {k: 0.0 for k in KIND_ORDER}
-    ops_total = 0.0
+    parts: dict[str, dict[str, float]] = {}
+    total = 0.0
     phases = {FORWARD: 0.0, BACKWARD: 0.0}
     for e in events:
         t = float(e.self_cpu_time_total)
-        ops_total += t
-        by_kind[_kind(e)] += t
+        total += t
+        kind = _kind(e)
+        by_kind[kind] += t
+        part = parts.setdefault(_region(e, seq_region), {"all": 0.0, "fft": 0.0, "conv": 0.0})
+        part["all"] += t
+        part["fft"] += t if kind in (KIND_ORDER[3], KIND_ORDER[4]) else 0.0
+        part["conv"] += t if kind == KIND_ORDER[5] else 0.0
         if e.name in phases:
             phases[e.name] += float(e.cpu_time_total)
-    by_kind[KIND_ORDER[-1]] += max(0.0, wall_us - ops_total)  # time in no event at all
-    top = sorted(plain.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:15]
-    result: dict[str, Any] = {
-        "steps": steps, "wall_ms_per_step": wall_us / 1e3 / steps,
-        "forward_ms": phases[FORWARD] / 1e3 / steps, "backward_ms": phases[BACKWARD] / 1e3 / steps,
-        "by_kind": [{"kind": k, "ms_per_step": v / 1e3 / steps, "pct": 100 * v / wall_us} for k, v in by_kind.items()],
-        "top_ops": [{"name": a.key, "ms_per_step": a.self_cpu_time_total / 1e3 / steps,
+    rest = max(0.0, wall_us - total)  # time in no event at all: the Lightning loop's Python
+    by_kind[KIND_ORDER[-1]] += rest
+    parts.setdefault("Lightning loop, logging and the rest", {"all": 0.0, "fft": 0.0, "conv": 0.0})["all"] += rest
+    top = sorted(prof.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)
+    top = [a for a in top if not a.key.startswith((MODULE, "##"))][:15]
+    per = lambda us: us / 1e3 / steps  # noqa: E731 - microseconds over the pass -> ms per iteration
+    return {
+        "steps": steps, "wall_ms_per_step": per(wall_us),
+        "forward_ms": per(phases[FORWARD]), "backward_ms": per(phases[BACKWARD]),
+        "by_kind": [{"kind": k, "ms_per_step": per(v), "pct": 100 * v / wall_us} for k, v in by_kind.items()],
+        "by_part": [{"part": k, "ms_per_step": per(v["all"]), "pct": 100 * v["all"] / wall_us,
+                     "fft_pct": 100 * v["fft"] / wall_us, "conv_pct": 100 * v["conv"] / wall_us}
+                    for k, v in sorted(parts.items(), key=lambda kv: -kv[1]["all"])],
+        "top_ops": [{"name": a.key, "ms_per_step": per(a.self_cpu_time_total),
                      "pct": 100 * a.self_cpu_time_total / wall_us, "calls_per_step": a.count / steps} for a in top],
     }
-    if stacked is not None:
-        sevents = [e for e in _main_thread(stacked.events()) if not _is_python(e)]
-        seq_region: dict[int, str] = {}
-        for e in sevents:  # forward operators: their sequence number -> the mrlearn file that called them
-            if e.name.startswith("aten::") and e.sequence_nr >= 0 and e.sequence_nr not in seq_region:
-                r = _region(e, {})
-                if not r.startswith("("):
-                    seq_region[e.sequence_nr] = r
-        regions: dict[str, float] = {}
-        op_total = 0.0
-        for e in sevents:  # operators only: the Python frames' own time is inflated by the tracer
-            t = float(e.self_cpu_time_total)
-            op_total += t
-            r = _region(e, seq_region)
-            regions[r] = regions.get(r, 0.0) + t
-        result["by_file"] = [{"file": k, "group": file_group(k), "pct_of_op_time": 100 * v / op_total}
-                             for k, v in sorted(regions.items(), key=lambda kv: -kv[1])]
-        groups: dict[str, float] = {}
-        for f in result["by_file"]:
-            groups[f["group"]] = groups.get(f["group"], 0.0) + f["pct_of_op_time"]
-        result["by_group"] = [{"group": k, "pct_of_op_time": v} for k, v in sorted(groups.items(), key=lambda kv: -kv[1])]
-        result["op_share_of_wall_pct"] = 100 * ops_total / wall_us
-    return result
 
 
 # ============================================================================================ parent
@@ -680,6 +702,8 @@ def print_profile(family: str, size: str, threads: int, prof: dict[str, Any]) ->
     print(f"\nprofile: {family}, {size}, {threads} thread(s), {prof['steps']} steps after warm-up; "
           f"{prof['wall_ms_per_step']:.1f} ms per iteration (step + data loading + bookkeeping, profiler on)")
     print(f"forward (training_step) {prof['forward_ms']:.1f} ms, backward {prof['backward_ms']:.1f} ms per iteration")
+    if prof.get("validation_inside"):
+        print("WARNING: a validation ran inside the profiled steps (an epoch ended): fewer --steps or --warmup")
     print("\ntime by kind (self CPU time of the operators, % of the iteration's wall time):\n")
     print("| kind | ms/iteration | % |\n|---|---:|---:|")
     for k in prof["by_kind"]:
@@ -688,16 +712,12 @@ def print_profile(family: str, size: str, threads: int, prof: dict[str, Any]) ->
     print("| operator | ms/iteration | % | calls/iteration |\n|---|---:|---:|---:|")
     for o in prof["top_ops"]:
         print(f"| `{o['name']}` | {o['ms_per_step']:.2f} | {o['pct']:.1f} | {o['calls_per_step']:.0f} |")
-    if "by_file" in prof:
-        print(f"\noperator time by the mrlearn source file that called it (forward and backward; operators are "
-              f"{prof['op_share_of_wall_pct']:.0f} % of the wall time):\n")
-        print("| part of the step | % of operator time |\n|---|---:|")
-        for g in prof["by_group"]:
-            print(f"| {g['group']} | {g['pct_of_op_time']:.1f} |")
-        print("\n| source file | part | % of operator time |\n|---|---|---:|")
-        for f in prof["by_file"]:
-            if f["pct_of_op_time"] >= 0.5:
-                print(f"| `{f['file']}` | {f['group']} | {f['pct_of_op_time']:.1f} |")
+    print("\ntime by part of the step (operators charged to the innermost mrlearn module that ran them; backward "
+          "operators to the module of their forward operator):\n")
+    print("| part of the step | ms/iteration | % | of which FFT + roll % | of which conv % |\n|---|---:|---:|---:|---:|")
+    for g in prof["by_part"]:
+        if g["pct"] >= 0.1:
+            print(f"| {g['part']} | {g['ms_per_step']:.1f} | {g['pct']:.1f} | {g['fft_pct']:.1f} | {g['conv_pct']:.1f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
