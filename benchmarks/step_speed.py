@@ -82,6 +82,7 @@ Results are also written as JSON with ``--json PATH``. docs/speed.md holds the m
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -471,7 +472,7 @@ def part_of(region: str) -> str:
     return name
 
 
-def _region(e, seq_region: dict[int, str]) -> str:
+def _region(e, seq_region: dict[int, str], numbers: list[int] | None = None) -> str:
     """The part of the step an operator belongs to (backward operators: that of their forward operator)."""
     chain = _chain(e)
     names = [x.name for x in chain]
@@ -485,7 +486,13 @@ def _region(e, seq_region: dict[int, str]) -> str:
     if BACKWARD in names:
         for x in chain:  # the backward node (XBackward0, CopySlices, ...): charged to the forward operator
             if x.sequence_nr >= 0 and not x.name.startswith("aten::"):
-                return seq_region.get(x.sequence_nr, "backward: gradient accumulation and the rest")
+                if x.sequence_nr in seq_region:
+                    return seq_region[x.sequence_nr]
+                # a node numbered by no recorded operator (CopySlices and the views of an in-place write): the
+                # operator just before it in number ran the code that made it
+                keys = numbers or sorted(seq_region)
+                i = bisect.bisect_left(keys, x.sequence_nr)
+                return seq_region[keys[i - 1]] if i else "backward: gradient accumulation and the rest"
         return "backward: gradient accumulation and the rest"
     if any(n.startswith("Optimizer.") for n in names):
         return "optimizer (update, zero_grad, clipping)"
@@ -511,6 +518,7 @@ def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dic
     for e in sorted(events, key=lambda x: x.time_range.start):
         if e.name.startswith("aten::") and e.sequence_nr >= 0 and BACKWARD not in (x.name for x in _chain(e)):
             seq_region[e.sequence_nr] = _region(e, {})
+    numbers = sorted(seq_region)
     by_kind: dict[str, float] = {k: 0.0 for k in KIND_ORDER}
     parts: dict[str, dict[str, float]] = {}
     total = 0.0
@@ -520,7 +528,7 @@ def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dic
         total += t
         kind = _kind(e)
         by_kind[kind] += t
-        part = parts.setdefault(_region(e, seq_region), {"all": 0.0, "fft": 0.0, "conv": 0.0})
+        part = parts.setdefault(_region(e, seq_region, numbers), {"all": 0.0, "fft": 0.0, "conv": 0.0})
         part["all"] += t
         part["fft"] += t if kind in (KIND_ORDER[3], KIND_ORDER[4]) else 0.0
         part["conv"] += t if kind == KIND_ORDER[5] else 0.0
