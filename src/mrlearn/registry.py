@@ -110,6 +110,35 @@ def _load(kind: str, name: str | None = None) -> None:
     _LOADED.add(kind)
 
 
+def plugin_modules() -> list[str]:
+    """Modules outside mrlearn whose entries are registered in this process (checkpoints store them so that a
+    later process can say which plugin it lacks); ``__main__`` stands for entries registered by a script."""
+    modules = {getattr(obj, "__module__", "") or "" for entries in _ENTRIES.values() for obj in entries.values()}
+    return sorted(m for m in modules if m and m != "mrlearn" and not m.startswith("mrlearn."))
+
+
+def missing_plugins(modules: typing.Iterable[str]) -> list[str]:
+    """Of ``modules`` (as stored by :func:`plugin_modules`), those neither imported now, nor listed in
+    ``MRLEARN_PLUGINS``, nor declared by an installed package's entry points."""
+    _load_plugins()
+    import sys
+
+    declared = {module for kind in KINDS for _, module in _entry_points(kind)}
+    return [m for m in modules if m == "__main__" or (m not in sys.modules and m not in declared)]
+
+
+def plugin_advice(modules: list[str]) -> str:
+    """What to do when entries of the plugin ``modules`` cannot be found (one clause of a one-line error)."""
+    names = [m for m in modules if m != "__main__"]
+    parts = []
+    if "__main__" in modules:
+        parts.append("entries registered in a script are lost when it ends: move them into a module")
+    if names:
+        parts.append(f"set MRLEARN_PLUGINS={','.join(names)} (importable from PYTHONPATH) or install the package "
+                     "that provides them (entry points, see docs/howto/own-model.md)")
+    return "; ".join(parts)
+
+
 def available(kind: str) -> list[str]:
     """Sorted names registered under ``kind``."""
     if kind not in _ENTRIES:

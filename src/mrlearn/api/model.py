@@ -98,7 +98,7 @@ class LoadedModel:
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a trained checkpoint (``best.ckpt``/``last.ckpt``) as a :class:`LoadedModel`; no config file needed."""
-    from mrlearn.engine.checkpoint import load_checkpoint
+    from mrlearn.engine.checkpoint import load_checkpoint, plugins_needed
     from mrlearn.training.runner import load_module
 
     from mrlearn.devices import resolve_device
@@ -108,5 +108,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Lo
         raise input_error("load_model", f"{checkpoint!r} is not a checkpoint path", "pass e.g. runs/x/checkpoints/best.ckpt")
     device = resolve_device(device, "load_model(device=...)")
     path = Path(checkpoint)
-    cfg = _config(path, load_checkpoint(path))
-    return LoadedModel(load_module(path, cfg), cfg, device)
+    ckpt = load_checkpoint(path)
+    with plugins_needed(ckpt, path):
+        cfg = _config(path, ckpt)
+        return LoadedModel(load_module(path, cfg), cfg, device)

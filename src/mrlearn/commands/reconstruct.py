@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from mrlearn import registry
     from mrlearn.config import load_config
     from mrlearn.training.inference import eval_dataset, iterate_volumes, module_predictor
+    from mrlearn.engine.checkpoint import load_checkpoint, plugins_needed
     from mrlearn.training.runner import config_for_checkpoint, load_module, quiet_lightning
 
     quiet_lightning()
@@ -146,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
     device = _device(args.device)
     out = guard_outputs(args.out, [args.data])
     t0 = time.perf_counter()
-    cfg = load_config(args.config) if args.config else config_for_checkpoint(args.checkpoint)
-    module = load_module(args.checkpoint, cfg)
+    with plugins_needed(load_checkpoint(args.checkpoint), args.checkpoint):
+        cfg = load_config(args.config) if args.config else config_for_checkpoint(args.checkpoint)
+        module = load_module(args.checkpoint, cfg)
     predict = module_predictor(module, device)
     mask = mask_section(args, cfg.mask)
     recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None

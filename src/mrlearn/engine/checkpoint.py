@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import io
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mrlearn import registry
 from mrlearn.engine.runfolder import describe_checkpoints
-from mrlearn.errors import NonFiniteError, input_error
+from mrlearn.errors import MrlearnError, NonFiniteError, input_error
 from mrlearn.io import atomic_path
 
 __all__ = ["AtomicCheckpoint", "NonFiniteWeightsError", "PlainCheckpointIO", "describe_checkpoints", "first_non_finite", "load_checkpoint",
@@ -200,6 +202,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise input_error(path, "not an mrlearn/Lightning checkpoint (no state_dict)", "use a checkpoint written by mrlearn train")
     return ckpt
+
+
+@contextmanager
+def plugins_needed(ckpt: dict[str, Any], where: str | Path) -> Iterator[None]:
+    """Around building the model of ``ckpt``: an unknown entry (model, method, ...) whose checkpoint names plugin
+    modules that are not loaded (``checkpoint["mrlearn"]["plugins"]``) becomes one line saying which and what to do."""
+    try:
+        yield
+    except MrlearnError as exc:
+        extra = ckpt.get("mrlearn") if isinstance(ckpt.get("mrlearn"), dict) else {}
+        stored = [m for m in extra.get("plugins") or [] if isinstance(m, str)]
+        missing = registry.missing_plugins(stored)
+        if not missing:
+            raise
+        first = str(exc).split(";")[0]
+        raise input_error(where, f"{first} -- the checkpoint was trained with plugin module(s) {', '.join(missing)}",
+                          registry.plugin_advice(missing)) from None
 
 
 def load_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str | Path) -> None:

@@ -220,6 +220,7 @@ class ReconModule(L.LightningModule):
             "epoch_lr": getattr(self, "_epoch_lr", None),
             "model": dict(self.cfg.model), "method": {k: v for k, v in self.cfg.method.items()},
             "config": config_to_dict(self.cfg),  # lets mrlearn.load_model rebuild the method without config.yaml
+            "plugins": registry.plugin_modules(),  # modules outside mrlearn that registered entries (a loader names them)
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""Example mrlearn plugin: each module registers one entry with ``mrlearn.registry.register``."""
