@@ -40,6 +40,13 @@ def register(subparsers) -> None:
     t.add_argument("--alpha", type=float, default=0.5, help="hybrid weight of the MLE label (0: GT, 1: MLE)")
     t.add_argument("--snr", default="30", help="SNR at S0 of the simulated signals: a value or LOW:HIGH (uniform)")
     t.add_argument("--signal-model", default="ivim", choices=("ivim", "ivim_additive"))
+    t.add_argument("--ranges", metavar="NAME=LOW:HIGH,...",
+                   help="training ranges, e.g. 'f=0.05:0.4,D=0.2:2,Dstar=5:100' (D, D* in um^2/ms; default S0 0.8:1.2, "
+                        "f 0.1:0.5, D 0.4:3, Dstar 10:150; within the physical limits f 0-1, D 0-5, D* 2-300)")
+    t.add_argument("--ranges-from", metavar="FIT_DIR",
+                   help="derive the f, D, D* ranges from a 'qmri fit' (mle/nlls) folder of your data: 2nd-98th "
+                        "percentile of the in-mask, converged, not-at-bound estimates, widened 10%% each side "
+                        "(--ranges overrides single parameters)")
     t.add_argument("--n-train", type=int, default=100000, help="simulated training signals (10%% for validation)")
     t.add_argument("--patience", type=int, default=30, help="epochs without validation improvement before stopping")
     t.add_argument("--max-epochs", type=int, default=1000, help="cap on epochs (the run says if it was hit)")
@@ -69,7 +76,9 @@ def run_fit(args: argparse.Namespace) -> int:
     info = fit_dwi(args.dwi, args.bvals, args.out, method=args.method, mask=args.mask, network=args.model,
                    sigma=args.sigma, model=args.signal_model, device=device, bounds=args.bounds,
                    bad_voxels=args.bad_voxels)
-    print(f"qmri fit: {info['voxels']} voxels by {args.method} in {time.time() - t0:.1f} s -> {args.out}")
+    outside = (info.get("outside_training") or {}).get("voxels")
+    note = "" if outside is None else f", {outside} outside the network's training ranges"
+    print(f"qmri fit: {info['voxels']} voxels by {args.method}{note} in {time.time() - t0:.1f} s -> {args.out}")
     return 0
 
 
@@ -88,7 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
         record = train_for_protocol(args.bvals, args.out, label=args.label, alpha=args.alpha, snr=args.snr,
                                     model=args.signal_model, n_train=args.n_train, patience=args.patience,
                                     max_epochs=args.max_epochs, init_from_gt=not args.no_init_from_gt, seed=args.seed,
-                                    accelerator=args.device, devices=args.devices, strategy=args.strategy)
+                                    accelerator=args.device, devices=args.devices, strategy=args.strategy,
+                                    ranges=args.ranges, ranges_from=args.ranges_from)
     except RunInterrupted as exc:  # the engine's default names `mrlearn train --resume`, which is not this command
         exc.resume = "the same `mrlearn qmri train` command into a new --out (qmri train starts over; it has no --resume)"
         raise

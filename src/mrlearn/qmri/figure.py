@@ -1,16 +1,22 @@
 """The overview figure of an IVIM fit, for a clinician: maps cropped to the tissue, histograms, fitted curves.
 
-Layout (matplotlib Agg, about 1500 x 1300 px): per parameter a map (slice with the most fitted voxels, cropped to
-the mask's bounding box plus a margin, colour limits at the 2nd and 98th percentile inside the mask, colour bar
-with units, background and excluded voxels in a flat grey distinct from any map colour) beside its histogram
-over all fitted voxels; below, the data and fitted curves of a few voxels (the 10th, 50th and 90th percentile
-of D). Text is at least 10 pt. When b = 0 was not acquired, S0 is labelled as extrapolated.
+Layout (matplotlib Agg, constrained layout, about 1500 x 1300 px): per parameter a map beside its histogram, below
+them the data and fitted curves of a few voxels (the 10th, 50th and 90th percentile of D). Text is at least 10 pt;
+constrained layout keeps the colour-bar labels clear of the histograms' axis labels. When b = 0 was not acquired,
+S0 is labelled as extrapolated.
+
+- Crop: the largest connected component of the mask (3-D, face-connected, :func:`largest_component`), shown in the
+  slice holding most of its voxels, cropped to its bounding box in that slice plus a margin; every fitted voxel in
+  that box is drawn, background and excluded voxels in a flat grey distinct from any map colour.
+- Colour limits (:func:`colour_limits`): the 2nd and 98th percentiles of the fitted voxels whose value of that
+  parameter is not at a fit bound (all fitted voxels for a network, or when every voxel is at a bound).
+- Histogram: the same voxels (those at a bound are counted in its title), dotted lines at the colour limits.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,6 +26,7 @@ from mrlearn.io import atomic_write_bytes
 LABELS = {"S0": ("S0", "signal units"), "f": ("f, perfusion fraction", "fraction"),
           "D": ("D, diffusion", "um^2/ms (1e-3 mm^2/s)"), "Dstar": ("D*, pseudo-diffusion", "um^2/ms (1e-3 mm^2/s)")}
 BACKGROUND = "#b0b0b0"
+PERCENTILES = (2.0, 98.0)
 
 
 def crop_box(mask2d: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
@@ -31,30 +38,58 @@ def crop_box(mask2d: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
             slice(max(0, jj.min() - margin), min(mask2d.shape[1], jj.max() + margin + 1)))
 
 
-def overview_figure(path: Path, maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarray, b: np.ndarray,
-                    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], method: str,
-                    margin: int = 4) -> Path:
-    """Write the PNG; ``maps`` name -> ``[X, Y, Z]``, ``mask`` the fitted voxels, ``data [X, Y, Z, N]``."""
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a boolean mask (``scipy.ndimage.label``; the first on a tie)."""
+    from scipy.ndimage import label
+
+    labels, n = label(mask)
+    if n <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == int(np.argmax(sizes)) + 1
+
+
+def colour_limits(values: np.ndarray, at_bound: np.ndarray | None = None) -> tuple[float, float, int]:
+    """(low, high, voxels used): the :data:`PERCENTILES` of ``values`` where ``at_bound`` is False (all values when
+    ``at_bound`` is None or True everywhere); ``high > low`` always."""
+    use = values if at_bound is None or bool(np.all(at_bound)) else values[~at_bound]
+    use = use[np.isfinite(use)]
+    if use.size == 0:
+        return 0.0, 1.0, 0
+    lo, hi = (float(v) for v in np.percentile(use, PERCENTILES))
+    if not hi > lo:
+        hi = lo + max(1e-6, 1e-6 * abs(lo))
+    return lo, hi, int(use.size)
+
+
+def build_overview(maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarray, b: np.ndarray,
+                   model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], method: str, margin: int = 4,
+                   at_bound: dict[str, np.ndarray] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """The figure and per parameter its parts (``map``, ``bar``, ``hist`` axes or colour bar, ``limits``, ``box``,
+    ``slice``); ``maps`` name -> ``[X, Y, Z]``, ``mask`` the fitted voxels, ``data [X, Y, Z, N]``, ``at_bound``
+    name -> ``[X, Y, Z]`` bool (voxels held at a fit bound)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"font.size": 11})
-    z = int(np.argmax(mask.sum((0, 1))))
-    box = crop_box(mask[:, :, z], margin)
+    main = largest_component(mask)
+    z = int(np.argmax(main.sum((0, 1))))
+    box = crop_box(main[:, :, z], margin)
     names = list(maps)
-    fig = plt.figure(figsize=(15, 13), dpi=100)
-    grid = fig.add_gridspec(3, 4, height_ratios=[1, 1, 0.9], width_ratios=[1.2, 0.8, 1.2, 0.8],
-                            hspace=0.45, wspace=0.6)
+    fig = plt.figure(figsize=(15, 13), dpi=100, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.08, h_pad=0.08, wspace=0.06, hspace=0.06)
+    grid = fig.add_gridspec(3, 4, height_ratios=[1, 1, 0.9], width_ratios=[1.2, 0.8, 1.2, 0.8])
+    panels = []
     for i, k in enumerate(names):
         r, c = divmod(i, 2)
         ax_map = fig.add_subplot(grid[r, 2 * c])
         ax_hist = fig.add_subplot(grid[r, 2 * c + 1])
         vals = maps[k][mask]
-        lo, hi = (np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0))
-        if not hi > lo:
-            hi = lo + 1e-6
+        held = None if at_bound is None or k not in at_bound else at_bound[k][mask]
+        lo, hi, n_used = colour_limits(vals, held)
+        shown = vals if held is None or n_used == 0 or bool(np.all(held)) else vals[~held]
         sl = np.where(mask[:, :, z], maps[k][:, :, z], np.nan)[box]
         cmap = plt.get_cmap("gray" if k == "S0" else "viridis").with_extremes(bad=BACKGROUND)
         im = ax_map.imshow(np.ma.masked_invalid(sl).T, origin="lower", cmap=cmap, vmin=lo, vmax=hi,
@@ -68,19 +103,33 @@ def overview_figure(path: Path, maps: dict[str, np.ndarray], mask: np.ndarray, d
         bar = fig.colorbar(im, ax=ax_map, fraction=0.046, pad=0.03)
         bar.set_label(unit, fontsize=10)
         bar.ax.tick_params(labelsize=10)
-        ax_hist.hist(vals, bins=40, color="C0")
+        ax_hist.hist(shown, bins=40, color="C0")
         ax_hist.axvline(lo, color="k", lw=0.8, ls=":")
         ax_hist.axvline(hi, color="k", lw=0.8, ls=":")
         ax_hist.set_xlabel(unit, fontsize=10)
         ax_hist.set_ylabel("voxels", fontsize=10)
-        ax_hist.set_title(f"median {np.median(vals):.3g}" if vals.size else "no voxels", fontsize=10)
+        n_held = 0 if held is None else int(held.sum())
+        head = f"median {np.median(shown):.3g}" if shown.size else "no voxels"
+        ax_hist.set_title(head + (f"\n{n_held} at a fit bound, not shown" if n_held else ""), fontsize=10)
         ax_hist.tick_params(labelsize=10)
+        panels.append({"name": k, "map": ax_map, "bar": bar, "hist": ax_hist, "limits": (lo, hi), "box": box,
+                       "slice": z})
     ax_c = fig.add_subplot(grid[2, :])
     _curves(ax_c, maps, mask, data, b, model_fn)
     fig.suptitle(f"IVIM fit ({method}): slice {z}, {int(mask.sum())} voxels fitted; grey = outside mask or excluded",
                  fontsize=13)
+    return fig, panels
+
+
+def overview_figure(path: Path, maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarray, b: np.ndarray,
+                    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], method: str,
+                    margin: int = 4, at_bound: dict[str, np.ndarray] | None = None) -> Path:
+    """Write the PNG of :func:`build_overview` atomically."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    fig, _ = build_overview(maps, mask, data, b, model_fn, method, margin, at_bound)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)

@@ -6,6 +6,9 @@ Conventions
   ``S0.nii.gz``, ``f.nii.gz``, ``D.nii.gz``, ``Dstar.nii.gz`` with the input affine, units in ``descrip`` (S0 in the
   input's signal units, f a fraction, D and D* in um^2/ms = 1e-3 mm^2/s); outside the fitted voxels maps are 0.
   ``mask.nii.gz`` is the mask used and ``excluded.nii.gz`` codes the skipped voxels (see :mod:`.voxels`).
+  Fits (mle, nlls) add ``converged.nii.gz`` (1 where the voxel's fit stopped on its tolerance) and ``at_bound.nii.gz``
+  (uint8, the sum of 2**i over the parameters i = S0 0, f 1, D 2, D* 3 held at a fit bound); a network adds
+  ``outside_training.nii.gz`` (same coding, estimates outside its training ranges; see :mod:`.netpredict`).
 - Each voxel is normalised by its mean signal at the lowest b-value; S0 is scaled back. Bounds: see :mod:`.bounds`
   (``fit.json`` lists them and how many voxels sit at each).
 - sigma (MLE): ``--sigma`` in the input's signal units, or estimated from the data as the median over the voxels of
@@ -100,13 +103,18 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
     if method == "net":
         from mrlearn.qmri.netio import check_protocol, load_network
 
+        from mrlearn.qmri.netpredict import apply_network
+
         net, meta = load_network(network)
         check_protocol(meta, b, str(bvals))
-        with torch.no_grad():
-            params = net(sn.float().cpu()).double() * torch.tensor(meta["scales"], dtype=torch.float64)
+        est = apply_network(net, meta, sn)
+        params, outside = est.params, est.outside
         names = tuple(meta["names"])
         model = meta["model"]
         info["model"], info["network"] = model, str(network)
+        info.update(est.info)
+        for line in est.warnings:
+            log(f"warning: {line}")
     else:
         _, spec = get_model(model, "--signal-model")
         names = spec.names
@@ -124,6 +132,7 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
         else:
             res = fit_voxels(sn, b, model, "nlls", bounds=user_bounds or None)
         params = res.params.cpu()
+        converged, at_bound = res.converged.cpu().numpy(), (res.at_lower | res.at_upper).cpu().numpy()
         info["model"] = model
         info["converged_fraction"] = float(res.converged.float().mean())
         counts = bound_counts(res.at_lower.cpu(), res.at_upper.cpu(), names)
@@ -133,20 +142,38 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
         info["at_bounds"] = counts
         log(format_bound_counts(counts, pairs, int(params.shape[0])) + " (S0 bound in multiples of the lowest-b signal)")
     params[:, 0] = params[:, 0] * ref.cpu()
-    maps = {}
+    maps, flags = {}, {}
     for i, k in enumerate(names):
         vol = np.zeros(data.shape[:3], dtype=np.float32)
         vol[vs.mask_fit] = params[:, i].numpy()
         maps[k] = vol
+    if method == "net":
+        if outside is not None:
+            flags["outside_training.nii.gz"] = (outside, "estimate outside training range: +2 f, +4 D, +8 Dstar")
+    else:
+        flags["converged.nii.gz"] = (converged.astype(np.uint8), "fit converged (1) or stopped at the cap (0)")
+        codes = (at_bound.astype(np.uint8) << np.arange(len(names), dtype=np.uint8)).sum(-1, dtype=np.uint8)
+        flags["at_bound.nii.gz"] = (codes, "at a fit bound: +1 S0, +2 f, +4 D, +8 Dstar")
     out = Path(out)  # created by the atomic writers (a read-only or full disk is a one-line error)
     for k, vol in maps.items():
         _write_nifti(out / f"{k}.nii.gz", vol, img, UNITS.get(k, k))
     _write_nifti(out / "mask.nii.gz", vs.mask_fit.astype(np.uint8), img, "voxels fitted")
     _write_nifti(out / "excluded.nii.gz", vs.excluded, img, "skipped: 1 NaN/inf, 2 negative, 3 no signal at lowest b")
+    for name, (codes, descrip) in flags.items():
+        vol = np.zeros(data.shape[:3], dtype=np.uint8)
+        vol[vs.mask_fit] = codes
+        _write_nifti(out / name, vol, img, descrip)
     from mrlearn.qmri.figure import overview_figure
 
     fn, _ = get_model(model)
-    overview_figure(out / "overview.png", maps, vs.mask_fit, data, bn, fn, method)
+    bound_maps = None
+    if method != "net":
+        bound_maps = {}
+        for i, k in enumerate(names):
+            vol = np.zeros(data.shape[:3], dtype=bool)
+            vol[vs.mask_fit] = at_bound[:, i]
+            bound_maps[k] = vol
+    overview_figure(out / "overview.png", maps, vs.mask_fit, data, bn, fn, method, at_bound=bound_maps)
     write_json(out / "fit.json", info)
     return info
 

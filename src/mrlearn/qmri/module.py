@@ -9,11 +9,13 @@ the one-process value up to float summation order.
 
 Batches are ``(signals [B, N], gt_scaled [B, P], mle_scaled [B, P])``; scaled = parameter / scale.
 ``label``: ``gt``, ``mle``, ``ss`` (signal-space MSE) or ``hybrid`` (alpha * MSE(MLE) + (1 - alpha) * MSE(GT)).
+``out_bounds``: ``(lower, upper)`` per parameter in its physical units (see :func:`mrlearn.qmri.ranges.output_bounds`)
+for the bounded ``sigmoid`` output of :class:`~mrlearn.qmri.networks.IvimMLP`; None keeps the ``abs`` output.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -27,11 +29,17 @@ class QmriNetModule(L.LightningModule):
     """Wraps :class:`IvimMLP` with the loss chosen by ``label``; optimizer from the config's ``optim`` section."""
 
     def __init__(self, bvals: torch.Tensor, scales: torch.Tensor, model: str, label: str, alpha: float = 0.5,
-                 width: int | None = None, n_hidden: int = 3, optim: dict[str, Any] | None = None):
+                 width: int | None = None, n_hidden: int = 3, optim: dict[str, Any] | None = None,
+                 out_bounds: tuple[Sequence[float], Sequence[float]] | None = None):
         super().__init__()
         if label not in ("gt", "mle", "ss", "hybrid"):
             raise ValueError(f"unknown label {label!r}")
-        self.net = IvimMLP(int(bvals.numel()), int(scales.numel()), width, n_hidden)
+        scaled = None
+        if out_bounds is not None:
+            s = scales.double().cpu()
+            scaled = (torch.as_tensor(out_bounds[0], dtype=torch.float64) / s,
+                      torch.as_tensor(out_bounds[1], dtype=torch.float64) / s)
+        self.net = IvimMLP(int(bvals.numel()), int(scales.numel()), width, n_hidden, bounds=scaled)
         self.register_buffer("bvals", bvals.float())
         self.register_buffer("scales", scales.float())
         self.model_fn, _ = get_model(model)

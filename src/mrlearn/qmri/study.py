@@ -154,7 +154,7 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
                 f"of {info['steps']}, stopped by {info['stopped_by']}" + ("" if info["converged"] else " (NOT converged)"))
             if writer:
                 save_network(out / "models" / f"snr{snr:g}_{name}.pt", net, bvals, scales, q.model, w, q.n_hidden,
-                             names, info={"label": kind, "training": info})
+                             names, info={"label": kind, "training": info}, ranges=q.ranges)
             return net
 
         # groundtruth networks first: the others start from them (Epstein et al.) when init_from_gt is set

@@ -18,12 +18,16 @@ over processes (every rank sees the same value, so early stopping stops every ra
 rank 0 writes files.
 
 :func:`train_for_protocol` is ``mrlearn qmri train``: simulated signals for the user's b-values (parameters uniform
-in the Epstein ranges, Rician noise at the given SNR, or SNR uniform in a range), normalised by their mean at the
-lowest b-value as ``qmri fit`` normalises data, labels as asked, then ``network.pt`` in a run folder.
+in the training ranges -- Epstein's by default, ``--ranges`` / ``--ranges-from`` a fit, see :mod:`.ranges` -- Rician
+noise at the given SNR, or SNR uniform in a range), normalised by their mean at the lowest b-value as ``qmri fit``
+normalises data, labels as asked, then ``network.pt`` in a run folder. Its networks have the bounded ``sigmoid``
+output (:class:`~mrlearn.qmri.networks.IvimMLP`) into :func:`~mrlearn.qmri.ranges.output_bounds`; the ranges and
+bounds are in the run's ``config.yaml``, ``metrics.json`` and the network file.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
@@ -34,8 +38,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mrlearn.errors import input_error
-
-EPSTEIN_RANGES = {"S0": [0.8, 1.2], "f": [0.1, 0.5], "D": [0.4, 3.0], "Dstar": [10.0, 150.0]}
+from mrlearn.qmri.ranges import DEFAULT_RANGES as EPSTEIN_RANGES
 
 
 def _trainer_config(name: str, seed: int, optim: dict[str, Any], max_epochs: int, max_steps: int, accelerator: str,
@@ -86,8 +89,11 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
                   max_epochs: int = 1000, max_steps: int = -1, batch_size: int = 256, val_fraction: float = 0.1,
                   patience: int = 20, accelerator: str = "cpu", init_state: dict[str, torch.Tensor] | None = None,
                   log=None, devices: int | str = 1, strategy: str = "auto", min_delta: float = 0.0,
-                  lr_patience: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  lr_patience: int | None = None, out_bounds: tuple[Any, Any] | None = None
+                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one network (deterministic for ``seed``); returns (net at its best validation epoch, record).
+
+    ``out_bounds``: (lower, upper) per parameter in physical units for the bounded output; None: ``abs`` output.
 
     ``batch_size`` is per process: ``devices: 2, strategy: ddp`` with ``batch_size`` trains on the same global
     batches as one process with ``2 x batch_size`` (see :mod:`mrlearn.qmri.sharding`). Every rank returns the same
@@ -109,7 +115,7 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
     n_val = max(1, int(round(n * val_fraction)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     tensors = [t.float() for t in (signals, gt_scaled, mle_scaled)]
-    module = QmriNetModule(bvals, scales, model, label, alpha, width, n_hidden, optim)
+    module = QmriNetModule(bvals, scales, model, label, alpha, width, n_hidden, optim, out_bounds=out_bounds)
     if init_state is not None:
         module.net.load_state_dict(init_state)
     best: dict[str, Any] = {"loss": None, "state": None, "epoch": -1}
@@ -181,14 +187,18 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
                        snr: str = "30", model: str = "ivim", n_train: int = 100000, patience: int = 30,
                        max_epochs: int = 1000, init_from_gt: bool = True, seed: int = 0, accelerator: str = "cpu",
                        batch_size: int = 256, optim: dict[str, Any] | None = None, log=print,
-                       devices: int | str = 1, strategy: str = "auto") -> dict[str, Any]:
+                       devices: int | str = 1, strategy: str = "auto", ranges: str | dict | None = None,
+                       ranges_from: str | Path | None = None) -> dict[str, Any]:
     """``mrlearn qmri train``: a network for the protocol in ``bvals_file`` written to ``out/network.pt``.
 
+    ``ranges``: ``"f=0.05:0.4,D=0.2:2"`` (or a dict) over the defaults; ``ranges_from``: a ``qmri fit`` folder whose
+    estimates give the f, D, D* ranges (:func:`~mrlearn.qmri.ranges.ranges_from_fit`; ``ranges`` still overrides).
     Under DDP every rank runs this function (Lightning re-runs the script); rank 0 alone writes and logs."""
     from mrlearn.engine.runfolder import RunFolder
     from mrlearn.io import write_json
     from mrlearn.qmri.fit import fit_voxels
     from mrlearn.qmri.netio import save_network
+    from mrlearn.qmri.ranges import format_ranges, output_bounds, ranges_from_fit, resolve_ranges
     from mrlearn.qmri.sharding import process_rank
     from mrlearn.qmri.signal import get_model, load_protocol
     from mrlearn.qmri.voxels import check_bvalue_units
@@ -204,25 +214,34 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
     b = load_protocol(bvals_file)
     check_bvalue_units(b, str(bvals_file))
     _, spec = get_model(model, "--signal-model")
+    derived, derivation = (None, None) if ranges_from is None else ranges_from_fit(ranges_from, model)
+    train_ranges = resolve_ranges(model, ranges, derived)
     out = Path(out)
     config_text = (f"# mrlearn qmri train\nbvals: {b.tolist()}\nlabel: {label}\nalpha: {alpha}\nsnr: '{snr}'\n"
                    f"model: {model}\nn_train: {n_train}\npatience: {patience}\nmax_epochs: {max_epochs}\n"
                    f"init_from_gt: {init_from_gt}\nseed: {seed}\nbatch_size: {batch_size}\ndevices: {devices}\n"
-                   f"strategy: {strategy}\n")
+                   f"strategy: {strategy}\nranges: {{{', '.join(f'{k}: {v}' for k, v in train_ranges.items())}}}\n"
+                   f"ranges_from: {json.dumps(None if ranges_from is None else str(ranges_from))}\n")
     rank = process_rank()
     if rank != 0:
         log = _silent
+    if derivation is not None:
+        log(f"qmri train: ranges from {ranges_from}: " + "; ".join(
+            f"{k} {d['voxels']} voxels, p{derivation['percentiles'][0]:g}-p{derivation['percentiles'][1]:g} "
+            f"{d['percentiles'][0]:.4g}-{d['percentiles'][1]:.4g}" for k, d in derivation["parameters"].items()))
+    log(f"qmri train: training ranges {format_ranges(train_ranges)} (D, D* in um^2/ms)")
     with RunFolder(out, config_text, seed, extra={"kind": "qmri_train"}, rank=rank) as run:
-        data = simulate_training_set(b, model, n_train, snr_range, seed)
-        scales = torch.tensor([EPSTEIN_RANGES[k][1] for k in spec.names], dtype=torch.float64)
+        data = simulate_training_set(b, model, n_train, snr_range, seed, train_ranges)
+        scales = torch.tensor([train_ranges[k][1] for k in spec.names], dtype=torch.float64)
         scales[0] = data["theta"][:, 0].max().item()
+        bounds = output_bounds(model, b, train_ranges, s0_label_max=scales[0].item())
         mle = data["theta"]
         if label in ("mle", "hybrid"):
             log(f"qmri train: Rician MLE labels for {n_train} simulated signals ...")
             mle = fit_voxels(data["signals"], b, model, "mle", sigma=data["sigma"]).params
         common = dict(bvals=b, scales=scales, model=model, optim=optim or {"name": "adam", "lr": 1e-3}, seed=seed,
                       max_epochs=max_epochs, batch_size=batch_size, patience=patience, accelerator=accelerator, log=log,
-                      devices=devices, strategy=strategy)
+                      devices=devices, strategy=strategy, out_bounds=bounds)
         init, records = None, {}
         if init_from_gt and label != "gt":
             log("qmri train: groundtruth-label network first (the start of the others)")
@@ -234,10 +253,12 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
                                  run_dir=out / "net", init_state=init, **common)
         records[label] = rec
         record = {**rec, "label": label, "alpha": alpha if label == "hybrid" else None, "snr": list(snr_range),
-                  "n_train": n_train, "model": model, "runs": records}
+                  "n_train": n_train, "model": model, "ranges": train_ranges, "ranges_from": derivation,
+                  "output_bounds": {k: [lo, hi] for k, lo, hi in zip(spec.names, *bounds)}, "runs": records}
         if run.writer:
             save_network(out / "network.pt", net, b, scales, model, int(b.numel()), 3, spec.names,
-                         info={"label": label, "normalised": "lowest_b", "training": record})
+                         info={"label": label, "normalised": "lowest_b", "training": record},
+                         output_bounds=bounds, ranges=train_ranges)
             write_json(out / "metrics.json", record)
         run.finished(steps=rec["steps"], best_step=rec["best_step"], stopped_by=rec["stopped_by"])
         if not rec["converged"]:
