@@ -5,6 +5,7 @@ parser and sets ``func`` to a callable taking the parsed ``argparse.Namespace`` 
 User errors (:class:`mrlearn.errors.MrlearnError`) are printed as one line and exit with status 2. A run stopped
 by SIGTERM/SIGINT/SIGHUP (:class:`mrlearn.errors.RunInterrupted`), in training or outside it, prints one line
 saying how to resume and exits ``128 + signal`` (143 / 130 / 129). Output into a closed pipe (``mrlearn ... | head``) ends quietly.
+``mrlearn --version`` is answered before any sub-command is imported (no numpy, torch or Lightning).
 """
 
 from __future__ import annotations
@@ -39,9 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
+def _version_parser() -> argparse.ArgumentParser:
+    """A parser holding only ``--version`` (argparse's own action: prints ``mrlearn X.Y.Z``, exits 0)."""
+    parser = argparse.ArgumentParser(prog="mrlearn", add_help=False)
+    parser.add_argument("--version", action="version", version=f"mrlearn {__version__}")
+    return parser
+
+
 def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     first = next((a for a in argv if not a.startswith("-")), None)
+    # the options before the sub-command: --version (or an abbreviation argparse accepts) exits here, cheaply,
+    # unless a help option comes first (argparse acts on the first of them)
+    head = argv[: argv.index(first)] if first is not None else argv
+    if not any(a == "-h" or (len(a) > 2 and "--help".startswith(a)) for a in head):
+        _version_parser().parse_known_args(head)
     parser = build_parser(only=first)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
