@@ -135,9 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if args.options:
         raise input_error("--set", "applies to classical methods (--method)", "drop it, or set a learned model's "
                           "options in its training config")
-    from mrlearn import registry
     from mrlearn.config import load_config
-    from mrlearn.training.inference import eval_dataset, iterate_volumes, module_predictor
+    from mrlearn.training.inference import eval_dataset, eval_mask_func, iterate_volumes, module_predictor
     from mrlearn.engine.checkpoint import load_checkpoint, plugins_needed
     from mrlearn.training.runner import config_for_checkpoint, load_module, quiet_lightning
 
@@ -154,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     mask = mask_section(args, cfg.mask)
     recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None
     keep_kspace, label = module.keep_kspace, Path(args.checkpoint).name
-    mask_func = registry.build("mask", mask, "mask options")
+    mask_func = eval_mask_func(mask)
     dataset = eval_dataset(args.data, mask_func, recon_size, keep_kspace)
     count = slices = 0
     with FolderLock(out, what="reconstruction"):

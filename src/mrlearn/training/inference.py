@@ -28,6 +28,17 @@ from mrlearn.training.data import TransformedDataset, VolumeSampler
 Predict = Callable[[dict[str, Any]], torch.Tensor]
 
 
+def eval_mask_func(mask_section: dict[str, Any] | None) -> Any:
+    """The MaskFunc of a config's ``mask`` section for evaluation (``fixed_per_slice``, a training-only key, is
+    left out); None without a section. The mask of a fully sampled file is then ``mask_func(shape,
+    seed=file_seed(fname))``, the same in ``mrlearn reconstruct``, validation and ``load_model(...).reconstruct``."""
+    from mrlearn import registry
+
+    if mask_section is None:
+        return None
+    return registry.build("mask", {k: v for k, v in mask_section.items() if k != "fixed_per_slice"}, "mask")
+
+
 def eval_dataset(data: str | Path, mask_func: Any, recon_size: tuple[int, int] | None = None, keep_kspace: bool = False,
                  contrasts: list[str] | None = None) -> TransformedDataset:
     """A folder's slices through the evaluation transform (fixed per-file masks, or the files' own masks)."""
