@@ -19,6 +19,8 @@ FORBIDDEN = {
     "mrlearn.yamlfile": ABOVE_CORE + ("mrlearn.physics", "mrlearn.data"),
     "mrlearn.registry": ABOVE_CORE,
     "mrlearn.config": ABOVE_CORE,
+    "mrlearn.progress": ABOVE_CORE + ("mrlearn.physics", "mrlearn.data", "mrlearn.recon", "mrlearn.models",
+                                      "mrlearn.evaluation"),
     "mrlearn.physics": ABOVE_CORE + ("mrlearn.data", "mrlearn.recon", "mrlearn.models", "mrlearn.evaluation"),
     "mrlearn.data": ABOVE_CORE + ("mrlearn.recon", "mrlearn.models", "mrlearn.evaluation"),
     "mrlearn.recon": ABOVE_CORE + ("mrlearn.models", "mrlearn.evaluation"),

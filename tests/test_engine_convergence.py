@@ -105,14 +105,15 @@ def test_early_stopping_is_converged_and_evaluates_the_best_checkpoint(data, tmp
     out = tmp_path / "early"
     # lr 0: the first validation is the best, later ones only equal it -> stop after `patience` of them
     train(tiny_config(data, out, "optim.lr=0.0", "trainer.val_every_n_steps=2", "trainer.max_epochs=10",
-                      "trainer.early_stopping={patience: 2}", "trainer.progress_bar=true"))
+                      "trainer.early_stopping={patience: 2}", "trainer.progress_bar=true",
+                      "trainer.progress_every=1e-9"))
     m = metrics(out)
     assert m["stopped_by"] == "early_stopping" and m["converged"] is True
     assert m["steps"] == 6 and m["best_step"] == 2 and m["validations"] == 3
     assert m["evaluated"] == {"weights": "best", "checkpoint": str(out / "checkpoints" / "best.ckpt"), "step": 2}
     assert m["final"]["val_ssim"] == pytest.approx(m["validation_curve"][0]["val_ssim"])
     err = capsys.readouterr().err  # not a terminal: clean progress lines, no carriage returns
-    assert "\r" not in err and "epoch 1/10 done, step 6" in err
+    assert "\r" not in err and "training: finished, step 6/" in err and "val_ssim" in err
     again = train(tiny_config(data, out, "optim.lr=0.0", "trainer.val_every_n_steps=2", "trainer.max_epochs=10",
                               "trainer.early_stopping={patience: 2}"), resume=True)
     assert again.convergence["steps"] == 6 and again.convergence["stopped_by"] == "early_stopping"

@@ -29,6 +29,7 @@ import yaml
 
 from mrlearn import registry
 from mrlearn.errors import input_error
+from mrlearn.progress import check_every
 from mrlearn.yamlfile import YamlLoader, read_yaml_file, yaml_load  # noqa: F401 - re-exported
 
 
@@ -165,6 +166,7 @@ class TrainerConfig:
     limit_train_batches: float | int = 1.0
     limit_val_batches: float | int = 1.0
     progress_bar: bool = True
+    progress_every: float | None = None  # s between progress lines on stderr (0: none; null: 30; mrlearn.progress)
     val_every_n_steps: int | None = None
     early_stopping: EarlyStoppingConfig | None = None
     final_weights: Literal["best", "last"] = "best"
@@ -361,6 +363,7 @@ def _validate_budget(cfg: ExperimentConfig) -> None:
     if t.gradient_clip_val is not None and not (math.isfinite(t.gradient_clip_val) and t.gradient_clip_val > 0):
         raise input_error("trainer.gradient_clip_val", f"{t.gradient_clip_val} is not a positive number",
                           "e.g. 1.0, or null for no clipping")
+    check_every(t.progress_every, "trainer.progress_every", allow_none=True)
     for key in ("limit_train_batches", "limit_val_batches"):
         value = getattr(t, key)
         if isinstance(value, bool) or not (value > 0 if isinstance(value, int) else 0 < value <= 1):

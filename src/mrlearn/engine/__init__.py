@@ -10,7 +10,7 @@ layer-wise, qMRI networks).
                    ``steps``, ``best_step``, ``stopped_by``, ``converged`` for ``metrics.json``
 * ``signals``      ``GracefulStop``: SIGTERM/SIGINT -> resumable checkpoint, ``RunInterrupted`` (exit 143 / 130)
 * ``preflight``    one-line errors for bad input before or during a fit (missing targets, too many processes, ...)
-* ``progress``     tqdm bar on a terminal, plain lines in a log file
+* ``progress``     a periodic line on stderr (step/total, epoch, validation score, ETA), or tqdm on a terminal
 
 A family builds its LightningModule, calls ``make_trainer`` inside a ``RunFolder``, fits, then writes
 ``convergence_record(trainer, checkpoint=ckpt)`` into its metrics (see ``mrlearn.training.runner.train``).

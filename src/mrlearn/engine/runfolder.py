@@ -33,7 +33,7 @@ __all__ = ["COSMETIC_CHANGES", "RESUMABLE_CHANGES", "RunFolder", "config_changes
 
 #: config keys a resume may change: budgets (continue a run for longer), logging and data-loader workers
 RESUMABLE_CHANGES = frozenset({"trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.progress_bar",
-                               "trainer.log_every_n_steps", "data.num_workers", "out_dir"})
+                               "trainer.progress_every", "trainer.log_every_n_steps", "data.num_workers", "out_dir"})
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -46,7 +46,8 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 #: config keys that do not change what a run computes (a finished run with other values is the same run)
-COSMETIC_CHANGES = frozenset({"trainer.progress_bar", "trainer.log_every_n_steps", "data.num_workers", "out_dir"})
+COSMETIC_CHANGES = frozenset({"trainer.progress_bar", "trainer.progress_every", "trainer.log_every_n_steps",
+                              "data.num_workers", "out_dir"})
 
 
 def config_changes(old_text: str, new_text: str, ignore: frozenset[str] = RESUMABLE_CHANGES) -> list[tuple[str, Any, Any]]:

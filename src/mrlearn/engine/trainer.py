@@ -7,8 +7,10 @@
 * :class:`~mrlearn.engine.convergence.Convergence`: validation series, early stopping
   (``trainer.early_stopping: {monitor, mode, patience, min_delta}``) and reduce-on-plateau learning rates
   (``lr_patience``, ``lr_factor``);
-* progress (tqdm bar on a terminal, plain lines otherwise) and the logger chosen by ``trainer.logger``
-  (``tensorboard`` (default), ``csv``, ``mlflow`` where installed).
+* progress (:mod:`mrlearn.engine.progress`): a line on stderr at most every ``trainer.progress_every`` seconds
+  (step/total, epoch, the monitored validation score, elapsed, ETA; 0: none), or the tqdm bar on a terminal
+  outside a study with ``trainer.progress_bar``; and the logger chosen by ``trainer.logger`` (``tensorboard``
+  (default), ``csv``, ``mlflow`` where installed).
 
 Validation runs every ``trainer.val_every`` epochs, or every ``trainer.val_every_n_steps`` optimizer steps when set;
 caps: ``max_epochs``, ``max_steps``, ``max_time`` (seconds, or Lightning's ``"DD:HH:MM:SS"``).
@@ -133,7 +135,7 @@ def make_trainer(cfg: Any, run_dir: Path, callbacks: Sequence[L.Callback] = (),
                               lr_patience=es.lr_patience if es is not None else None,
                               lr_factor=es.lr_factor if es is not None else 0.5,
                               relative=es.relative if es is not None else False)
-    progress, bar = progress_callbacks(t.progress_bar)
+    progress, bar = progress_callbacks(t.progress_bar, getattr(t, "progress_every", None), (name, mode))
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     strategy: Any = t.strategy

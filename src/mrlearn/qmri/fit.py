@@ -10,6 +10,7 @@ S0 (1 - f), the lowest-b signal gives S0 and thus f; then candidates (segmented 
 D, a log grid of D*) are ranked by the objective and LM runs from the best ``n_starts`` of them, keeping the
 best end point per voxel.
 All fitting is in float64. Signals are ``[V, N]``; parameters come back as ``[V, P]`` in the model's units.
+A long fit prints progress lines (voxel fits converged / total, LM iteration; :mod:`mrlearn.progress`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Sequence
 import torch
 
 from mrlearn.errors import input_error
+from mrlearn.progress import Ticker, count_text
 from mrlearn.qmri.bounds import AT_BOUND_TOL, resolve_bounds
 from mrlearn.qmri.likelihood import rician_grad_curv, rician_nll, sse
 from mrlearn.qmri.signal import B_SCALE, get_model, model_derivatives
@@ -157,6 +159,7 @@ def _lm(signals, bvals, fn, model: str, p0, lo, hi, objective, sigma, max_iter: 
     converged = torch.zeros(v, dtype=torch.bool, device=signals.device)
     eye = torch.eye(n_par, dtype=signals.dtype, device=signals.device)
     it = 0
+    ticker = Ticker(f"{model} fit")
     for it in range(1, max_iter + 1):
         act = torch.nonzero(~converged).squeeze(-1)
         if act.numel() == 0:
@@ -196,6 +199,9 @@ def _lm(signals, bvals, fn, model: str, p0, lo, hi, objective, sigma, max_iter: 
         obj[act] = torch.where(accept, fn_new, fa)
         lam[act] = torch.where(accept, (la / 3).clamp_min(1e-9), la * 4)
         converged[act] = small_grad | small_dec | stuck
+        if ticker.due():  # voxel fits (x starts) done so far; no ETA: the last fits take the most iterations
+            ticker.emit(ticker.line(count_text("voxel fits converged", int(converged.sum()), v),
+                                    [f"iteration {it}/{max_iter}"]))
     return p, obj, converged, it
 
 

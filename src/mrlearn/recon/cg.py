@@ -9,9 +9,12 @@ Plain torch, differentiable (autograd unrolls the iterations), CPU and GPU.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from mrlearn.progress import Ticker
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -27,13 +30,15 @@ def conjugate_gradient(
     max_iter: int = 10,
     tol: float = 0.0,
     info: dict | None = None,
+    ticker: "Ticker | None" = None,
 ) -> torch.Tensor:
     """Run at most ``max_iter`` CG iterations on ``normal_op(x) = rhs``; returns ``x`` shaped like ``rhs``.
 
     ``rhs`` is ``[B, ...]`` (complex or real); ``normal_op`` must be Hermitian positive semi-definite per sample.
     ``tol`` is the relative residual ``||b - N x|| / ||b||`` at which a sample stops (0 = run all iterations).
     ``info`` (optional dict) receives ``iterations``, ``max_iter``, ``tol``, ``relative_residual`` (the largest
-    over the batch) and ``tolerance_met`` (every sample below ``tol``).
+    over the batch) and ``tolerance_met`` (every sample below ``tol``). ``ticker``: progress lines
+    (``iteration i/max_iter``, the largest relative residual; :mod:`mrlearn.progress`) while it runs.
     """
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
     r = rhs - normal_op(x) if x0 is not None else rhs.clone()
@@ -57,6 +62,9 @@ def conjugate_gradient(
         beta = torch.where(active, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr))
         p = r + beta * p
         rr = torch.where(active, rr_new, rr)
+        if ticker is not None and ticker.due():
+            rel_now = float((rr / b_norm2.clamp_min(tiny)).sqrt().max())
+            ticker.update("iteration", iterations, int(max_iter), [f"relative residual {rel_now:.2e}"], bound=tol > 0)
     if info is not None:
         rel = float((rr / b_norm2.clamp_min(tiny)).sqrt().max()) if rr.numel() else 0.0
         info.update(iterations=iterations, max_iter=int(max_iter), tol=float(tol), relative_residual=rel,

@@ -14,13 +14,14 @@ from mrlearn.physics.sense import sense_adjoint
 from mrlearn.recon.cg import conjugate_gradient
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
 from mrlearn.physics.normal import SenseNormal
+from mrlearn.progress import Ticker
 
 
 def cg_sense(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: torch.Tensor | None = None,
              lam: float = 0.01, max_iter: int = 300, tol: float = 1e-6, x0: torch.Tensor | None = None,
              info: dict | None = None) -> torch.Tensor:
     """CG-SENSE image ``[B, H, W]``: CG until ``||r|| / ||A^H y|| < tol``, ``max_iter`` a safety cap (``info``: see
-    :func:`mrlearn.recon.cg.conjugate_gradient`)."""
+    :func:`mrlearn.recon.cg.conjugate_gradient`; a long solve prints progress lines, :mod:`mrlearn.progress`)."""
     kspace = check_kspace(kspace)
     mask = check_mask(mask, kspace)
     maps = check_sens_maps(sens_maps, kspace)
@@ -30,4 +31,4 @@ def cg_sense(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: 
     def normal(x: torch.Tensor) -> torch.Tensor:
         return sense_normal(x) + lam * x
 
-    return conjugate_gradient(normal, rhs, x0=x0, max_iter=max_iter, tol=tol, info=info)
+    return conjugate_gradient(normal, rhs, x0=x0, max_iter=max_iter, tol=tol, info=info, ticker=Ticker("CG-SENSE"))

@@ -17,7 +17,8 @@ output complex ``[B, H, W]``.
 Stopping: ``max_iter`` iterations (BART's practice: a fixed count), or earlier with ``tol > 0`` once the relative
 change of the iterate ``||x_k - x_{k-1}|| / ||x_k||`` is below ``tol`` for every slice. ``info`` (optional dict)
 receives ``iterations``, ``max_iter``, ``tol``, ``relative_change`` (the last, largest over the batch) and
-``tolerance_met``: a result at ``max_iter`` with a large relative change is not the minimiser.
+``tolerance_met``: a result at ``max_iter`` with a large relative change is not the minimiser. A long solve prints
+progress lines (``iteration i/max_iter``, the relative change; :mod:`mrlearn.progress`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mrlearn.physics.complex import center_crop, center_pad
 from mrlearn.physics.sense import sense_adjoint
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
 from mrlearn.physics.normal import SenseNormal
+from mrlearn.progress import Ticker
 from mrlearn.recon.scaling import lambda_weight
 from mrlearn.recon.stopping import relative_change
 from mrlearn.recon.wavelets import default_levels, detail_mask, dwt2, idwt2, pad_shape
@@ -81,6 +83,7 @@ def cs_l1_wavelet(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_m
     y, t = x, 1.0
     step_rhs = step * center_pad(rhs, (ph, pw))
     iterations, change = 0, float("inf")
+    ticker = Ticker("CS (L1-wavelet FISTA)")
     for _ in range(int(max_iter)):
         # gradient step y - step (A^H A y - A^H y) on the padded grid; the border is not seen by the data
         z = y + step_rhs
@@ -93,6 +96,7 @@ def cs_l1_wavelet(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_m
         iterations += 1
         if tol > 0 and change < tol:
             break
+        ticker.update("iteration", iterations, int(max_iter), [f"relative change {change:.2e}"], bound=tol > 0)
     if info is not None:
         info.update(iterations=iterations, max_iter=int(max_iter), tol=float(tol), relative_change=change,
                     tolerance_met=bool(tol > 0 and change < tol))

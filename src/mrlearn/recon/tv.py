@@ -12,7 +12,8 @@ joint (per-pixel, isotropic) or element-wise (anisotropic) soft-threshold at ``l
 ``lam`` is relative, by ``lambda_convention`` (:mod:`mrlearn.recon.scaling`): ``"bart"`` (default) weighs it as
 ``bart pics -R T:3:0:lam`` does, ``"max"`` as ``lam * max|A^H y|``, ``"absolute"`` in data units. ``rho`` (BART's
 ``-u``) is dimensionless: both ADMM terms scale with the data squared. kspace/maps ``[B, C, H, W]``, output complex
-``[B, H, W]``.
+``[B, H, W]``. A long solve prints progress lines (``iteration i/max_iter``, the relative change of ``x``;
+:mod:`mrlearn.progress`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mrlearn.physics.sense import apply_mask, sense_adjoint, sense_forward
 from mrlearn.recon.cg import conjugate_gradient
 from mrlearn.recon.inputs import check_kspace, check_mask, check_sens_maps
 from mrlearn.physics.normal import SenseNormal
+from mrlearn.progress import Ticker
 from mrlearn.recon.scaling import lambda_weight
 from mrlearn.recon.stopping import relative_change
 
@@ -89,6 +91,7 @@ def tv_recon(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: 
     z = torch.zeros(rhs.shape[0], 2, *rhs.shape[-2:], dtype=rhs.dtype, device=rhs.device)
     u = torch.zeros_like(z)
     iterations, change = 0, float("inf")
+    ticker = Ticker("TV (ADMM)")
     for _ in range(int(max_iter)):
         x_new = conjugate_gradient(normal, rhs + rho * grad2d_adjoint(z - u), x0=x, max_iter=cg_iter)
         change, x = relative_change(x_new, x), x_new
@@ -98,6 +101,7 @@ def tv_recon(kspace: torch.Tensor, mask: torch.Tensor | None = None, sens_maps: 
         iterations += 1
         if tol > 0 and change < tol:
             break
+        ticker.update("iteration", iterations, int(max_iter), [f"relative change {change:.2e}"], bound=tol > 0)
     if info is not None:
         info.update(iterations=iterations, max_iter=int(max_iter), tol=float(tol), relative_change=change,
                     tolerance_met=bool(tol > 0 and change < tol))

@@ -9,6 +9,8 @@ so several workers - or several ``mrlearn study`` processes - share one study fo
 * an unfinished folder whose holder is dead (killed worker, crashed machine on this host) is cleared and the run
   started again, with a message;
 * otherwise the run is built (``run_config``), run by its runner and its outcome written (``result.json`` last).
+  Inside the runner, progress lines (training, solvers, fits: :mod:`mrlearn.progress`) start with
+  ``[k/n] <run id>`` and follow the run's ``trainer.progress_every``.
 
 The study lock is a separate file from the engine's run-folder lock (``.lock``, taken by the runner's training), so
 the two never release each other. A :class:`StudyLock` (``OUT/.study.lock``) serialises writes of the study-level
@@ -29,6 +31,7 @@ from mrlearn.io import safe_child
 from mrlearn.config import dump_config
 from mrlearn.errors import MrlearnError
 from mrlearn.io import FolderLock, is_locked_by_other
+from mrlearn.progress import progress_context
 from mrlearn.study.results import is_finished, write_outcome
 from mrlearn.study.spec import RunSpec, StudySpec, run_config
 
@@ -104,6 +107,12 @@ def _holder_text(lock: FolderLock) -> str:
     return f"process {info.get('pid', '?')} on {info.get('host', '?')}"
 
 
+def _progress_every(cfg: Any) -> float | None:
+    """The run's ``trainer.progress_every`` (None: the default), for every loop inside the run."""
+    trainer = getattr(cfg, "trainer", None)
+    return getattr(trainer, "progress_every", None) if trainer is not None else None
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Run ``job`` if no one else does; returns ``{"status": finished|skipped|busy|error, ...}``.
 
@@ -141,7 +150,8 @@ def run_job(job: Job) -> dict[str, Any]:
         cfg = run_config(job.spec, job.run, run_dir)
         start = time.time()
         try:
-            outcome = job.runner(cfg)
+            with progress_context(f"[{job.index}/{job.total}] {rid}", _progress_every(cfg)):
+                outcome = job.runner(cfg)
         except MrlearnError as exc:
             return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}
         seconds = time.time() - start
