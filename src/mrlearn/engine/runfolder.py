@@ -5,11 +5,12 @@ Layout: ``config.yaml`` (the resolved config), ``run.json`` (seed, versions, git
 the method writes (``metrics.json``, ``checkpoints/``, logs).
 
 :class:`RunFolder` is a context manager: entering locks the folder (a second process gets a one-line error), refuses a
-folder that already holds a run unless ``resume`` is set, writes ``config.yaml`` and marks ``run.json`` running;
-leaving with an exception marks it failed (``interrupted`` for KeyboardInterrupt/SystemExit/RunInterrupted) with a
-one-line reason, and always releases the lock. A NaN/Inf stop (:class:`~mrlearn.errors.NonFiniteError`) leaves with
-its message completed by what remains in ``checkpoints/`` (:func:`describe_checkpoints`), so it never claims a
-checkpoint that does not exist.
+folder that already holds a run unless ``resume`` is set or that run failed (then it starts again:
+:mod:`mrlearn.engine.restart`; ``run.json`` keeps the attempt count and ``restarted_after``), writes ``config.yaml``
+and marks ``run.json`` running; leaving with an exception marks it failed (``interrupted`` for
+KeyboardInterrupt/SystemExit/RunInterrupted) with a one-line reason, and always releases the lock. A NaN/Inf stop
+(:class:`~mrlearn.errors.NonFiniteError`) leaves with its message completed by what remains in ``checkpoints/``
+(:func:`describe_checkpoints`), so it never claims a checkpoint that does not exist.
 
 A resume (``resume=True``) must ask for the run the folder holds: a config that differs from its ``config.yaml`` in
 anything but :data:`RESUMABLE_CHANGES` (longer budgets, logging, loader workers) is refused before any file is
@@ -150,13 +151,21 @@ class RunFolder:
         self.lock.acquire()
         try:
             previous = read_json(self.path / "run.json") or {}
+            restarted = None
             if not self.resume and self.holds_run():
-                raise input_error(self.path, f"already holds a run (status {previous.get('status', 'unknown')})",
-                                  "pass --resume to continue it, or choose another --out")
+                if previous.get("status") != "failed":  # finished, running or interrupted runs are kept
+                    raise input_error(self.path, f"already holds a run (status {previous.get('status', 'unknown')})",
+                                      "pass --resume to continue it, or choose another --out")
+                from mrlearn.engine.restart import restart_failed
+
+                print(f"mrlearn: {restart_failed(self.path, previous, self.lock.path.name)}", file=sys.stderr, flush=True)
+                restarted = previous.get("error") or "failed"
             self._check_resume_config()
             self.data = {"seed": self.seed, "status": "running", "started": now(), "finished": None,
                          "git_revision": git_revision(), "versions": versions(), "command": sys.argv,
                          "pid": os.getpid(), "attempts": int(previous.get("attempts", 0)) + 1, **self.extra}
+            if restarted is not None:
+                self.data["restarted_after"] = restarted  # the previous attempt's error
             if self.config_text is not None:
                 atomic_write_text(self.path / "config.yaml", self.config_text)
             self.update()

@@ -34,6 +34,7 @@ from mrlearn import registry
 from mrlearn.config import ExperimentConfig
 from mrlearn.data.dataset import SliceDataset
 from mrlearn.data.transforms import ReconTransform
+from mrlearn.data.workers import loader_workers
 from mrlearn.mtl.config import TaskSpec, tasks_config
 from mrlearn.training.data import split_dataset
 
@@ -194,7 +195,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                                      self.tasks.ratio, rank, world)
 
     def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
-        nw = self.cfg.data.num_workers
+        nw = loader_workers(self.cfg.data.num_workers)
         return DataLoader(dataset, num_workers=nw, persistent_workers=nw > 0, pin_memory=torch.cuda.is_available(), **kw)
 
     def train_dataloader(self) -> DataLoader:

@@ -13,7 +13,9 @@ Samplers (no Lightning distributed sampler: ``use_distributed_sampler=False``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mrlearn import registry
 from mrlearn.config import ExperimentConfig
-from mrlearn.data.dataset import SliceDataset, list_volumes
+from mrlearn.data.dataset import H5_SUFFIXES, SliceDataset, list_volumes
+from mrlearn.data.layout import describe_root, fastmri_folders
 from mrlearn.data.transforms import ReconTransform, fixed_per_slice
+from mrlearn.data.workers import loader_workers
 from mrlearn.errors import input_error
 
 
@@ -121,11 +125,42 @@ def resolve_root(cfg: ExperimentConfig) -> Path:
     return root
 
 
+_SAID: set[str] = set()
+
+
+def say_once(note: str | None) -> None:
+    """Print a note about the data set-up on stderr, once per process."""
+    if note and note not in _SAID:
+        _SAID.add(note)
+        print(f"mrlearn: note: {note}", file=sys.stderr, flush=True)
+
+
+def split_folders(cfg: ExperimentConfig, root: Path) -> dict[str, str]:
+    """The split folder names to read in ``root``: the config's, or fastMRI's other coil kind when the root holds
+    only that (:func:`mrlearn.data.layout.fastmri_folders`; the switch is said once)."""
+    d = cfg.data
+    folders, note = fastmri_folders(root, {"train": d.train, "val": d.val, "test": d.test})
+    say_once(note)
+    return folders
+
+
+def resolve_data_folders(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``data.train/val/test`` as :func:`split_folders` finds them (so the run's config.yaml names
+    the folders it read); unchanged for the embedded dataset or a root that is not a folder."""
+    if cfg.data.root is None or not Path(cfg.data.root).expanduser().is_dir():
+        return cfg
+    folders = split_folders(cfg, Path(cfg.data.root).expanduser())
+    if folders == {"train": cfg.data.train, "val": cfg.data.val, "test": cfg.data.test}:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **folders))
+
+
 def split_dataset(cfg: ExperimentConfig, split: str, transform: ReconTransform | None = None, **kw: Any) -> SliceDataset:
     """The slices of one split: the ``root/<split folder>`` or, without split folders, a seeded split by volume."""
     d = cfg.data
     root = resolve_root(cfg)
-    folder = root / {"train": d.train, "val": d.val, "test": d.test}[split]
+    folders = split_folders(cfg, root)
+    folder = root / folders[split]
     subset: dict[str, Any] = {}
     if split == "train":
         subset = dict(volume_fraction=d.volume_fraction if d.volume_fraction < 1 else None, volume_count=d.volume_count,
@@ -133,11 +168,16 @@ def split_dataset(cfg: ExperimentConfig, split: str, transform: ReconTransform |
     common = dict(contrasts=d.contrasts, seed=cfg.seed, target_size=tuple(d.recon_size) if d.recon_size else None, **subset, **kw)
     if folder.is_dir():
         return SliceDataset(folder, **common)
-    present = [name for name in (d.train, d.val, d.test) if (root / name).is_dir()]
+    present = [name for name in folders.values() if (root / name).is_dir()]
     if present:  # some split folders but not this one: not a flat folder to split by volume
         raise input_error(folder, f"no such split folder ({root} has {', '.join(f'{p}/' for p in present)} only)",
                           f"add {folder.name}/ with its volumes, or set data.{split} to the folder to use")
-    list_volumes(root)  # a clear error when root holds neither split folders nor volumes
+    if root.is_dir() and not any(p.is_file() and p.suffix.lower() in H5_SUFFIXES for p in root.iterdir()):
+        raise input_error("data.root", f"{root} has no {folder.name}/ folder (data.{split}) and no .h5 volumes of its "
+                          f"own to split by volume; it {describe_root(root)}",
+                          f"set data.root to the folder that holds {folders['train']}/ and {folders['val']}/, or "
+                          f"data.train/data.val/data.test to the folder names it has")
+    list_volumes(root)  # a clear error for what remains (e.g. a file name that is not UTF-8)
     return SliceDataset(root, split=split, split_fractions=tuple(d.split_fractions), split_seed=cfg.seed, **common)
 
 
@@ -182,7 +222,7 @@ class ReconDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, dataset: Dataset, sampler: Sampler, batch_size: int) -> DataLoader:
-        nw = self.cfg.data.num_workers
+        nw = loader_workers(self.cfg.data.num_workers)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
                           persistent_workers=nw > 0, pin_memory=torch.cuda.is_available())
 

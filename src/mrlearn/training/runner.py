@@ -34,7 +34,7 @@ from mrlearn.engine.signals import GracefulStop
 from mrlearn.engine.trainer import make_trainer, quiet_lightning, resolve_precision
 from mrlearn.errors import MrlearnError, input_error
 from mrlearn.io import write_json
-from mrlearn.training.data import ReconDataModule
+from mrlearn.training.data import ReconDataModule, resolve_data_folders
 from mrlearn.training.module import ReconModule
 
 __all__ = ["TrainResult", "build_method", "make_trainer", "quiet_lightning", "resolve_precision", "train",
@@ -122,6 +122,7 @@ def evaluate_final(cfg: ExperimentConfig, trainer: L.Trainer, module: L.Lightnin
 
 def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     """Fit ``cfg`` in its run folder; returns the metrics and where the outputs are (see the module docstring)."""
+    cfg = resolve_data_folders(cfg)  # fastMRI's single-/multi-coil folders: config.yaml names those read
     run_dir = cfg.run_dir()
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
