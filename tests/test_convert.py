@@ -144,10 +144,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_bad_bart_inputs(tmp_path):
     write_cfl(tmp_path / "slab", _crandn((10, 8, 4, 2) + (1,) * 9 + (3,)))  # dim 2 and slices both used
-    with pytest.raises(MrlearnError, match=r"dim 2 and 3 slices in dim 13; convert one slab at a time \(e.g. `bart slice 13 0"):
+    with pytest.raises(MrlearnError, match=r"dim 2 and 3 slices in dim 13; convert one slab at a time: `bart slice 13 0 "):
         bart_to_fastmri(tmp_path / "slab", tmp_path / "o.h5")
     write_cfl(tmp_path / "te", _crandn((10, 8, 1, 2, 1, 3)))  # echoes in dim 5
-    with pytest.raises(MrlearnError, match=r"extra BART dims \[5\] with sizes \[3\]; select one entry of each first \(e.g. `bart slice 5 0"):
+    with pytest.raises(MrlearnError, match=r"k-space has data in BART dims \[5\] \(sizes \[3\]\), which mrlearn does not convert; keep one entry of each: `bart slice 5 0 "):
         bart_to_fastmri(tmp_path / "te", tmp_path / "o.h5")
     write_cfl(tmp_path / "k", _crandn((10, 8, 1, 2)))
     write_cfl(tmp_path / "m", _crandn((10, 8, 1, 3)))

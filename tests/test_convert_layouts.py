@@ -5,7 +5,7 @@ import pytest
 
 from helpers_data import make_kspace
 from mrlearn.cli import main
-from mrlearn.data.bart_layout import is_fourier_axis
+from mrlearn.data.bart_axes import classify_axis
 from mrlearn.data.cfl import write_cfl
 from mrlearn.data.convert import bart_to_fastmri
 from mrlearn.data.dataset import SliceDataset
@@ -53,45 +53,65 @@ def test_ky_kz_slice_of_3d_acquisition_is_one_slice(tmp_path):
     np.testing.assert_array_equal(read_kspace(bart_to_fastmri(tmp_path / "k3", tmp_path / "k3.h5")), k3)
 
 
-def test_coils_in_dim2_are_taken_as_coils(tmp_path, capsys):
+def test_coils_in_dim2_are_taken_as_coils_when_stated(tmp_path, capsys):
     k = _slices_2d(s=1)[0]  # [C, H, W]
     write_cfl(tmp_path / "k", np.transpose(k, (1, 2, 0)))  # BART [X, Y, C] (coils left in dim 2)
-    assert main(["convert", str(tmp_path / "k"), str(tmp_path / "k.h5")]) == 0
-    assert "bart transpose 2 3" in capsys.readouterr().out
+    # one entry in dim 3: coils, single-coil slices and single-coil partitions all fit; the data cannot say
+    assert main(["convert", str(tmp_path / "k"), str(tmp_path / "k.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "rerun with --dim2 coils, --dim2 slices or --dim2 kspace" in err and err.count("\n") == 1
+    assert not (tmp_path / "k.h5").exists()
+    assert main(["convert", str(tmp_path / "k"), str(tmp_path / "k.h5"), "--dim2", "coils"]) == 0
+    assert "--dim2 coils: dim 2 taken as the coils (as `bart transpose 2 3`)" in capsys.readouterr().out
     np.testing.assert_array_equal(read_kspace(tmp_path / "k.h5")[0], k)
     assert read_volume_info(tmp_path / "k.h5").attrs["bart_layout"] == "coils-in-dim2"
 
 
-def test_slices_in_dim2_are_taken_as_slices(tmp_path):
+def test_slices_in_dim2_are_taken_as_slices(tmp_path, capsys):
     k = _slices_2d(s=10, c=2)  # ten image-space slices, stored in dim 2
     write_cfl(tmp_path / "k", np.transpose(k, (2, 3, 0, 1)))  # [X, Y, S, C]
-    p = bart_to_fastmri(tmp_path / "k", tmp_path / "k.h5")
+    p = bart_to_fastmri(tmp_path / "k", tmp_path / "k.h5", log=print)
+    assert "dim 2 judged image space from the data" in capsys.readouterr().out
     np.testing.assert_array_equal(read_kspace(p), k)
     assert read_volume_info(p).attrs["bart_layout"] == "slices-in-dim2"
 
 
 @pytest.mark.parametrize("hybrid", [False, True])
-def test_3d_kspace_becomes_ky_kz_slices(tmp_path, hybrid):
+def test_fully_sampled_3d_kspace_becomes_kx_ky_slices(tmp_path, hybrid):
     img = _coil_images((16, 20, 18), coils=3)  # [x, y, z, C]
-    k3 = _fft(img, (0, 1, 2))
-    stored = _fft(img, (1, 2)) if hybrid else k3  # hybrid: readout already in image space
+    stored = _fft(img, (1, 2)) if hybrid else _fft(img, (0, 1, 2))  # hybrid: readout already in image space
     write_cfl(tmp_path / "k", stored)
     p = bart_to_fastmri(tmp_path / "k", tmp_path / "k.h5")
-    out = read_kspace(p)  # [x, C, ky, kz]
-    assert out.shape == (16, 3, 20, 18)
-    ref = np.transpose(_fft(img, (1, 2)), (0, 3, 1, 2))  # each x position: 2-D k-space of ky x kz
+    out = read_kspace(p)  # [z, C, kx, ky]
+    ref = np.transpose(_fft(img, (0, 1)), (2, 3, 0, 1))  # each partition: 2-D k-space of its image slice
+    assert out.shape == ref.shape == (18, 3, 16, 20)
     np.testing.assert_allclose(out, ref, atol=1e-5 * np.abs(ref).max())
+    assert read_volume_info(p).attrs["bart_layout"] == ("3d-partitions-hybrid" if hybrid else "3d-partitions")
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_ky_kz_undersampled_3d_kspace_becomes_ky_kz_slices(tmp_path, hybrid):
+    img = _coil_images((16, 20, 18), coils=3)  # [x, y, z, C]
+    pattern = _poisson_like(20, 18, (6, 6), accel=3)[None, :, :, None]  # [ky, kz], the same for every kx
+    stored = (_fft(img, (1, 2)) if hybrid else _fft(img, (0, 1, 2))) * pattern
+    write_cfl(tmp_path / "k", stored)
+    p = bart_to_fastmri(tmp_path / "k", tmp_path / "k.h5", undersampled=True)
+    out = read_kspace(p)  # [x, C, ky, kz]: an inverse FFT along kz would alias, the readout's is exact
+    ref = np.transpose(_fft(img, (1, 2)) * pattern, (0, 3, 1, 2))
+    assert out.shape == (16, 3, 20, 18)
+    np.testing.assert_allclose(out, ref, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_array_equal(read_mask(p), pattern[0, :, :, 0].astype(np.float32))
     assert read_volume_info(p).attrs["bart_layout"] == ("3d-hybrid" if hybrid else "3d-kspace")
 
 
 def test_fourier_axis_detection():
     img = _coil_images((32, 24, 16), coils=8)
     k = _fft(img, (0, 1, 2))
-    energy = lambda a, d: (np.abs(a) ** 2).sum(axis=tuple(i for i in range(a.ndim) if i != d))  # noqa: E731
-    assert all(is_fourier_axis(energy(k, d)) for d in range(3))
-    assert not any(is_fourier_axis(energy(img, d)) for d in range(3))  # image axes
-    assert not is_fourier_axis(energy(k, 3))  # coils
-    assert not is_fourier_axis(np.ones(4))  # too short to judge
+    assert [classify_axis(k, d) for d in range(3)] == ["kspace"] * 3
+    assert [classify_axis(img, d) for d in range(3)] == ["image"] * 3
+    assert classify_axis(k, 3) != "kspace"  # coils
+    flat = np.exp(2j * np.pi * np.random.default_rng(0).random((8, 8, 4)))  # equal energy, unrelated phases
+    assert classify_axis(flat, 2) is None  # neither: refused, the user says which
 
 
 def _poisson_like(h, w, calib, accel, seed=0):
@@ -128,7 +148,7 @@ def test_undersampled_per_slice_patterns_and_1d(tmp_path):
     cols = np.zeros(28, bool)
     cols[::3] = True
     cols[12:17] = True
-    write_cfl(tmp_path / "c", np.transpose(k[:1] * cols, (2, 3, 1, 0))[..., 0])
+    write_cfl(tmp_path / "c", np.transpose(k[:1] * cols, (2, 3, 1, 0))[:, :, None, :, 0])  # [X, Y, 1, C]
     p = bart_to_fastmri(tmp_path / "c", tmp_path / "c.h5", undersampled=True)
     m = read_mask(p)
     assert m.shape == (28,)  # a 1-D pattern is stored 1-D
@@ -140,7 +160,7 @@ def test_undersampled_refuses_too_sparse_and_empty(tmp_path):
     k = _slices_2d(s=1, c=2, h=40, w=40)
     sparse = np.zeros((40, 40), bool)
     sparse[18:22, 18:22] = True  # 1 % of k-space
-    write_cfl(tmp_path / "s", np.transpose(k * sparse, (2, 3, 1, 0))[..., 0])
+    write_cfl(tmp_path / "s", np.transpose(k * sparse, (2, 3, 1, 0))[:, :, None, :, 0])  # [X, Y, 1, C]
     with pytest.raises(MrlearnError, match=r"s \(sampling pattern found in the data\): 'mask' samples 1 % of k-space"):
         bart_to_fastmri(tmp_path / "s", tmp_path / "s.h5", undersampled=True)
     write_cfl(tmp_path / "z", np.zeros((40, 40, 1, 2), np.complex64))
@@ -170,6 +190,6 @@ def test_maps_follow_the_kspace_layout(tmp_path):
 
 def test_undersampled_data_converted_as_full_gets_a_note(tmp_path, capsys):
     k = _slices_2d(s=1, c=2, h=32, w=32)
-    write_cfl(tmp_path / "u", np.transpose(k * _poisson_like(32, 32, (8, 8), 4), (2, 3, 1, 0))[..., 0])
+    write_cfl(tmp_path / "u", np.transpose(k * _poisson_like(32, 32, (8, 8), 4), (2, 3, 1, 0))[:, :, None, :, 0])  # [X, Y, 1, C]
     assert main(["convert", str(tmp_path / "u"), str(tmp_path / "u.h5")]) == 0
     assert "pass --undersampled" in capsys.readouterr().out

@@ -1,121 +1,203 @@
 """Which BART layout a k-space array uses, and its conversion to fastMRI's ``[S, C, H, W]``.
 
 BART's convention (``misc/mri.h``): x (readout), y, z in dims 0-2, coils in dim 3, ESPIRiT map sets in dim 4,
-slices in dim 13. The layouts recognised (``d_i`` = size of dim i; arrays padded to 16 dims):
+slices in dim 13. k-space has no map sets: coils found in dim 4 with dim 3 empty are taken as the coils (as
+``bart transpose 3 4``; the label gets ``+coils-in-dim4``). The layouts (``d_i`` = size of dim i, 16 dims):
 
 ``standard``        ``[X, Y, 1, C, ..., S]``: H = X, W = Y.
 ``kykz-slice``      ``[1, Y, Z, C, ..., S]``: a 2-D slice of a 3-D acquisition whose readout was inverse-Fourier
                     transformed; its image plane is dims 1-2: H = Y, W = Z.
-``coils-in-dim2``   ``[X, Y, C, 1]`` with dim 2 *not* a Fourier axis (see :func:`is_fourier_axis`) and at most
-                    64 entries: the coils were left in dim 2; taken as coils, as ``bart transpose 2 3`` would.
-``slices-in-dim2``  ``[X, Y, N, C]`` (C > 1, or N > 64) with dim 2 not a Fourier axis: N image-space slices
-                    stored in dim 2; taken as slices, as ``bart transpose 2 13`` would.
-``3d-kspace``       ``[X, Y, Z, C]`` with dims 0 and 2 Fourier axes: 3-D k-space. The readout is inverse-Fourier
-                    transformed (centered, orthonormal, as ``bart fft -u -i 1``) and every x position becomes a
-                    2-D slice of ky x kz (H = Y, W = Z), as ``bart fft -u -i 1`` then ``bart transpose 0 13``.
-``3d-hybrid``       ``[X, Y, Z, C]`` with dim 2 a Fourier axis and dim 0 not: the readout is already in image
-                    space; every x position is a slice of ky x kz.
+``coils-in-dim2``   ``[X, Y, C, 1, ..., S]`` with ``--dim2 coils``: as ``bart transpose 2 3``.
+``slices-in-dim2``  ``[X, Y, N, C]``, dim 2 image space: N slices, as ``bart transpose 2 13``.
+``3d-partitions``   ``[X, Y, Z, C]``, dim 2 a k-space partition axis sampled at all or none of its entries on every
+                    (x, y) line (fully sampled, or undersampled in ky only): the centred orthonormal inverse FFT
+                    along dim 2 (as ``bart fft -u -i 4``) gives Z slices of kx x ky (H = X, W = Y).
+``3d-partitions-hybrid``  the same with the readout already in image space: it is Fourier-transformed back
+                    (centred orthonormal forward FFT, as ``bart fft -u 1``) so that every slice is k-space.
+``3d-kspace``       ``[X, Y, Z, C]``, dim 2 a k-space axis sampled differently per partition (ky-kz undersampling,
+                    Z >= 8): the readout is inverse-FFT'd (as ``bart fft -u -i 1``) and every x position is a
+                    ky x kz slice (H = Y, W = Z), as ``bart transpose 0 13`` then; exact for any ky-kz pattern.
+``3d-hybrid``       the same with the readout already in image space (no transform).
 
-Refused, with the BART command that fixes it: data in dims other than 0-3 and 13 (4 for maps), and dims 2 and
-13 both holding more than one entry. Sensitivity maps follow the layout of their k-space (never transformed).
+What dim 2 holds is read from the data (:mod:`mrlearn.data.bart_axes`) when dim 3 holds several coils; the
+readout of 3-D data is taken as image space when its coherent measure exceeds its centre measure. With one
+entry in dim 3 (coils, single-coil slices and single-coil partitions all fit) or when the data do not say, the
+user states it with ``dim2`` (``--dim2 kspace|slices|coils``). Refused, with the command that fixes it: data in
+dims other than 0-4 and 13, k-space in both dims 3 and 4, and dims 2 and 13 both used. Sensitivity maps follow
+their k-space's layout (never Fourier-transformed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from mrlearn.data import cfl as bart
+from mrlearn.data.bart_axes import axis_evidence, partitions_fully_sampled
 from mrlearn.errors import input_error
 
-MAX_COILS_IN_DIM2 = 64
+DIM2_CHOICES = ("kspace", "slices", "coils")
+MIN_KYKZ = 8  # ky x kz slices narrower than this are refused (the matrix minimum)
+_PARTITIONS_NOTE = "inverse-FFT'd along dim 2 (centred, orthonormal, as `bart fft -u -i 4`): each partition is a kx x ky slice"
 _NOTES = {
     "standard": None,
     "kykz-slice": "BART [1, ky, kz, coils] layout: each slice is one 2-D ky x kz slice (H = ky, W = kz)",
-    "coils-in-dim2": "dim 2 holds no Fourier axis and dim 3 is empty: dim 2 taken as the coils (as `bart transpose 2 3`)",
-    "slices-in-dim2": "dim 2 holds no Fourier axis: taken as image-space slices (as `bart transpose 2 13`)",
-    "3d-kspace": ("3-D k-space: readout inverse-FFT'd (centered, unitary, as `bart fft -u -i 1`); each x position is "
-                  "a ky x kz slice (as `bart transpose 0 13`)"),
-    "3d-hybrid": "3-D data with the readout already in image space: each x position is a ky x kz slice",
+    "coils-in-dim2": "dim 2 taken as the coils (as `bart transpose 2 3`)",
+    "slices-in-dim2": "dim 2 taken as image-space slices (as `bart transpose 2 13`)",
+    "3d-partitions": _PARTITIONS_NOTE,
+    "3d-partitions-hybrid": ("readout already in image space, Fourier-transformed back (as `bart fft -u 1`); "
+                             + _PARTITIONS_NOTE),
+    "3d-kspace": ("partitions sampled differently (ky-kz undersampling): readout inverse-FFT'd (centred, orthonormal, "
+                  "as `bart fft -u -i 1`); each x position is a ky x kz slice (as `bart transpose 0 13`)"),
+    "3d-hybrid": ("partitions sampled differently (ky-kz undersampling), readout already in image space: each x "
+                  "position is a ky x kz slice (as `bart transpose 0 13`)"),
 }
+_COILS_IN_DIM4 = "coils found in dim 4 (MAPS) with dim 3 empty: taken as the coils (as `bart transpose 3 4`)"
 
 
 @dataclass(frozen=True)
 class Layout:
-    """A recognised layout: ``name`` (see the module docstring) and ``note`` (what was done, None when standard)."""
+    """A recognised layout: ``name`` (see the module docstring), ``coil_dim`` (3, or 4 when the coils sat in dim 4)
+    and ``why`` (how dim 2 was decided: the ``--dim2`` flag or the data's evidence; empty when not used)."""
 
     name: str
+    coil_dim: int = 3
+    why: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name stored in the ``bart_layout`` attr."""
+        return self.name + ("+coils-in-dim4" if self.coil_dim == 4 else "")
 
     @property
     def note(self) -> str | None:
-        return _NOTES[self.name]
+        """One line saying what was done (None for the standard layout with coils in dim 3)."""
+        parts = [_COILS_IN_DIM4] if self.coil_dim == 4 else []
+        if _NOTES[self.name]:
+            parts.append((f"{self.why}: " if self.why else "") + _NOTES[self.name])
+        return "; ".join(parts) or None
 
 
-def axis_energy(a: np.ndarray, dim: int) -> np.ndarray:
-    """``sum |a|^2`` over every dim but ``dim`` (float64)."""
-    mag2 = a.real.astype(np.float64) ** 2 + a.imag.astype(np.float64) ** 2
-    return mag2.sum(axis=tuple(d for d in range(a.ndim) if d != dim))
+def bart_cmd(*args: object) -> str:
+    """A shell-quoted ``bart`` command line in backticks, for advice in messages."""
+    return "`bart " + " ".join(shlex.quote(str(a)) for a in args) + "`"
 
 
-def is_fourier_axis(energy: np.ndarray) -> bool:
-    """Whether an energy profile along one axis looks like a k-space (Fourier) axis.
+def _suffixed(base: Path, suffix: str) -> Path:
+    return base.with_name(base.name + suffix)
 
-    k-space of an MR image concentrates its energy at the centre index ``n // 2``: the peak is there (within one
-    index), the central band of ``n // 8`` (at least one) entries holds more than half the energy, and two indices
-    away from the peak the energy has fallen below half the peak. Image-space axes (slices, readout after the
-    inverse FFT) and coil axes vary slowly and fail at least one test. Axes shorter than 8 are never taken as
-    Fourier axes.
+
+def _refuse_extra_dims(a: np.ndarray, src: Path) -> None:
+    extra = [d for d in range(bart.BART_DIMS) if d not in (0, 1, 2, 3, bart.SLICE_DIM) and a.shape[d] != 1]
+    if not extra:
+        return
+    sizes = [a.shape[d] for d in extra]
+    out = _suffixed(src, "_sel")
+    keep_one = bart_cmd("slice", *[v for d in extra for v in (d, 0)], src, out)
+    if extra == [bart.MAPS_DIM]:
+        merged = _suffixed(src, "_coils")
+        d3, d4 = a.shape[bart.COIL_DIM], a.shape[bart.MAPS_DIM]
+        raise input_error(src, f"k-space has {d3} entries in dim 3 (COIL) and {d4} in dim 4 (MAPS; k-space has no "
+                               "map sets)",
+                          f"if dims 3 and 4 together are the coils, merge them: "
+                          f"{bart_cmd('reshape', 24, d3 * d4, 1, src, merged)}, then convert its output; else keep the "
+                          f"first entry of dim 4: {keep_one}")
+    raise input_error(src, f"k-space has data in BART dims {extra} (sizes {sizes}), which mrlearn does not convert",
+                      f"keep one entry of each: {keep_one}, then convert its output")
+
+
+def _dim2_mode(a: np.ndarray, src: Path, dim2: str | None) -> tuple[str, str]:
+    """What dim 2 holds (one of :data:`DIM2_CHOICES`) and why, or a one-line refusal naming ``--dim2``."""
+    d2, d3 = a.shape[2], a.shape[bart.COIL_DIM]
+    if dim2 is not None:
+        if dim2 == "coils" and d3 > 1:
+            raise input_error(src, f"--dim2 coils, but dim 3 already holds {d3} coils",
+                              "pass --dim2 slices or --dim2 kspace, or leave --dim2 out")
+        return dim2, f"--dim2 {dim2}"
+    evidence = axis_evidence(a, 2)
+    verdict = evidence.verdict
+    if d3 == 1:
+        hint = {"kspace": "; its energy profile looks like k-space", "image": "; its energy profile looks like image "
+                "space (coils or slices)"}.get(verdict or "", "")
+        raise input_error(src, f"dim 2 holds {d2} entries and dim 3 (coils) one: they may be coils, single-coil "
+                               f"slices or single-coil k-space partitions{hint}",
+                          "say which: rerun with --dim2 coils, --dim2 slices or --dim2 kspace")
+    if verdict is None:
+        raise input_error(src, f"the data do not say whether dim 2 ({d2} entries) is a k-space partition axis or "
+                               f"holds image-space slices ({evidence.describe()})",
+                          "say which: rerun with --dim2 kspace or --dim2 slices")
+    why = f"dim 2 judged {'k-space' if verdict == 'kspace' else 'image space'} from the data ({evidence.describe()})"
+    return ("kspace" if verdict == "kspace" else "slices"), why
+
+
+def detect_layout(a: np.ndarray, where: Path | str, dim2: str | None = None) -> Layout:
+    """The :class:`Layout` of a 16-dim BART k-space array ``a``, or a one-line error with the fix.
+
+    ``dim2``: what dim 2 holds when it holds several entries (:data:`DIM2_CHOICES`); None: read from the data.
     """
-    e = np.asarray(energy, dtype=np.float64)
-    n = e.shape[0]
-    total = float(e.sum())
-    if n < 8 or total <= 0:
-        return False
-    c, m = n // 2, int(np.argmax(e))
-    if abs(m - c) > 1:
-        return False
-    half = max(1, n // 8) // 2
-    band = float(e[c - half: c + half + 1].sum())
-    near = max(e[m - 2] if m >= 2 else 0.0, e[m + 2] if m + 2 < n else 0.0)
-    return band > 0.5 * total and near < 0.5 * e[m]
-
-
-def detect_layout(a: np.ndarray, where: Path | str, what: str = "k-space", allow_maps: bool = False) -> Layout:
-    """The :class:`Layout` of a 16-dim BART array ``a`` (k-space), or a one-line error with the fix."""
-    kept = (0, 1, 2, 3, bart.SLICE_DIM) + ((bart.MAPS_DIM,) if allow_maps else ())
-    extra = [d for d in range(bart.BART_DIMS) if d not in kept and a.shape[d] != 1]
-    if extra:
-        raise input_error(where, f"{what} has extra BART dims {extra} with sizes {[a.shape[d] for d in extra]}",
-                          f"select one entry of each first (e.g. `bart slice {extra[0]} 0 IN OUT`), keeping dims 0-3 and 13")
-    d0, d2, d3, d13 = a.shape[0], a.shape[2], a.shape[3], a.shape[bart.SLICE_DIM]
+    src = Path(where)
+    if dim2 is not None and dim2 not in DIM2_CHOICES:
+        raise input_error("--dim2", f"unknown value {dim2!r}", f"use one of {', '.join(DIM2_CHOICES)}")
+    coil_dim = 3
+    if a.shape[bart.COIL_DIM] == 1 and a.shape[bart.MAPS_DIM] > 1:
+        coil_dim, a = 4, np.swapaxes(a, bart.COIL_DIM, bart.MAPS_DIM)
+    _refuse_extra_dims(a, src)
+    d0, d1, d2, d13 = a.shape[0], a.shape[1], a.shape[2], a.shape[bart.SLICE_DIM]
     if d2 == 1:
-        return Layout("standard")
+        if dim2 is not None:
+            raise input_error(src, f"--dim2 {dim2} given, but dim 2 holds one entry", "leave --dim2 out for this file")
+        return Layout("standard", coil_dim)
     if d0 == 1:
-        return Layout("kykz-slice")
-    dim2_fourier = is_fourier_axis(axis_energy(a, 2))
-    if not dim2_fourier and d3 == 1 and d2 <= MAX_COILS_IN_DIM2:
-        return Layout("coils-in-dim2")
-    if d13 > 1:
-        raise input_error(where, f"{what} has {d2} entries in dim 2 and {d13} slices in dim 13",
-                          "convert one slab at a time (e.g. `bart slice 13 0 IN OUT`)")
-    if not dim2_fourier:
-        return Layout("slices-in-dim2")
-    return Layout("3d-kspace" if is_fourier_axis(axis_energy(a, 0)) else "3d-hybrid")
+        if dim2 not in (None, "kspace"):
+            raise input_error(src, f"--dim2 {dim2} given, but dim 0 holds one entry: [1, ky, kz, coils] is one ky x kz "
+                                   "slice (dim 2 is kz)", "leave --dim2 out for this file")
+        return Layout("kykz-slice", coil_dim)
+    if d13 > 1 and (dim2 in ("kspace", "slices") or (dim2 is None and a.shape[bart.COIL_DIM] > 1)):
+        raise input_error(src, f"k-space has {d2} entries in dim 2 and {d13} slices in dim 13",
+                          f"convert one slab at a time: {bart_cmd('slice', 13, 0, src, _suffixed(src, '_slab0'))}, "
+                          "then convert its output (and slabs 1, 2, ... likewise)")
+    mode, why = _dim2_mode(a, src, dim2)
+    if mode == "coils":
+        return Layout("coils-in-dim2", coil_dim, why)
+    if mode == "slices":
+        return Layout("slices-in-dim2", coil_dim, why)
+    readout = axis_evidence(a, 0)
+    hybrid = readout.coherent > readout.centre  # the readout is always k-space or image space: the likelier one
+    if partitions_fully_sampled(a):
+        return Layout("3d-partitions-hybrid" if hybrid else "3d-partitions", coil_dim, why)
+    if d2 < MIN_KYKZ or d1 < MIN_KYKZ:
+        raise input_error(src, f"dim 2 is a k-space partition axis of {d2} entries sampled differently per partition "
+                               f"(ky-kz undersampling): an inverse FFT along it would alias, and ky x kz slices of "
+                               f"{d1} x {d2} are too small",
+                          f"such data do not split into 2-D slices exactly (ky x kz slices need at least {MIN_KYKZ} "
+                          "partitions); reconstruct it in 3-D")
+    return Layout("3d-hybrid" if hybrid else "3d-kspace", coil_dim, why)
 
 
-def _ifft_readout(a: np.ndarray) -> np.ndarray:
-    """Centered orthonormal inverse FFT along axis 0 (the convention of :mod:`mrlearn.physics.fft`)."""
-    out = np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(a, axes=0), axis=0, norm="ortho"), axes=0)
-    return out.astype(np.complex64)
+def maps_layout(layout: Layout, maps_shape: tuple[int, ...]) -> Layout:
+    """The layout of sensitivity maps for k-space read with ``layout``: coils in dim 3 when the maps have them
+    there (their map sets in dim 4), else in dim 4 like the k-space."""
+    if layout.coil_dim == 4 and maps_shape[bart.COIL_DIM] > 1:
+        return replace(layout, coil_dim=3)
+    return layout
+
+
+def _centred_fft(v: np.ndarray, axis: int, inverse: bool) -> np.ndarray:
+    """Centred orthonormal (inverse) FFT along ``axis`` (the convention of :mod:`mrlearn.physics.fft`)."""
+    f = np.fft.ifft if inverse else np.fft.fft
+    return np.fft.fftshift(f(np.fft.ifftshift(v, axes=axis), axis=axis, norm="ortho"), axes=axis)
 
 
 def to_scwh(a: np.ndarray, layout: Layout, transform: bool = True) -> np.ndarray:
     """16-dim BART array -> complex64 ``[S, C, H, W]`` for ``layout`` (first map set of dim 4).
 
-    ``transform=False`` skips the readout inverse FFT of ``3d-kspace`` (for sensitivity maps, already images).
+    ``transform=False`` skips the Fourier transforms of the 3-D layouts (for sensitivity maps, already images).
     """
+    if layout.coil_dim == 4:
+        a = np.swapaxes(a, bart.COIL_DIM, bart.MAPS_DIM)
     index = tuple(slice(None) if d in (0, 1, 2, 3, bart.SLICE_DIM) else 0 for d in range(bart.BART_DIMS))
     b = a[index]  # [X, Y, Z, C, S]
     name = layout.name
@@ -127,9 +209,16 @@ def to_scwh(a: np.ndarray, layout: Layout, transform: bool = True) -> np.ndarray
         out = np.transpose(b[:, :, :, 0], (3, 2, 0, 1))  # [X, Y, C, S] -> [S, C, X, Y]
     elif name == "slices-in-dim2":
         out = np.transpose(b[..., 0], (2, 3, 0, 1))  # [X, Y, N, C] -> [N, C, X, Y]
-    else:  # 3-D: every x position is a ky x kz slice
+    elif name.startswith("3d-partitions"):
+        v = b[..., 0]  # [X, Y, Z, C]
+        if transform:
+            v = _centred_fft(v.astype(np.complex128), 2, inverse=True)
+            if name == "3d-partitions-hybrid":
+                v = _centred_fft(v, 0, inverse=False)
+        out = np.transpose(v, (2, 3, 0, 1))  # [X, Y, Z, C] -> [Z, C, X, Y]
+    else:  # 3d-kspace / 3d-hybrid: every x position is a ky x kz slice
         v = b[..., 0]
         if name == "3d-kspace" and transform:
-            v = _ifft_readout(v)
+            v = _centred_fft(v.astype(np.complex128), 0, inverse=True)
         out = np.transpose(v, (0, 3, 1, 2))  # [X, Y, Z, C] -> [X, C, Y, Z]
     return np.ascontiguousarray(out, dtype=np.complex64)

@@ -2,9 +2,10 @@
 
 Axis mapping: BART k-space ``[X, Y, 1, C, 1, ..., S]`` (X readout = dim 0, Y phase encoding = dim 1, coils =
 dim 3, slices = dim 13 SLICE_DIM, absent = one slice) <-> fastMRI ``kspace[S, C, H=X, W=Y]``. Other layouts
-(``[1, ky, kz, coils]`` slices of a 3-D acquisition, coils or slices left in dim 2, 3-D k-space) are detected
-and converted as :mod:`mrlearn.data.bart_layout` describes, or refused with the BART command that fixes them;
-the layout used is stored in the attr ``bart_layout``. Sensitivity maps ``[X, Y, 1, C, M, ..., S or 1]`` (M =
+(``[1, ky, kz, coils]`` slices of a 3-D acquisition, coils in dim 4, coils or slices left in dim 2, 3-D k-space)
+are detected and converted as :mod:`mrlearn.data.bart_layout` describes (``dim2`` states what dim 2 holds where
+the data cannot tell), or refused with the BART command that fixes them; the layout used is stored in the attr
+``bart_layout``. Sensitivity maps ``[X, Y, 1, C, M, ..., S or 1]`` (M =
 ESPIRiT map sets, the first is kept) follow the k-space's layout and are stored as ``sens_maps[S, C, H, W]``
 complex64. Single-coil k-space without maps becomes a single-coil file (``kspace[S, H, W]``, target
 ``reconstruction_esc``). Both sides use the same sample values; mrlearn's transforms apply the centered
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from mrlearn.data import cfl as bart
-from mrlearn.data.bart_layout import Layout, detect_layout, to_scwh
+from mrlearn.data.bart_layout import Layout, detect_layout, maps_layout, to_scwh
 from mrlearn.data.checks import check_kspace, check_mask_values, check_matrix
 from mrlearn.data.fastmri import read_kspace, read_sens_maps, read_volume_info, write_volume
 from mrlearn.data.sampling import describe_pattern, sampled_points, simplify_pattern
@@ -45,14 +46,14 @@ def _coil_image_target(kspace_scwh: np.ndarray) -> np.ndarray:
     return torch.sqrt((img.abs() ** 2).sum(dim=1)).numpy().astype(np.float32)
 
 
-def read_bart_kspace(path: str | Path, log: Log | None = None) -> tuple[np.ndarray, Layout]:
+def read_bart_kspace(path: str | Path, log: Log | None = None, dim2: str | None = None) -> tuple[np.ndarray, Layout]:
     """A BART k-space as complex64 ``[S, C, H, W]`` and the :class:`Layout` it was read with (checked: finite,
-    not all zero, no float32 overflow, a matrix of at least 8 x 8)."""
+    not all zero, no float32 overflow, a matrix of at least 8 x 8). ``dim2``: see :func:`detect_layout`."""
     src = bart.cfl_base(path)
     a = bart.pad_dims(bart.read_cfl(src))
     if not np.isfinite(a.view(np.float32)).all():
         raise input_error(src, "k-space contains NaN or Inf", "fix the data before converting")
-    layout = detect_layout(a, src)
+    layout = detect_layout(a, src, dim2)
     if layout.note and log is not None:
         log(f"{src}: {layout.note}")
     k = to_scwh(a, layout)
@@ -69,11 +70,12 @@ def bart_to_fastmri(
     acquisition: str = "BART",
     patient_id: str = "",
     undersampled: bool = False,
+    dim2: str | None = None,
     log: Log | None = None,
 ) -> Path:
     """Convert one BART k-space (and optional maps) to a fastMRI-format ``.h5`` (see module docstring)."""
     src = bart.cfl_base(kspace_path)
-    k, layout = read_bart_kspace(src, log)
+    k, layout = read_bart_kspace(src, log, dim2)
     s, c, h, w = k.shape
     maps = None
     if maps_path is not None:
@@ -82,13 +84,13 @@ def bart_to_fastmri(
         extra = [d for d in range(bart.BART_DIMS) if d not in (0, 1, 2, 3, 4, bart.SLICE_DIM) and ma.shape[d] != 1]
         if extra:
             raise input_error(mbase, f"sensitivity maps have extra BART dims {extra}", "pass maps [X, Y, Z, C, M, ..., S]")
-        m = to_scwh(ma, layout, transform=False)
+        m = to_scwh(ma, maps_layout(layout, ma.shape), transform=False)
         if m.shape[1:] != (c, h, w) or m.shape[0] not in (1, s):
             raise input_error(mbase, f"maps have shape [S, C, H, W] = {list(m.shape)}, k-space has {[s, c, h, w]}",
                               "pass maps computed from this k-space (e.g. bart ecalib -m1)")
         maps = np.ascontiguousarray(np.broadcast_to(m, (s, c, h, w)))
     single = c == 1 and maps is None
-    target, mask, attrs = None, None, {"bart_layout": layout.name}
+    target, mask, attrs = None, None, {"bart_layout": layout.label}
     if undersampled:
         mask = simplify_pattern(sampled_points(k))
         check_mask_values(f"{src} (sampling pattern found in the data)", mask)
@@ -160,6 +162,7 @@ def convert_path(
     acquisition: str = "BART",
     patient_id: str = "",
     undersampled: bool = False,
+    dim2: str | None = None,
     log: Log | None = None,
 ) -> list[Path]:
     """Convert a file or a folder; the direction follows the input (BART -> fastMRI or fastMRI -> BART).
@@ -167,26 +170,33 @@ def convert_path(
     Folder of BART arrays -> folder of ``NAME.h5``; a ``NAME_maps`` array beside ``NAME`` (or ``maps/NAME`` when
     ``maps`` is a folder) is taken as its sensitivity maps. Folder of ``.h5`` -> folder of ``NAME`` BART arrays
     (plus ``NAME_maps`` where maps are stored). Returns the paths written. ``log`` receives one line per input
-    whose layout was not BART's standard one (what was done with it).
+    whose layout was not BART's standard one (what was done with it). ``dim2`` applies to every BART input.
     """
     src, dst = Path(src), Path(dst)
     if src.is_dir():
-        return _convert_folder(src, dst, maps, acquisition, patient_id, undersampled, log)
+        return _convert_folder(src, dst, maps, acquisition, patient_id, undersampled, dim2, log)
     if _is_bart(src):
         name = bart.cfl_base(src).name
         return [bart_to_fastmri(src, _out_file(dst, name, ".h5"), maps_path=maps, acquisition=acquisition,
-                                patient_id=patient_id or name, undersampled=undersampled, log=log)]
+                                patient_id=patient_id or name, undersampled=undersampled, dim2=dim2, log=log)]
     if src.exists() and _is_h5(src):
-        if maps is not None:
-            raise input_error("--maps", "only used when converting BART to fastMRI", "stored maps are written as <output>_maps")
+        _refuse_bart_only_options(maps, dim2)
         return fastmri_to_bart(src, _out_file(dst, src.stem, ""))
     if not src.exists():
         raise input_error(src, "not found (no such file, folder or BART .hdr)", "check the path")
     raise input_error(src, "neither a BART .cfl/.hdr pair nor an HDF5 file", "pass BART k-space, a fastMRI .h5 or a folder of them")
 
 
+def _refuse_bart_only_options(maps: str | Path | None, dim2: str | None) -> None:
+    """--maps and --dim2 describe BART input; a fastMRI input takes neither."""
+    if maps is not None:
+        raise input_error("--maps", "only used when converting BART to fastMRI", "stored maps are written as <output>_maps")
+    if dim2 is not None:
+        raise input_error("--dim2", "only used when converting BART to fastMRI", "leave it out for .h5 input")
+
+
 def _convert_folder(src: Path, dst: Path, maps, acquisition: str, patient_id: str, undersampled: bool,
-                    log: Log | None) -> list[Path]:
+                    dim2: str | None, log: Log | None) -> list[Path]:
     h5s = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in _H5_SUFFIXES)
     hdrs = sorted(p for p in src.iterdir() if p.is_file() and p.suffix == ".hdr")
     if not h5s and not hdrs:
@@ -198,8 +208,7 @@ def _convert_folder(src: Path, dst: Path, maps, acquisition: str, patient_id: st
     dst.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if h5s:
-        if maps is not None:
-            raise input_error("--maps", "only used when converting BART to fastMRI", "stored maps are written as NAME_maps")
+        _refuse_bart_only_options(maps, dim2)
         for p in h5s:
             written += fastmri_to_bart(p, dst / p.stem)
         return written
@@ -218,5 +227,6 @@ def _convert_folder(src: Path, dst: Path, maps, acquisition: str, patient_id: st
         elif name + "_maps" in names:
             mpath = src / (name + "_maps")
         written.append(bart_to_fastmri(src / name, dst / (name + ".h5"), maps_path=mpath, acquisition=acquisition,
-                                       patient_id=patient_id or name, undersampled=undersampled, log=log))
+                                       patient_id=patient_id or name, undersampled=undersampled, dim2=dim2,
+                                       log=log))
     return written
