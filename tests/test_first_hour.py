@@ -67,3 +67,29 @@ def test_api_keeps_the_acquired_columns_of_zero_padded_kspace(trained):
     assert not np.allclose(padded, model.reconstruct(k, name="x.h5", undersample=False))
     np.testing.assert_allclose(model.reconstruct(undersampled, name="x.h5"),
                                model.reconstruct(undersampled, name="y.h5"))  # its own samples: no seed involved
+
+
+def test_evaluate_skip_missing_scores_the_rest_and_lists_what_it_left_out(tmp_path, capsys):
+    from mrlearn.data.fastmri import write_reconstruction, write_volume
+
+    rng = np.random.default_rng(0)
+    targets, preds = tmp_path / "t", tmp_path / "p"
+    truth = {}
+    for name in ("a.h5", "b.h5"):
+        t = rng.random((2, 16, 16)).astype(np.float32) + 0.5
+        truth[name] = t
+        k = np.fft.fft2(t).astype(np.complex64)[:, None]
+        write_volume(targets / name, k, target=t, acquisition="CORPD_FBK")
+        write_reconstruction(preds / name, t * 0.9)
+    write_reconstruction(preds / "stray.h5", truth["a.h5"])  # a prediction whose target is not in the folder
+    args = ["evaluate", "--target", str(targets), "--pred", str(preds), "--out", str(tmp_path / "m")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "stray.h5: no target file of that name" in err and "--skip-missing" in err
+    assert main([*args, "--skip-missing"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 prediction(s) without a target (--skip-missing): stray.h5" in captured.err
+    report = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert report["skipped_predictions"] == ["stray.h5"] and [v["volume"] for v in report["volumes"]] == ["a.h5", "b.h5"]
+    for row in report["volumes"]:  # the scored ones are scored as without the stray file
+        assert row["nmse"] == pytest.approx(0.01, rel=1e-5)

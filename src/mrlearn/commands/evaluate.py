@@ -10,7 +10,9 @@ _HELP = """Score submission-format reconstructions (dataset 'reconstruction' [sl
 (peak = target volume max), SSIM per slice (7x7 uniform window, data range = target volume max) averaged over slices;
 means and std over volumes, overall and per contrast ('acquisition'). Crops as fastMRI's evaluate.py: a target
 taller than wide is centre-cropped to (w, w) (--no-square-crop keeps it whole), and a prediction larger than its
-target is centre-cropped to it. Prints a table and writes metrics.csv and metrics.json."""
+target is centre-cropped to it. A target without a prediction is listed and not scored; a prediction without a
+target is an error unless --skip-missing (then listed and not scored). Prints a table and writes metrics.csv and
+metrics.json."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,14 +24,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="score only targets with these acquisition names (e.g. CORPD_FBK)")
     p.add_argument("--no-square-crop", dest="square", action="store_false",
                    help="score non-square targets whole instead of fastMRI's (w, w) centre crop")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="score the predictions that have a target and list those that have none (default: refuse)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mrlearn.evaluation.evaluate import evaluate_folders, format_table
 
-    result = evaluate_folders(args.target, args.pred, args.out, args.contrast, args.square)
+    result = evaluate_folders(args.target, args.pred, args.out, args.contrast, args.square, args.skip_missing)
     print(format_table(result["rows"], result["summary"]))
+    if result["skipped"]:
+        names = ", ".join(result["skipped"][:5]) + (" ..." if len(result["skipped"]) > 5 else "")
+        print(f"mrlearn evaluate: skipped {len(result['skipped'])} prediction(s) without a target (--skip-missing): "
+              f"{names}", file=sys.stderr)
     if result["missing"]:
         names = ", ".join(result["missing"][:5]) + (" ..." if len(result["missing"]) > 5 else "")
         print(f"mrlearn evaluate: warning: {len(result['missing'])} target(s) without a prediction, not scored: {names}",

@@ -11,7 +11,7 @@ volumes (std with ``ddof = 1``, 0 for a single volume).
 
 Outputs (atomic writes): ``metrics.csv`` with columns ``volume, acquisition, nmse, psnr, ssim``: one row per
 volume, then ``mean`` and ``std`` rows for ``all`` and for each contrast; ``metrics.json`` with the same numbers
-(``volumes``, ``summary``, ``missing_predictions``). Non-finite values (PSNR of a perfect prediction) are written as
+(``volumes``, ``summary``, ``missing_predictions``, ``skipped_predictions``). Non-finite values (PSNR of a perfect prediction) are written as
 ``inf`` in the CSV and ``null`` in the JSON.
 """
 
@@ -152,20 +152,24 @@ def _acquisition(path: Path) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def pair_folders(target_dir: str | Path, pred_dir: str | Path,
-                 contrasts: Sequence[str] | None = None) -> tuple[list[VolumePair], list[str]]:
-    """Pair target and prediction files by name; returns (pairs, target names without a prediction).
+def pair_folders(target_dir: str | Path, pred_dir: str | Path, contrasts: Sequence[str] | None = None,
+                 skip_missing: bool = False) -> tuple[list[VolumePair], list[str], list[str]]:
+    """Pair target and prediction files by name; returns (pairs, target names without a prediction, prediction
+    names without a target).
 
-    A prediction without a target file is an error; ``contrasts`` keeps targets whose ``acquisition`` is listed
-    (a contrast no target has is an error; predictions of other contrasts are skipped).
+    A prediction without a target file is an error unless ``skip_missing`` (then it is left out and listed);
+    ``contrasts`` keeps targets whose ``acquisition`` is listed (a contrast no target has is an error; predictions
+    of other contrasts are skipped).
     """
     targets = _h5_files(Path(target_dir), "--target")
     preds = _h5_files(Path(pred_dir), "--pred")
     orphans = sorted(set(preds) - set(targets))
-    if orphans:
+    if orphans and not skip_missing:
         more = f" and {len(orphans) - 1} more" if len(orphans) > 1 else ""
         raise input_error(f"--pred {Path(pred_dir) / orphans[0]}", f"no target file of that name in {target_dir}{more}",
-                          "predictions must keep the target file names")
+                          "predictions must keep the target file names; --skip-missing scores the others and lists "
+                          "those left out")
+    preds = {n: p for n, p in preds.items() if n in targets}
     acquisitions = {name: _acquisition(path) for name, path in targets.items()}
     if contrasts:
         available = sorted(set(acquisitions.values()))
@@ -180,7 +184,7 @@ def pair_folders(target_dir: str | Path, pred_dir: str | Path,
     if not pairs:
         raise input_error(f"--pred {pred_dir}", "no prediction matches a target" + (" of the chosen contrasts" if contrasts else ""),
                           "name each prediction file like its target file")
-    return pairs, missing
+    return pairs, missing, orphans
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -243,17 +247,19 @@ def format_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
 
 def evaluate_folders(target_dir: str | Path, pred_dir: str | Path, out_dir: str | Path | None = None,
-                     contrasts: Sequence[str] | None = None, square: bool = True) -> dict[str, Any]:
+                     contrasts: Sequence[str] | None = None, square: bool = True,
+                     skip_missing: bool = False) -> dict[str, Any]:
     """Pair, score, summarise and write outputs (default ``out_dir``: the prediction folder; ``square``: see
-    :func:`evaluate_volumes`).
+    :func:`evaluate_volumes`; ``skip_missing``: see :func:`pair_folders`).
 
-    Returns ``{"rows", "summary", "missing", "csv", "json"}``.
+    Returns ``{"rows", "summary", "missing", "skipped", "csv", "json"}`` (``metrics.json`` lists both kinds of
+    unmatched files: ``missing_predictions`` and ``skipped_predictions``).
     """
-    pairs, missing = pair_folders(target_dir, pred_dir, contrasts)
+    pairs, missing, skipped = pair_folders(target_dir, pred_dir, contrasts, skip_missing)
     rows = evaluate_volumes(pairs, square)
     summary = summarise(rows)
     out = Path(out_dir) if out_dir is not None else Path(pred_dir)
     extra = {"target_dir": str(target_dir), "pred_dir": str(pred_dir), "contrasts": list(contrasts or []),
-             "square_crop": bool(square)}
+             "square_crop": bool(square), "skipped_predictions": skipped}
     csv_path, json_path = write_outputs(out, rows, summary, missing, extra)
-    return {"rows": rows, "summary": summary, "missing": missing, "csv": csv_path, "json": json_path}
+    return {"rows": rows, "summary": summary, "missing": missing, "skipped": skipped, "csv": csv_path, "json": json_path}
