@@ -1,7 +1,8 @@
 """The overview figure of an IVIM fit, for a clinician: maps cropped to the tissue, histograms, fitted curves.
 
 Layout (matplotlib Agg, constrained layout, about 1500 x 1300 px): per parameter a map beside its histogram, below
-them the data and fitted curves of a few voxels (the 10th, 50th and 90th percentile of D). Text is at least 10 pt;
+them the data and fitted curves of a few voxels (the 10th, 50th and 90th percentile of D among the voxels whose D
+is not at a fit bound). Text is at least 10 pt;
 constrained layout keeps the colour-bar labels clear of the histograms' axis labels. When b = 0 was not acquired,
 S0 is labelled as extrapolated.
 
@@ -27,6 +28,7 @@ LABELS = {"S0": ("S0", "signal units"), "f": ("f, perfusion fraction", "fraction
           "D": ("D, diffusion", "um^2/ms (1e-3 mm^2/s)"), "Dstar": ("D*, pseudo-diffusion", "um^2/ms (1e-3 mm^2/s)")}
 BACKGROUND = "#b0b0b0"
 PERCENTILES = (2.0, 98.0)
+SCI_LIMITS = (-3, 4)  # tick labels of values below 1e-3 or from 1e4 on get a common power of ten
 
 
 def crop_box(mask2d: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
@@ -72,6 +74,7 @@ def build_overview(maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarr
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     plt.rcParams.update({"font.size": 11})
     main = largest_component(mask)
@@ -103,6 +106,7 @@ def build_overview(maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarr
         bar = fig.colorbar(im, ax=ax_map, fraction=0.046, pad=0.03)
         bar.set_label(unit, fontsize=10)
         bar.ax.tick_params(labelsize=10)
+        bar.ax.ticklabel_format(axis="y", style="sci", scilimits=SCI_LIMITS)
         ax_hist.hist(shown, bins=40, color="C0")
         ax_hist.axvline(lo, color="k", lw=0.8, ls=":")
         ax_hist.axvline(hi, color="k", lw=0.8, ls=":")
@@ -112,10 +116,12 @@ def build_overview(maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarr
         head = f"median {np.median(shown):.3g}" if shown.size else "no voxels"
         ax_hist.set_title(head + (f"\n{n_held} at a fit bound, not shown" if n_held else ""), fontsize=10)
         ax_hist.tick_params(labelsize=10)
+        ax_hist.xaxis.set_major_locator(MaxNLocator(4))
+        ax_hist.ticklabel_format(axis="x", style="sci", scilimits=SCI_LIMITS)
         panels.append({"name": k, "map": ax_map, "bar": bar, "hist": ax_hist, "limits": (lo, hi), "box": box,
                        "slice": z})
     ax_c = fig.add_subplot(grid[2, :])
-    _curves(ax_c, maps, mask, data, b, model_fn)
+    _curves(ax_c, maps, mask, data, b, model_fn, at_bound)
     fig.suptitle(f"IVIM fit ({method}): slice {z}, {int(mask.sum())} voxels fitted; grey = outside mask or excluded",
                  fontsize=13)
     return fig, panels
@@ -137,12 +143,17 @@ def overview_figure(path: Path, maps: dict[str, np.ndarray], mask: np.ndarray, d
 
 
 def _curves(ax, maps: dict[str, np.ndarray], mask: np.ndarray, data: np.ndarray, b: np.ndarray,
-            model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """Data points and fitted curves of the voxels at the 10th, 50th and 90th percentile of D."""
+            model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            at_bound: dict[str, np.ndarray] | None = None) -> None:
+    """Data points and fitted curves of the voxels at the 10th, 50th and 90th percentile of D (among the voxels
+    whose D is not at a fit bound, when there are any)."""
     names = list(maps)
     key = "D" if "D" in maps else names[-1]
-    idx = np.argwhere(mask)
-    vals = maps[key][mask]
+    pick = mask
+    if at_bound is not None and key in at_bound and (mask & ~at_bound[key]).any():
+        pick = mask & ~at_bound[key]
+    idx = np.argwhere(pick)
+    vals = maps[key][pick]
     bb = np.linspace(0, float(b.max()), 200)
     for j, q in enumerate((10, 50, 90)):
         if vals.size == 0:
