@@ -21,10 +21,12 @@ from typing import Sequence
 import torch
 
 from mrlearn.errors import input_error
-from mrlearn.progress import Ticker, count_text
+from mrlearn.qmri.boundcheck import recheck
 from mrlearn.qmri.bounds import AT_BOUND_TOL, resolve_bounds
-from mrlearn.qmri.likelihood import rician_grad_curv, rician_nll, sse
-from mrlearn.qmri.signal import B_SCALE, get_model, model_derivatives
+from mrlearn.qmri.likelihood import rician_nll, sse
+from mrlearn.qmri.lm import projected_lm
+from mrlearn.qmri.starts import ivim_starts, segmented_init
+from mrlearn.qmri.signal import get_model
 
 
 @dataclass
@@ -41,6 +43,9 @@ class FitResult:
     at_upper: torch.Tensor | None = None
     bounds: tuple[list[float], list[float]] | None = None
     bad: torch.Tensor | None = None  # [V] uint8 bad-voxel codes (mrlearn.qmri.voxels.BAD_CODES) where checked
+    ends: torch.Tensor | None = None  # [K, V, P] end point of every start (model units)
+    restarted: int = 0  # voxels re-started by the bound check (mrlearn.qmri.boundcheck)
+    improved: int = 0  # of those, voxels whose objective the restart lowered
 
 
 def objective_values(signals: torch.Tensor, pred: torch.Tensor, objective: str,
@@ -58,151 +63,6 @@ def _bounds(model: str, bvals: torch.Tensor, bounds, dtype, device) -> tuple[tor
     if not bool(torch.all(hi_t > lo_t)):
         raise input_error("bounds", "every upper bound must exceed its lower bound", "check the fit bounds")
     return lo_t, hi_t
-
-
-def segmented_init(signals: torch.Tensor, bvals: torch.Tensor, model: str, lo: torch.Tensor, hi: torch.Tensor,
-                   b_split: float = 200.0) -> torch.Tensor:
-    """Initial guess ``[V, P]`` (S0, f, D, D* for IVIM; S0, rate for adc/t2) before the D* grid search.
-
-    High-b part (b >= b_split, or the upper half of the protocol if fewer than 2 such values): weighted
-    log-linear regression gives D and S0 (1 - f). S0 is the mean signal at the lowest b-value (at least the
-    intercept), f = 1 - intercept / S0. D* starts at the geometric mean of its bounds.
-    """
-    v = signals.shape[0]
-    logs = torch.log(signals.clamp_min(1e-12 * signals.abs().amax().clamp_min(1e-30)))
-    if model in ("adc", "t2"):
-        sel = torch.ones_like(bvals, dtype=torch.bool)
-    else:
-        sel = bvals >= b_split
-        if int(sel.sum()) < 2:
-            sel = bvals >= torch.quantile(bvals, 0.5)
-    x = bvals[sel]
-    y = logs[:, sel]
-    w = signals[:, sel].clamp_min(0) ** 2 + 1e-30  # weight by S^2 (log-transform variance)
-    sw = w.sum(-1)
-    mx = (w * x).sum(-1) / sw
-    my = (w * y).sum(-1) / sw
-    slope = (w * (x - mx[:, None]) * (y - my[:, None])).sum(-1) / (w * (x - mx[:, None]) ** 2).sum(-1).clamp_min(1e-30)
-    intercept = torch.exp(my - slope * mx)
-    params = torch.empty((v, lo.numel()), dtype=signals.dtype, device=signals.device)
-    if model == "adc":
-        params[:, 0] = intercept
-        params[:, 1] = -slope / B_SCALE
-    elif model == "t2":
-        params[:, 0] = intercept
-        params[:, 1] = -1.0 / slope.clamp_max(-1e-12)
-    else:
-        low = bvals == bvals.min()
-        s0 = torch.maximum(signals[:, low].mean(-1), intercept)
-        params[:, 0] = s0
-        params[:, 1] = 1 - intercept / s0.clamp_min(1e-30)
-        params[:, 2] = -slope / B_SCALE
-        params[:, 3] = torch.sqrt(lo[3].clamp_min(1.0) * hi[3])
-    return torch.minimum(torch.maximum(params, lo), hi)
-
-
-def _ivim_starts(signals, bvals, fn, init, lo, hi, objective, sigma, n_grid: int, n_starts: int) -> torch.Tensor:
-    """``n_starts`` candidates per voxel, ``[n_starts, V, P]``: the best of each band of the D* grid.
-
-    Candidates: f in {segmented f (within [0.05, 0.95], so that D* matters), 0.1, 0.3, 0.7}; D in {segmented D, 1.0, 0.2}; D* on a log grid of ``n_grid``
-    values within its bounds; S0 for each by linear least squares given the others (all clamped to the bounds).
-    The D* grid is cut into ``n_starts`` bands (slow to fast) and the candidate with the lowest objective in each
-    band is kept, so that the starts cover the distinct minima a bi-exponential model can have.
-    """
-    dt, dev = signals.dtype, signals.device
-    grid = torch.logspace(torch.log10(lo[3].clamp_min(1.0)).item(), torch.log10(hi[3]).item(), n_grid, dtype=dt, device=dev)
-    v = init.shape[0]
-    full = lambda x: torch.full((v,), x, dtype=dt, device=dev)  # noqa: E731
-    f_c = torch.stack([init[:, 1].clamp(0.05, 0.95), full(0.1), full(0.3), full(0.7)])  # f > 0: D* matters
-    d_c = torch.stack([init[:, 2], full(1.0), full(0.2)])
-    nf, nd = f_c.shape[0], d_c.shape[0]
-    cand = init[None, None, None].repeat(nf, nd, n_grid, 1, 1)  # [F, D, G, V, P]
-    cand[..., 1] = f_c[:, None, None, :]
-    cand[..., 2] = d_c[None, :, None, :]
-    cand[..., 3] = grid[None, None, :, None]
-    cand = torch.minimum(torch.maximum(cand.reshape(-1, v, init.shape[1]), lo), hi)
-    cand[..., 0] = 1.0
-    unit = fn(cand, bvals)  # [C, V, N] at S0 = 1
-    s0 = (unit * signals[None]).sum(-1) / (unit * unit).sum(-1).clamp_min(1e-30)
-    cand[..., 0] = s0.clamp(lo[0], hi[0])
-    sig = sigma
-    if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
-        sig = sigma[None].expand(cand.shape[0], -1)
-    obj = objective_values(signals[None], unit * cand[..., :1], objective, sig)  # [C, V]
-    obj = obj.reshape(nf * nd, n_grid, v)
-    cand = cand.reshape(nf * nd, n_grid, v, -1)
-    starts = []
-    for band in torch.tensor_split(torch.arange(n_grid, device=dev), min(n_starts, n_grid)):
-        o = obj[:, band].reshape(-1, v)
-        c = cand[:, band].reshape(-1, v, cand.shape[-1])
-        starts.append(c[o.argmin(0), torch.arange(v, device=dev)])
-    return torch.stack(starts)
-
-
-def _lm(signals, bvals, fn, model: str, p0, lo, hi, objective, sigma, max_iter: int, ftol: float, gtol: float,
-        xtol: float, exact: bool = True):
-    """Projected Levenberg-Marquardt in normalised coordinates; returns (p, obj, converged, iterations)."""
-    scale = hi - lo
-    v, n_par = p0.shape
-    p = p0.clone()
-
-    def theta_of(pp):
-        return lo + scale * pp
-
-    def obj_of(pp, idx):
-        sig = sigma[idx] if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 else sigma
-        return objective_values(signals[idx], fn(theta_of(pp), bvals), objective, sig)
-
-    all_idx = torch.arange(v, device=signals.device)
-    obj = obj_of(p, all_idx)
-    lam = torch.full((v,), 1e-3, dtype=signals.dtype, device=signals.device)
-    converged = torch.zeros(v, dtype=torch.bool, device=signals.device)
-    eye = torch.eye(n_par, dtype=signals.dtype, device=signals.device)
-    it = 0
-    ticker = Ticker(f"{model} fit")
-    for it in range(1, max_iter + 1):
-        act = torch.nonzero(~converged).squeeze(-1)
-        if act.numel() == 0:
-            break
-        pa, la, fa, sa = p[act], lam[act], obj[act], signals[act]
-        th = theta_of(pa)
-        pred, jac, mhess = model_derivatives(model, th, bvals)
-        jac = jac * scale  # [A, N, P] w.r.t. normalised p
-        if objective == "mle":
-            sig = sigma[act] if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 else sigma
-            dres, curv = rician_grad_curv(sa, pred, sig)
-        else:
-            dres = pred - sa
-            curv = torch.ones_like(sa)
-        grad = torch.einsum("anp,an->ap", jac, dres)
-        hess = torch.einsum("anp,an,anq->apq", jac, curv, jac)
-        if exact:  # full Newton: add the model-curvature term sum_n dres_n * d2 s_n / dp2
-            hess = hess + torch.einsum("an,anpq->apq", dres, mhess * (scale[:, None] * scale[None, :]))
-        # projected-gradient optimality: zero where the box blocks descent
-        pg = pa - (pa - grad).clamp(0, 1)
-        small_grad = pg.abs().amax(-1) <= gtol * (1 + fa.abs())
-        # active set (projected Newton): coordinates on a bound whose gradient points outwards stay fixed
-        fixed = ((pa <= 1e-12) & (grad > 0)) | ((pa >= 1 - 1e-12) & (grad < 0))
-        free = (~fixed).to(pa.dtype)
-        grad = grad * free
-        hess = hess * free[:, :, None] * free[:, None, :] + torch.diag_embed(1 - free)
-        diag = torch.diagonal(hess, dim1=-2, dim2=-1)
-        damp = la[:, None] * (diag.abs() + 1e-6 * diag.amax(-1, keepdim=True).clamp_min(1e-12))
-        step = torch.linalg.solve(hess + torch.diag_embed(damp) + 1e-12 * eye, -grad)
-        pn = (pa + step).clamp(0, 1)
-        fn_new = obj_of(pn, act)
-        accept = fn_new < fa
-        decrease = (fa - fn_new).clamp_min(0)
-        small_dec = accept & (decrease <= ftol * (1 + fa.abs())) & ((pn - pa).abs().amax(-1) <= xtol)
-        stuck = la > 1e10
-        p[act] = torch.where(accept[:, None], pn, pa)
-        obj[act] = torch.where(accept, fn_new, fa)
-        lam[act] = torch.where(accept, (la / 3).clamp_min(1e-9), la * 4)
-        converged[act] = small_grad | small_dec | stuck
-        if ticker.due():  # voxel fits (x starts) done so far; no ETA: the last fits take the most iterations
-            ticker.emit(ticker.line(count_text("voxel fits converged", int(converged.sum()), v),
-                                    [f"iteration {it}/{max_iter}"]))
-    return p, obj, converged, it
 
 
 def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", objective: str = "mle",
@@ -227,7 +87,7 @@ def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", 
         if bool(torch.any(sig <= 0)) or not bool(torch.isfinite(sig).all()):
             raise input_error("sigma", f"sigma must be positive and finite, got {sigma!r}",
                               "give the noise standard deviation")
-    fn, spec = get_model(model)
+    _, spec = get_model(model)
     sig_dev = signals.device
     signals = signals.to(torch.float64)
     bvals = torch.as_tensor(bvals, dtype=torch.float64, device=sig_dev)
@@ -239,21 +99,27 @@ def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", 
     lo, hi = _bounds(model, bvals, bounds, torch.float64, sig_dev)
     v = signals.shape[0]
     if init is not None:
-        starts = torch.minimum(torch.maximum(init.to(sig_dev, torch.float64), lo), hi)[None]
+        starts = init.to(sig_dev, torch.float64)
+        starts = torch.minimum(torch.maximum(starts if starts.ndim == 3 else starts[None], lo), hi)
     else:
         base = segmented_init(signals, bvals, model, lo, hi, b_split)
         if model in ("ivim", "ivim_additive"):
-            starts = _ivim_starts(signals, bvals, fn, base, lo, hi, objective, sigma, n_grid, max(1, n_starts))
+            starts = ivim_starts(signals, bvals, model, base, lo, hi, objective, sigma, n_grid, max(1, n_starts))
         else:
             starts = base[None]
     k = starts.shape[0]
     sig_rep = sigma.repeat(k) if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 else sigma
     p0 = ((starts - lo) / (hi - lo)).reshape(k * v, -1)
-    p, obj, conv, it = _lm(signals.repeat(k, 1), bvals, fn, model, p0, lo, hi, objective, sig_rep, max_iter, ftol, gtol, xtol)
+    p, obj, conv, it = projected_lm(signals.repeat(k, 1), bvals, model, p0, lo, hi, objective, sig_rep, max_iter,
+                                    ftol, gtol, xtol)
     obj = obj.reshape(k, v)
     best = obj.argmin(0)
     ar = torch.arange(v, device=sig_dev)
-    pn = p.reshape(k, v, -1)[best, ar]
-    params = lo + (hi - lo) * pn
-    return FitResult(params, obj[best, ar], conv.reshape(k, v)[best, ar], it, spec.names,
-                     pn <= AT_BOUND_TOL, pn >= 1 - AT_BOUND_TOL, (lo.tolist(), hi.tolist()))
+    params = lo + (hi - lo) * p.reshape(k, v, -1)[best, ar]
+    lm_opts = {"max_iter": max_iter, "ftol": ftol, "gtol": gtol, "xtol": xtol}
+    chk = recheck(signals, bvals, model, params, obj[best, ar], conv.reshape(k, v)[best, ar], lo, hi, objective,
+                  sigma, lm_opts)
+    pn = (chk.theta - lo) / (hi - lo)
+    return FitResult(chk.theta, chk.objective, chk.converged, it, spec.names,
+                     pn <= AT_BOUND_TOL, pn >= 1 - AT_BOUND_TOL, (lo.tolist(), hi.tolist()),
+                     ends=lo + (hi - lo) * p.reshape(k, v, -1), restarted=chk.restarted, improved=chk.improved)
