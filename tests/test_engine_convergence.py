@@ -63,7 +63,7 @@ def test_relative_min_delta_and_reduce_on_plateau():
     optimizer = torch.optim.SGD([param], lr=1.0)
     cb = Convergence("val_loss", "min", patience=5, lr_patience=2, lr_factor=0.5, min_delta=1e-3, relative=True)
     lrs = []
-    for i, value in enumerate([1.0, 0.5, 0.4999, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]):
+    for i, value in enumerate([1.0, 0.5, 0.4999, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]):
         trainer = fake_trainer(10 * (i + 1), i, 0.0)
         trainer.callback_metrics = {"val_loss": torch.tensor(value)}
         trainer.optimizers = [optimizer]
@@ -71,9 +71,10 @@ def test_relative_min_delta_and_reduce_on_plateau():
         lrs.append(optimizer.param_groups[0]["lr"])
         if trainer.should_stop:
             break
-    # halved after each 2 validations without a 0.1 % gain (the gain to 0.3 restarts the count); stop at 5
-    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
-    assert cb.stopped_early and cb.lr_reductions == 3 and cb.state_dict()["lr_reductions"] == 3
+    # halved after each 2 validations without a 0.1 % gain (the gain to 0.3 restarts the count), at most
+    # (5 - 1) // 2 = 2 cuts; each cut restarts the window: stop 5 validations after the last cut (index 6 -> 11)
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25]
+    assert cb.stopped_early and cb.lr_reductions == 2 and cb.state_dict()["lr_reductions"] == 2
     with pytest.raises(ValueError):
         Convergence("val_loss", "min", lr_patience=0)
 
@@ -123,12 +124,13 @@ def test_reduce_on_plateau_cuts_the_trained_optimizers_rate_and_survives_resume(
     import torch
 
     out = tmp_path / "plateau"
-    # min_delta 10 (SSIM never gains that): rate halved after validations 2 and 3, stop after validation 4
+    # min_delta 10 (SSIM never gains that): rate halved after validations 2 and 3 ((3 - 1) // 1 = 2 cuts), then a
+    # full window of 3 validations at the final rate: stop after validation 6
     sets = ("optim.lr=1e-3", "trainer.val_every_n_steps=2", "trainer.max_epochs=10",
             "trainer.early_stopping={patience: 3, min_delta: 10.0, lr_patience: 1, lr_factor: 0.5}")
     train(tiny_config(data, out, *sets))
     m = metrics(out)
-    assert m["stopped_by"] == "early_stopping" and m["validations"] == 4 and m["lr_reductions"] == 2
+    assert m["stopped_by"] == "early_stopping" and m["validations"] == 6 and m["lr_reductions"] == 2
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 4)
     again = train(tiny_config(data, out, *sets), resume=True)

@@ -28,6 +28,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from mrlearn import registry
+from mrlearn.early_stopping import EarlyStoppingConfig, check_early_stopping  # noqa: F401 - re-exported
 from mrlearn.errors import input_error
 from mrlearn.progress import check_every
 from mrlearn.yamlfile import YamlLoader, read_yaml_file, yaml_load  # noqa: F401 - re-exported
@@ -120,24 +121,6 @@ class DataConfig:
     recon_size: list[int] | None = None
     batch_size: int = 1
     num_workers: int = 0
-
-
-@dataclass
-class EarlyStoppingConfig:
-    """Stop when the validation metric ``monitor`` (default: the method's best-checkpoint metric, e.g. ``val_ssim``)
-    has not improved by more than ``min_delta`` for ``patience`` validations in a row; ``mode`` max/min (default:
-    min for losses and errors, else max). The same metric picks ``best.ckpt``. ``lr_patience`` (optional):
-    multiply every learning rate by ``lr_factor`` after each ``lr_patience`` validations without such an
-    improvement (reduce-on-plateau; use ``lr_patience < patience``). ``relative``: ``min_delta`` is a fraction of
-    the best value so far (for losses whose scale differs from run to run)."""
-
-    monitor: str | None = None
-    mode: Literal["max", "min"] | None = None
-    patience: int = 5
-    min_delta: float = 0.0
-    lr_patience: int | None = None
-    lr_factor: float = 0.5
-    relative: bool = False
 
 
 @dataclass
@@ -352,12 +335,7 @@ def _validate_budget(cfg: ExperimentConfig) -> None:
         raise input_error("trainer.max_time", f"{t.max_time!r} is not seconds or DD:HH:MM:SS", "e.g. 3600 or '00:01:00:00'")
     if isinstance(t.max_time, (int, float)) and not isinstance(t.max_time, bool) and t.max_time <= 0:
         raise input_error("trainer.max_time", f"{t.max_time} is not a positive number of seconds", "e.g. 3600 or '00:01:00:00'")
-    es = t.early_stopping
-    if es is not None and (es.patience < 1 or es.min_delta < 0):
-        raise input_error("trainer.early_stopping", "patience must be at least 1 and min_delta at least 0", "fix the values")
-    if es is not None and es.lr_patience is not None and not (1 <= es.lr_patience < es.patience and 0 < es.lr_factor < 1):
-        raise input_error("trainer.early_stopping", f"lr_patience {es.lr_patience} / lr_factor {es.lr_factor}: need "
-                          "1 <= lr_patience < patience and 0 < lr_factor < 1", "fix the values or drop lr_patience")
+    check_early_stopping(t.early_stopping)
     if t.checkpoint_every_n_steps < 0:
         raise input_error("trainer.checkpoint_every_n_steps", "must be 0 (never mid-epoch) or more", "fix the value")
     if t.gradient_clip_val is not None and not (math.isfinite(t.gradient_clip_val) and t.gradient_clip_val > 0):

@@ -5,8 +5,9 @@
 * :class:`~mrlearn.engine.checkpoint.AtomicCheckpoint`: ``last.ckpt`` / ``best.ckpt``, atomic and always finite;
 * :class:`~mrlearn.engine.signals.GracefulStop`: SIGTERM/SIGINT -> resumable checkpoint + ``RunInterrupted``;
 * :class:`~mrlearn.engine.convergence.Convergence`: validation series, early stopping
-  (``trainer.early_stopping: {monitor, mode, patience, min_delta}``) and reduce-on-plateau learning rates
-  (``lr_patience``, ``lr_factor``);
+  (``trainer.early_stopping: {monitor, mode, patience | patience_samples, min_delta, smoothing,
+  smoothing_window}``: :mod:`mrlearn.early_stopping`) and reduce-on-plateau learning rates (``lr_patience``,
+  ``lr_factor``, ``max_lr_cuts``; each cut restarts the patience window);
 * progress (:mod:`mrlearn.engine.progress`): a line on stderr at most every ``trainer.progress_every`` seconds
   (step/total, epoch, the monitored validation score, elapsed, ETA; 0: none), or the tqdm bar on a terminal
   outside a study with ``trainer.progress_bar``; and the logger chosen by ``trainer.logger`` (``tensorboard``
@@ -29,6 +30,7 @@ import lightning as L
 import torch
 
 from mrlearn.engine.checkpoint import AtomicCheckpoint, PlainCheckpointIO
+from mrlearn.early_stopping import DEFAULT_PATIENCE
 from mrlearn.engine.convergence import Convergence, default_mode
 from mrlearn.engine.progress import progress_callbacks
 from mrlearn.engine.signals import GracefulStop
@@ -130,11 +132,11 @@ def make_trainer(cfg: Any, run_dir: Path, callbacks: Sequence[L.Callback] = (),
     stop = GracefulStop(run_dir)
     ckpt = AtomicCheckpoint(run_dir / "checkpoints", every_n_steps=t.checkpoint_every_n_steps, monitor=name, mode=mode,
                             stop=stop)
-    convergence = Convergence(name, mode, patience=es.patience if es is not None else None,
-                              min_delta=es.min_delta if es is not None else 0.0,
-                              lr_patience=es.lr_patience if es is not None else None,
-                              lr_factor=es.lr_factor if es is not None else 0.5,
-                              relative=es.relative if es is not None else False)
+    convergence = Convergence(name, mode) if es is None else Convergence(
+        name, mode, patience=DEFAULT_PATIENCE if es.patience is None and es.patience_samples is None else es.patience,
+        min_delta=es.min_delta, lr_patience=es.lr_patience, lr_factor=es.lr_factor,
+        relative=es.relative, patience_samples=es.patience_samples, smoothing=es.smoothing,
+        smoothing_window=es.smoothing_window, max_lr_cuts=es.max_lr_cuts)
     progress, bar = progress_callbacks(t.progress_bar, getattr(t, "progress_every", None), (name, mode))
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
