@@ -148,7 +148,8 @@ def test_evaluate_volumes_on_arrays_closed_form():
     assert perfect["nmse"] == 0 and perfect["psnr"] == np.inf and perfect["ssim"] == pytest.approx(1.0)
     s = summarise([row, {**row, "psnr": row["psnr"] + 2, "acquisition": "T2"}])
     assert s["all"]["volumes"] == 2 and s["all"]["psnr"]["mean"] == pytest.approx(row["psnr"] + 1)
-    assert s["by_contrast"]["T2"]["psnr"]["std"] == 0.0
+    assert s["all"]["psnr"]["std"] == pytest.approx(np.sqrt(2.0))  # sample std (ddof = 1) of x and x + 2
+    assert np.isnan(s["by_contrast"]["T2"]["psnr"]["std"])  # one volume: the sample std is undefined
 
 
 def test_prediction_is_cropped_about_the_centre():

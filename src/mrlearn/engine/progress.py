@@ -10,8 +10,9 @@
 the epoch running (1-based); the monitored validation metric's latest value and its best so far; the ETA is the
 steps left at this process's step rate (validation time included), capped by what ``max_time`` leaves, so it is
 the time to the cap (early stopping can end sooner). During a long validation the line says ``validation batch
-b/B`` instead, and an evaluation after the fit ``evaluation batch b/B``. Short runs print nothing (the first line comes ``progress_every`` seconds after the start); a run
-that printed lines ends with a ``finished`` line. Only rank 0 prints.
+b/B`` instead, and an evaluation after the fit ``evaluation batch b/B``. Short runs print nothing (the first line
+comes ``progress_every`` seconds after the start); a run that printed lines ends with a ``finished`` line. Only
+rank 0 prints.
 
 :func:`progress_callbacks` returns the tqdm bar instead when ``trainer.progress_bar`` is set, stderr is a terminal
 and no study label is set (:func:`mrlearn.progress.progress_context`); a study or a redirected log always gets lines.

@@ -7,7 +7,7 @@ script cannot score targets wider than tall, we score them whole); the predictio
 target's size (``physics.complex.center_crop``, from ``(H - h) // 2``); a smaller prediction or a different number
 of slices is an error. Scores are ``evaluation.scoring.volume_metrics``: NMSE, PSNR with ``maxval = target.max()``
 of the volume, SSIM per slice with the volume max as data range, averaged over slices; summaries average over
-volumes (std with ``ddof = 1``, 0 for a single volume).
+volumes (the sample std, ``ddof = 1``, of :mod:`mrlearn.evaluation.spread`; undefined - NaN - for one volume).
 
 Outputs (atomic writes): ``metrics.csv`` with columns ``volume, acquisition, nmse, psnr, ssim``: one row per
 volume, then ``mean`` and ``std`` rows for ``all`` and for each contrast; ``metrics.json`` with the same numbers
@@ -31,6 +31,7 @@ import torch
 
 from mrlearn.errors import input_error
 from mrlearn.evaluation.scoring import METRIC_NAMES, volume_metrics
+from mrlearn.evaluation.spread import sample_std, std_note
 from mrlearn.io import atomic_write_text
 from mrlearn.physics.complex import center_crop
 
@@ -119,7 +120,7 @@ def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for name in METRIC_NAMES:
         vals = np.array([r[name] for r in rows], dtype=np.float64)
         mean = float(np.mean(vals)) if vals.size else math.nan
-        std = float(np.std(vals, ddof=1)) if vals.size > 1 else 0.0
+        std = sample_std(vals)
         out[name] = {"mean": mean, "std": std if math.isfinite(std) else math.nan}
     return out
 
@@ -243,6 +244,7 @@ def format_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                      f"{g['nmse']['mean']:>8.5f} ± {g['nmse']['std']:<6.4f}  "
                      f"{g['psnr']['mean']:>7.3f} ± {g['psnr']['std']:<5.2f}  "
                      f"{g['ssim']['mean']:>6.4f} ± {g['ssim']['std']:<6.4f}")
+    lines.append(std_note("volumes") + " (nan: one volume)")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from mrlearn.evaluation.spread import sample_std
 from mrlearn.evaluation.metrics import nmse, psnr, slice_ssim, ssim
 
 METRIC_NAMES = ("nmse", "psnr", "ssim")
@@ -58,7 +59,8 @@ class VolumeCollector:
     ``expected``: ``fname -> slice count`` (volumes not listed are scored at :meth:`finish`).
     ``slice_rows``: also keep per-slice rows ``{"group", "fname", "slice", "nmse", "psnr", "ssim"}`` in
     :attr:`slices`. ``examples``: keep the middle slice (target, input, output) of the first ``examples`` volumes in
-    :attr:`examples` (``fname -> {"target", "input", "output"}``). ``group`` labels the slice rows.
+    :attr:`examples` (``fname -> {"target", "input", "output", "maxval"}``; ``maxval``: the target volume's maximum,
+    the metrics' data range). ``group`` labels the slice rows.
     Results: :attr:`results` ``fname -> {"nmse", "psnr", "ssim"}``, plus ``nmse_noiseless``, ``psnr_noiseless``,
     ``ssim_noiseless`` for volumes whose slices all came with a (finite) noiseless reference; the slice rows
     likewise.
@@ -115,7 +117,8 @@ class VolumeCollector:
             self.slices.append({"group": self.group, "fname": fname, "slice": int(s), **row})
         mid = order[len(order) // 2]
         if len(self.examples) < self.max_examples and vol[mid][2] is not None:
-            self.examples[fname] = {"target": vol[mid][1], "input": vol[mid][2], "output": vol[mid][0]}
+            self.examples[fname] = {"target": vol[mid][1], "input": vol[mid][2], "output": vol[mid][0],
+                                    "maxval": np.float64(target.max())}  # the metrics' data range
 
     def finish(self) -> dict[str, dict[str, float]]:
         """Score the volumes still open (e.g. partial ones under ``limit_val_batches``) and return all results."""
@@ -170,8 +173,9 @@ def gather_volume_metrics(results: dict[str, dict[str, float]],
 
 
 def summarise_volumes(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Mean and population standard deviation over volumes of each metric (``nmse``, ``nmse_std``, ...) that every
-    volume has (so the noiseless metrics only when all volumes have them)."""
+    """Mean and sample standard deviation (``ddof = 1``, NaN for one volume; :mod:`mrlearn.evaluation.spread`) over
+    volumes of each metric (``nmse``, ``nmse_std``, ...) that every volume has (the noiseless metrics only when all
+    volumes have them)."""
     out: dict[str, float] = {}
     if not results:
         return out
@@ -179,7 +183,7 @@ def summarise_volumes(results: dict[str, dict[str, float]]) -> dict[str, float]:
     for key in keys:
         values = np.array([r[key] for r in results.values()], dtype=np.float64)
         out[key] = float(values.mean())
-        out[f"{key}_std"] = float(values.std())
+        out[f"{key}_std"] = sample_std(values)
     return out
 
 

@@ -160,7 +160,9 @@ def write_report(out: Path, title: str, results: dict[str, Any], rows: list[dict
             r["method"] = Strong(f"{r['method']} (not converged)")
         shown.append(r)
     report.add_table("Summary over the grid", shown, columns=list(COLS),
-                     caption="bias, std and RMSE in the parameter's units; rel_* divide by the training range width")
+                     caption="bias, std and RMSE in the parameter's units, averaged over the grid; std: the sample "
+                             "standard deviation (ddof = 1) over the noise repeats at each grid point; rel_* divide by "
+                             "the training range width")
     for cap, name in figs:
         report.add_figure(cap, out / name)
     return report.write(out)

@@ -1,5 +1,6 @@
 """Figures of a study report (matplotlib, Agg): the scarce group's PSNR against a fraction key, and metrics against
-a numeric group (``blocks=1``, ``blocks=2``, ...). Error bars: sample std over seeds.
+a numeric group (``blocks=1``, ``blocks=2``, ...). Error bars: sample std (``ddof = 1``) over seeds
+(:mod:`mrlearn.evaluation.spread`). Validation curves mark each run's best validation and its stop point.
 """
 
 from __future__ import annotations
@@ -80,9 +81,12 @@ def task_curves(history: list[dict[str, Any]], task: str) -> list[tuple[float, f
     return out
 
 
-def task_curve_figure(curves: dict[str, list[list[tuple[float, float, float]]]], task: str):
+def task_curve_figure(curves: dict[str, list[list[tuple[float, float, float]]]], task: str,
+                      marks: dict[str, list[tuple[float | None, float | None]]] | None = None):
     """Validation PSNR of ``task`` against optimiser steps and against the samples of ``task`` seen, one colour per
-    arm, one line per seed (``curves``: arm -> per-seed curves from :func:`task_curves`)."""
+    arm, one line per seed (``curves``: arm -> per-seed curves from :func:`task_curves`). ``marks``: arm -> per seed
+    ``(best_step, stop_step)`` of the run (its ``metrics.json``): the validation nearest each is marked, the best
+    with a star, the stop with a cross."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,10 +94,18 @@ def task_curve_figure(curves: dict[str, list[list[tuple[float, float, float]]]],
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, (arm, per_seed) in enumerate(sorted(curves.items())):
+        arm_marks = (marks or {}).get(arm) or []
         for j, pts in enumerate(per_seed):
+            best, stop = arm_marks[j] if j < len(arm_marks) else (None, None)
             for ax, col in zip(axes, (0, 1)):
                 ax.plot([p[col] for p in pts], [p[2] for p in pts], color=f"C{i % 10}", lw=1, alpha=0.8,
                         label=arm if j == 0 else None)
+                for step, marker, name in ((best, "*", "best"), (stop, "X", "stop")):
+                    if step is None or not pts:
+                        continue
+                    p = min(pts, key=lambda q: abs(q[0] - float(step)))
+                    ax.plot(p[col], p[2], marker=marker, ms=11 if marker == "*" else 8, color=f"C{i % 10}", mec="k",
+                            ls="none", label=f"{arm}: {name}" if j == 0 else None)
     for ax, xlabel in zip(axes, ("optimiser steps", f"{task} samples seen")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"validation PSNR of {task} (dB)")

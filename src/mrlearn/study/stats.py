@@ -20,16 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
+from mrlearn.evaluation.spread import mean_std  # noqa: F401 - the one std (sample, ddof = 1), re-exported
+
 MIN_VOLUMES = 3
 MIN_SEEDS = 3
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (NaN std for a single value); NaN entries are ignored."""
-    v = np.asarray([x for x in values if x == x], dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
 
 
 def paired_ci(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:

@@ -7,15 +7,16 @@ convergence record (``steps``, ``best_step``, ``stopped_by``, ``converged``; emp
 
 Report sections (``evaluation.report``):
   * the study as run: description (from the study file), base config, budget policy, runs finished / in progress;
-  * per arm, grid point and group: mean and std over seeds, a bootstrap interval of PSNR over seeds x volumes
-    (``study.stats``), the numbers of volumes and seeds, and the convergence status - **not converged** when any
+  * per arm, grid point and group: mean and sample std (``ddof = 1``) over seeds, a bootstrap interval of PSNR over
+    seeds x volumes (``study.stats``), the numbers of volumes and seeds, and the convergence status - **not converged** when any
     of its runs was stopped by a cap while still improving;
   * paired differences against the baseline arm (``summary.baseline``), per grid point and group: mean of
     ``metric(arm) - metric(baseline)``, its two-way bootstrap interval, counts of volumes and seeds, the
     convergence note of both arms beside the number, and a verdict only where ``study.stats.verdict`` allows one;
   * figures (``study.figures``): metrics against a numeric group or the fraction key, and (``summary.scarce_task``)
     that task's validation PSNR against steps and against its samples seen; example images (target, zero-filled
-    input, each arm's output) as a grid.
+    input, each arm's output, with that slice's PSNR/SSIM, and their error maps on one colour scale with a colour bar:
+    ``evaluation.figures``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mrlearn.evaluation.report import Report, Strong
+from mrlearn.evaluation.spread import std_note
 from mrlearn.io import atomic_write_text
 from mrlearn.study.results import CONVERGENCE_FIELDS, read_result, read_slices
 from mrlearn.study.spec import RunSpec, StudySpec
@@ -180,27 +182,34 @@ def paired_differences(out: Path, runs: list[RunSpec], baseline: str, metric: st
     return table
 
 
-def _task_curves(out: Path, runs: list[RunSpec], task: str) -> dict[str, list[list[tuple[float, float, float]]]]:
-    """arm -> per-seed validation curves of ``task`` (first grid point only) from the runs' ``metrics.json``."""
+def _task_curves(out: Path, runs: list[RunSpec], task: str) -> tuple[dict[str, list], dict[str, list]]:
+    """arm -> per-seed validation curves of ``task`` (first grid point only) from the runs' ``metrics.json``, and
+    arm -> per-seed ``(best_step, steps)`` of those runs (the figure's best and stop marks)."""
     from mrlearn.io import read_json
     from mrlearn.study.figures import task_curves
 
     first = runs[0].point if runs else {}
     curves: dict[str, list[list[tuple[float, float, float]]]] = defaultdict(list)
+    marks: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
     for run in runs:
         if run.point != first:
             continue
-        pts = task_curves((read_json(out / "runs" / run.run_id / "metrics.json") or {}).get("history") or [], task)
+        m = read_json(out / "runs" / run.run_id / "metrics.json") or {}
+        pts = task_curves(m.get("history") or [], task)
         if pts:
             curves[run.arm].append(pts)
-    return dict(curves)
+            marks[run.arm].append((m.get("best_step"), m.get("steps")))
+    return dict(curves), dict(marks)
 
 
-def _examples(out: Path, runs: list[RunSpec]) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """Per group: target, input, then each arm's output (first grid point, first seed)."""
+def _examples(out: Path, runs: list[RunSpec]) -> list[Any]:
+    """Per group: target, zero-filled input, then each arm's output (first grid point, first seed), with the target
+    volume's maximum (``maxval``) as the metrics' data range where the run recorded it."""
+    from mrlearn.evaluation.figures import ExampleSlice
+
     first_point = runs[0].point if runs else {}
     seed0 = min(r.seed for r in runs) if runs else 0
-    panels: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
+    found: dict[str, dict[str, Any]] = defaultdict(lambda: {"outputs": []})
     for run in (r for r in runs if r.point == first_point and r.seed == seed0):
         path = out / "runs" / run.run_id / "examples.npz"
         if not path.is_file():
@@ -208,11 +217,17 @@ def _examples(out: Path, runs: list[RunSpec]) -> dict[str, list[tuple[str, np.nd
         with np.load(path) as data:
             for key in data.files:
                 group, kind = key.split("/", 1)
-                if kind in ("target", "input") and not any(label == kind for label, _ in panels[group]):
-                    panels[group].insert(0 if kind == "target" else min(1, len(panels[group])), (kind, data[key]))
-                if kind == "output":
-                    panels[group].append((run.arm, data[key]))
-    return dict(sorted(panels.items()))
+                if kind in ("target", "input", "maxval"):
+                    found[group].setdefault(kind, data[key])
+                elif kind == "output":
+                    found[group]["outputs"].append((run.arm, data[key]))
+    shown = []
+    for group, f in sorted(found.items()):
+        if "target" not in f:
+            continue
+        images = ([("zero-filled input", f["input"])] if "input" in f else []) + f["outputs"]
+        shown.append(ExampleSlice(group, f["target"], images, float(f["maxval"]) if "maxval" in f else None))
+    return shown
 
 
 def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequence[str] = ()) -> Path:
@@ -247,9 +262,10 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
     metrics = tuple(spec.summary.get("metrics") or METRICS)  # summary.metrics: e.g. a qMRI study's rmse_Dstar
     cols = ["arm", *grid_keys, "group", "seeds", "volumes"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     cols += ["psnr_ci95", "convergence"] if "psnr" in metrics else ["convergence"]
-    caption = ("fastMRI metrics on the evaluation split, averaged over volumes; std over seeds (sample std); "
-               "psnr_ci95: bootstrap over seeds x volumes of the slices' PSNR per volume." if "psnr" in metrics else
-               f"the runner's metrics ({', '.join(metrics)}); mean and sample std over seeds.")
+    caption = ("fastMRI metrics on the evaluation split, averaged over volumes; _mean and _std over seeds: "
+               f"{std_note('seeds')} psnr_ci95: bootstrap over seeds x volumes of the slices' PSNR per volume."
+               if "psnr" in metrics else f"the runner's metrics ({', '.join(metrics)}); mean and std over seeds: "
+               f"{std_note('seeds')}")
     report.add_table("Metrics per arm and group", aggregate(rows, grid_keys, out, metrics), cols, caption=caption)
     baseline = spec.summary.get("baseline")
     if baseline:
@@ -263,25 +279,34 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
     numeric = numeric_groups(rows) if rows else None
     if numeric is not None:
         report.add_figure(f"Metrics against {numeric[0]}", group_curve_figure(rows, grid_keys, *numeric),
-                          caption=f"mean +- std over seeds, per arm and grid point; x = {numeric[0]}")
+                          caption=f"mean ± std over seeds, per arm and grid point; x = {numeric[0]}. "
+                                  f"{std_note('seeds')}")
     key = spec.summary.get("fraction_key")
     if key and rows and any(r.get(key) is not None for r in rows):
         report.add_figure("Scarce-task PSNR against the scarce fraction",
-                          fraction_figure(rows, key, spec.summary.get("scarce_task")), caption=f"mean +- std over seeds; x = {key}")
+                          fraction_figure(rows, key, spec.summary.get("scarce_task")),
+                          caption=f"mean ± std over seeds; x = {key}. {std_note('seeds')}")
     task = spec.summary.get("scarce_task")
     if task:
-        curves = _task_curves(out, runs, task)
+        curves, marks = _task_curves(out, runs, task)
         if curves:
             report.add_figure(f"Validation PSNR of '{task}' against steps and against its samples seen",
-                              task_curve_figure(curves, task),
+                              task_curve_figure(curves, task, marks),
                               caption="one line per seed, from each run's metrics.json history (transfer: the "
-                                      "fine-tuning phase); a curve still rising at its end was stopped while improving")
+                                      "fine-tuning phase); star: the best validation, cross: where the run stopped; a "
+                                      "curve still rising at its end was stopped while improving")
     plt.close("all")
     try:
-        panels = _examples(out, runs)
-        if panels:
-            report.add_images("Example images", panels, caption="first example slice per group: target, zero-filled "
-                              "input and each arm's output (first grid point, first seed); one grey scale per group")
+        shown = _examples(out, runs)
+        if shown:
+            from mrlearn.evaluation.figures import example_figure
+
+            report.add_figure("Example images", example_figure(shown), caption=(
+                "first example slice per group: target, zero-filled input and each arm's output (first grid point, "
+                "first seed) on one grey scale per row, with the PSNR and SSIM of that slice under each image (data "
+                "range: the target volume's maximum; the slice's own where a run did not record it); below, the "
+                "absolute errors, all on one colour scale (colour bar at the bottom right)"))
+            plt.close("all")
     except (OSError, ValueError, KeyError) as exc:  # an image must not lose the tables
         report.add_text(f"example images could not be drawn: {exc}")
     return report.write(out)

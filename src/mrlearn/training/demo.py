@@ -8,9 +8,11 @@ validation). Its runner is :func:`study_runner`; ``mrlearn study demo`` runs it 
 runs the study, then writes
 
 * ``metrics.csv``: one row per method (arm) and test volume: ``method, volume, nmse, psnr, ssim``;
-* ``report.html``: the demo report - metrics (mean ± std over volumes, with each learned arm's convergence
-  status), run times, example slices (target, each method, each method's error map) and the learned arms'
-  training curves; the generic study report is kept as ``study_report.html``.
+* ``report.html``: the demo report - metrics (mean ± sample std, ddof = 1, over test volumes, with each learned arm's
+  convergence status), run times, example slices (target, each method with that slice's PSNR/SSIM, each method's
+  error map, all error maps on one colour scale with a colour bar) and the learned arms' training curves (best and
+  stop points marked, one axis per kind of loss: ``evaluation.figures``); the generic study report is kept as
+  ``study_report.html``.
 
 ``--quick`` (:data:`QUICK`): a tiny phantom dataset, an evaluation mask with 16 ACS lines and tiny networks trained
 for at most 30 epochs (the U-Net stops early after about 16 and beats zero-filled: 19.45 vs 19.10 dB, SSIM 0.710 vs
@@ -34,6 +36,7 @@ import numpy as np
 from mrlearn import registry
 from mrlearn.errors import input_error
 from mrlearn.io import atomic_write_text
+from mrlearn.progress import Ticker
 
 #: ``--quick``: dataset options and overrides of the demo study (tiny networks, short budgets)
 QUICK: dict[str, Any] = {
@@ -91,14 +94,18 @@ def study_runner(cfg: Any) -> Any:
         extra["history"] = [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history]
     shown = set(pick_slices(dataset, EXAMPLE_SLICES))
     volumes, slices, examples = {}, [], {}
+    ticker, done = Ticker("scoring the test volumes"), 0
     for fname, pred, target, zf in iterate_volumes(dataset, predict, batch_size=1, progress=False):
+        done += len(pred)
+        ticker.update("slice", done, len(dataset), [f"volume {len(volumes) + 1}"])
         if target is None:
             raise input_error(fname, "test volume has no target", "the demo needs fully sampled test volumes")
         volumes[fname] = volume_metrics(target, pred)
         slices += [{"group": "all", "fname": fname, "slice": s, **row} for s, row in enumerate(slice_metrics(target, pred))]
         for f, s in sorted(shown):
             if f == fname:
-                examples[f"{Path(f).stem}_slice{s}"] = {"target": target[s], "input": zf[s], "output": pred[s]}
+                examples[f"{Path(f).stem}_slice{s}"] = {"target": target[s], "input": zf[s], "output": pred[s],
+                                                        "maxval": np.float64(target.max())}  # the metrics' range
     extra["volumes"] = volumes
     record = reference.solver_record() if reference is not None else None
     if record is not None:  # an iterative classical method: how its solver stopped
@@ -176,7 +183,19 @@ def _read_run(run_dir: Path) -> dict[str, Any] | None:
     extra = result.get("extra") or {}
     return {"run_id": result["run_id"], "volumes": extra.get("volumes", {}), "history": extra.get("history", []),
             "seconds": result.get("seconds"), "convergence": (result.get("convergence") or {}).get("all") or {},
-            "examples": examples}
+            "examples": examples, "method": _method_name(result.get("config"))}
+
+
+def _method_name(config_text: Any) -> str | None:
+    """The ``method.name`` of a run's resolved config (YAML text in ``result.json``), None when absent."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(config_text) if isinstance(config_text, str) else None
+    except yaml.YAMLError:
+        return None
+    method = cfg.get("method") if isinstance(cfg, dict) else None
+    return str(method.get("name")) if isinstance(method, dict) and method.get("name") else None
 
 
 def write_metrics_csv(path: Path, results: dict[str, dict[str, Any]]) -> Path:
@@ -210,80 +229,97 @@ def convergence_text(record: dict[str, Any], learned: bool) -> str:
 
 
 def summary_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over volumes per method, and its convergence status."""
+    """Mean ± sample std (``ddof = 1``) over test volumes per method, and its convergence status."""
+    from mrlearn.evaluation.spread import mean_std, pm
+
     rows = []
     for arm, r in results.items():
         row: dict[str, Any] = {"method": arm, "volumes": len(r["volumes"])}
         for key, digits in (("nmse", 4), ("psnr", 2), ("ssim", 4)):
-            v = np.array([m[key] for m in r["volumes"].values()])
-            row[key.upper()] = f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+            row[key.upper()] = pm(*mean_std([m[key] for m in r["volumes"].values()]), digits)
         row["training"] = convergence_text(r["convergence"], bool(r["history"]))
         rows.append(row)
     return rows
 
 
-def example_rows(results: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """Per shown slice: a row ``target | each method`` and a row of each method's ``|error|`` (own scale)."""
-    rows: dict[str, list[tuple[str, np.ndarray]]] = {}
+#: what each method's training loss measures (its curve's axis); other methods get an axis named after them
+LOSS_KINDS = {"supervised": "image domain (input-normalised units)",
+              "supervised_kspace": "image domain (|image| / k-space scale)",
+              "ssdu": "k-space (held-out locations)", "ssl_distill": "image domain (teacher vs student)"}
+
+
+def example_slices(results: dict[str, dict[str, Any]]) -> list[Any]:
+    """Per shown slice: the target and each method's image, with the target volume's max as the metrics' range."""
+    from mrlearn.evaluation.figures import ExampleSlice
+
+    shown = []
     groups = sorted({key.split("/", 1)[0] for r in results.values() for key in r["examples"]})
     for group in groups:
-        target = next((r["examples"][f"{group}/target"] for r in results.values() if f"{group}/target" in r["examples"]), None)
-        if target is None:
+        found = [r["examples"] for r in results.values() if f"{group}/target" in r["examples"]]
+        if not found:
             continue
+        maxval = found[0].get(f"{group}/maxval")
         outputs = [(arm, r["examples"][f"{group}/output"]) for arm, r in results.items() if f"{group}/output" in r["examples"]]
-        rows[group] = [("target", target), *outputs]
-        rows[f"{group}: |error|"] = [(f"|error| {arm}", np.abs(img - target)) for arm, img in outputs]
-    return rows
+        shown.append(ExampleSlice(group, found[0][f"{group}/target"], outputs,
+                                  None if maxval is None else float(maxval)))
+    return shown
 
 
-def curves_figure(histories: dict[str, list[dict[str, float]]]) -> Any:
-    """Training loss and validation PSNR/SSIM against optimiser steps, per learned method."""
-    import matplotlib
+def training_curves(results: dict[str, dict[str, Any]]) -> list[Any]:
+    """The learned arms' curves: loss kind from the method, best step and stop from the convergence record."""
+    from mrlearn.evaluation.figures import Curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for label, hist in histories.items():
-        for ax, key in zip(axes, ("train_loss", "val_psnr", "val_ssim")):
-            pts = [(h.get("step", h["epoch"] + 1), h[key]) for h in hist if key in h]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
-    for ax, title in zip(axes, ("training loss", "validation PSNR (dB)", "validation SSIM")):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("optimiser step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    curves = []
+    for arm, r in results.items():
+        if not r["history"]:
+            continue
+        conv, method = r["convergence"], r.get("method")
+        curves.append(Curve(arm, r["history"], LOSS_KINDS.get(method or "", f"{method or arm} loss"),
+                            conv.get("best_step"), conv.get("steps"), conv.get("stopped_by")))
+    return curves
 
 
 def demo_report(spec: Any, results: dict[str, dict[str, Any]], root: Path, t_data: float, total: float) -> Any:
     """The demo's HTML report (see the module docstring)."""
     from mrlearn.evaluation.report import Report
+    from mrlearn.evaluation.spread import std_note
 
     report = Report(spec.description.splitlines()[0] if spec.description else f"mrlearn demo ({spec.name})")
     n_vol = len(next(iter(results.values()))["volumes"]) if results else 0
     report.add_text(f"Dataset: {root} ({n_vol} test volumes). Every method is scored on the same test volumes with "
                     "the same undersampling masks, fixed per file. Learned methods were trained on the train volumes "
                     "and are scored with their best checkpoint by validation. Metrics are fastMRI's, per volume (NMSE, "
-                    "PSNR and SSIM with the target volume maximum as data range), shown as mean ± standard deviation "
-                    "over volumes. The generic study report (paired differences, intervals) is study_report.html.",
+                    "PSNR and SSIM with the target volume maximum as data range), shown as mean ± std over volumes; "
+                    f"{std_note('test volumes')} The generic study report (paired differences, intervals) is "
+                    "study_report.html.",
                     title="Setup")
-    report.add_table("Metrics (test volumes)", summary_rows(results))
+    report.add_table("Metrics (test volumes)", summary_rows(results), caption=std_note("test volumes"))
     report.add_table("Run time", [{"step": "dataset", "seconds": round(t_data, 1)}] +
                      [{"step": arm, "seconds": r["seconds"]} for arm, r in results.items()] +
                      [{"step": "total", "seconds": round(total, 1)}])
-    rows = example_rows(results)
-    if rows:
-        report.add_images("Examples", rows, caption="Test slices: target and each method on one grey scale per "
-                          "row; below, each method's absolute error on its own scale.")
-    histories = {arm: r["history"] for arm, r in results.items() if r["history"]}
-    if histories:
+    shown = example_slices(results)
+    if shown:
         import matplotlib.pyplot as plt
 
-        report.add_figure("Training curves", curves_figure(histories),
-                          caption="Training loss per epoch and validation metrics on the val volumes, against steps.")
+        from mrlearn.evaluation.figures import example_figure
+
+        report.add_figure("Examples", example_figure(shown),
+                          caption="Test slices: target and each method on one grey scale per row, with the PSNR and "
+                          "SSIM of that slice under each method (data range: the target volume's maximum, as in the "
+                          "metrics table; the slice's own maximum for runs that did not record it). Below, each "
+                          "method's absolute error; all error maps share one colour scale "
+                          "(colour bar at the bottom right), so a darker map is a smaller error.")
+        plt.close("all")
+    curves = training_curves(results)
+    if curves:
+        import matplotlib.pyplot as plt
+
+        from mrlearn.evaluation.figures import curves_figure
+
+        report.add_figure("Training curves", curves_figure(curves),
+                          caption="Training loss per epoch (one axis per kind of loss: losses of different methods are "
+                          "not in the same units) and validation metrics on the val volumes, against optimiser steps. "
+                          "Star: the best validation (the weights scored); cross: where training stopped, and why.")
         plt.close("all")
     return report
 
