@@ -88,10 +88,17 @@ def classify_axis(a: np.ndarray, dim: int) -> str | None:
     return axis_evidence(a, dim).verdict
 
 
-def partitions_fully_sampled(a: np.ndarray) -> bool:
-    """Whether every (x, y) line along dim 2 of a BART array is sampled at all entries or at none (sampled = non-zero
-    in any coil or other dim): then an inverse FFT along dim 2 separates the partitions exactly."""
+def partition_sampling(a: np.ndarray) -> tuple[bool, list[int]]:
+    """Whether the sampling pattern of a BART array (non-zero in any coil or other dim) is separable into a kx-ky
+    pattern times a partition (dim 2) pattern, and the partitions holding no data at all.
+
+    Separable (fully sampled, ky-only undersampling, whole partitions absent as after partial Fourier or a zero
+    Nyquist partition): an inverse FFT along dim 2 gives slices that all share one kx-ky pattern (absent
+    partitions zero-fill them along z). Not separable (ky-kz undersampling): it would alias between slices.
+    """
     nz = a != 0
     if a.ndim > 3:
         nz = nz.any(axis=tuple(range(3, a.ndim)))
-    return bool((nz.any(axis=2) == nz.all(axis=2)).all())
+    in_plane, along = nz.any(axis=2), nz.any(axis=(0, 1))
+    separable = bool((nz == (in_plane[:, :, None] & along[None, None, :])).all())
+    return separable, [int(i) for i in np.flatnonzero(~along)]

@@ -9,9 +9,10 @@ slices in dim 13. k-space has no map sets: coils found in dim 4 with dim 3 empty
                     transformed; its image plane is dims 1-2: H = Y, W = Z.
 ``coils-in-dim2``   ``[X, Y, C, 1, ..., S]`` with ``--dim2 coils``: as ``bart transpose 2 3``.
 ``slices-in-dim2``  ``[X, Y, N, C]``, dim 2 image space: N slices, as ``bart transpose 2 13``.
-``3d-partitions``   ``[X, Y, Z, C]``, dim 2 a k-space partition axis sampled at all or none of its entries on every
-                    (x, y) line (fully sampled, or undersampled in ky only): the centred orthonormal inverse FFT
-                    along dim 2 (as ``bart fft -u -i 4``) gives Z slices of kx x ky (H = X, W = Y).
+``3d-partitions``   ``[X, Y, Z, C]``, dim 2 a k-space partition axis whose sampling is separable (a kx-ky pattern
+                    times a kz pattern: fully sampled, ky-only undersampling, whole partitions absent): the centred
+                    orthonormal inverse FFT along dim 2 (as ``bart fft -u -i 4``) gives Z slices of kx x ky
+                    (H = X, W = Y), all with one sampling pattern.
 ``3d-partitions-hybrid``  the same with the readout already in image space: it is Fourier-transformed back
                     (centred orthonormal forward FFT, as ``bart fft -u 1``) so that every slice is k-space.
 ``3d-kspace``       ``[X, Y, Z, C]``, dim 2 a k-space axis sampled differently per partition (ky-kz undersampling,
@@ -36,12 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from mrlearn.data import cfl as bart
-from mrlearn.data.bart_axes import axis_evidence, partitions_fully_sampled
+from mrlearn.data.bart_axes import axis_evidence, partition_sampling
 from mrlearn.errors import input_error
 
 DIM2_CHOICES = ("kspace", "slices", "coils")
 MIN_KYKZ = 8  # ky x kz slices narrower than this are refused (the matrix minimum)
-_PARTITIONS_NOTE = "inverse-FFT'd along dim 2 (centred, orthonormal, as `bart fft -u -i 4`): each partition is a kx x ky slice"
+_PARTITIONS_NOTE = ("inverse-FFT'd along dim 2 (centred, orthonormal, as `bart fft -u -i 4`), one kx x ky slice per "
+                    "partition")
 _NOTES = {
     "standard": None,
     "kykz-slice": "BART [1, ky, kz, coils] layout: each slice is one 2-D ky x kz slice (H = ky, W = kz)",
@@ -60,12 +62,14 @@ _COILS_IN_DIM4 = "coils found in dim 4 (MAPS) with dim 3 empty: taken as the coi
 
 @dataclass(frozen=True)
 class Layout:
-    """A recognised layout: ``name`` (see the module docstring), ``coil_dim`` (3, or 4 when the coils sat in dim 4)
-    and ``why`` (how dim 2 was decided: the ``--dim2`` flag or the data's evidence; empty when not used)."""
+    """A recognised layout: ``name`` (see the module docstring), ``coil_dim`` (3, or 4 when the coils sat in dim 4),
+    ``why`` (how dim 2 was decided: the ``--dim2`` flag or the data's evidence; empty when not used) and
+    ``detail`` (a remark on the data, e.g. partitions holding no data)."""
 
     name: str
     coil_dim: int = 3
     why: str = ""
+    detail: str = ""
 
     @property
     def label(self) -> str:
@@ -78,6 +82,8 @@ class Layout:
         parts = [_COILS_IN_DIM4] if self.coil_dim == 4 else []
         if _NOTES[self.name]:
             parts.append((f"{self.why}: " if self.why else "") + _NOTES[self.name])
+        if self.detail:
+            parts.append(self.detail)
         return "; ".join(parts) or None
 
 
@@ -166,8 +172,10 @@ def detect_layout(a: np.ndarray, where: Path | str, dim2: str | None = None) -> 
         return Layout("slices-in-dim2", coil_dim, why)
     readout = axis_evidence(a, 0)
     hybrid = readout.coherent > readout.centre  # the readout is always k-space or image space: the likelier one
-    if partitions_fully_sampled(a):
-        return Layout("3d-partitions-hybrid" if hybrid else "3d-partitions", coil_dim, why)
+    separable, empty = partition_sampling(a)
+    if separable:
+        detail = f"partitions {empty} hold no data (the slices are zero-filled along kz)" if empty else ""
+        return Layout("3d-partitions-hybrid" if hybrid else "3d-partitions", coil_dim, why, detail)
     if d2 < MIN_KYKZ or d1 < MIN_KYKZ:
         raise input_error(src, f"dim 2 is a k-space partition axis of {d2} entries sampled differently per partition "
                                f"(ky-kz undersampling): an inverse FFT along it would alias, and ky x kz slices of "
