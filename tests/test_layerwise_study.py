@@ -84,9 +84,9 @@ def test_depth_scores_match_the_spine_and_greedy_block_one_equals_end_to_end(stu
         slices = _rows(out / "runs" / run_id / "slices.csv")
         assert {s["group"] for s in slices} == {"blocks=1", "blocks=2"} and len(slices) == 4  # 1 test volume x 2
     # greedy stage 1 is the 1-block end-to-end network (same seed, data order, optimiser): identical scores
-    for mask in ("calib_16_16_name_poisson", "center_fractions_0.08_name_random"):
-        e2e = results[f"end_to_end__mask-accelerations_4_{mask}__seed0"]["groups"]["blocks=1"]
-        greedy = results[f"greedy__mask-accelerations_4_{mask}__seed0"]["groups"]["blocks=1"]
+    for mask in ("poisson_4_16_16", "random_4_0.08"):
+        e2e = results[f"end_to_end__mask-{mask}__seed0"]["groups"]["blocks=1"]
+        greedy = results[f"greedy__mask-{mask}__seed0"]["groups"]["blocks=1"]
         assert greedy["psnr"] == pytest.approx(e2e["psnr"], abs=1e-6)
 
 

@@ -101,7 +101,9 @@ def convergence(run_dir: Path, outcome: RunOutcome) -> dict[str, dict[str, Any]]
 
 def write_outcome(run_dir: Path, run: Any, outcome: RunOutcome, seconds: float, config: str | None = None) -> None:
     """Write ``slices.csv``, ``examples.npz`` and last ``result.json`` (atomic files; ``config``: the resolved config
-    the run was given, as YAML, kept so a later study can tell whether it asks for the same run)."""
+    the run was given, as YAML, kept so a later study can tell whether it asks for the same run). ``result.json``
+    and the run's ``run.json`` (when its runner wrote one) name the study run: id, arm, seed, grid point and every
+    override it applied to the base config."""
     if outcome.slices:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(SLICE_FIELDS), extrasaction="ignore")
@@ -114,10 +116,14 @@ def write_outcome(run_dir: Path, run: Any, outcome: RunOutcome, seconds: float, 
         np.savez_compressed(buf2, **arrays)
         atomic_write_bytes(run_dir / "examples.npz", buf2.getvalue())
     extra = {k: v for k, v in outcome.extra.items() if k != "convergence"}
-    write_json(run_dir / "result.json", {"status": "finished", "run_id": run.run_id, "arm": run.arm, "seed": run.seed,
-                                         "point": run.point, "groups": outcome.groups, "seconds": round(seconds, 2),
-                                         "convergence": convergence(run_dir, outcome), "extra": extra,
-                                         "config": config})
+    study_run = {"run_id": run.run_id, "arm": run.arm, "seed": run.seed, "point": run.point,
+                 "overrides": getattr(run, "overrides", None)}
+    info = read_json(run_dir / "run.json")
+    if info is not None:  # the engine's run record says which study run (and all its overrides) it was
+        write_json(run_dir / "run.json", {**info, "study_run": study_run})
+    write_json(run_dir / "result.json", {"status": "finished", **study_run, "groups": outcome.groups,
+                                         "seconds": round(seconds, 2), "convergence": convergence(run_dir, outcome),
+                                         "extra": extra, "config": config})
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ from mrlearn.io import atomic_write_text
 from mrlearn.study.execute import Job, study_files_lock
 from mrlearn.study.executors import check_executor, default_threads, execute
 from mrlearn.study.results import RunOutcome, is_finished, read_result, read_slices, write_outcome  # noqa: F401 (re-exported)
-from mrlearn.study.spec import StudySpec, run_config
+from mrlearn.study.spec import StudySpec, adopt_legacy_ids, run_config
 
 Runner = Callable[[Any], RunOutcome]
 
@@ -134,7 +134,7 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
 
     check_executor(executor)
     out = (Path(out_dir) if out_dir else safe_child(Path("runs"), spec.name, f"{spec.path or spec.name}: name")).absolute()
-    runs = spec.runs()
+    runs = adopt_legacy_ids(spec.runs(), out / "runs")  # study folders of earlier versions keep their run ids
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise MrlearnError(f"{spec.path or spec.name}: two runs get the same id; give the grid values distinct names")

@@ -20,7 +20,11 @@ A study file (safe YAML, :mod:`mrlearn.yamlfile`)::
       scarce_task: t2         # task (group) shown in that plot and in its validation curves
       metrics: [psnr, ssim, nmse]   # the report's table (default); a runner's own, e.g. [rmse_Dstar, std_Dstar]
 
-Run ids are ``<arm>[__<key>-<value>...]__seed<k>`` (file-name safe); the seed override sets ``seed``.
+Run ids are ``<arm>[__<key>-<label>...]__seed<k>`` (file-name safe; :func:`value_label`: a scalar or list as
+written, a mapping by its values, ``name`` first, e.g. ``mask-random_4_0.08_fixed_per_slice``; long labels are
+shortened with a hash); the full overrides of a run are in its ``result.json`` and ``run.json``. Study folders
+made before these labels (keys and values of a mapping, sorted: :attr:`RunSpec.legacy_id`) are still found:
+:func:`adopt_legacy_ids`. The seed override sets ``seed``.
 
 ``--set`` items whose key starts with a study key change the study itself (see :func:`apply_study_override`):
 ``seeds=[0,1,2]``, ``grid.<dotted key>=[a, b]`` (``null`` drops that axis), ``arms=[stl, mtl_dwa_early]`` (keep
@@ -64,6 +68,7 @@ class RunSpec:
     point: dict[str, Any]
     seed: int
     overrides: dict[str, Any]
+    legacy_id: str | None = None  # the id earlier versions gave this run, when it differs
 
 
 @dataclass
@@ -90,13 +95,16 @@ class StudySpec:
         """
         out = []
         keys = list(self.grid)
+        labels = {k: axis_labels(self.grid[k]) for k in keys}
         for seed in self.seeds:
-            for values in itertools.product(*(self.grid[k] for k in keys)) if keys else [()]:
-                point = dict(zip(keys, values))
+            for idx in itertools.product(*(range(len(self.grid[k])) for k in keys)) if keys else [()]:
+                point = {k: self.grid[k][i] for k, i in zip(keys, idx)}
                 for arm, settings in self.arms.items():
-                    parts = [arm] + [f"{_short(k)}-{_token(v)}" for k, v in point.items()] + [f"seed{seed}"]
+                    parts = [arm] + [f"{_short(k)}-{labels[k][i]}" for k, i in zip(keys, idx)] + [f"seed{seed}"]
+                    legacy = [arm] + [f"{_short(k)}-{_token(v)}" for k, v in point.items()] + [f"seed{seed}"]
                     overrides = {**settings, **point, "seed": int(seed)}
-                    out.append(RunSpec("__".join(parts), arm, point, int(seed), overrides))
+                    rid, old = "__".join(parts), "__".join(legacy)
+                    out.append(RunSpec(rid, arm, point, int(seed), overrides, old if old != rid else None))
         return out
 
 
@@ -105,8 +113,58 @@ def _short(key: str) -> str:
 
 
 def _token(value: Any) -> str:
+    """The label of earlier versions: the value as flow YAML (mapping keys sorted), made file-name safe."""
     text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+#: labels longer than this are cut and completed by a hash of the value
+MAX_LABEL = 32
+
+
+def _words(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: kv[0] != "name")  # name first, then as written
+        words: list[str] = []
+        for key, v in items:
+            if isinstance(v, bool):
+                words += [str(key)] if v else []  # a switch reads as its name when on
+            else:
+                words += _words(v)
+        return words
+    if isinstance(value, (list, tuple)):
+        return [w for v in value for w in _words(v)]
+    return [_token(value)]
+
+
+def value_label(value: Any) -> str:
+    """A short file-name-safe label of a grid value: scalars and lists as written (``0.25``, ``PDFS``), a mapping
+    by its values with ``name`` first and switches that are on by their key (``random_4_0.08_fixed_per_slice``);
+    longer than :data:`MAX_LABEL`: cut, plus the first 6 hex digits of a hash of the value."""
+    import hashlib
+    import json
+
+    label = re.sub(r"[^A-Za-z0-9.+-]+", "_", "_".join(_words(value))).strip("_") or "x"
+    if len(label) > MAX_LABEL:
+        digest = hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:6]
+        label = f"{label[: MAX_LABEL - 7].rstrip('_')}-{digest}"
+    return label
+
+
+def axis_labels(values: list[Any]) -> list[str]:
+    """:func:`value_label` of each value of one grid axis; values whose labels coincide keep the longer, unique
+    labels of earlier versions."""
+    labels = [value_label(v) for v in values]
+    return [lab if labels.count(lab) == 1 else _token(v) for lab, v in zip(labels, values)]
+
+
+def adopt_legacy_ids(runs: list[RunSpec], runs_dir: Path) -> list[RunSpec]:
+    """Runs whose folder in ``runs_dir`` has the id of an earlier version (and none of the current id) keep that
+    id, so a study folder made before keeps its finished runs (resumed, summarised, compared) as they are."""
+    for run in runs:
+        if run.legacy_id and not (runs_dir / run.run_id).exists() and (runs_dir / run.legacy_id).is_dir():
+            run.run_id, run.legacy_id = run.legacy_id, None
+    return runs
 
 
 def apply_override(raw: dict[str, Any], key: str, value: Any, where: str = "") -> None:
