@@ -93,3 +93,30 @@ def test_evaluate_skip_missing_scores_the_rest_and_lists_what_it_left_out(tmp_pa
     assert report["skipped_predictions"] == ["stray.h5"] and [v["volume"] for v in report["volumes"]] == ["a.h5", "b.h5"]
     for row in report["volumes"]:  # the scored ones are scored as without the stray file
         assert row["nmse"] == pytest.approx(0.01, rel=1e-5)
+
+
+def test_configs_lists_every_shipped_config_with_its_description(capsys):
+    from pathlib import Path
+
+    from mrlearn.config import load_config
+    from mrlearn.study import load_study
+
+    shipped = sorted((Path(mrlearn.__file__).parent / "configs").glob("*.yaml"))
+    assert main(["configs"]) == 0
+    out = capsys.readouterr().out
+    studies = out.split("Study configs")[1]
+    for path in shipped:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# ") and 20 <= len(first) <= 102, path.name  # a one-line description on top
+        lines = [line for line in out.splitlines() if line.split()[:1] == [path.stem]]
+        assert len(lines) == 1 and lines[0].endswith(first[2:]), path.name
+        if path.stem in studies:  # listed under its kind, and that kind loads
+            assert load_study(path.stem).name
+        else:
+            assert load_config(path.stem).name
+    assert "  demo " in studies and "  unet_fastmri_knee " in out.split("Study configs")[0]
+    assert main(["configs", "--kind", "study"]) == 0
+    assert "unet_demo" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "mrlearn configs" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from mrlearn import __version__
 from mrlearn.errors import MrlearnError, RunInterrupted
 
 # Order is the order shown in ``mrlearn --help``.
-COMMANDS = ("demo", "simulate", "convert", "train", "reconstruct", "evaluate", "study", "qmri")
+COMMANDS = ("demo", "simulate", "convert", "train", "reconstruct", "evaluate", "study", "qmri", "configs")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -10,12 +10,14 @@ from mrlearn.errors import input_error
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a reconstruction method from a YAML config",
-                              description="Train from a YAML experiment config (see configs/). The run folder gets "
-                                          "config.yaml, run.json, metrics.json, checkpoints/ and the logger's folder "
-                                          "(tensorboard/ by default). SIGTERM/SIGINT save a resumable checkpoint and "
-                                          "exit 143/130; continue with --resume.")
-    p.add_argument("--config", help="experiment YAML, or a shipped config name (unet_demo, unet_fastmri_knee); "
-                                    "with --resume, defaults to the run folder's config.yaml")
+                              description="Train from a YAML experiment config (`mrlearn configs` lists the shipped "
+                                          "ones). The run folder gets config.yaml, run.json, metrics.json, "
+                                          "checkpoints/ and the logger's folder (tensorboard/ by default). "
+                                          "SIGTERM/SIGINT save a resumable checkpoint and exit 143/130; continue with "
+                                          "--resume. A failed run's folder can be used again as it is.")
+    p.add_argument("--config", help="experiment YAML, or the name of a shipped one (`mrlearn configs` lists them all "
+                                    "with a description, e.g. unet_demo, unet_fastmri_knee); with --resume, defaults "
+                                    "to the run folder's config.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.chans=16 (repeatable)")
     p.add_argument("--out", help="run folder (default: the config's out_dir or runs/<name>)")
