@@ -1,0 +1,1 @@
+"""Segmentation as a task: losses on class logits (metrics live in :mod:`mrlearn.evaluation.segmentation`)."""
