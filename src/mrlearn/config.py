@@ -102,7 +102,8 @@ class DataConfig:
 
     ``root`` holds ``{train,val,test}/`` folders of fastMRI HDF5 volumes (``None``: the embedded dataset, built
     and cached on first use). ``train``/``val``/``test`` name the split folders; when ``root`` has no such
-    folders its volumes are split by volume with ``split_fractions`` (seeded by ``seed``). ``contrasts`` keeps
+    folders its volumes are split by subject (``patient_id``, else the file name) with ``split_fractions``, in a
+    fixed order that no run seed enters (:mod:`mrlearn.data.subjects`). ``contrasts`` keeps
     only volumes whose ``acquisition`` is listed (e.g. ``[CORPD_FBK]``). ``volume_fraction``/``volume_count``
     and ``slice_fraction``/``slice_count`` keep a seeded nested subset of the training volumes / slices.
     ``recon_size`` ``[h, w]`` overrides the files' recon size (the target/crop size).

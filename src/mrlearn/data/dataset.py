@@ -1,6 +1,7 @@
 """Slice dataset over a folder (or list) of fastMRI-format volumes.
 
-* Split by volume, never by slice (:func:`split_volumes`, stratified by contrast, seeded, deterministic).
+* Split by subject, never by slice (:func:`mrlearn.data.subjects.split_by_subject`: stratified by contrast, a fixed
+  order independent of the run seed); :func:`split_volumes` is the seeded split by volume of a file list.
 * Filter by ``acquisition`` (contrast); keep a seeded, nested fraction or count of volumes and/or slices per contrast:
   for one seed the items kept are a prefix of one fixed random order, so 25 % is inside 50 % inside 100 %.
 * Lazy: the index is built from metadata only (shapes, attrs, header); samples are read on access through a small
@@ -29,6 +30,7 @@ import torch
 
 from mrlearn.data import checks
 from mrlearn.data.fastmri import VolumeInfo, open_h5, read_slice_from_handle, read_volume_info
+from mrlearn.data.subjects import split_by_subject, split_counts
 from mrlearn.errors import MrlearnError, input_error
 
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -68,22 +70,6 @@ def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode("utf-8"))])
 
 
-def _split_counts(n: int, fractions: np.ndarray) -> list[int]:
-    """Largest-remainder counts summing to ``n``; every positive fraction gets >= 1 item when ``n`` allows."""
-    raw = fractions * n
-    counts = np.floor(raw).astype(int)
-    for j in np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]:
-        counts[j] += 1
-    positive = np.flatnonzero(fractions > 0)
-    if n >= positive.size:
-        for j in positive:
-            if counts[j] == 0:
-                donor = int(np.argmax(counts))
-                counts[donor] -= 1
-                counts[j] += 1
-    return counts.tolist()
-
-
 def split_volumes(
     files: Sequence[str | Path],
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
@@ -108,7 +94,7 @@ def split_volumes(
     for group in sorted(set(labels)):
         members = sorted((p for p, g in zip(paths, labels) if g == group), key=lambda p: (p.name, str(p)))
         order = _rng(seed, "split:" + group).permutation(len(members))
-        counts = _split_counts(len(members), f)
+        counts = split_counts(len(members), f)
         start = 0
         for part, count in zip(out, counts):
             part.extend(members[i] for i in order[start : start + count])
@@ -184,8 +170,10 @@ class SliceDataset(torch.utils.data.Dataset):
     Args:
         root: a folder of ``.h5`` volumes, one file, or a list of files.
         contrasts: keep only these ``acquisition`` names (an unknown name is an error listing those present).
-        split: None (all volumes) or ``"train"``/``"val"``/``"test"``, by volume via :func:`split_volumes`
-            stratified by contrast with ``split_fractions`` and ``split_seed``.
+        split: None (all volumes) or ``"train"``/``"val"``/``"test"``, by subject (``patient_id``, else the file
+            name) via :func:`mrlearn.data.subjects.split_by_subject`, stratified by contrast with
+            ``split_fractions``; ``split_seed`` salts the fixed subject order (never pass the run seed: every seed
+            of a study must see the same split).
         volume_fraction / volume_count: seeded nested subset of volumes per contrast (after the split).
         slice_fraction / slice_count: seeded nested subset of slices per contrast (after the volume subset).
         seed: seed of the subsets (the same seed gives nested subsets for growing fractions).
@@ -218,7 +206,8 @@ class SliceDataset(torch.utils.data.Dataset):
         if split is not None:
             if split not in SPLITS:
                 raise MrlearnError(f"split: unknown split '{split}'; use one of {', '.join(SPLITS)}")
-            parts = split_volumes([i.path for i in infos], split_fractions, split_seed, groups=[i.acquisition for i in infos])
+            parts = split_by_subject([i.path for i in infos], [i.patient_id for i in infos], split_fractions,
+                                     groups=[i.acquisition for i in infos], salt=str(split_seed))
             chosen = {str(p) for p in parts[SPLITS.index(split)]}
             infos = [i for i in infos if str(i.path) in chosen]
 

@@ -156,7 +156,8 @@ def resolve_data_folders(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def split_dataset(cfg: ExperimentConfig, split: str, transform: ReconTransform | None = None, **kw: Any) -> SliceDataset:
-    """The slices of one split: the ``root/<split folder>`` or, without split folders, a seeded split by volume."""
+    """The slices of one split: the ``root/<split folder>`` or, without split folders, a fixed split by subject
+    (:mod:`mrlearn.data.subjects`: the same for every run seed)."""
     d = cfg.data
     root = resolve_root(cfg)
     folders = split_folders(cfg, root)
@@ -178,7 +179,7 @@ def split_dataset(cfg: ExperimentConfig, split: str, transform: ReconTransform |
                           f"set data.root to the folder that holds {folders['train']}/ and {folders['val']}/, or "
                           f"data.train/data.val/data.test to the folder names it has")
     list_volumes(root)  # a clear error for what remains (e.g. a file name that is not UTF-8)
-    return SliceDataset(root, split=split, split_fractions=tuple(d.split_fractions), split_seed=cfg.seed, **common)
+    return SliceDataset(root, split=split, split_fractions=tuple(d.split_fractions), **common)
 
 
 class ReconDataModule(L.LightningDataModule):
