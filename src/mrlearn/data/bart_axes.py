@@ -23,7 +23,7 @@ import numpy as np
 
 MIN_LEVEL = 0.5  # c >= 0.5: the centre holds at least 1/sqrt(n) of the energy
 MIN_MARGIN = 0.3  # the winning measure exceeds the other by a factor n^0.3 in energy fraction
-_CHUNK = 1 << 24  # elements per chunk (bounds the float64 work arrays to ~128 MiB)
+_CHUNK = 1 << 24  # elements per chunk (bounds the work arrays to ~128 MiB)
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def axis_evidence(a: np.ndarray, dim: int) -> AxisEvidence:
     profile = np.zeros(n)
     coherent = 0.0
     for part in _chunks(a, dim):
-        mag2 = part.real.astype(np.float64) ** 2 + part.imag.astype(np.float64) ** 2
-        profile += mag2.sum(axis=tuple(d for d in range(a.ndim) if d != dim))
+        mag2 = part.real ** 2 + part.imag ** 2  # the input's precision; sums in float64
+        profile += mag2.sum(axis=tuple(d for d in range(a.ndim) if d != dim), dtype=np.float64)
         s = part.sum(axis=dim, dtype=np.complex128)
         coherent += float((s.real ** 2 + s.imag ** 2).sum())
     total = float(profile.sum())

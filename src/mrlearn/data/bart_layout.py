@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 
 from mrlearn.data import cfl as bart
 from mrlearn.data.bart_axes import axis_evidence, partition_sampling
@@ -194,9 +195,10 @@ def maps_layout(layout: Layout, maps_shape: tuple[int, ...]) -> Layout:
 
 
 def _centred_fft(v: np.ndarray, axis: int, inverse: bool) -> np.ndarray:
-    """Centred orthonormal (inverse) FFT along ``axis`` (the convention of :mod:`mrlearn.physics.fft`)."""
-    f = np.fft.ifft if inverse else np.fft.fft
-    return np.fft.fftshift(f(np.fft.ifftshift(v, axes=axis), axis=axis, norm="ortho"), axes=axis)
+    """Centred orthonormal (inverse) FFT along ``axis`` (the convention of :mod:`mrlearn.physics.fft`), computed in
+    the input's precision (complex64 stays complex64)."""
+    f = scipy.fft.ifft if inverse else scipy.fft.fft
+    return np.fft.fftshift(f(np.fft.ifftshift(v, axes=axis), axis=axis, norm="ortho", workers=-1), axes=axis)
 
 
 def to_scwh(a: np.ndarray, layout: Layout, transform: bool = True) -> np.ndarray:
@@ -220,13 +222,13 @@ def to_scwh(a: np.ndarray, layout: Layout, transform: bool = True) -> np.ndarray
     elif name.startswith("3d-partitions"):
         v = b[..., 0]  # [X, Y, Z, C]
         if transform:
-            v = _centred_fft(v.astype(np.complex128), 2, inverse=True)
+            v = _centred_fft(v, 2, inverse=True)
             if name == "3d-partitions-hybrid":
                 v = _centred_fft(v, 0, inverse=False)
         out = np.transpose(v, (2, 3, 0, 1))  # [X, Y, Z, C] -> [Z, C, X, Y]
     else:  # 3d-kspace / 3d-hybrid: every x position is a ky x kz slice
         v = b[..., 0]
         if name == "3d-kspace" and transform:
-            v = _centred_fft(v.astype(np.complex128), 0, inverse=True)
+            v = _centred_fft(v, 0, inverse=True)
         out = np.transpose(v, (0, 3, 1, 2))  # [X, Y, Z, C] -> [X, C, Y, Z]
     return np.ascontiguousarray(out, dtype=np.complex64)
