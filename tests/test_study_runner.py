@@ -108,10 +108,10 @@ def test_runs_skip_finished_and_resume_after_kill(tmp_path):
     diffs = list(csv.DictReader(open(out / "paired_differences.csv")))
     # killed arm: lr 0.2 vs 0.1 -> +1 dB on every slice exactly
     assert all(float(d["dpsnr_mean"]) == pytest.approx(1.0) for d in diffs)
-    # one volume, two seeds, no convergence record: the report refuses a verdict and says why
-    assert all(d["verdict"] == "no verdict: convergence not recorded: killed, low; 1 volume(s) < 3; 2 seed(s) < 3"
+    # one subject, two seeds, no convergence record: the report refuses a verdict and says why
+    assert all(d["verdict"] == "no verdict: convergence not recorded: killed, low; 1 subject(s) < 8; 2 seed(s) < 3"
                for d in diffs)
-    assert all((int(d["volumes"]), int(d["seeds"]), int(d["slices"])) == (1, 2, 10) for d in diffs)
+    assert all((int(d["subjects"]), int(d["seeds"]), int(d["slices"])) == (1, 2, 10) for d in diffs)
     result = json.loads((out / "runs" / "low__chans-4__seed1" / "result.json").read_text())
     assert result["status"] == "finished" and result["seed"] == 1
 

@@ -8,7 +8,8 @@ so several workers - or several ``mrlearn study`` processes - share one study fo
   reported ``busy``: nothing deletes a folder a live process holds;
 * an unfinished folder whose holder is dead (killed worker, crashed machine on this host) is cleared and the run
   started again, with a message;
-* otherwise the run is built (``run_config``), run by its runner and its outcome written (``result.json`` last).
+* otherwise the run is built (``run_config``), run by its runner and its outcome written (``result.json`` last),
+  each per-slice row labelled with its file's subject (``study.subjects``).
   Inside the runner, progress lines (training, solvers, fits: :mod:`mrlearn.progress`) start with
   ``[k/n] <run id>`` and follow the run's ``trainer.progress_every``.
 
@@ -34,6 +35,7 @@ from mrlearn.io import FolderLock, is_locked_by_other
 from mrlearn.progress import progress_context
 from mrlearn.study.results import is_finished, write_outcome
 from mrlearn.study.spec import RunSpec, StudySpec, run_config
+from mrlearn.study.subjects import label_subjects
 
 
 class RunLock(FolderLock):
@@ -155,6 +157,7 @@ def run_job(job: Job) -> dict[str, Any]:
         except MrlearnError as exc:
             return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}
         seconds = time.time() - start
+        outcome.slices = label_subjects(cfg, outcome.slices)  # the files' patient_id: the unit of replication
         write_outcome(run_dir, job.run, outcome, seconds, config=dump_config(cfg))
         return {"status": "finished", "run_id": rid, "seconds": seconds, "groups": outcome.groups, "notes": notes,
                 "pid": os.getpid()}

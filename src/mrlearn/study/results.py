@@ -3,7 +3,8 @@
 ``OUT/runs/<run id>/``:
   ``result.json``   written last (atomic): status ``finished``, run id, arm, seed, grid point, per-group metrics,
                     seconds, the convergence record per group and anything else the runner reports (``extra``);
-  ``slices.csv``    per-slice metrics (group, fname, slice, psnr, ssim, nmse) when the runner gives them;
+  ``slices.csv``    per-slice metrics (group, fname, slice, psnr, ssim, nmse, subject) when the runner gives them;
+                    ``subject`` is the file's ``patient_id`` (``study.subjects``; empty: the subject is the file);
   ``examples.npz``  example images per group (``<group>/target``, ``<group>/input``, ``<group>/output``).
 
 Convergence record (the engine writes it into each trained run's ``metrics.json``): ``steps`` (optimiser steps
@@ -27,7 +28,7 @@ import numpy as np
 
 from mrlearn.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 
-SLICE_FIELDS = ("group", "fname", "slice", "psnr", "ssim", "nmse")
+SLICE_FIELDS = ("group", "fname", "slice", "psnr", "ssim", "nmse", "subject")
 CONVERGENCE_FIELDS = ("steps", "best_step", "stopped_by", "converged", "monitor", "best_score")
 
 
@@ -133,7 +134,8 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
 
 
 def read_slices(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of ``slices.csv`` (slice as int, metrics as float, NaN when empty); [] without the file."""
+    """Rows of ``slices.csv`` (slice as int, metrics as float, NaN when empty; ``subject`` the file name where the
+    run recorded none); [] without the file."""
     path = Path(run_dir) / "slices.csv"
     if not path.is_file():
         return []
@@ -141,6 +143,7 @@ def read_slices(run_dir: Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(fh))
     for r in rows:
         r["slice"] = int(r["slice"])
+        r["subject"] = r.get("subject") or r["fname"]
         for k in ("psnr", "ssim", "nmse"):
             r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
     return rows

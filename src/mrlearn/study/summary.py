@@ -1,4 +1,6 @@
-"""Study summary: ``study.csv`` (one row per run and group), ``paired_differences.csv`` and ``report.html``.
+"""Study summary: ``study.csv`` (one row per run and group), ``cells.csv`` (``study.cells``), ``paired_differences.csv``
+and ``report.html``; all statistics are computed from ``cells.csv``'s cells, so a study folder holding only
+``study.csv`` and ``cells.csv`` (no run folders) is summarised to the same tables.
 
 ``study.csv`` columns: run_id, arm, seed, the grid keys, group, psnr, ssim, nmse (and psnr_noiseless,
 ssim_noiseless, nmse_noiseless against the noiseless reference where simulated data have one), seconds, and each run's
@@ -7,12 +9,13 @@ convergence record (``steps``, ``best_step``, ``stopped_by``, ``converged``; emp
 
 Report sections (``evaluation.report``):
   * the study as run: description (from the study file), base config, budget policy, runs finished / in progress;
-  * per arm, grid point and group: mean and sample std (``ddof = 1``) over seeds, a bootstrap interval of PSNR over
-    seeds x volumes (``study.stats``), the numbers of volumes and seeds, and the convergence status - **not converged** when any
-    of its runs was stopped by a cap while still improving;
-  * paired differences against the baseline arm (``summary.baseline``), per grid point and group: mean of
-    ``metric(arm) - metric(baseline)``, its two-way bootstrap interval, counts of volumes and seeds, the
-    convergence note of both arms beside the number, and a verdict only where ``study.stats.verdict`` allows one;
+  * per arm, grid point and group: mean and sample std (``ddof = 1``) over seeds, the PSNR interval over seeds x
+    subjects (``study.stats``), the numbers of subjects and seeds, and the convergence status - **not converged**
+    when any of its runs was stopped by a cap while still improving;
+  * paired differences against the baseline arm (``summary.baseline``), per grid point and group
+    (``study.compare``): mean of ``metric(arm) - metric(baseline)``, its unadjusted 95 % interval, df, p and
+    Holm-adjusted p, counts of subjects and seeds, the convergence note of both arms beside the number, and a
+    verdict only where ``study.stats`` allows one (Holm-adjusted over the study's comparisons);
   * figures (``study.figures``): metrics against a numeric group or the fraction key, and (``summary.scarce_task``)
     that task's validation PSNR against steps and against its samples seen; example images (target, zero-filled
     input, each arm's output, with that slice's PSNR/SSIM, and their error maps on one colour scale with a colour bar:
@@ -31,38 +34,67 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mrlearn.evaluation.report import Report, Strong
+from mrlearn.evaluation.report import Report
 from mrlearn.evaluation.spread import std_note
 from mrlearn.io import atomic_write_text
-from mrlearn.study.results import CONVERGENCE_FIELDS, read_result, read_slices
+from mrlearn.study.cells import CELLS_FILE, cell_index, csv_point, study_cells
+from mrlearn.study.compare import NOT_TRAINED, aggregate, paired_differences, status  # noqa: F401 (re-exported)
+from mrlearn.study.results import CONVERGENCE_FIELDS, read_result
 from mrlearn.study.spec import RunSpec, StudySpec
-from mrlearn.study.stats import bootstrap_ci, cell_matrix, counts, mean_std, paired_ci, verdict  # noqa: F401
+from mrlearn.study.stopping_check import caption as stopping_caption, stopping_table
+from mrlearn.study.stats import ALPHA, MIN_SEEDS, MIN_SUBJECTS, mean_std, paired_ci, verdict  # noqa: F401
 
 METRICS = ("psnr", "ssim", "nmse")
-#: ``stopped_by`` of a reference row (an arm with ``method: {name: reference, ...}``): it trains nothing
-NOT_TRAINED = "not_trained"
 
 
-def _point_label(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()) or "-"
+def _parse(text: str) -> Any:
+    """A ``study.csv`` cell as ``collect`` wrote it: None, bool, int, float or the string (str() round-trips)."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
-def _point_key(point: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in point.items()))
+def previous_rows(out: Path, runs: list[RunSpec]) -> dict[str, list[dict[str, Any]]]:
+    """``run_id -> rows`` of the study's previous ``study.csv`` for runs without a run folder (a committed study:
+    ``study.csv`` and ``cells.csv`` only); arm, seed and grid point typed from the run's spec."""
+    path = out / "study.csv"
+    gone = {r.run_id: r for r in runs if not (out / "runs" / r.run_id).exists()}
+    if not gone or not path.is_file():
+        return {}
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            run = gone.get(raw.get("run_id", ""))
+            if run is None:
+                continue
+            typed = {"run_id": run.run_id, "arm": run.arm, "seed": run.seed, **csv_point(run)}
+            found[run.run_id].append({k: typed[k] if k in typed else (v if k == "group" else _parse(v))
+                                      for k, v in raw.items()})
+    return dict(found)
 
 
 def collect(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
-    """One row per finished run and group: ids, grid keys, group, metrics, seconds, convergence record."""
+    """One row per finished run and group: ids, grid keys, group, metrics, seconds, convergence record (a run without
+    a folder: its rows of the previous ``study.csv``, :func:`previous_rows`)."""
     rows = []
+    kept = previous_rows(out, runs)
     for run in runs:
         result = read_result(out / "runs" / run.run_id)
         if result is None:
+            rows.extend(kept.get(run.run_id, []))
             continue
         conv_all = result.get("convergence") or {}
         method = run.overrides.get("method")
         reference = isinstance(method, dict) and method.get("name") == "reference"  # a study's reference row
         for group, metrics in result.get("groups", {}).items():
-            point = {k: v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in run.point.items()}
+            point = csv_point(run)
             row: dict[str, Any] = {"run_id": run.run_id, "arm": run.arm, "seed": run.seed, **point, "group": group}
             row.update({k: float(metrics.get(k, math.nan)) for k in METRICS})
             row.update({f"{k}_noiseless": float(metrics[f"{k}_noiseless"]) for k in METRICS if f"{k}_noiseless" in metrics})
@@ -88,98 +120,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
-
-
-def status(values: Sequence[Any], stopped_by: Sequence[Any] = ()) -> str:
-    """Convergence of a set of runs from their ``converged`` values: ``converged``, ``not converged (k/n runs)``,
-    ``not trained`` (every run's ``stopped_by`` is ``not_trained``: reference rows) or ``unknown``. A classical
-    reference whose iterative solver stopped at its iteration cap (``stopped_by: max_iter``) is not converged."""
-    bad = sum(v is False for v in values)
-    if bad:
-        capped = [s for v, s in zip(values, stopped_by) if v is False]
-        if capped and all(s == "max_iter" for s in capped):
-            return f"not converged: solver at its iteration cap ({bad}/{len(values)} runs)"
-        return f"not converged ({bad}/{len(values)} runs)"
-    if stopped_by and all(s == NOT_TRAINED for s in stopped_by):
-        return "not trained"
-    return "converged" if values and all(v is True for v in values) else "unknown"
-
-
-def _mark(text: str) -> str:
-    return Strong(text) if text.startswith("not converged") else text
-
-
-def _cells(out: Path, run_ids: Sequence[tuple[int, str]], group: str, metric: str) -> dict[tuple[int, str], list[float]]:
-    """Per (seed, volume): the slices' ``metric`` values of ``group`` in the given runs."""
-    cells: dict[tuple[int, str], list[float]] = defaultdict(list)
-    for seed, rid in run_ids:
-        for r in read_slices(out / "runs" / rid):
-            if r["group"] == group:
-                cells[(seed, r["fname"])].append(r[metric])
-    return cells
-
-
-def aggregate(rows: list[dict[str, Any]], grid_keys: list[str], out: Path | None = None,
-              metrics: Sequence[str] = METRICS) -> list[dict[str, Any]]:
-    """Per (arm, grid point, group): mean +- std over seeds of ``metrics``, PSNR bootstrap interval, counts,
-    convergence."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[(r["arm"], tuple(r.get(k) for k in grid_keys), r["group"])].append(r)
-    table = []
-    for (arm, point, group), items in groups.items():
-        entry: dict[str, Any] = {"arm": arm, **dict(zip(grid_keys, point)), "group": group, "seeds": len(items)}
-        for m in metrics:
-            mu, sd = mean_std([i.get(m, math.nan) for i in items])
-            entry[f"{m}_mean"], entry[f"{m}_std"] = mu, sd
-        if out is not None:
-            D, _, _ = cell_matrix(_cells(out, [(i["seed"], i["run_id"]) for i in items], group, "psnr"))
-            _, low, high = bootstrap_ci(D)
-            entry["psnr_ci95"] = f"[{low:.2f}, {high:.2f}]" if low == low else "-"
-            entry["volumes"] = counts(D)[0] if D.size else 0
-        entry["convergence"] = _mark(status([i.get("converged") for i in items], [i.get("stopped_by") for i in items]))
-        table.append(entry)
-    return table
-
-
-def paired_differences(out: Path, runs: list[RunSpec], baseline: str, metric: str = "psnr",
-                       rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Every arm against ``baseline``: per-(seed, volume) mean paired differences, bootstrap interval, verdict."""
-    conv: dict[tuple, list[Any]] = defaultdict(list)  # (arm, point, group) -> converged per run
-    stops: dict[tuple, list[Any]] = defaultdict(list)  # (arm, point, group) -> stopped_by per run
-    for r in rows if rows is not None else []:
-        run = next(x for x in runs if x.run_id == r["run_id"])
-        conv[(r["arm"], _point_key(run.point), r["group"])].append(r.get("converged"))
-        stops[(r["arm"], _point_key(run.point), r["group"])].append(r.get("stopped_by"))
-    by_key: dict[tuple, dict[tuple, float]] = {}
-    for run in runs:
-        values = {(r["group"], r["fname"], r["slice"]): r[metric] for r in read_slices(out / "runs" / run.run_id)}
-        if values:
-            by_key[(run.arm, _point_key(run.point), run.seed)] = values
-    cells: dict[tuple, dict[tuple[int, str], list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (arm, point, seed), values in by_key.items():
-        base = by_key.get((baseline, point, seed))
-        if arm == baseline or base is None:
-            continue
-        for (group, fname, sl), v in values.items():
-            if (group, fname, sl) in base:
-                cells[(arm, point, group)][(seed, fname)].append(v - base[(group, fname, sl)])
-    table = []
-    for (arm, point, group), c in sorted(cells.items()):
-        D, _, _ = cell_matrix(c)
-        mean, low, high = bootstrap_ci(D)
-        n_vol, n_seed = counts(D)
-        arm_status = status(conv.get((arm, point, group), []), stops.get((arm, point, group), []))
-        base_status = status(conv.get((baseline, point, group), []), stops.get((baseline, point, group), []))
-        bad = [a for a, s in ((arm, arm_status), (baseline, base_status)) if s.startswith("not converged")]
-        unknown = [a for a, s in ((arm, arm_status), (baseline, base_status)) if s == "unknown"]
-        note = "; ".join(f"{a}: {s}" for a, s in ((arm, arm_status), (baseline, base_status)) if s != "converged")
-        table.append({"arm": arm, "point": _point_label({k: json.loads(v) for k, v in point}), "group": group,
-                      f"d{metric}_mean": mean, "ci95_low": low, "ci95_high": high, "volumes": n_vol, "seeds": n_seed,
-                      "slices": sum(len(v) for v in c.values()),
-                      "convergence": Strong(note) if bad else (note or "both converged"),
-                      "verdict": verdict(low, high, n_vol, n_seed, bad, unknown)})
-    return table
 
 
 def _task_curves(out: Path, runs: list[RunSpec], task: str) -> tuple[dict[str, list], dict[str, list]]:
@@ -240,7 +180,16 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
     from mrlearn.study.figures import fraction_figure, group_curve_figure, numeric_groups, task_curve_figure
 
     rows = collect(out, runs)
+    cells = study_cells(out, runs, {r["run_id"] for r in rows})
     if rows:
+        write_csv(out / "study.csv", rows)
+    if cells:
+        write_csv(out / CELLS_FILE, cells)
+    index = cell_index(cells)
+    base_arm = spec.summary.get("baseline")
+    stopping = stopping_table(spec, out, runs, rows,  # sets each row's stopping_sensitive (study.stopping_check)
+                              lambda: paired_differences(index, runs, base_arm, rows=rows) if base_arm else [])
+    if stopping:
         write_csv(out / "study.csv", rows)
     grid_keys = list(spec.grid)
     done = len({r["run_id"] for r in rows})
@@ -260,22 +209,32 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
                         f"{', '.join(not_conv)}. Their numbers understate what the method reaches.",
                         title="Not converged")
     metrics = tuple(spec.summary.get("metrics") or METRICS)  # summary.metrics: e.g. a qMRI study's rmse_Dstar
-    cols = ["arm", *grid_keys, "group", "seeds", "volumes"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    cols = ["arm", *grid_keys, "group", "seeds", "subjects"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     cols += ["psnr_ci95", "convergence"] if "psnr" in metrics else ["convergence"]
     caption = ("fastMRI metrics on the evaluation split, averaged over volumes; _mean and _std over seeds: "
-               f"{std_note('seeds')} psnr_ci95: bootstrap over seeds x volumes of the slices' PSNR per volume."
+               f"{std_note('seeds')} psnr_ci95: 95 % interval of the mean PSNR over seeds x subjects (crossed "
+               "random effects, Satterthwaite t; one cell per seed and subject: the mean over its slices)."
                if "psnr" in metrics else f"the runner's metrics ({', '.join(metrics)}); mean and std over seeds: "
                f"{std_note('seeds')}")
-    report.add_table("Metrics per arm and group", aggregate(rows, grid_keys, out, metrics), cols, caption=caption)
+    report.add_table("Metrics per arm and group", aggregate(rows, grid_keys, index if cells else None, metrics), cols, caption=caption)
     baseline = spec.summary.get("baseline")
     if baseline:
-        diffs = paired_differences(out, runs, baseline, rows=rows)
+        diffs = paired_differences(index, runs, baseline, rows=rows)
         if diffs:
             write_csv(out / "paired_differences.csv", diffs)
-            report.add_table(f"Paired PSNR difference against '{baseline}' (95 % bootstrap interval)", diffs,
-                             caption="d = PSNR(arm) - PSNR(baseline) per slice (dB; same grid point, seed, file and "
-                                     "slice), averaged per volume; interval: bootstrap over seeds x volumes. A verdict "
-                                     "needs both arms converged and at least 3 volumes and 3 seeds.")
+            m = diffs[0]["family"]
+            report.add_table(f"Paired PSNR difference against '{baseline}' (unadjusted 95 % interval; verdicts "
+                             f"Holm-adjusted over {m} comparison{'s' if m != 1 else ''})", diffs,
+                             caption="d = PSNR(arm) - PSNR(baseline) (dB), one cell per seed and subject: the mean over "
+                                     "the subject's slices (same grid point, seed and group); interval: crossed "
+                                     "random effects (seeds x subjects), t with Satterthwaite df (df); p: its t test "
+                                     f"of d = 0; p_holm: Holm-adjusted over the study's {m} comparison(s) that may "
+                                     f"have a verdict (family). A verdict needs both arms converged and not "
+                                     f"stopping-sensitive, at least {MIN_SUBJECTS} subjects and {MIN_SEEDS} seeds; "
+                                     f"it is better/worse when p_holm <= {ALPHA}.")
+    if stopping:
+        report.add_table(f"Stopping check: scores with every patience and cap x{spec.stopping_check['factor']:g}",
+                         stopping, caption=stopping_caption(spec))
     numeric = numeric_groups(rows) if rows else None
     if numeric is not None:
         report.add_figure(f"Metrics against {numeric[0]}", group_curve_figure(rows, grid_keys, *numeric),
