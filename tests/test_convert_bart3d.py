@@ -165,6 +165,8 @@ def test_flag_misuse_is_one_line(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "std"), str(tmp_path / "v.h5")]) == 0
     assert "--dim2: only used when converting BART to fastMRI" in _refusal(
         ["convert", str(tmp_path / "v.h5"), str(tmp_path / "back"), "--dim2", "kspace"], capsys)
+    write_cfl(tmp_path / "zero", np.zeros((24, 20, 4, 2), np.complex64))
+    assert "zero: k-space is all zero" in _refusal(["convert", str(tmp_path / "zero"), str(tmp_path / "o.h5")], capsys)
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -223,7 +225,7 @@ def test_every_refusal_command_works(tmp_path):
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_notes_match_bart(tmp_path, hybrid):
     """3d-partitions(-hybrid) equals `bart fft` as the note says, then `bart transpose 2 13`; 3d-kspace equals
-    `bart fft -u -i 1` then `bart transpose 0 13` (a [1, ky, kz, C] slice per x)."""
+    `bart fft -u -i 1` then `bart transpose 0 13` (a [1, ky, kz, C] slice per x), 3d-hybrid the transpose alone."""
     img = _images(24, 20, 4, coils=3, z_extent=0.2)
     write_cfl(tmp_path / "k", _fft(img, (1, 2)) if hybrid else _fft(img, (0, 1, 2)))
     if hybrid:
@@ -236,9 +238,12 @@ def test_notes_match_bart(tmp_path, hybrid):
     _close(ours, read_kspace(bart_to_fastmri(tmp_path / "t", tmp_path / "t.h5")))
     big = _images(16, 20, 18, coils=2, z_extent=1.0)
     pattern = (np.random.default_rng(2).random((20, 18)) < 0.4) | (np.abs(np.arange(18) - 9) < 3)[None]
-    write_cfl(tmp_path / "u", _fft(big, (0, 1, 2)) * pattern[None, :, :, None])
-    _bart("fft", "-u", "-i", 1, tmp_path / "u", tmp_path / "u1")
-    _bart("transpose", 0, 13, tmp_path / "u1", tmp_path / "u2")
+    write_cfl(tmp_path / "u", _fft(big, (1, 2) if hybrid else (0, 1, 2)) * pattern[None, :, :, None])
+    if hybrid:  # the readout is already image space: only the transpose
+        _bart("transpose", 0, 13, tmp_path / "u", tmp_path / "u2")
+    else:
+        _bart("fft", "-u", "-i", 1, tmp_path / "u", tmp_path / "u1")
+        _bart("transpose", 0, 13, tmp_path / "u1", tmp_path / "u2")
     p = bart_to_fastmri(tmp_path / "u", tmp_path / "u.h5")
-    assert read_volume_info(p).attrs["bart_layout"] == "3d-kspace"
+    assert read_volume_info(p).attrs["bart_layout"] == ("3d-hybrid" if hybrid else "3d-kspace")
     _close(read_kspace(p), read_kspace(bart_to_fastmri(tmp_path / "u2", tmp_path / "u2.h5")))

@@ -53,12 +53,12 @@ def read_bart_kspace(path: str | Path, log: Log | None = None, dim2: str | None 
     a = bart.pad_dims(bart.read_cfl(src))
     if not np.isfinite(a.view(np.float32)).all():
         raise input_error(src, "k-space contains NaN or Inf", "fix the data before converting")
+    check_kspace(src, a)  # before the layout is judged from the data's energy (unchanged by the orthonormal FFTs)
     layout = detect_layout(a, src, dim2)
     if layout.note and log is not None:
         log(f"{src}: {layout.note}")
     k = to_scwh(a, layout)
     check_matrix(src, k.shape[2], k.shape[3])
-    check_kspace(src, k)
     return k, layout
 
 
