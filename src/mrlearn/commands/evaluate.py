@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate_folders(args.target, args.pred, args.out, args.contrast, args.square, args.skip_missing)
     print(format_table(result["rows"], result["summary"]))
+    if result.get("segmentation"):  # predictions and targets with labels: Dice and HD95 per class
+        from mrlearn.evaluation.seg_scoring import format_table as seg_table
+
+        print(seg_table(result["segmentation"]["summary"]))
     if result["skipped"]:
         names = ", ".join(result["skipped"][:5]) + (" ..." if len(result["skipped"]) > 5 else "")
         print(f"mrlearn evaluate: skipped {len(result['skipped'])} prediction(s) without a target (--skip-missing): "

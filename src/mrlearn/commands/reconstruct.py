@@ -85,15 +85,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"mrlearn reconstruct: warning: {message}", file=sys.stderr, flush=True)
 
 
-def write_checked(path: Path, pred, method: str, todo: str, zero_filled=None) -> None:
+def write_checked(path: Path, pred, method: str, todo: str, zero_filled=None, segmentation=None) -> None:
     """Write one submission file after :func:`mrlearn.data.checks.check_reconstruction` (NaN/Inf or an absurd
-    norm against the zero-filled volume: one line, nothing written for it); never over a raw data file."""
+    norm against the zero-filled volume: one line, nothing written for it); never over a raw data file.
+    ``segmentation``: labels ``[S, h, w]`` of a joint model, stored as the uint8 dataset ``segmentation``."""
     from mrlearn.data.checks import check_reconstruction
     from mrlearn.data.fastmri import write_reconstruction
 
     check_reconstruction(path, pred, method, todo, zero_filled)
     refuse_overwriting_data(path)
-    write_reconstruction(path, pred, attrs={"method": method})
+    write_reconstruction(path, pred, attrs={"method": method}, segmentation=segmentation)
 
 
 def run_classical(args: argparse.Namespace) -> int:
@@ -136,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         raise input_error("--set", "applies to classical methods (--method)", "drop it, or set a learned model's "
                           "options in its training config")
     from mrlearn.config import load_config
-    from mrlearn.training.inference import eval_dataset, eval_mask_func, iterate_volumes, module_predictor
+    from mrlearn.training.inference import (SegmentationKeeper, eval_dataset, eval_mask_func, iterate_volumes,
+                                            module_predictor)
     from mrlearn.engine.checkpoint import load_checkpoint, plugins_needed
     from mrlearn.training.runner import config_for_checkpoint, load_module, quiet_lightning
 
@@ -149,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
     with plugins_needed(load_checkpoint(args.checkpoint), args.checkpoint):
         cfg = load_config(args.config) if args.config else config_for_checkpoint(args.checkpoint)
         module = load_module(args.checkpoint, cfg)
-    predict = module_predictor(module, device)
+    # a joint reconstruction-segmentation method also writes its labels (dataset 'segmentation')
+    segs = SegmentationKeeper(module, device) if hasattr(module, "reconstruct_and_segment") else None
+    predict = segs if segs is not None else module_predictor(module, device)
     mask = mask_section(args, cfg.mask)
     recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None
     keep_kspace, label = module.keep_kspace, Path(args.checkpoint).name
@@ -159,10 +163,11 @@ def run(args: argparse.Namespace) -> int:
     with FolderLock(out, what="reconstruction"):
         for fname, pred, _target, zf in iterate_volumes(dataset, predict, args.batch_size, label=f"reconstruct ({label})"):
             write_checked(out / fname, pred, label, f"the weights of {args.checkpoint} are not usable; use another "
-                          "checkpoint (e.g. best.ckpt) or train again", zero_filled=zf)
+                          "checkpoint (e.g. best.ckpt) or train again", zero_filled=zf,
+                          segmentation=None if segs is None else segs.take(fname))
             count += 1
             slices += pred.shape[0]
     dt = time.perf_counter() - t0
     print(f"mrlearn reconstruct: {count} volumes ({slices} slices) in {dt:.1f} s -> {out}/ "
-          f"(fastMRI submission format, dataset 'reconstruction')")
+          f"(fastMRI submission format, dataset 'reconstruction'{' and segmentation' if segs else ''})")
     return 0

@@ -127,16 +127,22 @@ def write_volume(
     return path
 
 
-def write_reconstruction(path: str | Path, recon: np.ndarray, attrs: dict[str, Any] | None = None) -> Path:
-    """Write a fastMRI submission file (dataset ``reconstruction`` float32 ``[S, h, w]``) atomically."""
+def write_reconstruction(path: str | Path, recon: np.ndarray, attrs: dict[str, Any] | None = None,
+                         segmentation: np.ndarray | None = None) -> Path:
+    """Write a fastMRI submission file (dataset ``reconstruction`` float32 ``[S, h, w]``) atomically; with
+    ``segmentation`` (integer labels 0..255 of the reconstruction's shape) also the uint8 dataset ``segmentation``."""
     path = Path(path)
     recon = np.asarray(recon)
     if recon.ndim != 3 or recon.dtype.kind == "c":
         raise MrlearnError(f"{path}: reconstruction must be real [slices, h, w], got {recon.dtype} {recon.shape}; "
                            "pass magnitude images with a slice axis")
+    if segmentation is not None:
+        segmentation = segmentation_to_store(path, segmentation, recon.shape)
     buf = io.BytesIO()  # built in memory: HDF5 never meets a full or read-only disk itself
     with h5py.File(buf, "w") as f:
         f.create_dataset(SUBMISSION_KEY, data=recon.astype(np.float32, copy=False))
+        if segmentation is not None:
+            f.create_dataset(SEGMENTATION_KEY, data=segmentation)
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
     atomic_write_bytes(path, buf.getbuffer())

@@ -263,5 +263,12 @@ def evaluate_folders(target_dir: str | Path, pred_dir: str | Path, out_dir: str 
     out = Path(out_dir) if out_dir is not None else Path(pred_dir)
     extra = {"target_dir": str(target_dir), "pred_dir": str(pred_dir), "contrasts": list(contrasts or []),
              "square_crop": bool(square), "skipped_predictions": skipped}
+    from mrlearn.evaluation import seg_scoring  # labels on both sides (a joint model's output): Dice and HD95
+
+    seg_rows = seg_scoring.score_pairs(pairs, square)
+    seg = {"volumes": seg_rows, "summary": seg_scoring.summarise(seg_rows)} if seg_rows else None
+    if seg:
+        extra["segmentation"] = seg
     csv_path, json_path = write_outputs(out, rows, summary, missing, extra)
-    return {"rows": rows, "summary": summary, "missing": missing, "skipped": skipped, "csv": csv_path, "json": json_path}
+    return {"rows": rows, "summary": summary, "missing": missing, "skipped": skipped, "csv": csv_path, "json": json_path,
+            "segmentation": seg}

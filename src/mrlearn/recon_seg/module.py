@@ -118,6 +118,12 @@ class ReconSegModule(ReconModule):
         """Labels ``[B, h, w]`` (int64, argmax of the logits) of a batch."""
         return self.outputs(batch)[1].argmax(1)
 
+    def reconstruct_and_segment(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image [B, h, w] in data units, labels [B, h, w])`` from one forward pass (``mrlearn reconstruct``)."""
+        image = self.reconstruct(batch)
+        labels, self._labels = self._labels, None
+        return image, labels
+
     def _recon_loss(self, batch: Any, magnitude: torch.Tensor) -> torch.Tensor:
         target = batch["target"][:, 0].float() / batch["scale"].reshape(-1, 1, 1)
         data_range = target.amax(dim=(-2, -1)) - target.amin(dim=(-2, -1))

@@ -58,6 +58,29 @@ def module_predictor(module: torch.nn.Module, device: str | torch.device = "cpu"
     return predict
 
 
+class SegmentationKeeper:
+    """``predict`` of a module that also segments (``reconstruct_and_segment(batch) -> (image [B, h, w], labels
+    [B, h, w])``): returns the images and keeps the labels per file; :meth:`take` gives a volume's labels
+    ``[S, h, w]`` uint8 in slice order once :func:`iterate_volumes` has yielded that volume."""
+
+    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu"):
+        self.module = module.to(device).eval()
+        self.device = device
+        self.labels: dict[str, dict[int, np.ndarray]] = {}
+
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.no_grad():
+            image, labels = self.module.reconstruct_and_segment(batch)
+        for i, (fname, sl) in enumerate(zip(batch["fname"], batch["slice"])):
+            self.labels.setdefault(fname, {})[int(sl)] = labels[i].cpu().numpy().astype(np.uint8)
+        return image.float().cpu()
+
+    def take(self, fname: str) -> np.ndarray:
+        slices = self.labels.pop(fname)
+        return np.stack([slices[k] for k in sorted(slices)])
+
+
 def iterate_volumes(dataset: TransformedDataset, predict: Predict, batch_size: int = 1, num_workers: int = 0,
                     progress: bool = True, label: str = "reconstruct") -> Iterator[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]]:
     """Yield ``(fname, pred, target, zero_filled)`` volumes ``[S, h, w]`` (slices in order)."""
