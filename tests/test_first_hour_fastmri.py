@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import warnings
 
+import h5py
 import numpy as np
 import pytest
 import yaml
 
+import mrlearn
 from helpers_data import make_kspace, rss_target
 from mrlearn.cli import main
 from mrlearn.data.fastmri import make_ismrmrd_header, write_volume
@@ -73,6 +75,28 @@ def test_the_recipe_runs_as_written_on_multicoil_folders(knee, tmp_path, capsys)
     assert not [w for w in caught if "worker" in str(w.message) and "suggested max" in str(w.message)]
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    # docs/howto/submission.md: the checkpoint on test-style files (own mask, no target) -> submission files
+    test = tmp_path / "multicoil_test"
+    test.mkdir()
+    k = make_kspace(slices=2, coils=4, h=H, w=W, seed=9)
+    k[..., :PAD] = 0
+    k[..., W - PAD :] = 0
+    mask = np.zeros(W, np.float32)
+    mask[PAD : W - PAD : 3] = 1
+    mask[W // 2 - 4 : W // 2 + 4] = 1
+    header = make_ismrmrd_header((H, W), (RECON, RECON), enc_center=(W - 2 * PAD) // 2, enc_max=W - 2 * PAD - 1)
+    write_volume(test / "file2000.h5", k * mask, mask=mask, header=header, acquisition="CORPD_FBK",
+                 attrs={"acceleration": 4, "num_low_frequency": 8})
+    sub = tmp_path / "submission"
+    assert main(["reconstruct", "--checkpoint", str(out / "checkpoints" / "last.ckpt"), "--data", str(test),
+                 "--out", str(sub)]) == 0
+    assert sorted(p.name for p in sub.iterdir()) == ["file2000.h5"]
+    with h5py.File(sub / "file2000.h5") as f:
+        assert list(f) == ["reconstruction"] and f["reconstruction"].dtype == np.float32
+        written = f["reconstruction"][()]
+    assert written.shape == (2, RECON, RECON)
+    own = mrlearn.load_model(out / "checkpoints" / "last.ckpt").reconstruct(k * mask, mask)  # its own samples
+    np.testing.assert_allclose(written, own, rtol=1e-5, atol=1e-6 * float(own.max()))
 
 
 def test_the_folder_choice_keeps_what_the_root_has(tmp_path):
