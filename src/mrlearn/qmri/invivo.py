@@ -28,7 +28,7 @@ import torch
 from mrlearn.errors import input_error
 from mrlearn.io import atomic_write_bytes, write_json
 from mrlearn.qmri.bounds import bound_counts, format_bound_counts, parse_bounds
-from mrlearn.qmri.fit import fit_voxels
+from mrlearn.qmri.fit import fit_voxels, warm_starts
 from mrlearn.qmri.signal import get_model, load_protocol
 from mrlearn.qmri.voxels import check_bvalue_units, select_voxels
 
@@ -102,7 +102,6 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
                             "mask": vs.mask_info, "bad_voxels": vs.counts, "bad_voxel_policy": bad_voxels}
     if method == "net":
         from mrlearn.qmri.netio import check_protocol, load_network
-
         from mrlearn.qmri.netpredict import apply_network
 
         net, meta = load_network(network)
@@ -118,6 +117,7 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
     else:
         _, spec = get_model(model, "--signal-model")
         names = spec.names
+        ls = None
         if method == "mle" and sigma is None:
             ls = fit_voxels(sn, b, model, "nlls", bounds=user_bounds or None)
             dof = max(1, b.numel() - len(names))
@@ -128,13 +128,20 @@ def fit_dwi(dwi: str | Path, bvals: str | Path, out: str | Path, method: str = "
                 raise input_error(dwi, "cannot estimate the noise level (zero residuals)", "give --sigma")
         if method == "mle":
             info["sigma"] = sigma
-            res = fit_voxels(sn, b, model, "mle", sigma=sigma / ref, bounds=user_bounds or None)
+            # the least-squares pass (when it ran for sigma) gives the starts: its end points ranked by the NLL
+            init = warm_starts(ls, sn, b, model, "mle", sigma / ref) if ls is not None else None
+            res = fit_voxels(sn, b, model, "mle", sigma=sigma / ref, bounds=user_bounds or None, init=init)
         else:
             res = fit_voxels(sn, b, model, "nlls", bounds=user_bounds or None)
         params = res.params.cpu()
         converged, at_bound = res.converged.cpu().numpy(), (res.at_lower | res.at_upper).cpu().numpy()
         info["model"] = model
         info["converged_fraction"] = float(res.converged.float().mean())
+        info["bound_check"] = {"restarted": res.restarted, "improved": res.improved,
+                               "rule": "voxels with f at/near 0 or 1, or failing KKT, re-started from a grid; "
+                                       "converged only where KKT holds and no descent leaves the corner"}
+        log(f"bound check: {res.restarted} voxels re-started, {res.improved} improved; "
+            f"converged {100 * info['converged_fraction']:.2f} %")
         counts = bound_counts(res.at_lower.cpu(), res.at_upper.cpu(), names)
         pairs = list(zip(*res.bounds))
         info["bounds"] = {k: {"lower": lo, "upper": hi, "units": "S0: multiples of the lowest-b signal" if k == "S0" else ""}
