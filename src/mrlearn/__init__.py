@@ -19,8 +19,10 @@ the classical path never loads Lightning):
     (16, 16)
 
 ``load_model(checkpoint, device="cpu")``
-    A trained checkpoint as an object with ``reconstruct(kspace, mask=None)`` and ``reconstruct_file(path)``; no
-    config.yaml needed beside it.
+    A trained checkpoint as an object with ``reconstruct(kspace, mask=None, name="input")`` and
+    ``reconstruct_file(path)``; no config.yaml needed beside it. Fully sampled input is undersampled with the
+    model's training mask, fixed per file name, as ``mrlearn reconstruct`` does (same image, same score);
+    ``undersample=False`` uses all of k-space.
 
     >>> mrlearn.load_model("missing.ckpt")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
