@@ -139,8 +139,11 @@ class Rechecked:
 
 def recheck(signals: torch.Tensor, bvals: torch.Tensor, model: str, theta: torch.Tensor, obj: torch.Tensor,
             solver_conv: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, objective: str, sigma, lm_opts: dict,
-            n_keep: int = 3) -> Rechecked:
-    """Check every end point; re-start the corner and KKT-failing voxels; re-check the end points kept."""
+            n_keep: int = 3, enabled: bool = True) -> Rechecked:
+    """Check every end point; re-start the corner and KKT-failing voxels; re-check the end points kept
+    (``enabled=False``: return the solver's end points and flags unchanged)."""
+    if not enabled:
+        return Rechecked(theta, obj, solver_conv, 0, 0)
     chk = check_end_points(signals, bvals, model, theta, lo, hi, objective, sigma)
     redo = torch.nonzero(chk.corner | ~chk.passed).squeeze(-1)
     theta, obj = theta.clone(), obj.clone()

@@ -68,7 +68,8 @@ def _bounds(model: str, bvals: torch.Tensor, bounds, dtype, device) -> tuple[tor
 def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", objective: str = "mle",
                sigma: float | torch.Tensor | None = None, bounds: Sequence[Sequence[float]] | dict | None = None,
                n_starts: int = 4, n_grid: int = 12, max_iter: int = 1000, ftol: float = 1e-9,
-               gtol: float = 1e-6, xtol: float = 1e-7, b_split: float = 200.0, init: torch.Tensor | None = None) -> FitResult:
+               gtol: float = 1e-6, xtol: float = 1e-7, b_split: float = 200.0, init: torch.Tensor | None = None,
+               check: bool = True) -> FitResult:
     """Fit ``signals [V, N]`` measured at ``bvals [N]`` (s/mm^2; echo times in ms for ``t2``).
 
     ``objective``: ``mle`` (Rician NLL with known ``sigma``: a float or ``[V]``) or ``nlls``.
@@ -118,8 +119,22 @@ def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", 
     params = lo + (hi - lo) * p.reshape(k, v, -1)[best, ar]
     lm_opts = {"max_iter": max_iter, "ftol": ftol, "gtol": gtol, "xtol": xtol}
     chk = recheck(signals, bvals, model, params, obj[best, ar], conv.reshape(k, v)[best, ar], lo, hi, objective,
-                  sigma, lm_opts)
+                  sigma, lm_opts, enabled=check)
     pn = (chk.theta - lo) / (hi - lo)
     return FitResult(chk.theta, chk.objective, chk.converged, it, spec.names,
                      pn <= AT_BOUND_TOL, pn >= 1 - AT_BOUND_TOL, (lo.tolist(), hi.tolist()),
                      ends=lo + (hi - lo) * p.reshape(k, v, -1), restarted=chk.restarted, improved=chk.improved)
+
+
+def warm_starts(previous: FitResult, signals: torch.Tensor, bvals: torch.Tensor, model: str, objective: str,
+                sigma: float | torch.Tensor | None, n_starts: int = 1) -> torch.Tensor:
+    """Starts ``[n_starts, V, P]`` for a second fit of the same voxels: the end points of ``previous`` (every start
+    of it, ``previous.ends``) ranked per voxel by the new ``objective`` (e.g. the Rician MLE after least squares)."""
+    fn, _ = get_model(model)
+    ends = previous.ends if previous.ends is not None else previous.params[None]
+    ends = ends.to(signals.device, torch.float64)
+    sig = sigma[None] if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 else sigma
+    obj = objective_values(signals.to(torch.float64)[None], fn(ends, torch.as_tensor(bvals, dtype=torch.float64,
+                                                                                    device=signals.device)), objective, sig)
+    order = obj.argsort(0)[:n_starts]
+    return ends[order, torch.arange(ends.shape[1], device=signals.device)]
