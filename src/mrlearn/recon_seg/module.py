@@ -78,6 +78,7 @@ class ReconSegModule(ReconModule):
         self.num_classes = int(model.num_classes)
         self.checkpoint_monitor = (monitor, "max")
         self.weighting = build_weighting(weighting, len(TASKS))
+        self.hparams_weighting = weighting if weighting is not None else "equal"
         self.automatic_optimization = stage != "joint" or not self.weighting.needs_grads
         if not self.automatic_optimization and cfg.trainer.gradient_clip_val:
             raise input_error("trainer.gradient_clip_val", f"Lightning cannot clip the manual optimisation of the "
@@ -154,6 +155,13 @@ class ReconSegModule(ReconModule):
         return [recon, seg]
 
     # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.distributed.get_world_size() > 1 and not self.automatic_optimization:
+            raise input_error("method.weighting", f"{registry_name(self.hparams_weighting)} runs one backward per task, "
+                              "which recon_seg does not synchronise over several processes",
+                              "train it on one device, or use a loss-based weighting (equal, fixed, dwa, uncertainty)")
+
     def training_loss(self, batch: Any) -> torch.Tensor:
         losses = self.task_losses(batch)
         if self.stage == "joint":
