@@ -34,7 +34,8 @@ def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lwstudy")
     root = simulate_dataset(tmp / "data", SimulationOptions(contrasts=("PD",), seed=0, **PRESETS["tiny"][1]))
     out = tmp / "study"
-    argv = ["study", "layerwise_study_tiny", "--out", str(out), "--set", f"data.root={root}", "--set", "seeds=[0]"]
+    argv = ["study", "layerwise_study_tiny", "--out", str(out), "--set", f"data.root={root}", "--set", "seeds=[0]",
+            "--set", "stopping_check=null"]  # the stopping check's reruns are tested in tests/test_stopping.py
     assert main(argv) == 0
     return out, argv
 

@@ -11,8 +11,10 @@ Smoothing (``smoothing``; ``window`` = k validations) decides what counts as an 
   window keeps a strict alternation; use ``ema`` for that).
 
 Non-finite values never improve anything and leave ``s`` unchanged. An improvement is ``s_t`` beating the best
-smoothed value by more than ``min_delta`` (``relative``: ``min_delta * |best|``). The best checkpoint is not chosen
-here: it follows the raw metric.
+smoothed value by more than ``min_delta`` (``relative``: ``min_delta * |best|``). With smoothing, decisions start
+once k finite values are in (before that the smoothed value rests on a few noisy points: a first validation on a
+zig would stay "best" for many validations of a slow rise); the window starts there. The best checkpoint is not
+chosen here: it follows the raw metric.
 
 Window (:class:`Plateau`): the *anchor* is the last improvement or the last learning-rate cut. The run stops when
 ``patience`` validations (or ``patience_samples`` training samples) have passed since the anchor. With
@@ -112,6 +114,9 @@ class Plateau:
         s = self._smoothed_next(float(value))
         self.smoothed.append(s)
         i = len(self.raw) - 1
+        if self.smoothing != "none" and sum(math.isfinite(x) for x in self.raw) < self.window:
+            self.anchor = (i, int(samples))  # warming up: the window starts once the smoother has k values
+            return None
         if improved(s, self.best, self.mode, self.min_delta, self.relative):
             self.best, self.best_index, self.anchor = s, i, (i, int(samples))
             return None

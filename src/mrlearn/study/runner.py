@@ -32,6 +32,7 @@ from mrlearn.study.execute import Job, study_files_lock
 from mrlearn.study.executors import check_executor, default_threads, execute
 from mrlearn.study.results import RunOutcome, is_finished, read_result, read_slices, write_outcome  # noqa: F401 (re-exported)
 from mrlearn.study.spec import StudySpec, adopt_legacy_ids, run_config
+from mrlearn.study.stopping_check import check_runs
 
 Runner = Callable[[Any], RunOutcome]
 
@@ -122,7 +123,8 @@ def write_study_yaml(spec: StudySpec, out: Path, executor: str) -> None:
     atomic_write_text(out / "study.yaml", yaml.safe_dump({
         "name": spec.name, "base": spec.base if isinstance(spec.base, dict) else str(spec.base), "set": spec.set,
         "seeds": spec.seeds, "grid": spec.grid, "arms": spec.arms, "runner": spec.runner, "summary": spec.summary,
-        "budget": spec.budget or "not declared", "resources": spec.resources, "executor": executor}, sort_keys=False))
+        "budget": spec.budget or "not declared", "resources": spec.resources, "stopping_check": spec.stopping_check,
+        "executor": executor}, sort_keys=False))
 
 
 def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[[str], None] = print,
@@ -145,52 +147,65 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
     if not only_summary:
         check_single_process(configs)
         check_slice_counts(configs, log)
+    checks = check_runs(spec, runs, configs)  # the stopping check's reruns (study.stopping_check), validated too
+    for run in checks:
+        configs[run.run_id] = run_config(spec, run, safe_child(out / "runs", run.run_id, f"{spec.name}: run id"))
     check_finished_runs_match(configs, out)
     with study_files_lock(out):
         write_study_yaml(spec, out, executor)
     busy: list[str] = []
     if not only_summary:
-        jobs = []
-        for i, run in enumerate(runs, 1):
-            if is_finished(out / "runs" / run.run_id):
-                log(f"[{i}/{len(runs)}] {run.run_id}: finished before, skipped")
-                continue
-            cfg = configs[run.run_id]
-            res = run_resources(spec, cfg, executor, workers)
-            threads = None if executor == "sequential" else max(1, int(res["cpus"]))
-            jobs.append(Job(spec, run, str(out), get_runner(spec.runner, cfg), i, len(runs), threads, res))
-        if jobs and executor != "sequential":
-            log(f"{len(jobs)} run(s) to do with the {executor} executor" + (f" ({workers} workers)" if workers else ""))
-        errors: list[str] = []
-
-        def on_done(job: Job, result: dict[str, Any]) -> None:
-            head = f"[{job.index}/{job.total}] {job.run.run_id}"
-            status = result.get("status")
-            for note in result.get("notes", []):
-                log(f"{head}: {note}")
-            if status == "finished":
-                groups = ", ".join(f"{g} {_headline(m)}" for g, m in result["groups"].items())
-                log(f"{head}: done in {result['seconds']:.0f} s ({groups})")
-            elif status == "busy":
-                busy.append(job.run.run_id)
-                log(f"{head}: {result['message']}")
-            elif status == "error":
-                errors.append(result["message"])
-            else:
-                log(f"{head}: {result.get('message', status)}")
-
-        def on_start(job: Job) -> None:
-            log(f"[{job.index}/{job.total}] {job.run.run_id}: running")
-
-        execute(jobs, on_done, executor, workers, address, on_start)
-        if errors:
-            raise MrlearnError(errors[0])
+        run_jobs(spec, runs, configs, out, log, executor, workers, address, busy)
+        if checks:
+            log(f"stopping check: {len(checks)} run(s) with every patience and cap x{spec.stopping_check['factor']:g}")
+            run_jobs(spec, checks, configs, out, log, executor, workers, address, busy)
     with study_files_lock(out):
         write_summary(spec, out, runs, busy=busy)
     if busy:
         log(f"{len(busy)} run(s) are being run by another process; rerun this command when they finish to "
             "summarise them")
     return out
+
+
+def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Path, log: Callable[[str], None],
+             executor: str, workers: int | None, address: str | None, busy: list[str]) -> None:
+    """Run the unfinished ``runs`` through ``executor`` (progress lines ``[k/n] <run id>``); the ids of runs held
+    by another live process are added to ``busy``; the first run's one-line error is raised after all ran."""
+    jobs = []
+    for i, run in enumerate(runs, 1):
+        if is_finished(out / "runs" / run.run_id):
+            log(f"[{i}/{len(runs)}] {run.run_id}: finished before, skipped")
+            continue
+        cfg = configs[run.run_id]
+        res = run_resources(spec, cfg, executor, workers)
+        threads = None if executor == "sequential" else max(1, int(res["cpus"]))
+        jobs.append(Job(spec, run, str(out), get_runner(spec.runner, cfg), i, len(runs), threads, res))
+    if jobs and executor != "sequential":
+        log(f"{len(jobs)} run(s) to do with the {executor} executor" + (f" ({workers} workers)" if workers else ""))
+    errors: list[str] = []
+
+    def on_done(job: Job, result: dict[str, Any]) -> None:
+        head = f"[{job.index}/{job.total}] {job.run.run_id}"
+        status = result.get("status")
+        for note in result.get("notes", []):
+            log(f"{head}: {note}")
+        if status == "finished":
+            groups = ", ".join(f"{g} {_headline(m)}" for g, m in result["groups"].items())
+            log(f"{head}: done in {result['seconds']:.0f} s ({groups})")
+        elif status == "busy":
+            busy.append(job.run.run_id)
+            log(f"{head}: {result['message']}")
+        elif status == "error":
+            errors.append(result["message"])
+        else:
+            log(f"{head}: {result.get('message', status)}")
+
+    def on_start(job: Job) -> None:
+        log(f"[{job.index}/{job.total}] {job.run.run_id}: running")
+
+    execute(jobs, on_done, executor, workers, address, on_start)
+    if errors:
+        raise MrlearnError(errors[0])
 
 
 def _headline(metrics: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ A study file (safe YAML, :mod:`mrlearn.yamlfile`)::
     runner: auto              # auto | train | mtl | ... (registry kind "runner"), or "package.module:function"
     budget: equal_steps       # to_convergence | equal_steps | equal_samples_per_task | equal_wall_time
     resources: {cpus: 1, gpus: 0.25}   # what one run needs (local and ray executors; gpus may be fractional)
+    stopping_check: {seeds: 1, factor: 2}   # rerun with patience and caps x2 (study.stopping_check; null: off)
     summary:                  # what the report compares (all optional)
       baseline: stl           # arm for the paired per-slice differences
       fraction_key: tasks.tasks.1.slice_fraction   # x axis of the "metric vs fraction" plot
@@ -49,11 +50,13 @@ from typing import Any
 import yaml
 
 from mrlearn.errors import input_error
+from mrlearn.study.stopping_check import parse_stopping_check
 from mrlearn.yamlfile import read_yaml_file, yaml_load
 
-STUDY_KEYS = ("name", "base", "set", "seeds", "grid", "arms", "runner", "summary", "description", "budget", "resources")
+STUDY_KEYS = ("name", "base", "set", "seeds", "grid", "arms", "runner", "summary", "description", "budget", "resources",
+              "stopping_check")
 #: study keys a ``--set`` item may change (the rest of ``--set`` goes to every run's config)
-SETTABLE = ("seeds", "grid", "arms", "runner", "summary", "budget", "resources")
+SETTABLE = ("seeds", "grid", "arms", "runner", "summary", "budget", "resources", "stopping_check")
 BUDGETS = ("to_convergence", "equal_steps", "equal_samples_per_task", "equal_wall_time")
 RESOURCE_KEYS = ("cpus", "gpus")
 SUMMARY_KEYS = ("baseline", "fraction_key", "scarce_task", "metrics", "examples")
@@ -87,6 +90,7 @@ class StudySpec:
     description: str = ""
     budget: str | None = None
     resources: dict[str, float] = field(default_factory=dict)
+    stopping_check: dict[str, float] | None = None  # study.stopping_check (None: off)
 
     def runs(self) -> list[RunSpec]:
         """Every run, in the order they are run: seeds, then grid points (product, file order), then arms.
@@ -251,7 +255,8 @@ def study_from_dict(raw: Any, where: str, base_dir: Path | None = None) -> Study
     return StudySpec(name=name, base=base, set=list(sets), seeds=[int(s) for s in seeds],
                      grid={str(k): list(v) for k, v in grid.items()}, arms=arms, runner=runner, summary=dict(summary),
                      description=str(raw.get("description") or ""), budget=budget,
-                     resources={k: float(v) for k, v in resources.items()})
+                     resources={k: float(v) for k, v in resources.items()},
+                     stopping_check=parse_stopping_check(raw.get("stopping_check", ...), budget, where))
 
 
 def parse_value(text: str) -> Any:
@@ -289,7 +294,7 @@ def apply_study_override(raw: dict[str, Any], item: str) -> bool:
         else:
             raw[head] = value
         return True
-    if head in ("grid", "resources", "summary"):
+    if head in ("grid", "resources", "summary", "stopping_check"):
         _check(raw.get(head) is None or isinstance(raw.get(head), dict), where, f"{head} is not a mapping", "check it")
         if raw.get(head) is None:
             raw[head] = {}

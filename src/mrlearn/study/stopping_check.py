@@ -1,0 +1,206 @@
+"""The stopping check of a study: does an arm's score depend on when its training stopped?
+
+After the study's runs, one seed (``stopping_check.seeds``: the first n of the study's seeds) of every trained arm
+(reference rows - ``method: {name: reference}`` - train nothing and are left out) is run again with every patience
+and every cap multiplied by ``factor``: the keys named in :data:`SCALED` wherever they appear in the run's resolved
+config (``trainer.early_stopping.patience`` / ``patience_samples``, ``trainer.max_steps`` / ``max_epochs`` /
+``max_time``, ``method.block_patience`` / ``epochs_per_block``, ``tasks.max_samples``, ``qmri.patience``, ...;
+never ``lr_patience``: the decay schedule stays, the window after it grows). A check run is an ordinary study run
+with the id ``<run id>__check``: its own folder under ``OUT/runs``, resumable and skipped when finished. Runs are
+seeded, so the check follows the original run's trajectory up to its stop and then trains on.
+
+For the study's primary metric (the first of ``summary.metrics``, PSNR by default), per arm, grid point and group:
+``difference`` = mean over the checked seeds of ``score(check) - score(run)``; ``tolerance`` = max(``tolerance_db``,
+``tolerance_fraction`` x the width of the arm's 95 % interval against the baseline (the narrowest over its
+comparisons for the baseline arm itself; ``tolerance_db`` alone where no interval exists). ``tolerance_db`` is in the
+primary metric's units (dB for PSNR). An arm with ``|difference| > tolerance`` is **stopping-sensitive**: a
+``stopping_sensitive`` column of ``study.csv`` says so and its comparisons get no verdict.
+
+Study option: ``stopping_check: {seeds: 1, factor: 2, tolerance_db: 0.1, tolerance_fraction: 0.25}`` - on by
+default for ``budget: to_convergence``, off for other budgets; ``stopping_check: null`` turns it off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from mrlearn.errors import input_error
+
+DEFAULTS = {"seeds": 1, "factor": 2.0, "tolerance_db": 0.1, "tolerance_fraction": 0.25}
+#: config keys scaled by ``factor`` in a check run (patience windows and caps, wherever they appear)
+SCALED = ("patience", "patience_samples", "block_patience", "max_steps", "max_epochs", "max_time", "max_samples",
+          "epochs_per_block", "max_iter")
+SUFFIX = "__check"
+
+
+def parse_stopping_check(value: Any, budget: str | None, where: str) -> dict[str, float] | None:
+    """The ``stopping_check`` option: None (off) or the settings (defaults filled); ``value`` is the raw study
+    value (``...`` when the key is absent: on for ``budget: to_convergence``)."""
+    if value is ...:
+        return dict(DEFAULTS) if budget == "to_convergence" else None
+    if value is None or value is False:
+        return None
+    if value is True:
+        return dict(DEFAULTS)
+    if not isinstance(value, dict) or set(value) - set(DEFAULTS):
+        raise input_error(f"{where}: stopping_check", f"expected null or a mapping with keys {', '.join(DEFAULTS)}",
+                          "e.g. stopping_check: {seeds: 1, factor: 2, tolerance_db: 0.1, tolerance_fraction: 0.25}")
+    out = {**DEFAULTS, **value}
+    for key, low in (("seeds", 1), ("factor", 1), ("tolerance_db", 0), ("tolerance_fraction", 0)):
+        v = out[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+            v > low if key == "factor" else v >= low)
+        if not ok or (key == "seeds" and int(v) != v):
+            need = {"seeds": "an integer >= 1", "factor": "a number > 1"}.get(key, "a number >= 0")
+            raise input_error(f"{where}: stopping_check.{key}", f"{v!r} is not {need}", f"e.g. {DEFAULTS[key]}")
+    out["seeds"] = int(out["seeds"])
+    return out
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, str):  # DD:HH:MM:SS
+        d, h, m, s = (int(x) for x in value.split(":"))
+        return float(((d * 24 + h) * 60 + m) * 60 + s)
+    return float(value)
+
+
+def _scale(key: str, value: Any, factor: float) -> Any:
+    """``value`` of a :data:`SCALED` key times ``factor`` (ints stay ints; -1 / None / 0: no cap, unchanged)."""
+    if isinstance(value, dict):
+        return {k: _scale(key, v, factor) for k, v in value.items()}
+    if isinstance(value, bool) or value is None:
+        return value
+    if key == "max_time":
+        return _seconds(value) * factor
+    if isinstance(value, int):
+        return int(math.ceil(value * factor)) if value > 0 else value
+    if isinstance(value, float):
+        return value * factor if value > 0 else value
+    return value
+
+
+def scaled_overrides(cfg: Any, factor: float) -> dict[str, Any]:
+    """Dotted key -> scaled value for every :data:`SCALED` key set in the resolved config ``cfg``."""
+    from mrlearn.config import config_to_dict
+
+    found: dict[str, Any] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                key = f"{path}.{k}" if path else str(k)
+                if k in SCALED and v is not None:
+                    new = _scale(str(k), v, factor)
+                    if new != v:
+                        found[key] = new
+                else:
+                    walk(v, key)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}.{i}")
+
+    walk(config_to_dict(cfg), "")
+    return found
+
+
+def is_trained(cfg: Any) -> bool:
+    """False for a study's reference rows (``method: {name: reference}``), which train nothing."""
+    method = getattr(cfg, "method", None)
+    return not (isinstance(method, dict) and method.get("name") == "reference")
+
+
+def check_runs(spec: Any, runs: list, configs: dict[str, Any]) -> list:
+    """The check runs of ``spec`` (empty when its ``stopping_check`` is off): one :class:`RunSpec` per checked seed
+    of every trained arm and grid point, with the scaled keys added to its overrides."""
+    settings = getattr(spec, "stopping_check", None)
+    if not settings:
+        return []
+    seeds = set(list(spec.seeds)[: int(settings["seeds"])])
+    out = []
+    for run in runs:
+        cfg = configs[run.run_id]
+        if run.seed not in seeds or not is_trained(cfg):
+            continue
+        scaled = scaled_overrides(cfg, float(settings["factor"]))
+        if scaled:
+            kept = {k: v for k, v in run.overrides.items() if k not in scaled}  # the scaled values are set last
+            out.append(dataclasses.replace(run, run_id=run.run_id + SUFFIX, overrides={**kept, **scaled},
+                                           legacy_id=None))
+    return out
+
+
+def _score(out: Path, run_id: str, group: str, metric: str) -> float:
+    from mrlearn.study.results import read_result
+
+    value = ((read_result(out / "runs" / run_id) or {}).get("groups", {}).get(group) or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _widths(comparisons: list[dict[str, Any]], baseline: str | None) -> dict[tuple[str, str, str], float]:
+    """(arm, point label, group) -> interval width of its comparison; the baseline: its narrowest one."""
+    widths: dict[tuple[str, str, str], float] = {}
+    for c in comparisons:
+        w = float(c.get("ci95_high", math.nan)) - float(c.get("ci95_low", math.nan))
+        if not w == w:
+            continue
+        widths[(c["arm"], c["point"], c["group"])] = w
+        if baseline:
+            key = (baseline, c["point"], c["group"])
+            widths[key] = min(widths.get(key, math.inf), w)
+    return widths
+
+
+def stopping_table(spec: Any, out: Path, runs: list, rows: list[dict[str, Any]],
+                   comparisons: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The check's table (one entry per checked arm, grid point and group) and, in place, each study row's
+    ``stopping_sensitive`` (True/False where checked, None elsewhere). ``comparisons()`` gives the paired
+    differences against the baseline (their interval widths set the tolerances). Empty when nothing was checked."""
+    from mrlearn.study.compare import point_label
+
+    settings = getattr(spec, "stopping_check", None)
+    if not settings:
+        return []
+    metric = (spec.summary.get("metrics") or ["psnr"])[0]
+    by_id = {r.run_id: r for r in runs}
+    pairs: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
+    for row in rows:
+        run = by_id.get(row["run_id"])
+        if run is None or not (out / "runs" / (run.run_id + SUFFIX) / "result.json").is_file():
+            continue
+        check = _score(out, run.run_id + SUFFIX, row["group"], metric)
+        key = (run.arm, point_label(run.point), row["group"])
+        pairs.setdefault(key, []).append((run.seed, _score(out, run.run_id, row["group"], metric), check))
+    if not pairs:
+        return []
+    widths = _widths(comparisons(), spec.summary.get("baseline"))
+    table, sensitive = [], {}
+    for (arm, point, group), items in pairs.items():
+        diffs = [c - s for _, s, c in items if c == c and s == s]
+        diff = sum(diffs) / len(diffs) if diffs else math.nan
+        width = widths.get((arm, point, group), math.nan)
+        tol = max(float(settings["tolerance_db"]), float(settings["tolerance_fraction"]) * width if width == width else 0.0)
+        flag = bool(abs(diff) > tol) if diff == diff else None
+        sensitive[(arm, point, group)] = flag
+        table.append({"arm": arm, "point": point, "group": group, "seeds": ", ".join(str(s) for s, _, _ in items),
+                      metric: sum(s for _, s, _ in items) / len(items),
+                      f"{metric}_at_x{settings['factor']:g}": sum(c for _, _, c in items) / len(items),
+                      "difference": diff, "tolerance": tol, "interval_width": width,
+                      "sensitive": "-" if flag is None else ("yes" if flag else "no")})
+    for row in rows:
+        run = by_id.get(row["run_id"])
+        if run is not None:
+            row["stopping_sensitive"] = sensitive.get((run.arm, point_label(run.point), row["group"]))
+    return table
+
+
+def caption(spec: Any) -> str:
+    s = spec.stopping_check
+    metric = (spec.summary.get("metrics") or ["psnr"])[0]
+    return (f"Seed(s) {', '.join(str(x) for x in list(spec.seeds)[: s['seeds']])} of every trained arm run again with "
+            f"every patience and cap x{s['factor']:g} (run ids <run id>{SUFFIX}). difference = {metric} at x"
+            f"{s['factor']:g} minus {metric} as run (mean over the checked seeds); tolerance = max({s['tolerance_db']:g}, "
+            f"{s['tolerance_fraction']:g} x the width of the arm's 95 % interval against the baseline). Sensitive arms "
+            "(|difference| > tolerance) get no verdict: their result depends on when training stopped.")
