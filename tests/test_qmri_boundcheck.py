@@ -74,11 +74,15 @@ def test_check_passes_an_interior_minimum_and_flags_a_fake_corner():
     assert bool(chk.corner.all()) and bool(chk.saddle.all()) and not bool(chk.passed.any())
 
 
-def _scipy_lsq(sig: np.ndarray, starts, lo, hi) -> float:
-    b = CORD_B
+def _ivim_np(p: np.ndarray) -> np.ndarray:
+    """The common IVIM model in numpy (reference for scipy; same units as mrlearn.qmri.signal.ivim)."""
+    beta = CORD_B.numpy() * 1e-3
+    return p[0] * (p[1] * np.exp(-beta * p[3]) + (1 - p[1]) * np.exp(-beta * p[2]))
 
+
+def _scipy_lsq(sig: np.ndarray, starts, lo, hi) -> float:
     def resid(p):
-        return FN(torch.from_numpy(p)[None], b)[0].numpy() - sig
+        return _ivim_np(p) - sig
 
     best = np.inf
     for x0 in starts:
@@ -89,7 +93,7 @@ def _scipy_lsq(sig: np.ndarray, starts, lo, hi) -> float:
 
 def _scipy_mle(sig: np.ndarray, sigma: float, starts, lo, hi) -> float:
     def nll(p):
-        pred = FN(torch.from_numpy(p)[None], CORD_B)[0].numpy()
+        pred = _ivim_np(p)
         z = sig * pred / sigma ** 2
         return float(np.sum(2 * np.log(sigma) - np.log(sig) + (sig ** 2 + pred ** 2) / (2 * sigma ** 2)
                             - (np.log(scipy.special.i0e(z)) + z)))
