@@ -51,8 +51,9 @@ def check_early_stopping(es: EarlyStoppingConfig | None) -> None:
                           "are both set", "keep one: patience counts validations, patience_samples training samples")
     if es.patience is None and es.patience_samples is None:
         es.patience = DEFAULT_PATIENCE
-    if (es.patience is not None and es.patience < 1) or (es.patience_samples is not None and es.patience_samples < 1):
-        raise input_error(WHERE, "patience / patience_samples must be at least 1", "fix the value")
+    for key in ("patience", "patience_samples"):
+        if getattr(es, key) is not None and getattr(es, key) < 1:
+            raise input_error(WHERE, f"{key} must be at least 1, got {getattr(es, key)}", "fix the value")
     if not (math.isfinite(es.min_delta) and es.min_delta >= 0):
         raise input_error(f"{WHERE}.min_delta", f"{es.min_delta} is not a number >= 0", "e.g. 0.1 (dB) or 0.001 (SSIM)")
     if es.smoothing_window < 1:
