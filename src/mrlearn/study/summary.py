@@ -16,6 +16,9 @@ Report sections (``evaluation.report``):
     (``study.compare``): mean of ``metric(arm) - metric(baseline)``, its unadjusted 95 % interval, df, p and
     Holm-adjusted p, counts of subjects and seeds, the convergence note of both arms beside the number, and a
     verdict only where ``study.stats`` allows one (Holm-adjusted over the study's comparisons);
+  * the stopping check (``study.stopping_check``): each checked arm's score as run and with every patience and cap
+    scaled, the difference and tolerance, and whether it is stopping-sensitive (``stopping_check.csv``; the
+    ``stopping_sensitive`` column of ``study.csv`` blocks the verdicts of its comparisons);
   * figures (``study.figures``): metrics against a numeric group or the fraction key, and (``summary.scarce_task``)
     that task's validation PSNR against steps and against its samples seen; example images (target, zero-filled
     input, each arm's output, with that slice's PSNR/SSIM, and their error maps on one colour scale with a colour bar:
@@ -191,6 +194,7 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
                               lambda: paired_differences(index, runs, base_arm, rows=rows) if base_arm else [])
     if stopping:
         write_csv(out / "study.csv", rows)
+        write_csv(out / "stopping_check.csv", stopping)
     grid_keys = list(spec.grid)
     done = len({r["run_id"] for r in rows})
     report = Report(f"Study {spec.name}")
