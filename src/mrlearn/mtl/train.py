@@ -4,15 +4,24 @@
 ``config.yaml``) plus ``metrics.json`` with the per-task final evaluation. The evaluation runs on
 ``tasks.eval_split`` (test by default) with the fixed per-file masks: per volume the fastMRI NMSE/PSNR/SSIM
 (volume max as data range) and per slice PSNR/SSIM with the same volume max; results are grouped by task.
-Every model is evaluated with its best checkpoint by validation (``selected: best``; ``last`` when no
-validation ran). ``metrics.json`` carries the engine's convergence record (``steps``, ``best_step``,
-``stopped_by``, ``converged``, ...; :func:`mrlearn.engine.convergence.convergence_record`), combined over the
-models of a single-task run (``per_task_runs`` keeps each) or the two transfer phases (``phases``).
+Every task is evaluated with its best checkpoint by validation (``selected: best``; ``last`` when no
+validation ran): multi-task and pooled models select each task on its own validation metric
+(``checkpoints/best_<task>.ckpt``; :mod:`mrlearn.mtl.selection`) and train until every task's stopping rule has
+fired or a cap is reached; single-task models and transfer phases keep ``best.ckpt``. ``metrics.json`` carries
+the engine's convergence record (``steps``, ``best_step``, ``stopped_by``, ``converged``, ...;
+:func:`mrlearn.engine.convergence.convergence_record`; multi-task: of the joint mean, recorded only), combined over
+the models of a single-task run (``per_task_runs`` keeps each) or the two transfer phases (``phases``), and
+``task_selection``: per task its own best step, samples seen at best, stop, ``stopped_by`` and ``converged``
+(study.csv shows these per group). ``train_mtl(cfg, resume=True)`` continues every fit from its
+``checkpoints/last.ckpt`` (weights, optimizer, loop counters, every task's selection state); checkpoints are
+written at validations and epoch ends (``trainer.checkpoint_every_n_steps: 0``), where a resumed run equals an
+uninterrupted one.
 
 Baseline ``tasks.transfer: {pretrain_fraction: f}``: with the same budget ``B`` (optimizer steps the configured
 epochs take on the full multi-task loader) the model is trained for ``round(f B)`` steps on all tasks but the
 last (phase 1, one model task), then for ``B - round(f B)`` steps on the last task (phase 2, starting from the
-phase-1 weights, fresh optimizer). Both phases use ``model.num_tasks: 1``. With ``phase_caps: each`` (studies
+phase-1 weights, fresh optimizer). Both phases use ``model.num_tasks: 1``; the run's history counts the
+fine-tuning steps after the pretraining steps. With ``phase_caps: each`` (studies
 trained to convergence) each phase has the whole ``B`` as its safety cap instead, so neither phase is stopped by
 half a budget while still improving.
 """
@@ -33,10 +42,12 @@ import torch
 from mrlearn.config import ExperimentConfig, dump_config
 from mrlearn.engine.convergence import Convergence, convergence_record, find_callback
 from mrlearn.engine.runfolder import RunFolder
+from mrlearn.engine.task_selection import TaskSelection, use_task_selection
 from mrlearn.errors import input_error
 from mrlearn.io import write_json
 from mrlearn.mtl.config import tasks_config
 from mrlearn.mtl.data import MultiTaskDataModule
+from mrlearn.mtl.selection import checkpoint_of, group_records, single_record, task_monitors
 from mrlearn.registry import register
 from mrlearn.study.runner import RunOutcome
 from mrlearn.engine.checkpoint import load_checkpoint, load_weights
@@ -55,10 +66,25 @@ class Fit:
     selected: str  # "best" (best checkpoint by validation) or "last" (no validation ran)
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
     curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    conv: Any = None  # the fit's Convergence (a TaskSelection with per_task)
+    run_dir: Path | None = None
+    selection: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per task, with per_task
 
 
-def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tensor] | None = None) -> Fit:
-    """Build, (optionally load weights), fit, then load the best checkpoint by validation."""
+def _resume_point(run_dir: Path, resume: bool) -> str | None:
+    """``<run_dir>/checkpoints/last.ckpt`` (checked) when resuming and it exists, else None (start at step 0)."""
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not (resume and last.is_file()):
+        return None
+    load_checkpoint(last)  # empty / truncated / foreign files: one line before Lightning sees them
+    return str(last)
+
+
+def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tensor] | None = None,
+         per_task: bool = False, resume: bool = False) -> Fit:
+    """Build, (optionally load weights), fit, then load the best checkpoint by validation. ``per_task``: every task
+    selected and stopped on its own metric (:class:`TaskSelection`); the module keeps its last weights and
+    :func:`evaluate_fit` loads each task's. ``resume``: continue from ``checkpoints/last.ckpt`` where present."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg)
     if not hasattr(module, "set_sizes"):
@@ -71,21 +97,47 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tenso
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, gradient_clip_val=None))
     monitor = getattr(module, "checkpoint_monitor", ("val_ssim", "max"))
     trainer, ckpt = make_trainer(cfg, run_dir, monitor=monitor)
+    if per_task:
+        use_task_selection(trainer, task_monitors(ckpt.monitor, list(module.task_names)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm, ckpt_path=_resume_point(run_dir, resume), weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt
     conv = find_callback(trainer, Convergence)
     record = convergence_record(trainer, conv, ckpt)
     curve = [{"step": int(st), "epoch": int(ep), conv.monitor: v} for st, ep, v in conv.series] if conv else []
+    if isinstance(conv, TaskSelection):
+        selection = conv.task_records(record["stopped_by"])
+        for name, rec in selection.items():
+            path = checkpoint_of(run_dir, name) if rec["best_step"] is not None else None
+            rec["checkpoint"] = None if path is None else str(path.absolute())
+        record["task_selection"] = selection
+        selected = "best" if all(r["checkpoint"] for r in selection.values()) else "last"
+        return Fit(module, dm, int(trainer.global_step), record["best_step"], selected, record, curve, conv,
+                   Path(run_dir), selection)
     selected = "last"
     if ckpt.best_path and Path(ckpt.best_path).is_file():
         load_weights(module, load_checkpoint(ckpt.best_path)["state_dict"], ckpt.best_path)
         selected = "best"
     else:
         record["best_step"] = None
-    return Fit(module, dm, int(trainer.global_step), record["best_step"], selected, record, curve)
+    return Fit(module, dm, int(trainer.global_step), record["best_step"], selected, record, curve, conv, Path(run_dir))
+
+
+def evaluate_fit(fit: Fit, split: str, examples: int = 1) -> RunOutcome:
+    """:func:`evaluate` with the weights each task was selected with: a per-task fit scores every task with its
+    ``best_<task>.ckpt`` (its last weights where the task has none), any other fit with the weights it holds."""
+    if not fit.selection:
+        return evaluate(fit.module, fit.dm, split, examples)
+    last = copy.deepcopy(fit.module.state_dict())
+    parts = []
+    for t, name in enumerate(fit.module.task_names):
+        path = (fit.selection.get(name) or {}).get("checkpoint")
+        state, where = (load_checkpoint(path)["state_dict"], path) if path else (last, "last weights")
+        load_weights(fit.module, state, where)
+        parts.append(evaluate(fit.module, fit.dm, split, examples, only={t}))
+    return _merge(parts)
 
 
 def combine_records(records: list[dict[str, Any]], steps: int, best: int | None) -> dict[str, Any]:
@@ -99,8 +151,10 @@ def combine_records(records: list[dict[str, Any]], steps: int, best: int | None)
 
 
 @torch.no_grad()
-def evaluate(module: Any, dm: MultiTaskDataModule, split: str, examples: int = 1) -> RunOutcome:
-    """Per-task volume metrics, per-slice rows and example images on ``split`` (see the module docstring)."""
+def evaluate(module: Any, dm: MultiTaskDataModule, split: str, examples: int = 1,
+             only: set[int] | None = None) -> RunOutcome:
+    """Per-task volume metrics, per-slice rows and example images on ``split`` (see the module docstring);
+    ``only``: the task indices to score (all when None)."""
     from mrlearn.evaluation.scoring import NOISELESS, mean_metrics, slice_metrics, volume_metrics
 
     module.eval()
@@ -108,9 +162,12 @@ def evaluate(module: Any, dm: MultiTaskDataModule, split: str, examples: int = 1
     names = module.task_names
     vols: dict[str, dict[str, Any]] = {}
     for batch in loader:
+        wanted = [only is None or int(t) in only for t in batch["task"]]
+        if not any(wanted):
+            continue
         out = module.reconstruct(batch).float().cpu().numpy()
         for i, fname in enumerate(batch["fname"]):
-            if not bool(batch["has_target"][i]):
+            if not bool(batch["has_target"][i]) or not wanted[i]:
                 continue
             v = vols.setdefault(fname, {"task": int(batch["task"][i]), "slices": [], "pred": [], "target": [], "input": [],
                                         "clean": []})
@@ -181,14 +238,15 @@ def _merge(outcomes: list[RunOutcome]) -> RunOutcome:
     return merged
 
 
-def train_mtl(cfg: ExperimentConfig) -> RunOutcome:
-    """Fit ``cfg`` (a ``tasks`` config) in ``cfg.run_dir()`` and evaluate every task; writes ``metrics.json``."""
+def train_mtl(cfg: ExperimentConfig, resume: bool = False) -> RunOutcome:
+    """Fit ``cfg`` (a ``tasks`` config) in ``cfg.run_dir()`` and evaluate every task; writes ``metrics.json``.
+    ``resume``: continue an interrupted run in that folder (every fit from its ``checkpoints/last.ckpt``)."""
     quiet_lightning()
     tasks = tasks_config(cfg)
     run_dir = cfg.run_dir()
-    with RunFolder(run_dir, dump_config(cfg), cfg.seed, extra={"name": cfg.name, "method": "mtl"},
+    with RunFolder(run_dir, dump_config(cfg), cfg.seed, resume=resume, extra={"name": cfg.name, "method": "mtl"},
                    rank=process_rank()) as folder:
-        outcome, record = _run(cfg, tasks)
+        outcome, record = _run(cfg, tasks, resume)
         if folder.writer:
             write_json(run_dir / "metrics.json", record)
         folder.finished(global_step=record["steps"], stopped_by=record.get("stopped_by"), converged=record.get("converged"))
@@ -200,13 +258,18 @@ def process_rank() -> int:
     return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
 
 
-def _run(cfg: ExperimentConfig, tasks: Any) -> tuple[RunOutcome, dict[str, Any]]:
+def _best_path(fit: Fit) -> str | None:
+    path = Path(fit.run_dir or ".") / "checkpoints" / "best.ckpt"
+    return str(path.absolute()) if fit.selected == "best" and path.is_file() else None
+
+
+def _run(cfg: ExperimentConfig, tasks: Any, resume: bool = False) -> tuple[RunOutcome, dict[str, Any]]:
     run_dir = cfg.run_dir()
     if tasks.separate:  # single-task baseline: one model per task, each with the configured budget
-        parts, history, steps, sizes, samples, best, records = [], [], 0, [], {}, {}, []
+        parts, history, steps, sizes, samples, best, records, chosen = [], [], 0, [], {}, {}, [], {}
         for i, spec in enumerate(tasks.specs):
             sub = _phase_cfg(cfg, [i], None, f"task_{spec.name}")
-            fit = _fit(sub, sub.run_dir())
+            fit = _fit(sub, sub.run_dir(), resume=resume)
             fit.module.task_names = [spec.name]
             parts.append(evaluate(fit.module, fit.dm, tasks.eval_split, tasks.examples))
             history.extend({"task": spec.name, **h} for h in fit.module.history_list())
@@ -215,16 +278,22 @@ def _run(cfg: ExperimentConfig, tasks: Any) -> tuple[RunOutcome, dict[str, Any]]
             samples[spec.name] = fit.module.samples_seen[0]
             best[spec.name] = {**fit.record, "selected": fit.selected, "validation_curve": fit.curve}
             records.append(fit.record)
+            chosen[spec.name] = single_record(fit.conv, fit.record, _best_path(fit))
         outcome = _merge(parts)
-        outcome.extra.update({"steps": steps, "sizes": sizes, "tasks": tasks.names, "samples_per_task": samples})
+        combined = combine_records(records, steps, None)
+        outcome.extra.update({"steps": steps, "sizes": sizes, "tasks": tasks.names, "samples_per_task": samples,
+                              "convergence": group_records(chosen, samples, combined)})
         return outcome, {"eval_split": tasks.eval_split, "tasks": outcome.groups, "history": history,
-                         **combine_records(records, steps, None), "per_task_runs": best, "samples_per_task": samples,
+                         **combined, "per_task_runs": best, "task_selection": chosen, "samples_per_task": samples,
                          "zero_filled": outcome.extra["zero_filled"], "train_sizes": dict(zip(tasks.names, sizes))}
-    if tasks.transfer is None:
-        fit = _fit(cfg, run_dir)
+    if tasks.transfer is None:  # multi-task or pooled: each task selected and stopped on its own metric
+        fit = _fit(cfg, run_dir, per_task=len(tasks.names) > 1, resume=resume)
         module, dm, steps = fit.module, fit.dm, fit.steps
         samples = fit.module.samples_per_task()
         record = dict(fit.record)
+        chosen = fit.selection or {tasks.names[0]: single_record(fit.conv, fit.record, _best_path(fit))}
+        history = module.history_list()
+        outcome = evaluate_fit(fit, tasks.eval_split, tasks.examples)
     else:
         budget = _budget(cfg)
         first = int(round(tasks.transfer.get("pretrain_fraction", 0.5) * budget))
@@ -233,24 +302,28 @@ def _run(cfg: ExperimentConfig, tasks: Any) -> tuple[RunOutcome, dict[str, Any]]
         if tasks.transfer.get("phase_caps", "split") == "each":
             first = second = budget
         n = len(tasks.specs)
-        pre = _fit(_phase_cfg(cfg, list(range(n - 1)), first, "pretrain"), run_dir / "pretrain")
+        pre = _fit(_phase_cfg(cfg, list(range(n - 1)), first, "pretrain"), run_dir / "pretrain", resume=resume)
         fit = _fit(_phase_cfg(cfg, [n - 1], second, "finetune"), run_dir / "finetune",
-                   init_state=pre.module.model.state_dict())
+                   init_state=pre.module.model.state_dict(), resume=resume)
         module, steps = fit.module, pre.steps + fit.steps  # the steps each phase took (early stopping may end it first)
         record = {**combine_records([pre.record, fit.record], steps, None if fit.best_step is None else pre.steps + fit.best_step),
                   "phases": {"pretrain": pre.record, "finetune": fit.record}}
         dm = MultiTaskDataModule(dataclasses.replace(cfg, model={**cfg.model, "num_tasks": 1}))
         module.task_names = tasks.names  # evaluate every task with the fine-tuned (single-task) model
         samples = {**dict(zip(tasks.names[:-1], pre.module.samples_seen)), tasks.names[-1]: fit.module.samples_seen[0]}
-    history = module.history_list()
-    outcome = evaluate(module, dm, tasks.eval_split, tasks.examples)
+        # the fine-tuning phase selects on the last task alone; its steps count after the pretraining steps
+        chosen = {tasks.names[-1]: single_record(fit.conv, fit.record, _best_path(fit), offset=pre.steps)}
+        history = [{**h, "step": h["step"] + pre.steps} if "step" in h else dict(h) for h in module.history_list()]
+        outcome = evaluate(module, dm, tasks.eval_split, tasks.examples)
     record["steps"] = steps
     outcome.extra.update({"steps": steps, "sizes": dm.sizes(), "tasks": tasks.names, "samples_per_task": samples,
-                          "best_step": record["best_step"], "selected": fit.selected})
+                          "best_step": record["best_step"], "selected": fit.selected,
+                          "convergence": group_records(chosen, samples, {k: v for k, v in record.items()
+                                                                         if k != "task_selection"})})
     return outcome, {"final": last_validation(history), "eval_split": tasks.eval_split, "tasks": outcome.groups,
                      "history": history, **record, "selected": fit.selected, "validation_curve": fit.curve,
-                     "samples_per_task": samples, "zero_filled": outcome.extra["zero_filled"],
-                     "train_sizes": dict(zip(tasks.names, dm.sizes()))}
+                     "task_selection": chosen, "samples_per_task": samples,
+                     "zero_filled": outcome.extra["zero_filled"], "train_sizes": dict(zip(tasks.names, dm.sizes()))}
 
 
 @register("runner", "mtl")

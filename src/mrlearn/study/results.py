@@ -12,7 +12,8 @@ taken), ``best_step`` (step of the checkpoint used for evaluation), ``stopped_by
 ``max_steps``, ``max_epochs``, ``max_time``) and ``converged`` (False when a cap stopped the run while its
 validation metric was still improving), with ``monitor`` (the validation metric) and ``best_score`` (its value at
 ``best_step``: what model selection compares, e.g. one hyper-parameter arm against another). A runner may also return it in ``RunOutcome.extra["convergence"]``, for
-all groups or per group. Missing fields are read as empty (None).
+all groups or per group (multi-task runs: each task's own selection, with ``samples_at_best``, the samples of that
+task seen at its best validation, and ``samples_per_task``). Missing fields are read as empty (None).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def _record(source: Any) -> dict[str, Any] | None:
     if not any(k in source for k in CONVERGENCE_FIELDS):
         return None
     rec = {k: source.get(k) for k in CONVERGENCE_FIELDS}
-    if "samples_per_task" in source:
-        rec["samples_per_task"] = source["samples_per_task"]
+    for key in ("samples_per_task", "samples_at_best"):  # runs with tasks: samples seen, per task / at the best
+        if key in source:
+            rec[key] = source[key]
     return rec
 
 

@@ -5,7 +5,7 @@ and ``report.html``; all statistics are computed from ``cells.csv``'s cells, so 
 ``study.csv`` columns: run_id, arm, seed, the grid keys, group, psnr, ssim, nmse (and psnr_noiseless,
 ssim_noiseless, nmse_noiseless against the noiseless reference where simulated data have one), seconds, and each run's
 convergence record (``steps``, ``best_step``, ``stopped_by``, ``converged``; empty when the run recorded none;
-``samples_per_task`` as JSON when recorded).
+``samples_per_task`` as JSON when recorded; multi-task runs: each group's own selection, with ``samples_at_best``).
 
 Report sections (``evaluation.report``):
   * the study as run: description (from the study file), base config, budget policy, runs finished / in progress;
@@ -110,6 +110,8 @@ def collect(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
                 row["stopped_by"] = NOT_TRAINED  # zero-filled or a classical method: nothing to converge
             if conv.get("samples_per_task") is not None:
                 row["samples_per_task"] = json.dumps(conv["samples_per_task"], sort_keys=True)
+            if conv.get("samples_at_best") is not None:
+                row["samples_at_best"] = conv["samples_at_best"]
             rows.append(row)
     return rows
 
@@ -127,7 +129,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _task_curves(out: Path, runs: list[RunSpec], task: str) -> tuple[dict[str, list], dict[str, list]]:
     """arm -> per-seed validation curves of ``task`` (first grid point only) from the runs' ``metrics.json``, and
-    arm -> per-seed ``(best_step, steps)`` of those runs (the figure's best and stop marks)."""
+    arm -> per-seed ``(best_step, stop step)`` of those runs (the figure's best and stop marks): the task's own
+    selection where the run recorded one (``task_selection``), else the run's."""
     from mrlearn.io import read_json
     from mrlearn.study.figures import task_curves
 
@@ -141,7 +144,9 @@ def _task_curves(out: Path, runs: list[RunSpec], task: str) -> tuple[dict[str, l
         pts = task_curves(m.get("history") or [], task)
         if pts:
             curves[run.arm].append(pts)
-            marks[run.arm].append((m.get("best_step"), m.get("steps")))
+            own = (m.get("task_selection") or {}).get(task) or {}
+            marks[run.arm].append((own["best_step"], own.get("stop_step") or m.get("steps")) if "best_step" in own
+                                  else (m.get("best_step"), m.get("steps")))
     return dict(curves), dict(marks)
 
 
@@ -256,8 +261,10 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
             report.add_figure(f"Validation PSNR of '{task}' against steps and against its samples seen",
                               task_curve_figure(curves, task, marks),
                               caption="one line per seed, from each run's metrics.json history (transfer: the "
-                                      "fine-tuning phase); star: the best validation, cross: where the run stopped; a "
-                                      "curve still rising at its end was stopped while improving")
+                                      "fine-tuning phase, after its pretraining steps); star: the validation "
+                                      "this task was selected at (its own checkpoint), cross: where its stopping "
+                                      "rule fired or the run stopped; a curve still rising at its end was stopped "
+                                      "while improving")
     plt.close("all")
     try:
         shown = _examples(out, runs)
