@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "the same runs as 'mrlearn study demo'; finished runs are reused), then "
                                           "writes report.html and metrics.csv.")
     p.add_argument("--out", default=None, help="output folder (default runs/demo; runs/demo_quick with --quick)")
-    p.add_argument("--quick", action="store_true", help="a smoke test: tiny phantom data and networks (about 80 s on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="a smoke test: tiny phantom data and networks (about 40 s on 2 idle cores)")
     p.add_argument("--config", default="demo", help="demo study file (default: the shipped demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of every run, or the study's arms/seeds (as for mrlearn study)")
