@@ -49,10 +49,12 @@ class TaskSelection(Convergence):
     """One best checkpoint and one stopping rule per task (see the module docstring).
 
     ``base``: the run's ``Convergence`` (fresh, before any validation), whose settings every task takes;
-    ``monitors``: task name -> the metric its module logs for that task (same direction as ``base.mode``).
+    ``monitors``: task name -> the metric its module logs for that task (same direction as ``base.mode``);
+    ``rules``: task name -> a fresh ``Convergence`` whose settings (mode, patience, ``min_delta``, ...) that task
+    takes instead of ``base``'s (tasks whose metrics have different units, e.g. PSNR and Dice).
     """
 
-    def __init__(self, base: Convergence, monitors: dict[str, str]):
+    def __init__(self, base: Convergence, monitors: dict[str, str], rules: dict[str, Convergence] | None = None):
         super().__init__(base.monitor, base.mode)
         self.__dict__.update(copy.deepcopy(base.__dict__))  # every setting of the run's rule, now or added later
         for name in monitors:
@@ -61,7 +63,7 @@ class TaskSelection(Convergence):
                                   "use letters, digits, '_', '.' or '-'")
         self.tasks: dict[str, Convergence] = {}
         for name, metric in monitors.items():
-            conv = copy.deepcopy(base)
+            conv = copy.deepcopy((rules or {}).get(name, base))
             conv.monitor = metric
             self.tasks[name] = conv
         self.stop_at: dict[str, list[int] | None] = dict.fromkeys(monitors)  # [step, epoch, samples]
@@ -190,11 +192,12 @@ class TaskSelection(Convergence):
         return own + [list(a) for a in self.after[name]]
 
 
-def use_task_selection(trainer: L.Trainer, monitors: dict[str, str]) -> TaskSelection:
-    """Put a :class:`TaskSelection` with ``monitors`` in place of ``trainer``'s ``Convergence`` (same settings and
-    the same place among the callbacks); returns it."""
+def use_task_selection(trainer: L.Trainer, monitors: dict[str, str],
+                       rules: dict[str, Convergence] | None = None) -> TaskSelection:
+    """Put a :class:`TaskSelection` with ``monitors`` (and per-task ``rules``) in place of ``trainer``'s
+    ``Convergence`` (same settings and the same place among the callbacks); returns it."""
     for i, cb in enumerate(trainer.callbacks):
         if type(cb) is Convergence:
-            trainer.callbacks[i] = TaskSelection(cb, monitors)
+            trainer.callbacks[i] = TaskSelection(cb, monitors, rules)
             return trainer.callbacks[i]
     raise RuntimeError("the trainer has no Convergence callback to replace")

@@ -1,4 +1,5 @@
-"""Report figures shared by the demo and study reports: example slices with error maps, and training curves.
+"""Report figures shared by the demo and study reports: example slices with error maps, training curves, and label
+overlays (:func:`label_overlay_figure`: reference and predicted class labels over the image, with each slice's Dice).
 
 :func:`example_figure`: per shown slice one row of images (target, then each method) on one grey scale
 ``[0, max]`` of that row, with the slice's PSNR and SSIM under each method (fastMRI metrics of that slice with
@@ -173,3 +174,50 @@ def curves_figure(curves: Sequence[Curve], metrics: Sequence[tuple[str, str]] = 
 
 
 __all__ = ["Curve", "ExampleSlice", "curves_figure", "example_figure", "score_text", "slice_scores"]
+
+
+@dataclass
+class LabelSlice:
+    """One slice for :func:`label_overlay_figure`: the ``image`` ``[h, w]`` drawn underneath, the reference
+    ``labels`` ``[h, w]`` (integers, 0 background, -1 unlabelled) and each arm's labels ``[(arm, [h, w])]``."""
+
+    title: str
+    image: np.ndarray
+    labels: np.ndarray
+    arms: list[tuple[str, np.ndarray]]
+
+
+def _overlay(ax: Any, image: np.ndarray, labels: np.ndarray) -> None:
+    """``image`` in grey with every foreground class in its own colour (tab10, alpha 0.45) on top."""
+    plt = _plt()
+    ax.imshow(_magnitude(image), cmap="gray")
+    lab = np.asarray(labels).astype(np.int64)
+    shown = np.ma.masked_where(lab <= 0, lab)  # background and unlabelled pixels stay grey
+    ax.imshow(shown, cmap=plt.get_cmap("tab10", 10), vmin=0, vmax=9, alpha=0.45, interpolation="nearest")
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def label_overlay_figure(slices: Sequence[LabelSlice]):
+    """Per slice one row: the reference labels, then each arm's labels, over the image; under each arm its mean
+    foreground Dice on that slice (classes present in either map; :mod:`mrlearn.evaluation.segmentation`)."""
+    from mrlearn.evaluation.segmentation import dice_per_class, mean_foreground
+
+    plt = _plt()
+    slices = list(slices)
+    ncols = max(1 + len(s.arms) for s in slices)
+    fig, axes = plt.subplots(len(slices), ncols, figsize=(2.4 * ncols, 2.7 * len(slices)), squeeze=False)
+    for r, s in enumerate(slices):
+        ref = np.asarray(s.labels).astype(np.int64)
+        classes = int(max([ref.max(), *[np.asarray(a).max() for _, a in s.arms]])) + 1
+        _overlay(axes[r][0], s.image, ref)
+        axes[r][0].set_title(f"{s.title}\nreference labels", fontsize=8)
+        for c, (arm, lab) in enumerate(s.arms, 1):
+            pred = np.asarray(lab).astype(np.int64)
+            _overlay(axes[r][c], s.image, pred)
+            axes[r][c].set_title(arm, fontsize=8)
+            dice = mean_foreground(dice_per_class(pred, ref, classes))
+            axes[r][c].set_xlabel(f"Dice {dice:.3f}" if dice == dice else "Dice -", fontsize=7)
+        for c in range(1 + len(s.arms), ncols):
+            axes[r][c].axis("off")
+    fig.tight_layout()
+    return fig

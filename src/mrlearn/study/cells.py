@@ -1,7 +1,8 @@
 """``cells.csv``: one number per (run, group, metric, subject) - what every study interval and verdict is computed from.
 
 A cell is the mean over one subject's scored slices of one metric (``psnr``, ``ssim``, ``nmse``; fastMRI
-conventions, per slice with the volume's peak) in one run (arm, grid point, seed) and group. Columns::
+conventions, per slice with the volume's peak; and any other per-slice metric of ``slices.csv``, e.g. ``dice``) in
+one run (arm, grid point, seed) and group. Columns::
 
     run_id, arm, <grid keys>, seed, group, metric, subject, value, slices
 
@@ -36,8 +37,15 @@ def csv_point(run: RunSpec) -> dict[str, Any]:
 
 
 def run_cells(run: RunSpec, slices: list[dict[str, Any]],
-              metrics: Sequence[str] = SLICE_METRICS) -> list[dict[str, Any]]:
-    """The cells of one run from its per-slice rows (``study.results.read_slices``)."""
+              metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The cells of one run from its per-slice rows (``study.results.read_slices``); ``metrics``: default
+    :data:`SLICE_METRICS` and every other numeric metric column of the rows."""
+    if metrics is None:
+        from mrlearn.study.results import SLICE_IDS
+
+        found = {k for r in slices for k, v in r.items() if k not in SLICE_IDS and not k.endswith("_noiseless")
+                 and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = [*SLICE_METRICS, *sorted(found - set(SLICE_METRICS))]
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r in slices:
         for m in metrics:

@@ -6,7 +6,8 @@
   ``D[seed, subject] = cell(arm) - cell(baseline)`` (same grid point, seed, group and subject; a pair whose slice
   counts differ is a missing cell), their mean and unadjusted 95 % interval, the t test's df and p, and the
   Holm-adjusted p over the study's family (every comparison whose verdict is not blocked by the rules of
-  ``study.stats``), with the verdict from the adjusted p.
+  ``study.stats``, of every compared metric: ``summary.verdict_metrics``, default PSNR), with the verdict from the
+  adjusted p.
 """
 
 from __future__ import annotations
@@ -86,10 +87,35 @@ def _flag(value: Any) -> bool:
 
 
 def paired_differences(cells: Cells, runs: list[RunSpec], baseline: str, rows: list[dict[str, Any]] | None = None,
-                       metric: str = "psnr", stopping_sensitive: Sequence[str] = ()) -> list[dict[str, Any]]:
+                       metric: str = "psnr", stopping_sensitive: Sequence[str] = (),
+                       metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Every arm against ``baseline`` (see the module docstring); ``stopping_sensitive``: arms whose verdicts are
     blocked because their result depends on when training stopped (also read from a truthy ``stopping_sensitive``
-    column of the ``rows``, per grid point and group)."""
+    column of the ``rows``, per grid point and group). ``metrics`` (default ``[metric]``): every per-slice metric
+    compared (e.g. ``[psnr, dice]``); with several, each entry has a ``metric`` column, the difference is ``d_mean``
+    (else ``d<metric>_mean``) and the Holm family is every comparison of every metric."""
+    names = list(metrics) if metrics else [metric]
+    table: list[dict[str, Any]] = []
+    for name in names:
+        part = _metric_table(cells, runs, baseline, rows, name, stopping_sensitive)
+        if len(names) > 1:  # one table of several metrics: the difference in one column, d_mean
+            part = [{"metric": name, **{("d_mean" if k == f"d{name}_mean" else k): v for k, v in t.items()}}
+                    for t in part]
+        table.extend(part)
+    family = [t for t in table if t["_family"]]
+    for t, p_adj in zip(family, holm([t["p"] for t in family])):
+        t["p_holm"] = p_adj
+        t["verdict"] = verdict(t["ci95_low"], t["ci95_high"], t["subjects"], t["seeds"], *t["_args"],
+                               p_adjusted=p_adj)
+    for t in table:
+        t["family"] = len(family)
+        del t["_args"], t["_family"]
+    return table
+
+
+def _metric_table(cells: Cells, runs: list[RunSpec], baseline: str, rows: list[dict[str, Any]] | None,
+                  metric: str, stopping_sensitive: Sequence[str]) -> list[dict[str, Any]]:
+    """The comparisons of one metric, before the Holm adjustment (``_args``, ``_family``: for the verdict)."""
     by_id = {r.run_id: r for r in runs}
     conv: dict[tuple, list[Any]] = defaultdict(list)  # (arm, point, group) -> converged per run
     stops: dict[tuple, list[Any]] = defaultdict(list)  # (arm, point, group) -> stopped_by per run
@@ -134,12 +160,4 @@ def paired_differences(cells: Cells, runs: list[RunSpec], baseline: str, rows: l
                       "p_holm": math.nan, "convergence": Strong(note) if bad else (note or "both converged"),
                       "verdict": "no verdict: " + "; ".join(why) if why else "",
                       "_args": (bad, unknown, touchy), "_family": not why})
-    family = [t for t in table if t["_family"]]
-    for t, p_adj in zip(family, holm([t["p"] for t in family])):
-        t["p_holm"] = p_adj
-        t["verdict"] = verdict(t["ci95_low"], t["ci95_high"], t["subjects"], t["seeds"], *t["_args"],
-                               p_adjusted=p_adj)
-    for t in table:
-        t["family"] = len(family)
-        del t["_args"], t["_family"]
     return table

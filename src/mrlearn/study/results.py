@@ -3,8 +3,9 @@
 ``OUT/runs/<run id>/``:
   ``result.json``   written last (atomic): status ``finished``, run id, arm, seed, grid point, per-group metrics,
                     seconds, the convergence record per group and anything else the runner reports (``extra``);
-  ``slices.csv``    per-slice metrics (group, fname, slice, psnr, ssim, nmse, subject) when the runner gives them;
-                    ``subject`` is the file's ``patient_id`` (``study.subjects``; empty: the subject is the file);
+  ``slices.csv``    per-slice metrics (group, fname, slice, psnr, ssim, nmse, subject, then any other numeric
+                    per-slice metric the runner gives, e.g. ``dice``) when the runner gives them; ``subject`` is the
+                    file's ``patient_id`` (``study.subjects``; empty: the subject is the file);
   ``examples.npz``  example images per group (``<group>/target``, ``<group>/input``, ``<group>/output``).
 
 Convergence record (the engine writes it into each trained run's ``metrics.json``): ``steps`` (optimiser steps
@@ -30,6 +31,15 @@ import numpy as np
 from mrlearn.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 
 SLICE_FIELDS = ("group", "fname", "slice", "psnr", "ssim", "nmse", "subject")
+#: the columns of ``slices.csv`` that name a slice; every other column is a metric
+SLICE_IDS = ("group", "fname", "slice", "subject")
+
+
+def slice_fields(rows: list[dict[str, Any]]) -> list[str]:
+    """:data:`SLICE_FIELDS`, then the other numeric per-slice metrics found in ``rows`` (sorted)."""
+    extra = sorted({k for r in rows for k, v in r.items() if k not in SLICE_FIELDS and not k.endswith("_noiseless")
+                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return [*SLICE_FIELDS, *extra]
 CONVERGENCE_FIELDS = ("steps", "best_step", "stopped_by", "converged", "monitor", "best_score")
 
 
@@ -109,7 +119,7 @@ def write_outcome(run_dir: Path, run: Any, outcome: RunOutcome, seconds: float, 
     override it applied to the base config."""
     if outcome.slices:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(SLICE_FIELDS), extrasaction="ignore")
+        writer = csv.DictWriter(buf, fieldnames=slice_fields(outcome.slices), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(outcome.slices)
         atomic_write_text(run_dir / "slices.csv", buf.getvalue())
@@ -146,8 +156,10 @@ def read_slices(run_dir: Path) -> list[dict[str, Any]]:
     for r in rows:
         r["slice"] = int(r["slice"])
         r["subject"] = r.get("subject") or r["fname"]
-        for k in ("psnr", "ssim", "nmse"):
+        for k in [k for k in r if k not in SLICE_IDS]:  # psnr, ssim, nmse and a runner's own (e.g. dice)
             r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
+        for k in ("psnr", "ssim", "nmse"):
+            r.setdefault(k, float("nan"))
     return rows
 
 

@@ -20,6 +20,7 @@ A study file (safe YAML, :mod:`mrlearn.yamlfile`)::
       fraction_key: tasks.tasks.1.slice_fraction   # x axis of the "metric vs fraction" plot
       scarce_task: t2         # task (group) shown in that plot and in its validation curves
       metrics: [psnr, ssim, nmse]   # the report's table (default); a runner's own, e.g. [rmse_Dstar, std_Dstar]
+      verdict_metrics: [psnr]       # per-slice metrics compared against the baseline (default psnr); one Holm family
 
 Run ids are ``<arm>[__<key>-<label>...]__seed<k>`` (file-name safe; :func:`value_label`: a scalar or list as
 written, a mapping by its values, ``name`` first, e.g. ``mask-random_4_0.08_fixed_per_slice``; long labels are
@@ -59,7 +60,7 @@ STUDY_KEYS = ("name", "base", "set", "seeds", "grid", "arms", "runner", "summary
 SETTABLE = ("seeds", "grid", "arms", "runner", "summary", "budget", "resources", "stopping_check")
 BUDGETS = ("to_convergence", "equal_steps", "equal_samples_per_task", "equal_wall_time")
 RESOURCE_KEYS = ("cpus", "gpus")
-SUMMARY_KEYS = ("baseline", "fraction_key", "scarce_task", "metrics", "examples")
+SUMMARY_KEYS = ("baseline", "fraction_key", "scarce_task", "metrics", "examples", "verdict_metrics")
 
 
 @dataclass
@@ -239,6 +240,10 @@ def study_from_dict(raw: Any, where: str, base_dir: Path | None = None) -> Study
     if summary.get("baseline") is not None:
         _check(summary["baseline"] in arms, f"{where}: summary.baseline", f"arm {summary['baseline']!r} is not in arms",
                f"choose one of: {', '.join(arms)}, or --set summary.baseline=null for no paired differences")
+    vm = summary.get("verdict_metrics")
+    _check(vm is None or (isinstance(vm, list) and vm and all(isinstance(m, str) and m for m in vm)
+                          and len(set(vm)) == len(vm)), f"{where}: summary.verdict_metrics",
+           f"expected a non-empty list of distinct metric names, got {vm!r}", "e.g. [psnr, dice]")
     budget = raw.get("budget")
     _check(budget is None or budget in BUDGETS, f"{where}: budget", f"unknown budget policy {budget!r}",
            f"choose one of: {', '.join(BUDGETS)}")

@@ -9,15 +9,17 @@ never ``lr_patience``: the decay schedule stays, the window after it grows). A c
 with the id ``<run id>__check``: its own folder under ``OUT/runs``, resumable and skipped when finished. Runs are
 seeded, so the check follows the original run's trajectory up to its stop and then trains on.
 
-For the study's primary metric (the first of ``summary.metrics``, PSNR by default), per arm, grid point and group:
-``difference`` = mean over the checked seeds of ``score(check) - score(run)``; ``tolerance`` = max(``tolerance_db``,
-``tolerance_fraction`` x the width of the arm's 95 % interval against the baseline (the narrowest over its
-comparisons for the baseline arm itself; ``tolerance_db`` alone where no interval exists). ``tolerance_db`` is in the
-primary metric's units (dB for PSNR). An arm with ``|difference| > tolerance`` is **stopping-sensitive**: a
-``stopping_sensitive`` column of ``study.csv`` says so and its comparisons get no verdict.
+For every verdict metric (``summary.verdict_metrics``; without it the study's primary metric, the first of
+``summary.metrics``, PSNR by default), per arm, grid point and group: ``difference`` = mean over the checked seeds of
+``score(check) - score(run)``; ``tolerance`` = max(floor, ``tolerance_fraction`` x the width of the arm's 95 %
+interval of that metric against the baseline (the narrowest over its comparisons for the baseline arm itself; the
+floor alone where no interval exists). The floor is ``tolerances[metric]`` where given (e.g. ``{dice: 0.01}``), else
+``tolerance_db`` (in the primary metric's units: dB for PSNR). An arm with ``|difference| > tolerance`` on any checked
+metric is **stopping-sensitive**: a ``stopping_sensitive`` column of ``study.csv`` says so and all its comparisons
+get no verdict.
 
-Study option: ``stopping_check: {seeds: 1, factor: 2, tolerance_db: 0.1, tolerance_fraction: 0.25}`` - on by
-default for ``budget: to_convergence``, off for other budgets; ``stopping_check: null`` turns it off.
+Study option: ``stopping_check: {seeds: 1, factor: 2, tolerance_db: 0.1, tolerance_fraction: 0.25, tolerances: {}}``
+- on by default for ``budget: to_convergence``, off for other budgets; ``stopping_check: null`` turns it off.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Callable
 
 from mrlearn.errors import input_error
 
-DEFAULTS = {"seeds": 1, "factor": 2.0, "tolerance_db": 0.1, "tolerance_fraction": 0.25}
+DEFAULTS = {"seeds": 1, "factor": 2.0, "tolerance_db": 0.1, "tolerance_fraction": 0.25, "tolerances": {}}
 #: config keys scaled by ``factor`` in a check run (patience windows and caps, wherever they appear)
 SCALED = ("patience", "patience_samples", "block_patience", "max_steps", "max_epochs", "max_time", "max_samples",
           "epochs_per_block", "max_iter")
@@ -49,6 +51,12 @@ def parse_stopping_check(value: Any, budget: str | None, where: str) -> dict[str
         raise input_error(f"{where}: stopping_check", f"expected null or a mapping with keys {', '.join(DEFAULTS)}",
                           "e.g. stopping_check: {seeds: 1, factor: 2, tolerance_db: 0.1, tolerance_fraction: 0.25}")
     out = {**DEFAULTS, **value}
+    tol = out["tolerances"]
+    if not isinstance(tol, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                                            and math.isfinite(v) and v >= 0 for k, v in tol.items()):
+        raise input_error(f"{where}: stopping_check.tolerances", f"{tol!r} is not a mapping of metric names to numbers >= 0",
+                          "e.g. tolerances: {dice: 0.01}")
+    out["tolerances"] = {k: float(v) for k, v in tol.items()}
     for key, low in (("seeds", 1), ("factor", 1), ("tolerance_db", 0), ("tolerance_fraction", 0)):
         v = out[key]
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
@@ -139,10 +147,19 @@ def _score(out: Path, run_id: str, group: str, metric: str) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def _widths(comparisons: list[dict[str, Any]], baseline: str | None) -> dict[tuple[str, str, str], float]:
-    """(arm, point label, group) -> interval width of its comparison; the baseline: its narrowest one."""
+def check_metrics(spec: Any) -> list[str]:
+    """The metrics the check compares: ``summary.verdict_metrics``, else the primary metric (first of
+    ``summary.metrics``, PSNR by default)."""
+    return list(spec.summary.get("verdict_metrics") or [(spec.summary.get("metrics") or ["psnr"])[0]])
+
+
+def _widths(comparisons: list[dict[str, Any]], baseline: str | None, metric: str,
+            several: bool) -> dict[tuple[str, str, str], float]:
+    """(arm, point label, group) -> interval width of its comparison on ``metric``; the baseline: its narrowest one."""
     widths: dict[tuple[str, str, str], float] = {}
     for c in comparisons:
+        if several and c.get("metric", metric) != metric:
+            continue
         w = float(c.get("ci95_high", math.nan)) - float(c.get("ci95_low", math.nan))
         if not w == w:
             continue
@@ -155,40 +172,57 @@ def _widths(comparisons: list[dict[str, Any]], baseline: str | None) -> dict[tup
 
 def stopping_table(spec: Any, out: Path, runs: list, rows: list[dict[str, Any]],
                    comparisons: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The check's table (one entry per checked arm, grid point and group) and, in place, each study row's
-    ``stopping_sensitive`` (True/False where checked, None elsewhere). ``comparisons()`` gives the paired
-    differences against the baseline (their interval widths set the tolerances). Empty when nothing was checked."""
+    """The check's table (one entry per checked metric, arm, grid point and group) and, in place, each study row's
+    ``stopping_sensitive`` (True/False where checked - True when any checked metric is sensitive -, None
+    elsewhere). ``comparisons()`` gives the paired differences against the baseline (their interval widths set the
+    tolerances; with several metrics each carries ``metric``). Empty when nothing was checked."""
     from mrlearn.study.compare import point_label
 
     settings = getattr(spec, "stopping_check", None)
     if not settings:
         return []
-    metric = (spec.summary.get("metrics") or ["psnr"])[0]
+    metrics = check_metrics(spec)
+    several = len(metrics) > 1
     by_id = {r.run_id: r for r in runs}
-    pairs: dict[tuple[str, str, str], list[tuple[int, float, float]]] = {}
+    pairs: dict[tuple[str, str, str], list[tuple[int, str]]] = {}
     for row in rows:
         run = by_id.get(row["run_id"])
         if run is None or not (out / "runs" / (run.run_id + SUFFIX) / "result.json").is_file():
             continue
-        check = _score(out, run.run_id + SUFFIX, row["group"], metric)
-        key = (run.arm, point_label(run.point), row["group"])
-        pairs.setdefault(key, []).append((run.seed, _score(out, run.run_id, row["group"], metric), check))
+        pairs.setdefault((run.arm, point_label(run.point), row["group"]), []).append((run.seed, run.run_id))
     if not pairs:
         return []
-    widths = _widths(comparisons(), spec.summary.get("baseline"))
-    table, sensitive = [], {}
-    for (arm, point, group), items in pairs.items():
-        diffs = [c - s for _, s, c in items if c == c and s == s]
-        diff = sum(diffs) / len(diffs) if diffs else math.nan
-        width = widths.get((arm, point, group), math.nan)
-        tol = max(float(settings["tolerance_db"]), float(settings["tolerance_fraction"]) * width if width == width else 0.0)
-        flag = bool(abs(diff) > tol) if diff == diff else None
-        sensitive[(arm, point, group)] = flag
-        table.append({"arm": arm, "point": point, "group": group, "seeds": ", ".join(str(s) for s, _, _ in items),
-                      metric: sum(s for _, s, _ in items) / len(items),
-                      f"{metric}_at_x{settings['factor']:g}": sum(c for _, _, c in items) / len(items),
-                      "difference": diff, "tolerance": tol, "interval_width": width,
-                      "sensitive": "-" if flag is None else ("yes" if flag else "no")})
+    compared = comparisons()
+    table: list[dict[str, Any]] = []
+    sensitive: dict[tuple[str, str, str], bool | None] = {}
+    factor = f"x{settings['factor']:g}"
+    for metric in metrics:
+        widths = _widths(compared, spec.summary.get("baseline"), metric, several)
+        floor = float((settings.get("tolerances") or {}).get(metric, settings["tolerance_db"]))
+        for (arm, point, group), ids in pairs.items():
+            items = [(seed, _score(out, rid, group, metric), _score(out, rid + SUFFIX, group, metric)) for seed, rid in ids]
+            diffs = [c - s for _, s, c in items if c == c and s == s]
+            if several and not diffs:
+                continue  # this arm does not report the metric (e.g. no image metrics)
+            diff = sum(diffs) / len(diffs) if diffs else math.nan
+            width = widths.get((arm, point, group), math.nan)
+            tol = max(floor, float(settings["tolerance_fraction"]) * width if width == width else 0.0)
+            flag = bool(abs(diff) > tol) if diff == diff else None
+            key = (arm, point, group)
+            if flag is not None:
+                sensitive[key] = bool(sensitive.get(key)) or flag
+            else:
+                sensitive.setdefault(key, None)
+            entry = {"arm": arm, "point": point, "group": group, "seeds": ", ".join(str(s) for s, _, _ in items)}
+            if several:
+                entry.update({"metric": metric, "score": sum(s for _, s, _ in items) / len(items),
+                              f"score_at_{factor}": sum(c for _, _, c in items) / len(items)})
+            else:
+                entry.update({metric: sum(s for _, s, _ in items) / len(items),
+                              f"{metric}_at_{factor}": sum(c for _, _, c in items) / len(items)})
+            entry.update({"difference": diff, "tolerance": tol, "interval_width": width,
+                          "sensitive": "-" if flag is None else ("yes" if flag else "no")})
+            table.append(entry)
     for row in rows:
         run = by_id.get(row["run_id"])
         if run is not None:
@@ -198,9 +232,12 @@ def stopping_table(spec: Any, out: Path, runs: list, rows: list[dict[str, Any]],
 
 def caption(spec: Any) -> str:
     s = spec.stopping_check
-    metric = (spec.summary.get("metrics") or ["psnr"])[0]
+    metrics = check_metrics(spec)
+    named = ", ".join(metrics)
+    floors = ", ".join(f"{m}: {float((s.get('tolerances') or {}).get(m, s['tolerance_db'])):g}" for m in metrics)
     return (f"Seed(s) {', '.join(str(x) for x in list(spec.seeds)[: s['seeds']])} of every trained arm run again with "
-            f"every patience and cap x{s['factor']:g} (run ids <run id>{SUFFIX}). difference = {metric} at x"
-            f"{s['factor']:g} minus {metric} as run (mean over the checked seeds); tolerance = max({s['tolerance_db']:g}, "
-            f"{s['tolerance_fraction']:g} x the width of the arm's 95 % interval against the baseline). Sensitive arms "
-            "(|difference| > tolerance) get no verdict: their result depends on when training stopped.")
+            f"every patience and cap x{s['factor']:g} (run ids <run id>{SUFFIX}). difference = score at x"
+            f"{s['factor']:g} minus score as run ({named}; mean over the checked seeds); tolerance = max(floor "
+            f"({floors}), {s['tolerance_fraction']:g} x the width of the arm's 95 % interval against the baseline). "
+            "Sensitive arms (|difference| > tolerance on any checked metric) get no verdict: their result depends "
+            "on when training stopped.")

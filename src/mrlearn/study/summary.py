@@ -178,6 +178,27 @@ def _examples(out: Path, runs: list[RunSpec]) -> list[Any]:
     return shown
 
 
+def _overlays(out: Path, runs: list[RunSpec]) -> list[Any]:
+    """Per group: the target image, its reference labels and each arm's labels of the example slice (first grid
+    point, first seed) where the runs saved them (``<group>/labels``, ``<group>/seg`` in ``examples.npz``)."""
+    from mrlearn.evaluation.figures import LabelSlice
+
+    first_point = runs[0].point if runs else {}
+    seed0 = min(r.seed for r in runs) if runs else 0
+    found: dict[str, dict[str, Any]] = defaultdict(lambda: {"arms": []})
+    for run in (r for r in runs if r.point == first_point and r.seed == seed0):
+        path = out / "runs" / run.run_id / "examples.npz"
+        if not path.is_file():
+            continue
+        with np.load(path) as data:
+            for group in sorted({k.split("/", 1)[0] for k in data.files}):
+                if f"{group}/labels" in data.files and f"{group}/seg" in data.files:
+                    found[group].setdefault("image", data[f"{group}/target"])
+                    found[group].setdefault("labels", data[f"{group}/labels"])
+                    found[group]["arms"].append((run.arm, data[f"{group}/seg"]))
+    return [LabelSlice(g, f["image"], f["labels"], f["arms"]) for g, f in sorted(found.items()) if f["arms"]]
+
+
 def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequence[str] = ()) -> Path:
     """``study.csv`` and ``report.html`` from the finished runs in ``out``; returns the report path."""
     import matplotlib
@@ -195,8 +216,10 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
         write_csv(out / CELLS_FILE, cells)
     index = cell_index(cells)
     base_arm = spec.summary.get("baseline")
+    compared = spec.summary.get("verdict_metrics") or ["psnr"]  # one Holm family over every compared metric
     stopping = stopping_table(spec, out, runs, rows,  # sets each row's stopping_sensitive (study.stopping_check)
-                              lambda: paired_differences(index, runs, base_arm, rows=rows) if base_arm else [])
+                              lambda: paired_differences(index, runs, base_arm, rows=rows, metrics=compared)
+                              if base_arm else [])
     if stopping:
         write_csv(out / "study.csv", rows)
         write_csv(out / "stopping_check.csv", stopping)
@@ -228,19 +251,27 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
     report.add_table("Metrics per arm and group", aggregate(rows, grid_keys, index if cells else None, metrics), cols, caption=caption)
     baseline = spec.summary.get("baseline")
     if baseline:
-        diffs = paired_differences(index, runs, baseline, rows=rows)
+        diffs = paired_differences(index, runs, baseline, rows=rows, metrics=compared)
         if diffs:
             write_csv(out / "paired_differences.csv", diffs)
             m = diffs[0]["family"]
-            report.add_table(f"Paired PSNR difference against '{baseline}' (unadjusted 95 % interval; verdicts "
-                             f"Holm-adjusted over {m} comparison{'s' if m != 1 else ''})", diffs,
-                             caption="d = PSNR(arm) - PSNR(baseline) (dB), one cell per seed and subject: the mean over "
-                                     "the subject's slices (same grid point, seed and group); interval: crossed "
-                                     "random effects (seeds x subjects), t with Satterthwaite df (df); p: its t test "
-                                     f"of d = 0; p_holm: Holm-adjusted over the study's {m} comparison(s) that may "
-                                     f"have a verdict (family). A verdict needs both arms converged and not "
-                                     f"stopping-sensitive, at least {MIN_SUBJECTS} subjects and {MIN_SEEDS} seeds; "
-                                     f"it is better/worse when p_holm <= {ALPHA}.")
+            over = f" of {', '.join(compared)}" if len(compared) > 1 else ""
+            for metric in compared:
+                part = [d for d in diffs if d.get("metric", metric) == metric]
+                if not part:
+                    continue
+                name = metric.upper() if metric in ("psnr", "ssim", "nmse") else metric.capitalize()
+                unit = " (dB)" if metric == "psnr" else ""
+                report.add_table(f"Paired {name} difference against '{baseline}' (unadjusted 95 % interval; verdicts "
+                                 f"Holm-adjusted over {m} comparison{'s' if m != 1 else ''}{over})", part,
+                                 caption=f"d = {name}(arm) - {name}(baseline){unit}, one cell per seed and subject: the "
+                                         "mean over the subject's slices (same grid point, seed and group); interval: "
+                                         "crossed random effects (seeds x subjects), t with Satterthwaite df (df); p: "
+                                         f"its t test of d = 0; p_holm: Holm-adjusted over the study's {m} "
+                                         f"comparison(s){over} that may have a verdict (family). A verdict needs both "
+                                         "arms converged and not stopping-sensitive, at least "
+                                         f"{MIN_SUBJECTS} subjects and {MIN_SEEDS} seeds; it is better/worse when "
+                                         f"p_holm <= {ALPHA}.")
     if stopping:
         report.add_table(f"Stopping check: scores with every patience and cap x{spec.stopping_check['factor']:g}",
                          stopping, caption=stopping_caption(spec))
@@ -276,6 +307,15 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
                 "first seed) on one grey scale per row, with the PSNR and SSIM of that slice under each image (data "
                 "range: the target volume's maximum; the slice's own where a run did not record it); below, the "
                 "absolute errors, all on one colour scale (colour bar at the bottom right)"))
+            plt.close("all")
+        overlays = _overlays(out, runs)
+        if overlays:
+            from mrlearn.evaluation.figures import label_overlay_figure
+
+            report.add_figure("Label overlays", label_overlay_figure(overlays), caption=(
+                "the same example slice per group: the reference labels and each arm's labels (first grid point, "
+                "first seed) drawn over the target image, one colour per class; under each, the slice's mean "
+                "foreground Dice against the reference"))
             plt.close("all")
     except (OSError, ValueError, KeyError) as exc:  # an image must not lose the tables
         report.add_text(f"example images could not be drawn: {exc}")
