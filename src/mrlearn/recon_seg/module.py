@@ -15,7 +15,9 @@ They are combined by ``method.weighting``, any weighting of :mod:`mrlearn.mtl.we
 :func:`mrlearn.mtl.step.multitask_backward` on the model's ``shared_parameters()``). ``method.stage``:
 ``joint`` (both losses), ``recon`` (reconstruction loss only) or ``seg`` (segmentation loss only; a
 ``recon_then_seg`` model's reconstruction network is frozen, and ``seg_input: target`` trains its segmenter on the
-reference images instead of the reconstructions: the two-step pipeline).
+reference images instead of the reconstructions: the two-step pipeline). ``seg_eval_input: target`` (with
+``seg_input: target``) also validates and applies that segmenter on the reference images (a ceiling: labels from
+the fully sampled image); the image output stays the reconstruction.
 
 Validation logs ``val_nmse``/``val_psnr``/``val_ssim`` (per volume, fastMRI) and ``val_dice`` (mean over foreground
 classes of the per-class Dice averaged over volumes; :mod:`mrlearn.recon_seg.scoring`). ``reconstruct(batch)``
@@ -60,19 +62,25 @@ class ReconSegModule(ReconModule):
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, seg_loss: str = "ce_dice",
                  weighting: dict[str, Any] | str | None = None, stage: Literal["joint", "recon", "seg"] = "joint",
                  seg_input: Literal["reconstruction", "target"] = "reconstruction",
-                 monitor: Literal["val_ssim", "val_psnr", "val_dice"] = "val_ssim"):
+                 monitor: Literal["val_ssim", "val_psnr", "val_dice"] = "val_ssim",
+                 seg_eval_input: Literal["reconstruction", "target"] = "reconstruction"):
         require_input(model, "recon_seg", ("kspace",))
         if not isinstance(getattr(model, "num_classes", None), int):
             raise input_error("model.name", f"{type(model).__name__} is not a joint reconstruction-segmentation network",
                               "choose recon_then_seg, ynet, unrolled_seg, cross_stitch or sluice")
         for key, value, choices in (("stage", stage, STAGES), ("seg_input", seg_input, ("reconstruction", "target")),
-                                    ("monitor", monitor, ("val_ssim", "val_psnr", "val_dice"))):
+                                    ("monitor", monitor, ("val_ssim", "val_psnr", "val_dice")),
+                                    ("seg_eval_input", seg_eval_input, ("reconstruction", "target"))):
             if value not in choices:
                 raise input_error(f"method.{key}", f"unknown value {value!r}", f"choose one of: {', '.join(choices)}")
         if seg_input == "target" and (stage != "seg" or not hasattr(model, "segment")):
             raise input_error("method.seg_input", "'target' trains a recon_then_seg segmenter alone (method.stage: seg)",
                               "set method.stage: seg with model.name: recon_then_seg, or seg_input: reconstruction")
+        if seg_eval_input == "target" and seg_input != "target":
+            raise input_error("method.seg_eval_input", "'target' segments the reference images, so the segmenter must "
+                              "also be trained on them", "set method.seg_input: target (stage seg, recon_then_seg)")
         super().__init__(model, loss, cfg)
+        self.seg_eval_input = seg_eval_input
         self.seg_loss_fn = SegLoss(seg_loss)
         self.stage, self.seg_input = stage, seg_input
         self.num_classes = int(model.num_classes)
@@ -105,9 +113,18 @@ class ReconSegModule(ReconModule):
 
     # ------------------------------------------------------------------ forward
     def outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(|image| / scale [B, h, w], logits [B, K, h, w])`` at the target size."""
-        out = self.model(batch["kspace"], batch["mask"], batch.get("sens_maps"))
+        """``(|image| / scale [B, h, w], logits [B, K, h, w])`` at the target size (``seg_eval_input: target``: the
+        logits of the reference image)."""
         size = tuple(batch["target"].shape[-2:])
+        if self.seg_eval_input == "target":
+            has = batch.get("has_target")
+            if has is not None and not bool(torch.as_tensor(has).all()):
+                raise input_error(f"{batch['fname'][0]}", "method.seg_eval_input: target segments the reference image, "
+                                  "which this file does not have", "give files with targets (fully sampled)")
+            image = self.model.recon(batch["kspace"], batch["mask"], batch.get("sens_maps"))
+            logits = self.model.segment(batch["target"][:, 0].float())
+            return crop_or_pad(image.abs(), size).float(), logits.float()
+        out = self.model(batch["kspace"], batch["mask"], batch.get("sens_maps"))
         return crop_or_pad(out.image.abs(), size).float(), crop_or_pad(out.seg_logits, size).float()
 
     def reconstruct(self, batch: Any) -> torch.Tensor:
