@@ -138,6 +138,7 @@ class TrainerConfig:
     max_steps: int = -1
     max_time: float | str | None = None
     devices: Union[int, str] = 1
+    num_nodes: int = 1  # machines; devices per machine x num_nodes processes (engine.cluster: SLURM, torchrun)
     strategy: str = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     precision: str = "auto"
@@ -351,6 +352,8 @@ def _validate_budget(cfg: ExperimentConfig) -> None:
     if isinstance(t.devices, int) and not isinstance(t.devices, bool) and t.devices < 1 and t.devices != -1:
         raise input_error("trainer.devices", f"{t.devices} is not a device count (>= 1, -1 for all, or 'auto')",
                           "e.g. 1")
+    if isinstance(t.num_nodes, bool) or t.num_nodes < 1:
+        raise input_error("trainer.num_nodes", f"{t.num_nodes!r} is not a node count", "e.g. 1 (this machine) or 2")
     if cfg.data.num_workers < 0:
         raise input_error("data.num_workers", f"{cfg.data.num_workers} is negative", "use 0 (load in the main process) or more")
     if cfg.out_dir is None:

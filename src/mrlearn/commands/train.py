@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from mrlearn.errors import input_error
@@ -23,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (default: the config's out_dir or runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from <run>/checkpoints/last.ckpt")
     p.add_argument("--devices", help="number of devices (processes), e.g. 2")
+    p.add_argument("--nodes", help="number of machines (trainer.num_nodes), each running --devices processes; under "
+                                   "SLURM or torchrun Lightning reads the ranks from the environment")
     p.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
     p.add_argument("--accelerator", help="cpu, gpu or auto")
     p.set_defaults(func=run)
@@ -30,10 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mrlearn.config import load_config
+    from mrlearn.engine.cluster import requeued
     from mrlearn.training.runner import train
 
     overrides = list(args.overrides)
-    for key, value in (("trainer.devices", args.devices), ("trainer.strategy", args.strategy),
+    for key, value in (("trainer.devices", args.devices), ("trainer.num_nodes", args.nodes), ("trainer.strategy", args.strategy),
                        ("trainer.accelerator", args.accelerator), ("out_dir", args.out)):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -45,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
         if not config.is_file():
             raise input_error(args.out, "no run to resume here (no config.yaml)", "check --out or start the run with --config")
     cfg = load_config(config, overrides)
-    result = train(cfg, resume=args.resume)
+    resume = args.resume
+    if not resume and requeued() and (cfg.run_dir() / "run.json").is_file():
+        resume = True  # SLURM started the job again after a pre-emption requeue: continue, never start over
+        print(f"mrlearn train: SLURM restarted the job (SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT')}); "
+              f"resuming {cfg.run_dir()}", file=sys.stderr)
+    result = train(cfg, resume=resume)
     if result.rank != 0:
         return 0
     m = result.metrics

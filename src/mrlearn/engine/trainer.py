@@ -30,6 +30,7 @@ import lightning as L
 import torch
 
 from mrlearn.engine.checkpoint import AtomicCheckpoint, PlainCheckpointIO
+from mrlearn.engine.cluster import cluster_plugins
 from mrlearn.early_stopping import DEFAULT_PATIENCE
 from mrlearn.engine.convergence import Convergence, default_mode
 from mrlearn.engine.progress import progress_callbacks
@@ -117,12 +118,50 @@ def _monitor(cfg: Any, monitor: tuple[str, str]) -> tuple[str, str, Any]:
     return name, mode, es
 
 
+#: Lightning's DDP strategy names -> the process start method
+_DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+_UNUSED = ("_find_unused_parameters_true", "_find_unused_parameters_false")
+
+
+def ddp_strategy(name: Any, accelerator: str, unused_parameters: bool = False) -> Any:
+    """The Lightning strategy for ``trainer.strategy`` ``name``: DDP names become a ``DDPStrategy`` (gloo on CPU).
+
+    ``unused_parameters``: the method leaves some trainable parameters without a gradient in some steps (greedy
+    layer-wise: the frozen blocks; multi-task loss weightings: the parameters of a task absent from a batch). DDP
+    then runs with ``find_unused_parameters=True``: a parameter unused on every process keeps ``grad = None`` (the
+    optimizer skips it, as one process does) and one unused on some processes only gets their average with zeros
+    for the others. Any other strategy (``auto``, ``fsdp``, ...) is passed to Lightning unchanged.
+    """
+    if not isinstance(name, str):
+        return name
+    base, suffix = name, ""
+    for tail in _UNUSED:
+        if name.endswith(tail):
+            base, suffix = name[: -len(tail)], tail
+    if base not in _DDP_START:
+        return name
+    if unused_parameters and suffix == _UNUSED[1]:
+        raise input_error("trainer.strategy", f"{name!r} cannot train this method: some of its parameters get no "
+                          "gradient in some steps (frozen blocks, a task absent from a batch)",
+                          f"use {base} (unused parameters are then found by DDP)")
+    find = unused_parameters or suffix == _UNUSED[0]
+    cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not (cpu or find or suffix):
+        return name
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(start_method=_DDP_START[base], find_unused_parameters=find,
+                       process_group_backend="gloo" if cpu else None)
+
+
 def make_trainer(cfg: Any, run_dir: Path, callbacks: Sequence[L.Callback] = (),
-                 monitor: tuple[str, str] = ("val_ssim", "max")) -> tuple[L.Trainer, AtomicCheckpoint]:
+                 monitor: tuple[str, str] = ("val_ssim", "max"),
+                 unused_parameters: bool = False) -> tuple[L.Trainer, AtomicCheckpoint]:
     """The Lightning Trainer for ``cfg`` with the engine's callbacks (see the module docstring).
 
     ``monitor``: the method's ``(metric, "max" | "min")`` for ``best.ckpt`` (``trainer.early_stopping.monitor``
-    replaces it when given). Returns ``(trainer, checkpoint_callback)``; the :class:`Convergence` and
+    replaces it when given). ``unused_parameters``: the method's ``ddp_unused_parameters`` (see
+    :func:`ddp_strategy`). Returns ``(trainer, checkpoint_callback)``; the :class:`Convergence` and
     :class:`GracefulStop` callbacks are in ``trainer.callbacks`` (see ``engine.convergence.convergence_record``).
     """
     t = cfg.trainer
@@ -140,11 +179,7 @@ def make_trainer(cfg: Any, run_dir: Path, callbacks: Sequence[L.Callback] = (),
     progress, bar = progress_callbacks(t.progress_bar, getattr(t, "progress_every", None), (name, mode))
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    strategy: Any = t.strategy
-    if strategy == "ddp" and (t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())):
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="gloo")
+    strategy = ddp_strategy(t.strategy, t.accelerator, unused_parameters)
     every_steps = getattr(t, "val_every_n_steps", None)
     validation = ({"val_check_interval": int(every_steps), "check_val_every_n_epoch": None} if every_steps
                   else {"check_val_every_n_epoch": t.val_every})
@@ -153,11 +188,13 @@ def make_trainer(cfg: Any, run_dir: Path, callbacks: Sequence[L.Callback] = (),
         trainer = L.Trainer(
             default_root_dir=str(run_dir), max_epochs=t.max_epochs, max_steps=t.max_steps,
             max_time=_max_time(getattr(t, "max_time", None)), devices=t.devices, accelerator=t.accelerator,
+            num_nodes=int(getattr(t, "num_nodes", 1) or 1),
             strategy=strategy, precision=resolve_precision(cfg), gradient_clip_val=t.gradient_clip_val,
             deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
             limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches, num_sanity_val_steps=0,
             use_distributed_sampler=False, enable_progress_bar=bar, enable_model_summary=False,
-            callbacks=[*callbacks, convergence, stop, *progress, ckpt], logger=logger, plugins=[PlainCheckpointIO()],
+            callbacks=[*callbacks, convergence, stop, *progress, ckpt], logger=logger,
+            plugins=[PlainCheckpointIO(), *cluster_plugins()],
             **validation,
         )
     except (ValueError, TypeError, RuntimeError) as exc:  # Lightning's MisconfigurationException is a ValueError

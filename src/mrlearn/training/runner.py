@@ -27,6 +27,7 @@ import lightning as L
 from mrlearn import registry
 from mrlearn.config import ExperimentConfig, dump_config
 from mrlearn.engine.checkpoint import AtomicCheckpoint, load_checkpoint, load_weights
+from mrlearn.engine.cluster import newest_checkpoint
 from mrlearn.engine.convergence import Convergence, convergence_record, find_callback
 from mrlearn.engine.preflight import check_targets, check_world_size, fit_errors
 from mrlearn.engine.runfolder import RunFolder
@@ -81,8 +82,12 @@ def _resume_checkpoint(run_dir: Path, resume: bool, max_epochs: int | None = Non
     last = run_dir / "checkpoints" / "last.ckpt"
     if not resume:
         return None
-    if last.is_file():
-        ckpt = load_checkpoint(last)  # empty / truncated / foreign files: one line before Lightning sees them
+    newest = newest_checkpoint(run_dir, load_checkpoint)  # last.ckpt, or a newer SLURM pre-emption checkpoint
+    if newest is None and last.is_file():
+        load_checkpoint(last)  # empty / truncated / foreign files: one line before Lightning sees them
+    if newest is not None:
+        last = newest
+        ckpt = load_checkpoint(last)
         progress = ((ckpt.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
         done = int((progress.get("current") or {}).get("completed", ckpt.get("epoch", 0)))
         if max_epochs is not None and max_epochs >= 0 and done > max_epochs:
@@ -128,9 +133,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg, init=not (resume and (run_dir / "checkpoints" / "last.ckpt").is_file()))
     datamodule = make_datamodule(cfg, module)
-    trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=getattr(module, "checkpoint_monitor", ("val_ssim", "max")))
+    trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=getattr(module, "checkpoint_monitor", ("val_ssim", "max")),
+                                    unused_parameters=getattr(module, "ddp_unused_parameters", False))
     ckpt_path = _resume_checkpoint(run_dir, resume, cfg.trainer.max_epochs) if trainer.is_global_zero else (
-        run_dir / "checkpoints" / "last.ckpt" if resume and (run_dir / "checkpoints" / "last.ckpt").is_file() else None)
+        newest_checkpoint(run_dir, load_checkpoint) if resume else None)  # the same file on every rank
     with RunFolder(run_dir, dump_config(cfg), cfg.seed, resume=resume, rank=trainer.global_rank,
                    extra={"name": cfg.name, "resumed": resume}) as run:
         if isinstance(datamodule, ReconDataModule):
