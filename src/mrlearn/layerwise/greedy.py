@@ -29,6 +29,8 @@ class GreedyModule(AdamStageModule):
     ``block_patience``) until its own validation plateau, ``epochs_per_block`` then being the block's cap."""
 
     selection = "per_block_best"
+    #: the blocks other than the current one get no gradient: DDP finds them (``engine.trainer.ddp_strategy``)
+    ddp_unused_parameters = True
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, epochs_per_block: int = 10,
                  lr_step_epochs: int = 10, lr_gamma: float = 0.5, block_patience: int | None = None,

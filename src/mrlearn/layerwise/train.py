@@ -41,7 +41,8 @@ def train(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = (), test: boo
         raise input_error("method.name", f"{cfg.method.get('name')!r} is not a layer-wise method",
                           "use layerwise_end_to_end, layerwise_greedy or layerwise_convex")
     datamodule = ReconDataModule(cfg, transform_factory=module.build_transform)
-    trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=module.checkpoint_monitor)
+    trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=module.checkpoint_monitor,
+                                    unused_parameters=getattr(module, "ddp_unused_parameters", False))
     with RunFolder(run_dir, dump_config(cfg), cfg.seed, extra={"name": cfg.name, "resumed": False},
                    rank=int(trainer.global_rank)) as folder:
         with warnings.catch_warnings():

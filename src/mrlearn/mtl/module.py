@@ -12,7 +12,10 @@ matter). Then, by weighting (``tasks.weighting``):
 Several processes (DDP): every step all-reduces the per-task sample counts, each process weights its share of
 task ``t`` by ``n_t / N_t``, so the update equals the single-process update of the global batch (automatic: the
 loss is multiplied by the world size, as DDP averages; manual: gradients are summed by ``multitask_backward``'s
-``reduce``, outside DDP's own synchronisation).
+``reduce``, outside DDP's own synchronisation). A task absent from a batch leaves its parameters without a gradient
+(``None``: the optimizer skips them); under DDP (automatic) ``ddp_unused_parameters`` makes the trainer let DDP
+find them, so one absent from the GLOBAL batch keeps ``None`` on every process too instead of an all-reduced zero
+that Adam would step.
 
 Logged per step: ``train_loss`` (sum of raw task losses), ``loss/<task>``, ``weight/<task>``; per epoch the mean
 raw loss per task feeds DWA; validation logs ``val_psnr/<task>``, ``val_ssim/<task>`` besides the means of
@@ -64,6 +67,7 @@ class MultiTaskModule(ReconModule):
                               f"set model.num_tasks: {self.model_tasks}")
         self.weighting = build_weighting(self.tasks.weighting, self.model_tasks)
         self.automatic_optimization = not self.weighting.needs_grads
+        self.ddp_unused_parameters = self.automatic_optimization  # engine.trainer.ddp_strategy: tasks absent
         self.clip_value: float | None = None  # manual optimisation clips here (set by mtl.train)
         self.file_task: dict[str, int] = {}
         self.samples_seen = [0] * len(self.task_names)
@@ -158,8 +162,8 @@ class MultiTaskModule(ReconModule):
                 total = term if total is None else total + term
             if total is None:
                 total = self.model_output_zero()
-            if _dist():  # DDP averages gradients: undo it; every parameter takes part (tasks absent on this rank)
-                total = total * torch.distributed.get_world_size() + self.model_output_zero()
+            if _dist():  # DDP averages gradients: undo it (parameters unused here are found by DDP)
+                total = total * torch.distributed.get_world_size()
             (losses,) = self._sum_over_processes(raw)
             weights = self.weighting.weights()
             out = total

@@ -96,7 +96,8 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tenso
         module.clip_value = float(cfg.trainer.gradient_clip_val)  # Lightning clips only automatic optimisation
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, gradient_clip_val=None))
     monitor = getattr(module, "checkpoint_monitor", ("val_ssim", "max"))
-    trainer, ckpt = make_trainer(cfg, run_dir, monitor=monitor)
+    trainer, ckpt = make_trainer(cfg, run_dir, monitor=monitor,
+                                 unused_parameters=getattr(module, "ddp_unused_parameters", False))
     if per_task:
         use_task_selection(trainer, task_monitors(ckpt.monitor, list(module.task_names)))
     with warnings.catch_warnings():
