@@ -1,40 +1,43 @@
 """2-process DDP on CPU (gloo) equals 1 process for every method family on the shared engine.
 
-Multi-task with a gradient-based weighting (MGDA: manual optimisation, per-task gradients summed over processes),
-self-supervised SSDU, greedy layer-wise and convex layer-wise. Each runs the same global batches once with one
-process (``batch_size = 2``) and once with two (``batch_size = 1`` each, rank r takes every other sample); the final
-weights agree to float reordering. To pay the interpreter start-up (torch + Lightning imports) three times instead of
-twelve, one interpreter fits the four families one after another, and the two DDP ranks are started here as a
-cluster launcher would (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` set: Lightning joins them instead of re-running the
-script), each fitting the four families in the same order on one process group.
+Multi-task with a gradient-based weighting (MGDA: manual optimisation, per-task gradients summed over processes;
+the loss-based weightings are in ``test_ddp_mtl_weighting.py``), self-supervised SSDU, self-distillation (anchored,
+and plain with its teacher centring), supervised unrolled (k-space loss), end-to-end, greedy (plain
+``--strategy ddp``: the trainer lets DDP find the frozen blocks) and convex layer-wise. Each runs the same global
+batches once with one process (``batch_size = 2``) and once with two (``batch_size = 1`` each, rank r takes every
+other sample); the final weights agree to float reordering. To pay the interpreter start-up (torch + Lightning
+imports) three times instead of once per family and process, one interpreter fits the families one after another,
+and the two DDP ranks are started as a cluster launcher would (``tests/helpers_ddp.py``), each fitting the families
+in the same order on one process group. (The supervised U-Net is in ``test_training_ddp.py``, qMRI networks in
+``test_ddp_qmri.py``.)
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-KINDS = ("mtl", "ssdu", "greedy", "convex")
+from helpers_ddp import launch
+
+KINDS = ("mtl", "ssdu", "distill", "distill_plain", "unrolled", "e2e", "greedy", "convex")
+BASES = {"mtl": "mtl_tiny", "ssdu": "ssl_tiny", "distill": "ssl_tiny", "distill_plain": "ssl_tiny",
+         "unrolled": "unrolled_demo", "e2e": "layerwise_end_to_end", "greedy": "layerwise_greedy",
+         "convex": "layerwise_convex"}
 
 SCRIPT = """
 import json, sys
 from mrlearn.config import load_config
 out, root, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-for kind, sets in plan:
-    base = {"mtl": "mtl_tiny", "ssdu": "ssl_tiny", "greedy": "layerwise_greedy", "convex": "layerwise_convex"}[kind]
+for kind, base, sets in plan:
     cfg = load_config(base, [f"data.root={root}", f"out_dir={out}/{kind}", "trainer.accelerator=cpu",
                              "trainer.progress_bar=false", "data.contrasts=null", "data.num_workers=0", *sets])
     if kind == "mtl":
         from mrlearn.mtl.train import train_mtl
         train_mtl(cfg)
-    elif kind == "ssdu":
+    elif kind in ("ssdu", "distill", "distill_plain", "unrolled"):
         from mrlearn.training.runner import train
         train(cfg)
     else:
@@ -46,6 +49,14 @@ SETS = {
     "mtl": ["model.cascades=2", "model.chans=4", "model.split=1", "tasks.weighting=mgda", "trainer.max_steps=2",
             "trainer.max_epochs=100", "trainer.val_every=100", "data.contrasts=null"],
     "ssdu": ["trainer.max_steps=2", "trainer.max_epochs=100", "trainer.val_every=100"],
+    "distill": ["method={name: ssl_distill, rho: 0.4, centre: [2, 2], ema_momentum: 0.5}", "trainer.max_steps=2",
+                "trainer.max_epochs=100", "trainer.val_every=100"],
+    "distill_plain": ["method={name: ssl_distill, variant: plain, rho: 0.4, centre: [2, 2], ema_momentum: 0.5}",
+                      "trainer.max_steps=2", "trainer.max_epochs=100", "trainer.val_every=100"],
+    "unrolled": ["model.cascades=2", "model.chans=4", "model.num_blocks=1", "trainer.early_stopping=null",
+                 "trainer.max_steps=2", "trainer.max_epochs=100", "trainer.val_every=100", "trainer.accelerator=cpu"],
+    "e2e": ["model.num_blocks=2", "model.hidden=4", "model.kernel_size=3", "trainer.max_epochs=2",
+            "mask={name: random, accelerations: [4], center_fractions: [0.25]}"],
     "greedy": ["model.num_blocks=2", "model.hidden=4", "model.kernel_size=3", "method.epochs_per_block=1",
                "method.block_patience=null",
                "trainer.max_epochs=2", "mask={name: random, accelerations: [4], center_fractions: [0.25]}"],
@@ -65,39 +76,17 @@ def data(tmp_path_factory) -> Path:
     return Path(simulate_dataset(tmp_path_factory.mktemp("ddpfam") / "data", opts))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _launch(folder: Path, out: str, root: Path, world: int) -> None:
     """Fit every family in ``folder / out`` with ``world`` processes (1: plain; 2: DDP ranks started here)."""
     script = folder / "fit.py"
     script.write_text(SCRIPT)
-    batch = "data.batch_size=2" if world == 1 else "data.batch_size=1"
     plan = []
     for kind in KINDS:
-        extra = [batch]
-        if world > 1:  # greedy trains a different block per stage: DDP must know some parameters get no gradient
-            strategy = "ddp_find_unused_parameters_true" if kind == "greedy" else "ddp"
-            extra += [f"trainer.devices={world}", f"trainer.strategy={strategy}"]
-        plan.append([kind, [*SETS[kind], *extra]])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    if world > 1:
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world), NODE_RANK="0")
-    args = [sys.executable, str(script), str(folder / out), str(root), json.dumps(plan)]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder,
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)} if world > 1 else env)
-             for r in range(world)]
-    for rank, proc in enumerate(procs):
-        try:
-            _, err = proc.communicate(timeout=540)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
-        assert proc.returncode == 0, f"rank {rank} of {world}: {err[-3000:]}"
+        extra = ["data.batch_size=2" if world == 1 else "data.batch_size=1"]
+        if world > 1:
+            extra += [f"trainer.devices={world}", "trainer.strategy=ddp"]
+        plan.append([kind, BASES[kind], [*SETS[kind], *extra]])
+    launch(script, [str(folder / out), str(root), json.dumps(plan)], world, folder)
 
 
 @pytest.fixture(scope="module")

@@ -52,10 +52,23 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         bt.copy_(bs)
 
 
+def _global_batch_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 0 of the batch of every process (the local mean without torch.distributed)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x.mean(dim=0)
+    parts = torch.view_as_real(x.sum(dim=0)) if x.is_complex() else x.sum(dim=0)
+    flat = torch.cat([parts.reshape(-1), torch.tensor([float(x.shape[0])], device=x.device, dtype=parts.dtype)])
+    dist.all_reduce(flat)
+    total = flat[:-1].reshape(parts.shape) / flat[-1]
+    return torch.view_as_complex(total.contiguous()) if x.is_complex() else total
+
+
 class TeacherCentre(nn.Module):
     """DINO centring for the plain variant: ``t - c`` with ``c`` the EMA (``momentum``) of the batch-mean teacher output.
 
-    Reset when the image size changes. Returns the centred teacher output and updates ``c`` (no gradient).
+    Reset when the image size changes. Returns the centred teacher output and updates ``c`` (no gradient). Under
+    torch.distributed the batch mean is over the GLOBAL batch (sums and counts all-reduced), as in one process.
     """
 
     def __init__(self, momentum: float = 0.9):
@@ -65,7 +78,7 @@ class TeacherCentre(nn.Module):
 
     @torch.no_grad()
     def forward(self, teacher_out: torch.Tensor) -> torch.Tensor:
-        mean = teacher_out.mean(dim=0)
+        mean = _global_batch_mean(teacher_out)
         if self.centre.shape != mean.shape:
             self.centre = torch.zeros_like(mean)
         out = teacher_out - self.centre
