@@ -207,7 +207,7 @@ KILL = textwrap.dedent("""
 
     make = train.make_trainer
     train.make_trainer = lambda cfg, run_dir, callbacks=(), **kw: make(cfg, run_dir, [*callbacks, KillAt()], **kw)
-    train.train_mtl(T._cfg(T.Path(sys.argv[2]), T.Path(sys.argv[3])))
+    train.train_mtl(T._cfg(T.Path(sys.argv[2]), T.Path(sys.argv[3]), sys.argv[5]))
 """)
 
 
@@ -215,23 +215,30 @@ def _without_paths(sel: dict) -> dict:
     return {t: {k: v for k, v in r.items() if k != "checkpoint"} for t, r in sel.items()}
 
 
-def test_sigkill_then_resume_restores_every_task_state(reference, data, tmp_path):
+# 3 batches per epoch: killed at step 14 with checkpoints at validations/epoch ends -> resumes from step 12 (end of
+# epoch 3); killed at step 17 with a checkpoint every 2 steps -> resumes mid-epoch from step 16
+@pytest.mark.parametrize("kill_at, every, resume_step", [(14, 0, 12), (17, 2, 16)])
+def test_sigkill_then_resume_restores_every_task_state(reference, data, tmp_path, kill_at, every, resume_step):
     from mrlearn.engine.checkpoint import load_checkpoint
     from mrlearn.mtl.train import train_mtl
 
     cfg, outcome, metrics = reference
     out = tmp_path / "killed"
-    # 3 batches per epoch; killed in epoch 4 (step 14): resumes from the end of epoch 3 (step 12)
-    proc = run_python(
-        f"import sys; sys.argv = ['x', {str(pathlib.Path(__file__).parent)!r}, {str(data)!r}, {str(out)!r}, '14']\n" + KILL)
+    every_set = f"trainer.checkpoint_every_n_steps={every}"
+    proc = run_python(f"import sys; sys.argv = ['x', {str(pathlib.Path(__file__).parent)!r}, {str(data)!r}, "
+                      f"{str(out)!r}, '{kill_at}', {every_set!r}]\n" + KILL)
     assert proc.returncode == -9, proc.stderr[-2000:]
     last = load_checkpoint(out / "checkpoints" / "last.ckpt")
-    assert last["global_step"] == 12
+    assert last["global_step"] == resume_step
     state = last["callbacks"]["TaskSelection"]["tasks"]
-    assert len(state["pd"]["convergence"]["series"]) == 4 and state["pd"]["best"]["step"] == 12
-    # the scarce task's best is at step 6 and it has asked for a cut twice (refused: pd still improves)
-    assert state["scarce"]["best"]["step"] == 6 and state["scarce"]["convergence"]["plateau"]["anchor"] == [1, 2]
-    resumed = train_mtl(_cfg(data, out), resume=True)
+    if resume_step == 12:
+        # bests at steps 9 (pd) and 6 (scarce); scarce asked for a cut at step 9 (refused: pd improved), both at 12:
+        # one cut, which restarted both windows (anchors at the 4th validation, with each task's own samples)
+        assert len(state["pd"]["convergence"]["series"]) == 4 and last["callbacks"]["TaskSelection"]["cuts"] == 1
+        assert state["pd"]["best"]["step"] == 9 and state["scarce"]["best"]["step"] == 6
+        assert state["pd"]["convergence"]["plateau"]["anchor"] == [3, 16]
+        assert state["scarce"]["convergence"]["plateau"]["anchor"] == [3, 4]
+    resumed = train_mtl(_cfg(data, out, every_set), resume=True)
     again = json.loads((out / "metrics.json").read_text())
     assert _without_paths(again["task_selection"]) == _without_paths(metrics["task_selection"])
     assert again["history"] == metrics["history"] and resumed.groups == outcome.groups

@@ -197,3 +197,24 @@ def test_max_samples_ends_each_model_when_its_task_reaches_the_count(tmp_path, d
     with pytest.raises(MrlearnError, match=r"equal_samples_per_task but run stl__seed0 has no tasks.max_samples"):
         run_study(load_study(_study(tmp_path, data, arms), ["budget=equal_samples_per_task"]), tmp_path / "o2",
                   log=lambda s: None)
+
+
+def test_every_epoch_draws_its_own_batches_and_a_resumed_epoch_skips_the_done_ones(data):
+    """Lightning sets the epoch through ``loader.batch_sampler.sampler``: the multi-task batch sampler must take it,
+    or every epoch repeats epoch 0's batches (and masks); ``resume_at`` skips the batches of the interrupted epoch."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    from mrlearn.config import load_config
+    from mrlearn.mtl.data import MultiTaskDataModule
+
+    dm = MultiTaskDataModule(load_config("mtl_tiny", [f"data.root={data}", *TINY]))
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in (0, 1):
+        _set_sampler_epoch(loader, epoch)
+        epochs.append([list(b) for b in loader.batch_sampler])
+    assert all(k[1] == e for e, batches in enumerate(epochs) for b in batches for k in b)  # the epoch reaches the keys
+    assert [[k[0] for k in b] for b in epochs[0]] != [[k[0] for k in b] for b in epochs[1]]
+    dm.resume_at(len(loader.batch_sampler) + 1)  # 1 epoch and 1 batch done
+    resumed = [list(b) for b in dm.train_dataloader().batch_sampler]
+    assert resumed == epochs[1][1:]

@@ -102,9 +102,21 @@ class MultiTaskBatchSampler(Sampler):
         else:
             self.counts = stratified_counts(self.batch_size, ratio or [1.0] * len(sizes))
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    @property
+    def sampler(self) -> "MultiTaskBatchSampler":
+        """Itself: Lightning sets each epoch through ``loader.batch_sampler.sampler.set_epoch`` (it never calls the
+        batch sampler's own), so without this every epoch would repeat epoch 0's batches."""
+        return self
+
+    def resume_at(self, global_step: int) -> None:
+        """Skip what a run that stopped after ``global_step`` optimizer steps (one per batch) already trained on."""
+        n = len(self)
+        self._resume = (global_step // n, global_step % n) if n else None
 
     def __len__(self) -> int:
         if self.strategy == "shuffled":
@@ -132,7 +144,10 @@ class MultiTaskBatchSampler(Sampler):
         return out
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for batch in self.batches(self.epoch):
+        skip = 0
+        if self._resume is not None:  # the iterator may be created before Lightning calls set_epoch
+            (self.epoch, skip), self._resume = self._resume, None
+        for batch in self.batches(self.epoch)[skip:]:
             yield [(int(i), self.epoch) for i in batch[self.rank :: self.world]]
 
 
@@ -167,6 +182,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.mask_func = registry.build("mask", {k: v for k, v in cfg.mask.items() if k != "fixed_per_slice"}, "mask")
         self.datasets: dict[str, MultiTaskDataset] = {}
         self.train_sampler: MultiTaskBatchSampler | None = None
+        self._resume_step: int | None = None
+
+    def resume_at(self, global_step: int) -> None:
+        """Make the training sampler skip the batches a resumed run already did (mid-epoch checkpoints)."""
+        self._resume_step = int(global_step)
 
     def dataset(self, split: str) -> MultiTaskDataset:
         if split not in self.datasets:
@@ -200,6 +220,9 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.train_sampler = self.make_train_sampler()
+        if self._resume_step:
+            self.train_sampler.resume_at(self._resume_step)
+            self._resume_step = None
         return self._loader(self.dataset("train"), batch_sampler=self.train_sampler)
 
     def eval_loader(self, split: str, all_volumes: bool = False) -> DataLoader:

@@ -13,9 +13,8 @@ the engine's convergence record (``steps``, ``best_step``, ``stopped_by``, ``con
 the models of a single-task run (``per_task_runs`` keeps each) or the two transfer phases (``phases``), and
 ``task_selection``: per task its own best step, samples seen at best, stop, ``stopped_by`` and ``converged``
 (study.csv shows these per group). ``train_mtl(cfg, resume=True)`` continues every fit from its
-``checkpoints/last.ckpt`` (weights, optimizer, loop counters, every task's selection state); checkpoints are
-written at validations and epoch ends (``trainer.checkpoint_every_n_steps: 0``), where a resumed run equals an
-uninterrupted one.
+``checkpoints/last.ckpt`` (weights, optimizer, loop counters, every task's selection state, the position in the
+interrupted epoch), so on CPU the result equals an uninterrupted run's.
 
 Baseline ``tasks.transfer: {pretrain_fraction: f}``: with the same budget ``B`` (optimizer steps the configured
 epochs take on the full multi-task loader) the model is trained for ``round(f B)`` steps on all tasks but the
@@ -102,7 +101,10 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tenso
         use_task_selection(trainer, task_monitors(ckpt.monitor, list(module.task_names)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(module, datamodule=dm, ckpt_path=_resume_point(run_dir, resume), weights_only=True)
+        ckpt_path = _resume_point(run_dir, resume)
+        if ckpt_path is not None:
+            dm.resume_at(int(load_checkpoint(ckpt_path).get("global_step", 0)))
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt
     conv = find_callback(trainer, Convergence)
