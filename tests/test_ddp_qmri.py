@@ -1,9 +1,9 @@
 """qMRI network training: 2-process DDP on CPU (gloo) equals 1 process.
 
 ``mrlearn qmri train``'s function with the self-supervised label and init from a groundtruth network (two fits in
-one script, so the second reuses the process group) on 400 simulated signals: once in this process with
-``batch_size = 60``, once with two processes and ``batch_size = 30`` each (rank r takes every other signal of the
-epoch's order). With these settings the groundtruth fit stops early (its validation loss goes up by > 5 % after the
+one script, so the second reuses the process group) on 400 simulated signals with the global batch
+``batch_size = 60`` (``--batch-size``): once in this process, once with two processes of 30 each (rank r takes every
+other signal of the epoch's order). With these settings the groundtruth fit stops early (its validation loss goes up by > 5 % after the
 best epoch, far above float reordering), so the early-stopping decision is exercised on every rank, and the
 self-supervised fit runs to the epoch cap. Rank 1 runs with every file writer
 replaced by an error: only rank 0 may write.
@@ -38,7 +38,7 @@ if rank != 0:
     for mod in (mrlearn.io, mrlearn.engine.runfolder):
         mod.write_json = mod.atomic_write_text = mod.atomic_write_bytes = refuse
     mrlearn.qmri.netio.save_network = refuse
-record = train_for_protocol(bvals, out, batch_size=30, devices=2, strategy="ddp", log=lambda *a: None, **settings)
+record = train_for_protocol(bvals, out, batch_size=60, devices=2, strategy="ddp", log=lambda *a: None, **settings)
 (Path(out).parent / f"record_rank{rank}.json").write_text(json.dumps(record))
 """
 
@@ -69,6 +69,8 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     assert ranks[0] == ranks[1]  # the same record (and stopping decision) on every rank, bit for bit
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two == ranks[0]
+    assert (two["batch_size"], two["batch_size_per_device"]) == (60, 30)
+    assert (one["batch_size"], one["batch_size_per_device"]) == (60, 60)
     for name in ("gt_init", "ss"):
         a, b = one["runs"][name], two["runs"][name]
         assert a["world_size"] == 1 and b["world_size"] == 2
@@ -117,3 +119,18 @@ def test_sharded_batches_make_the_one_process_batches(n):
     val = [SignalBatches(n, 4, shuffle=False, rank=r, world_size=2, pad=False) for r in (0, 1)]
     rows = sorted(i for v in val for b in v for i in b)
     assert rows == list(range(n)) and [len(v) for v in val] == [len(list(v)) for v in val]
+
+
+@pytest.mark.parametrize("batch, devices, match", [(7, 2, "7 signals cannot be shared equally by 2 devices"),
+                                                    (0, 1, "must be >= 1")])
+def test_batch_size_is_global_and_must_divide(tmp_path, capsys, batch, devices, match):
+    from mrlearn.cli import main
+    from mrlearn.qmri.train import per_device_batch
+
+    assert per_device_batch(256, 1) == 256 and per_device_batch(256, 4) == 64 and per_device_batch(60, "2") == 30
+    (tmp_path / "b.txt").write_text("0 10 20 30 50 80 100 200 400 800\n")
+    rc = main(["qmri", "train", "--bvals", str(tmp_path / "b.txt"), "--batch-size", str(batch), "--devices",
+               str(devices), "--strategy", "ddp", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and match in err and err.count("\n") == 1 and err.startswith("mrlearn: error: --batch-size")
+    assert not (tmp_path / "r").exists()  # refused before a run folder or a process group

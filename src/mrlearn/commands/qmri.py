@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     t.add_argument("--n-train", type=int, default=100000, help="simulated training signals (10%% for validation)")
     t.add_argument("--patience", type=int, default=30, help="epochs without validation improvement before stopping")
     t.add_argument("--max-epochs", type=int, default=1000, help="cap on epochs (the run says if it was hit)")
+    t.add_argument("--batch-size", type=int, default=256,
+                   help="signals per optimizer step over all devices (the global batch; each of --devices N "
+                        "processes takes 1/N of it, so N must divide it; default 256)")
     t.add_argument("--no-init-from-gt", action="store_true",
                    help="for mle/ss/hybrid: do not start from a trained groundtruth-label network (default: do)")
     t.add_argument("--seed", type=int, default=0)
@@ -97,6 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
         record = train_for_protocol(args.bvals, args.out, label=args.label, alpha=args.alpha, snr=args.snr,
                                     model=args.signal_model, n_train=args.n_train, patience=args.patience,
                                     max_epochs=args.max_epochs, init_from_gt=not args.no_init_from_gt, seed=args.seed,
+                                    batch_size=args.batch_size,
                                     accelerator=args.device, devices=args.devices, strategy=args.strategy,
                                     ranges=args.ranges, ranges_from=args.ranges_from)
     except RunInterrupted as exc:  # the engine's default names `mrlearn train --resume`, which is not this command

@@ -193,6 +193,8 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
 
     ``ranges``: ``"f=0.05:0.4,D=0.2:2"`` (or a dict) over the defaults; ``ranges_from``: a ``qmri fit`` folder whose
     estimates give the f, D, D* ranges (:func:`~mrlearn.qmri.ranges.ranges_from_fit`; ``ranges`` still overrides).
+    ``batch_size`` is the GLOBAL batch (signals per optimizer step): with ``devices`` N each process takes
+    ``batch_size / N`` (:func:`per_device_batch`), so ``--devices`` changes the speed, not the training.
     Under DDP every rank runs this function (Lightning re-runs the script); rank 0 alone writes and logs."""
     from mrlearn.engine.runfolder import RunFolder
     from mrlearn.io import write_json
@@ -211,6 +213,7 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
         if value < (10 if key == "--n-train" else 1):
             raise input_error(key, f"too small ({value})", "give a larger value")
     snr_range = parse_snr(snr)
+    local_batch = per_device_batch(batch_size, devices)
     b = load_protocol(bvals_file)
     check_bvalue_units(b, str(bvals_file))
     _, spec = get_model(model, "--signal-model")
@@ -240,7 +243,7 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
             log(f"qmri train: Rician MLE labels for {n_train} simulated signals ...")
             mle = fit_voxels(data["signals"], b, model, "mle", sigma=data["sigma"]).params
         common = dict(bvals=b, scales=scales, model=model, optim=optim or {"name": "adam", "lr": 1e-3}, seed=seed,
-                      max_epochs=max_epochs, batch_size=batch_size, patience=patience, accelerator=accelerator, log=log,
+                      max_epochs=max_epochs, batch_size=local_batch, patience=patience, accelerator=accelerator, log=log,
                       devices=devices, strategy=strategy, out_bounds=bounds)
         init, records = None, {}
         if init_from_gt and label != "gt":
@@ -253,6 +256,7 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
                                  run_dir=out / "net", init_state=init, **common)
         records[label] = rec
         record = {**rec, "label": label, "alpha": alpha if label == "hybrid" else None, "snr": list(snr_range),
+                  "batch_size": batch_size, "batch_size_per_device": local_batch,
                   "n_train": n_train, "model": model, "ranges": train_ranges, "ranges_from": derivation,
                   "output_bounds": {k: [lo, hi] for k, lo, hi in zip(spec.names, *bounds)}, "runs": records}
         if run.writer:
@@ -265,6 +269,21 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
             log(f"qmri train: NOT converged: stopped by {rec['stopped_by']} while the validation loss was still "
                 f"improving (best at epoch {rec['best_epoch']}); raise --max-epochs")
     return record
+
+
+def per_device_batch(batch_size: int, devices: int | str) -> int:
+    """The batch of each of ``devices`` processes for the global ``batch_size``; one-line errors when it does not
+    divide (a global batch the processes cannot share equally would not be the one-process batch)."""
+    count = int(devices) if isinstance(devices, int) or str(devices).strip().isdigit() else None
+    if count is None or count < 1:
+        raise input_error("--devices", f"{devices!r} is not a number of processes", "give a count, e.g. --devices 2")
+    if batch_size < 1:
+        raise input_error("--batch-size", f"must be >= 1, got {batch_size}", "e.g. --batch-size 256")
+    if batch_size % count:
+        lower = max(count, batch_size - batch_size % count)
+        raise input_error("--batch-size", f"{batch_size} signals cannot be shared equally by {count} devices (it is "
+                          "the global batch)", f"use a multiple of {count}, e.g. --batch-size {lower}")
+    return batch_size // count
 
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:
