@@ -23,6 +23,7 @@ def _arms(name: str) -> tuple[str, ...]:
 
 
 ARMS = _arms("layerwise_study_tiny")
+REFERENCES = ("zero_filled", "cg_sense")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,8 @@ def test_depth_scores_match_the_spine_and_greedy_block_one_equals_end_to_end(stu
     assert len(results) == 2 * len(ARMS)
     for run_id, res in results.items():
         groups = res["groups"]
+        if res["arm"] in REFERENCES:  # classical rows: checked in test_reference_rows
+            continue
         if res["arm"] == "end_to_end":  # one network per depth, each scored like Lightning's test loop
             for d in (1, 2):
                 test = json.loads((out / "runs" / run_id / f"depth{d}" / "metrics.json").read_text())["test"]
@@ -93,16 +96,89 @@ def test_depth_scores_match_the_spine_and_greedy_block_one_equals_end_to_end(stu
 
 def test_convex_runs_log_gaps_and_patterns(study):
     out, _ = study
-    for res in _results(out).values():
+    for run_id, res in _results(out).items():
         if not res["arm"].startswith("convex"):
             continue
         log = res["extra"]["convex_log"]
         assert [e["block"] for e in log] == [1, 2]
+        history = json.loads((out / "runs" / run_id / "metrics.json").read_text())["history"]
+        for e, h in zip(log, history):  # beta chosen per block on validation PSNR among 5 candidates
+            cands = e["candidates"]
+            assert [c["beta"] for c in cands] == [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+            best = max(c["val_psnr"] for c in cands)
+            assert e["val_psnr"] == best and e["beta"] == next(c["beta"] for c in cands if c["val_psnr"] == best)
+            assert e["tolerance_met"] == all(c["tolerance_met"] for c in cands)
+            # the installed block is the winner: the engine's validation after that epoch scores the same network
+            assert h["val_psnr"] == pytest.approx(e["val_psnr"], abs=1e-6) and h["blocks"] == e["block"]
         for e in log:  # the gap is measured between the two logged objectives
             assert e["gap"] == pytest.approx(e["relu_objective"] - e["convex_objective"], rel=1e-6, abs=1e-12)
         gaps = res["extra"]["gap_vs_patterns"]
         assert [g["patterns"] for g in gaps] == [1, 2, 8]  # P // 16, P // 4, P for P = 8
         assert all(g["convex_objective"] > 0 and math.isfinite(g["relu_objective"]) for g in gaps)
+
+
+def test_reference_rows(study):
+    """Zero-filled equals the networks' input at every depth; CG-SENSE stops on its tolerance; both untrained."""
+    out, _ = study
+    results = _results(out)
+    rows = _rows(out / "study.csv")
+    for mask in ("poisson_4_16_16", "random_4_0.08"):
+        zero = results[f"zero_filled__mask-{mask}__seed0"]
+        e2e = results[f"end_to_end__mask-{mask}__seed0"]
+        cg = results[f"cg_sense__mask-{mask}__seed0"]
+        for d in (1, 2):
+            for m in ("psnr", "ssim", "nmse"):  # the same input image, scored the same way
+                assert zero["groups"][f"blocks={d}"][m] == pytest.approx(e2e["extra"]["zero_filled"][m], rel=1e-6)
+            assert cg["groups"][f"blocks={d}"] == cg["groups"]["blocks=1"]  # a classical method has no depth
+        assert cg["groups"]["blocks=1"]["psnr"] != pytest.approx(zero["groups"]["blocks=1"]["psnr"], abs=1e-3)
+        assert len(_rows(out / "runs" / f"cg_sense__mask-{mask}__seed0" / "slices.csv")) == 4
+    by_arm = {(r["arm"], r["group"]): r for r in rows if json.loads(r["mask"])["name"] == "poisson"}
+    assert by_arm[("zero_filled", "blocks=2")]["stopped_by"] == "not_trained"
+    assert by_arm[("cg_sense", "blocks=2")]["stopped_by"] == "tolerance"
+    assert by_arm[("cg_sense", "blocks=2")]["monitor"] == "relative_residual"
+
+
+def test_cg_sense_reference_of_fully_sampled_data_is_the_target():
+    """Closed form: with every line sampled and lam = 0, CG-SENSE with the target's own maps returns the target."""
+    from mrlearn.data.dataset import SliceDataset
+    from mrlearn.data.simulate import SimulationOptions, simulate_dataset
+    from mrlearn.layerwise.reference import ReferenceTransform
+
+    root = simulate_dataset(None, SimulationOptions(contrasts=("PD",), seed=0, matrix=(32, 32), slices=1,
+                                                    subjects=(1, 1, 1), coils=4, anatomy="phantom"))
+    raw = SliceDataset(Path(root) / "test")[0]
+    infos: list = []
+    t = ReferenceTransform(None, "cg-sense", {"lam": 0.0, "tol": 1e-10, "max_iter": 200}, infos)
+    s = t(raw, 0, 0)
+    target = s["target"][0].double()
+    assert (s["reference"].abs().double() - target).abs().max() <= 1e-4 * target.max()
+    assert infos and infos[0]["tolerance_met"]
+
+
+@pytest.mark.parametrize("method, needle", [
+    ({"name": "reference", "recon": "cs-l1"}, "method.recon"),
+    ({"name": "reference", "recon": "cg-sense", "options": {"lamda": 0.1}}, "method.options"),
+    ({"name": "reference", "recon": "cg-sense", "options": {"max_iter": 0}}, "method.options.max_iter"),
+    ({"name": "reference", "recon": "zero-filled", "options": {"lam": 0.1}}, "method.options"),
+])
+def test_reference_rows_refuse_bad_options(method, needle):
+    from mrlearn.layerwise.reference import reference_options
+
+    with pytest.raises(MrlearnError) as err:
+        reference_options(method["recon"], method.get("options"))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("beta, betas, needle", [
+    (1e-5, [1e-5, 1e-4], "not both"), (None, [], "non-empty"), (None, [1e-4, 1e-4], "repeated"),
+    (None, [-1.0], ">= 0"), (float("nan"), None, ">= 0"), (None, "1e-4", "non-empty")])
+def test_convex_beta_candidates_are_checked(beta, betas, needle):
+    from mrlearn.layerwise.beta import parse_betas
+
+    with pytest.raises(MrlearnError) as err:
+        parse_betas(beta, betas)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert parse_betas(None, [1e-6, 1e-2, 1e-4]) == (1e-2, 1e-4, 1e-6) and parse_betas(None, None) == (1e-4,)
 
 
 def test_rerun_skips_finished_runs(study, capsys):
@@ -123,7 +199,11 @@ def test_shipped_cpu_study_is_the_seed_setup_and_every_arm_builds(tmp_path):
     assert spec.runner == "layerwise" and spec.summary["baseline"] == "end_to_end"
     runs = spec.runs()
     arms = _arms("layerwise_study")
-    assert arms[:3] == ("end_to_end", "greedy", "convex_gated") and all(a.startswith("convex") for a in arms[2:])
+    assert arms == ("end_to_end", "greedy", "convex_gated", "zero_filled", "cg_sense")
+    assert spec.arms["end_to_end"]["method"].get("depths") in (None, [1, 2, 3, 4, 5])  # every depth the report shows
+    assert len(spec.arms["convex_gated"]["method"]["betas"]) >= 5
+    assert spec.arms["cg_sense"]["method"] == {"name": "reference", "recon": "cg-sense",
+                                               "options": {"lam": 0.01, "tol": 1.0e-6, "max_iter": 300}}
     assert len(runs) == len(arms) * 2 * len(spec.seeds) and len(spec.seeds) >= 3 and {r.arm for r in runs} == set(arms)
     masks = [r.point["mask"] for r in runs]
     assert {"name": "poisson", "accelerations": [4], "calib": [16, 16]} in masks

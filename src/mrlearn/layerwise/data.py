@@ -31,13 +31,16 @@ from mrlearn.physics.espirit import acs_sens_maps
 from mrlearn.physics.sense import sense_adjoint
 
 
+def sense_maps(masked: torch.Tensor, calib: tuple[int, int] = (16, 16), where: str = "kspace") -> torch.Tensor | None:
+    """Maps ``[C, H, W]`` from the ``calib`` centre of the undersampled ``masked [C, H, W]``; None for one coil."""
+    return None if masked.shape[0] == 1 else acs_sens_maps(masked, calib, where=where)
+
+
 def sense_images(kspace: torch.Tensor, mask: torch.Tensor | None, calib: tuple[int, int] = (16, 16),
                  where: str = "kspace") -> tuple[torch.Tensor, torch.Tensor]:
     """Complex ``(zero_filled, fully_sampled)`` SENSE images ``[H, W]`` of ``kspace [C, H, W]`` and ``mask``."""
     masked = kspace if mask is None else kspace * mask + 0.0
-    if kspace.shape[0] == 1:
-        return sense_adjoint(masked, None), sense_adjoint(kspace, None)
-    maps = acs_sens_maps(masked, calib, where=where)
+    maps = sense_maps(masked, calib, where)
     return sense_adjoint(masked, maps), sense_adjoint(kspace, maps)
 
 

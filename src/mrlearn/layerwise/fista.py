@@ -45,7 +45,8 @@ def fista(
     """Run FISTA from ``x0`` with initial Lipschitz estimate ``lipschitz`` (doubled on failed backtracking).
 
     Stopping rule (``converged = True``): the relative objective decrease over the last ``window`` accepted
-    iterates, ``(F_{k-window} - F_k) / |F_k|``, falls below ``tol`` (a plateau, not one slow step), or a plain
+    iterates, ``(F_{k-window} - F_k) / |F_k|``, falls below ``tol`` (a plateau, not one slow step; judged once
+    ``window`` iterates are in, so a warm start's first slow steps never pass for a plateau), or a plain
     proximal step from the current iterate no longer decreases the objective. ``max_iter`` is only a safety net:
     a run that reaches it has ``converged = False``. ``value(x)``: the smooth part's value alone (cheaper than
     ``smooth``; default ``smooth(x)[0]``).
@@ -78,7 +79,8 @@ def fista(
         y = x_new + ((t - 1.0) / t_new) * (x_new - x)
         x, F_x, t = x_new, F_new, t_new
         history.append(F_x)
-        decrease = history[max(0, len(history) - 1 - max(1, int(window)))] - F_x
+        w = max(1, int(window))
+        decrease = history[-1 - w] - F_x if len(history) > w else math.inf  # a full window first (warm starts)
         if decrease <= tol * max(abs(F_x), 1e-30):
             converged = True
             break

@@ -24,6 +24,10 @@ The loss (``method.loss``, seed: l2) compares complex images as 2 channels in th
   relative tolerance ``tol``, ``max_iter`` a safety cap; ``variant`` gated or relu) and installs the block (gated: :class:`~mrlearn.layerwise.blocks.GatedBlock`; relu: the recovered ReLU block).
   Convex and recovered objectives, their gap, neurons, iterations used and whether the tolerance was met
   (``tolerance_met``) are logged (``convex_*``) and kept in ``self.convex_log``. Optimizer and scheduler sections are not used.
+  ``beta`` is one weight decay; ``betas`` (several candidates) chooses it per block inside the method
+  (:mod:`mrlearn.layerwise.beta`): each candidate is solved (largest first, warm-started), installed, and the
+  one with the best validation PSNR is kept; the log entry names the ``beta`` that won and every candidate's
+  ``val_psnr``, iterations and ``tolerance_met`` (the entry's ``tolerance_met``: every candidate met it).
 
 ``trained_blocks`` (a buffer, saved in checkpoints) is how many blocks the reconstruction uses.
 """
@@ -40,6 +44,7 @@ from torch import nn
 from mrlearn import registry
 from mrlearn.config import ExperimentConfig
 from mrlearn.errors import input_error
+from mrlearn.layerwise.beta import ValidationInputs, parse_betas, pick_best
 from mrlearn.layerwise.blocks import FeatureStackNet, GatedBlock, LayerwiseNet, TwoLayerBlock
 from mrlearn.layerwise.convex import (ConvexBlockResult, ConvexProblem, recover_relu_weights, relu_objective,
                                       sample_gates, solve_convex_report)
@@ -184,8 +189,9 @@ class ConvexModule(LayerwiseModule):
                 "blocks_at_max_iter": [i for i, m in enumerate(met) if not m]}
 
     def __init__(self, model: nn.Module, loss: nn.Module, cfg: ExperimentConfig, variant: str = "gated",
-                 num_patterns: int = 128, beta: float = 1e-4, patches_per_slice: int = 2000, max_iter: int = 5000,
-                 tol: float = 1e-6, rhos: list[float] = [10.0, 100.0, 1000.0]):  # noqa: B006
+                 num_patterns: int = 128, beta: float | None = None, patches_per_slice: int = 2000, max_iter: int = 5000,
+                 tol: float = 1e-6, rhos: list[float] = [10.0, 100.0, 1000.0],  # noqa: B006
+                 betas: list[float] | None = None):
         super().__init__(model, loss, cfg)
         if isinstance(model, FeatureStackNet):
             raise input_error("model.scheme", "drop_f stacks hidden features, which the convex blocks do not solve",
@@ -194,15 +200,14 @@ class ConvexModule(LayerwiseModule):
             raise input_error("method.variant", f"unknown variant {variant!r}", "use gated or relu")
         if num_patterns < 1 or patches_per_slice < 1 or max_iter < 1:
             raise input_error("method", "num_patterns, patches_per_slice and max_iter must be >= 1", "fix the method section")
-        if beta < 0:
-            raise input_error("method.beta", f"must be >= 0, got {beta}", "use e.g. 1e-4")
+        self.betas = parse_betas(beta, betas)  # largest first; several: chosen per block on validation PSNR
         if not rhos or any(r <= 0 for r in rhos):
             raise input_error("method.rhos", f"must be positive penalty weights, got {rhos}", "use e.g. [10, 100, 1000]")
         if cfg.trainer.max_epochs < self.num_blocks:
             raise input_error("trainer.max_epochs", f"is {cfg.trainer.max_epochs}, fewer than the {self.num_blocks} blocks "
                               "(one epoch per block)", f"set trainer.max_epochs={self.num_blocks}")
         self.automatic_optimization = False
-        self.variant, self.num_patterns, self.beta = variant, num_patterns, beta
+        self.variant, self.num_patterns, self.beta = variant, num_patterns, self.betas[0]
         self.patches_per_slice, self.max_iter, self.tol, self.rhos = patches_per_slice, max_iter, tol, tuple(rhos)
         self.convex_log: list[dict[str, float]] = []
         self._rows: list[tuple[tuple[str, int], torch.Tensor, torch.Tensor]] = []  # ((fname, slice), Y, X)
@@ -264,15 +269,30 @@ class ConvexModule(LayerwiseModule):
         gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1000 + s)
         Y, X = Y.to(self.device), X.to(self.device)  # FISTA on the training device (a GPU when training on one)
         H, G = sample_gates(Y, self.num_patterns, gen)
-        problem = ConvexProblem(Y=Y, X=X, G=G, beta=self.beta, variant=self.variant, H=H)
-        sol = solve_convex_report(problem, self.max_iter, self.tol, self.rhos, generator=gen)
-        U, history = sol.U, sol.history
-        g, f = recover_relu_weights(U, self.variant, C, k)
-        result = ConvexBlockResult(
-            g_weight=g, f_weight=f, convex_objective=problem.objective(U), relu_objective=relu_objective(Y, X, g, f, self.beta),
-            cone_violation=problem.cone_violation(U), history=history, restarts=sol.restarts, iterations=sol.iterations,
-            num_neurons=int(g.shape[0]), variant=self.variant, converged=sol.converged, solution=U.cpu(),
-            gate_filters=H.T.reshape(-1, C, k, k))
+        val = None
+        if len(self.betas) > 1:  # the candidates are scored on the whole validation split, in every process
+            val = ValidationInputs.build(self._val_dataset(), self.model, s, self.trained_blocks.device,
+                                         int(self.cfg.data.batch_size))
+        results, candidates, U0 = [], [], None
+        for beta in self.betas:  # largest first, each solve warm-started from the previous solution
+            problem = ConvexProblem(Y=Y, X=X, G=G, beta=beta, variant=self.variant, H=H)
+            sol = solve_convex_report(problem, self.max_iter, self.tol, self.rhos, U0=U0, generator=gen)
+            U0 = sol.U
+            g, f = recover_relu_weights(sol.U, self.variant, C, k)
+            result = ConvexBlockResult(
+                g_weight=g, f_weight=f, convex_objective=problem.objective(sol.U),
+                relu_objective=relu_objective(Y, X, g, f, beta), cone_violation=problem.cone_violation(sol.U),
+                history=sol.history, restarts=sol.restarts, iterations=sol.iterations, num_neurons=int(g.shape[0]),
+                variant=self.variant, converged=sol.converged, solution=sol.U.cpu(), gate_filters=H.T.reshape(-1, C, k, k))
+            cand = {"beta": beta, "iterations": sol.iterations, "tolerance_met": bool(sol.converged),
+                    "neurons": result.num_neurons}
+            if val is not None:
+                cand["val_psnr"] = val.psnr(result.block().to(self.trained_blocks.device))
+            results.append(result)
+            candidates.append(cand)
+        chosen = pick_best(candidates)
+        result, beta = results[chosen], self.betas[chosen]
+        history = result.history
         self.model.blocks[s] = result.block().to(self.trained_blocks.device)
         for p in self.model.blocks[s].parameters():
             p.requires_grad_(False)
@@ -281,13 +301,26 @@ class ConvexModule(LayerwiseModule):
                  "gap": result.gap, "cone_violation": result.cone_violation, "neurons": result.num_neurons,
                  "iterations": result.iterations, "max_iter": self.max_iter, "tol": self.tol,
                  "tolerance_met": bool(result.converged), "restarts": result.restarts, "rows": int(Y.shape[0]),
-                 "start_objective": history[0] if history else math.nan}
+                 "start_objective": history[0] if history else math.nan, "beta": beta}
+        if val is not None:  # which beta won and every candidate's validation PSNR (dB)
+            entry.update(candidates=candidates, val_psnr=candidates[chosen]["val_psnr"],
+                         tolerance_met=all(c["tolerance_met"] for c in candidates),
+                         iterations=sum(c["iterations"] for c in candidates))
         self.convex_log.append(entry)
-        for key in ("convex_objective", "relu_objective", "gap", "cone_violation", "neurons", "iterations", "tolerance_met"):
+        for key in ("convex_objective", "relu_objective", "gap", "cone_violation", "neurons", "iterations", "tolerance_met",
+                    "beta"):
             self.log(f"convex_{key}", float(entry[key]), on_step=True, on_epoch=False, batch_size=1)
         if s + 1 >= self.num_blocks and getattr(self, "_trainer", None) is not None:
             self.trainer.should_stop = True
         return result
+
+    def _val_dataset(self) -> Any:
+        """The validation split through this method's transform (the trainer's data module)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "dataset"):
+            raise input_error("method.betas", "needs the validation split of the spine's data module",
+                              "train through mrlearn.layerwise.train, or give a single method.beta")
+        return dm.dataset("val")
 
     def on_train_epoch_end(self) -> None:
         if self._rows:  # loaders without a known length: solve at the end of the epoch

@@ -53,7 +53,6 @@ def score_depths(module: Any, cfg: Any, depths: list[int]) -> tuple[dict[str, di
     Returns (groups ``blocks=d`` -> mean metrics over volumes, per-slice rows, examples of the deepest depth,
     zero-filled input metrics). Images are magnitudes in the data's units (``|x| * scale``).
     """
-    from mrlearn.evaluation.scoring import mean_metrics, slice_metrics, volume_metrics
     from mrlearn.physics.complex import channels_to_complex
     from mrlearn.training.data import ReconDataModule
 
@@ -69,12 +68,28 @@ def score_depths(module: Any, cfg: Any, depths: list[int]) -> tuple[dict[str, di
                 x = block(x)
             done = d
             preds[d] = channels_to_complex(x.float()).abs() * scale
-        for i, fname in enumerate(batch["fname"]):
-            v = vols.setdefault(fname, {"slice": [], "target": [], **{d: [] for d in preds}})
-            v["slice"].append(int(batch["slice"][i]))
-            v["target"].append(batch["target"][i, 0].double().numpy())
-            for d, p in preds.items():
-                v[d].append(p[i].double().numpy())
+        add_slices(vols, batch["fname"], batch["slice"], batch["target"][:, 0], preds)
+    return score_volumes(vols, depths)
+
+
+def add_slices(vols: dict[str, dict[Any, list]], fnames: Any, slices: Any, targets: torch.Tensor,
+               preds: dict[int, torch.Tensor]) -> None:
+    """Keep slices ``(fname, slice)`` with their target ``[B, h, w]`` and predictions ``{depth: [B, h, w]}``
+    (depth 0: the zero-filled input) for :func:`score_volumes`."""
+    for i, fname in enumerate(fnames):
+        v = vols.setdefault(str(fname), {"slice": [], "target": [], **{d: [] for d in preds}})
+        v["slice"].append(int(slices[i]))
+        v["target"].append(targets[i].double().numpy())
+        for d, p in preds.items():
+            v[d].append(p[i].double().numpy())
+
+
+def score_volumes(vols: dict[str, dict[Any, list]], depths: list[int]) -> tuple[
+        dict[str, dict[str, float]], list[dict[str, Any]], dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """fastMRI metrics per volume (volume max as peak) of the kept slices: (groups ``blocks=d`` -> mean over
+    volumes, per-slice rows, the middle slice of the first volume at the deepest depth, zero-filled metrics)."""
+    from mrlearn.evaluation.scoring import mean_metrics, slice_metrics, volume_metrics
+
     per_depth: dict[int, list[dict[str, float]]] = {d: [] for d in [0, *depths]}
     slices: list[dict[str, Any]] = []
     examples: dict[str, dict[str, np.ndarray]] = {}
@@ -122,7 +137,9 @@ def gap_vs_patterns(module: Any, cfg: Any, patterns: list[int]) -> list[dict[str
         Ys.append(Y[rows])
         Xs.append(X[rows])
     Y, X = torch.cat(Ys), torch.cat(Xs)
-    variant, beta = str(m.get("variant", "gated")), float(m.get("beta", 1e-5))
+    variant = str(m.get("variant", "gated"))
+    log = getattr(module, "convex_log", None) or [{}]
+    beta = float(log[0].get("beta", module.beta))  # block 1's beta (the one chosen on validation with betas)
     H, G = sample_gates(Y, max(patterns), torch.Generator().manual_seed(cfg.seed + 1))
     out = []
     for P in patterns:
@@ -158,12 +175,20 @@ def study_runner(cfg: Any) -> RunOutcome:
     from mrlearn.layerwise.train import train
 
     name = cfg.method.get("name")
-    if name not in METHODS:
+    if name not in METHODS and name != "reference":
         raise input_error("method.name", f"{name!r} is not a layer-wise method for runner 'layerwise'",
-                          f"use one of: {', '.join(METHODS)}")
+                          f"use one of: {', '.join(METHODS)}, or reference (zero-filled, cg-sense)")
     N = int(cfg.model.get("num_blocks", 5))
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
+    if name == "reference":  # a classical row: nothing trained, the same numbers at every depth
+        from mrlearn.layerwise.reference import score_reference
+
+        groups, slices, examples, zero, record = score_reference(cfg, list(range(1, N + 1)))
+        if record is not None:
+            extra["convergence"] = record
+        extra.update(seconds_train_and_score=round(time.perf_counter() - t0, 2), zero_filled=zero)
+        return RunOutcome(groups=groups, slices=slices, examples=examples, extra=extra)
     if name == "layerwise_end_to_end":
         groups, slices, examples, zero = {}, [], {}, {}
         for d in _depths(cfg.method.get("depths"), N):
