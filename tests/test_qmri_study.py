@@ -155,3 +155,113 @@ def test_missing_study_config_is_an_error():
 
     with pytest.raises(MrlearnError):
         study_from_config("/nonexistent/ivim.yaml")
+
+
+# ------------------------------------------------------------------ stopping on the stability of the estimates
+WIDTHS = torch.tensor([RANGES[k][1] - RANGES[k][0] for k in NAMES], dtype=torch.float64)
+
+
+def _stability_run(estimates, tol=0.01, patience=3):
+    """Feed a sequence of estimates through the anchor rule and the engine's plateau rule; returns (stop index
+    or None, moves per step)."""
+    from mrlearn.engine.plateau import Plateau
+    from mrlearn.qmri.stability import EstimateStability
+
+    rule, plateau = EstimateStability(WIDTHS, tol), Plateau("max", patience)
+    moves = []
+    for i, est in enumerate(estimates):
+        m, _ = rule.push(est)
+        moves.append(m)
+        if plateau.push(float(m)) == "stop":
+            return i, moves
+    return None, moves
+
+
+def test_stability_change_is_the_rms_over_signals_relative_to_the_range_width():
+    from mrlearn.qmri.stability import relative_change
+
+    old = torch.zeros(4, 4, dtype=torch.float64)
+    new = old.clone()
+    new[:, 3] = torch.tensor([1.4, -1.4, 1.4, -1.4])  # D* moves 1 % of its 140 um^2/ms width on every signal
+    new[0, 1] = 0.004 * 2  # f: one signal of 4 moves 2 % -> RMS 1 %
+    change, per = relative_change(new, old, WIDTHS)
+    assert per == pytest.approx([0.0, 0.01, 0.0, 0.01]) and change == pytest.approx(0.01)
+    new[1, 2] = float("nan")  # a NaN estimate never counts as settled
+    assert relative_change(new, old, WIDTHS)[0] == float("inf")
+
+
+def test_stable_estimates_stop_and_drifting_ones_continue():
+    g = torch.Generator().manual_seed(0)
+    base = sample_uniform(RANGES, NAMES, 200, g)
+    # settled: jitter of 0.1 % of each range around fixed estimates -> stops after `patience` validations
+    jitter = [base + 0.001 * WIDTHS * torch.randn(base.shape, generator=g, dtype=torch.float64) for _ in range(20)]
+    stop, moves = _stability_run(jitter)
+    assert stop == 3 and moves[-1] == 1  # the first validation is the anchor; 3 quiet ones after it
+    # a slow drift of D* (0.4 % of its range per validation, each step below the 1 % tolerance) keeps moving the
+    # anchor: no stop in 40 validations, where comparing consecutive validations would have stopped at once
+    drift = []
+    for i in range(40):
+        est = base.clone()
+        est[:, 3] += 0.004 * WIDTHS[3] * i
+        drift.append(est)
+    stop, moves = _stability_run(drift)
+    assert stop is None and moves[-1] >= 12
+    # a drift that ends: it stops `patience` validations after the last move
+    stop, moves = _stability_run(drift[:10] + [drift[9]] * 10)
+    assert stop is not None and 10 <= stop <= 9 + 3 + 1
+
+
+def test_stability_rule_refuses_bad_settings():
+    from mrlearn.qmri.stability import EstimateStability, relative_change
+
+    with pytest.raises(ValueError):
+        EstimateStability(WIDTHS, 0.0)
+    with pytest.raises(ValueError):
+        EstimateStability(torch.tensor([1.0, 0.0]), 0.01)
+    with pytest.raises(ValueError):
+        relative_change(torch.zeros(3, 4), torch.zeros(3, 3), WIDTHS)
+
+
+def test_training_stops_on_stable_estimates_and_keeps_the_last_weights(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    theta = sample_uniform(RANGES, NAMES, 256, g)
+    fn, _ = get_model("ivim_additive")
+    sig = add_noise(fn(theta, B), 30, generator=g)
+    scales = torch.tensor([RANGES[k][1] for k in NAMES], dtype=torch.float64)
+    common = dict(run_dir=None, seed=0, batch_size=64, patience=3, widths=WIDTHS, stop_on="stability")
+
+    def run(tag, lr, max_epochs, tol=0.005):
+        return train_network(sig, theta / scales, theta / scales, B, scales, "ivim_additive", "gt",
+                             **{**common, "run_dir": tmp_path / tag}, max_epochs=max_epochs, stability_tol=tol,
+                             optim={"name": "adam", "lr": lr})
+
+    # lr 0: the estimates never change -> stop after patience validations, converged
+    _, still = run("still", 0.0, 50)
+    assert still["stopped_by"] == "early_stopping" and still["converged"] is True and still["epochs"] == 4
+    assert still["monitor"] == "val_estimate_moves" and still["stability"]["moves"] == 1
+    assert still["stability"]["changes"][1:] == [0.0, 0.0, 0.0] and still["selected"] == "last"
+    # a large rate with a tiny tolerance: the estimates keep moving -> the cap stops it, NOT converged
+    net, moving = run("moving", 3e-2, 6, tol=1e-6)
+    assert moving["stopped_by"] == "max_epochs" and moving["converged"] is False
+    assert moving["stability"]["moves"] == 6 and moving["best_step"] == moving["steps"]
+    assert all(c is None or c > 1e-6 for c in moving["stability"]["changes"])
+
+
+def test_stability_settings_are_checked(tmp_path, capsys):
+    for override, match in (("qmri.stop_on=loss", "qmri.stop_on"), ("qmri.stability_tol=0", "qmri.stability_tol"),
+                            ("qmri.stability_tol=2", "qmri.stability_tol")):
+        rc = main(["qmri", "study", "ivim_labels_tiny", "--out", str(tmp_path / "x"), "--set", override])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and match in err and len(err.splitlines()) == 1, err
+
+
+def test_presets_stop_on_stability_and_the_check_scales_the_patience():
+    from mrlearn.study import load_study, run_config
+    from mrlearn.study.stopping_check import scaled_overrides
+
+    for name in ("ivim_labels", "ivim_labels_gpu", "ivim_labels_tiny"):
+        spec = load_study(name)
+        cfg = run_config(spec, spec.runs()[0], "/tmp/unused")
+        assert cfg.extra["qmri"].stop_on == "stability", name
+        scaled = scaled_overrides(cfg, 2.0)
+        assert scaled.get("qmri.patience") == 2 * cfg.extra["qmri"].patience, name

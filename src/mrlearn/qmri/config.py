@@ -27,9 +27,12 @@ class QmriConfig:
     ``alphas``); a ``_wide`` suffix on a network method (e.g. ``net_gt_wide``) uses ``wide_factor`` x width.
     ``grid_points`` values per parameter of f, D, D* (S0 = 1) x ``repeats`` noise draws form the test set;
     maps are drawn over ``map_axes`` at the middle value of the third parameter.
-    Training: to a plateau of the validation loss (no improvement by more than the fraction ``min_delta`` of the
-    best for ``patience`` epochs; with ``lr_patience`` the learning rate halves after each ``lr_patience`` such
-    epochs) under the trainer's caps; with
+    Training (``stop_on``): ``stability`` (default) stops when the network's estimates of the validation signals
+    have stayed within ``stability_tol`` (RMS over signals, as a fraction of each parameter's range width, the
+    largest over parameters; :mod:`mrlearn.qmri.stability`) of their last move for ``patience`` epochs, and keeps
+    the last weights; ``val_loss`` stops on a plateau of the validation loss (no improvement by more than the
+    fraction ``min_delta`` of the best for ``patience`` epochs) and keeps the best epoch's weights. With
+    ``lr_patience`` the learning rate halves after each ``lr_patience`` such epochs; the trainer's caps apply; with
     ``init_from_gt`` (default, as Epstein et al.) the MLE, self-supervised and hybrid networks start from the
     trained groundtruth-label network. ``batch_size`` is per process: with ``trainer.devices: 2, strategy: ddp``
     the global batch is twice as large (and equals one process's with ``2 x batch_size``). ``fit_bounds``: name -> [low, high] overriding the default fit bounds.
@@ -54,6 +57,8 @@ class QmriConfig:
     patience: int = 20
     min_delta: float = 0.0
     lr_patience: int | None = None
+    stop_on: str = "stability"
+    stability_tol: float = 0.005
     init_from_gt: bool = True
     grid_points: int = 5
     repeats: int = 100
@@ -88,6 +93,12 @@ class QmriConfig:
         if self.min_delta < 0 or (self.lr_patience is not None and not 1 <= self.lr_patience < self.patience):
             raise input_error("qmri.lr_patience", f"min_delta {self.min_delta}, lr_patience {self.lr_patience}, patience "
                               f"{self.patience}: need min_delta >= 0 and 1 <= lr_patience < patience", "fix the values")
+        if self.stop_on not in ("stability", "val_loss"):
+            raise input_error("qmri.stop_on", f"unknown rule {self.stop_on!r}", "use stability or val_loss")
+        if isinstance(self.stability_tol, bool) or not isinstance(self.stability_tol, (int, float)) or not (
+                0 < self.stability_tol < 1):
+            raise input_error("qmri.stability_tol", f"must be a fraction of the range width in (0, 1), got "
+                              f"{self.stability_tol!r}", "e.g. 0.005")
         if self.fit_bounds is not None:
             for k, v in self.fit_bounds.items():
                 if k not in ("S0", "f", "D", "Dstar") or len(v) != 2 or not v[0] < v[1]:

@@ -147,11 +147,16 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
                                       n_hidden=q.n_hidden, optim=optim, seed=seed + 17 * si, max_epochs=max_epochs,
                                       max_steps=max_steps, batch_size=q.batch_size, val_fraction=q.val_fraction,
                                       patience=q.patience, min_delta=q.min_delta, lr_patience=q.lr_patience,
+                                      stop_on=q.stop_on, stability_tol=q.stability_tol,
+                                      widths=[widths[k] for k in names],
                                       accelerator=accelerator, init_state=init,
                                       devices=devices, strategy=strategy)
             results["training"][f"snr{snr:g}/{name}"] = info
-            log(f"SNR {snr:g}: trained {name}: best val loss {info['best_val_loss']:.4g} at step {info['best_step']} "
-                f"of {info['steps']}, stopped by {info['stopped_by']}" + ("" if info["converged"] else " (NOT converged)"))
+            stab = info.get("stability")
+            how = (f"estimates settled within {stab['tol']:g} of the ranges after {stab['moves']} moves, last change "
+                   f"{float(stab['last_change'] if stab['last_change'] is not None else 'nan'):.3g}" if stab else f"best val loss {info['best_val_loss']:.4g} at step {info['best_step']}")
+            log(f"SNR {snr:g}: trained {name}: {how}, {info['steps']} steps, stopped by {info['stopped_by']}"
+                + ("" if info["converged"] else " (NOT converged)"))
             if writer:
                 save_network(out / "models" / f"snr{snr:g}_{name}.pt", net, bvals, scales, q.model, w, q.n_hidden,
                              names, info={"label": kind, "training": info}, ranges=q.ranges)

@@ -43,11 +43,16 @@ from mrlearn.qmri.ranges import DEFAULT_RANGES as EPSTEIN_RANGES
 
 def _trainer_config(name: str, seed: int, optim: dict[str, Any], max_epochs: int, max_steps: int, accelerator: str,
                     patience: int, devices: int | str = 1, strategy: str = "auto", min_delta: float = 0.0,
-                    lr_patience: int | None = None):
+                    lr_patience: int | None = None, stop_on: str = "val_loss"):
     from mrlearn.config import EarlyStoppingConfig, ExperimentConfig, TrainerConfig
+    from mrlearn.qmri.stability import MONITOR
 
-    stop = EarlyStoppingConfig(monitor="val_loss", mode="min", patience=int(patience), min_delta=float(min_delta),
-                               relative=True, lr_patience=lr_patience)
+    if stop_on == "stability":  # an "improvement" is a move of the estimates (mrlearn.qmri.stability); the
+        stop = EarlyStoppingConfig(monitor=MONITOR, mode="max", patience=int(patience), min_delta=0.0,  # rate
+                                   relative=False)  # decays on the loss plateau (QmriNetModule.lr_plateau)
+    else:
+        stop = EarlyStoppingConfig(monitor="val_loss", mode="min", patience=int(patience), min_delta=float(min_delta),
+                                   relative=True, lr_patience=lr_patience)
     trainer = TrainerConfig(max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator, devices=devices,
                             strategy=strategy, precision="32-true", deterministic=True, progress_bar=False,
                             log_every_n_steps=50, early_stopping=stop)
@@ -89,11 +94,18 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
                   max_epochs: int = 1000, max_steps: int = -1, batch_size: int = 256, val_fraction: float = 0.1,
                   patience: int = 20, accelerator: str = "cpu", init_state: dict[str, torch.Tensor] | None = None,
                   log=None, devices: int | str = 1, strategy: str = "auto", min_delta: float = 0.0,
-                  lr_patience: int | None = None, out_bounds: tuple[Any, Any] | None = None
+                  lr_patience: int | None = None, out_bounds: tuple[Any, Any] | None = None,
+                  stop_on: str = "val_loss", stability_tol: float = 0.005, widths: Any = None
                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train one network (deterministic for ``seed``); returns (net at its best validation epoch, record).
+    """Train one network (deterministic for ``seed``); returns (net, record).
 
     ``out_bounds``: (lower, upper) per parameter in physical units for the bounded output; None: ``abs`` output.
+
+    ``stop_on``: ``val_loss`` (a plateau of the validation loss; the net returned is the best validation epoch's)
+    or ``stability`` (:mod:`mrlearn.qmri.stability`: the estimates of the validation signals stayed within
+    ``stability_tol`` x ``widths`` (RMS, per parameter; ``widths [P]`` the training-range widths in physical units)
+    of their anchor for ``patience`` epochs; the net returned is the last one, whose estimates are the settled ones;
+    ``record["stability"]`` holds the tolerance, the moves and the last change).
 
     ``batch_size`` is per process: ``devices: 2, strategy: ddp`` with ``batch_size`` trains on the same global
     batches as one process with ``2 x batch_size`` (see :mod:`mrlearn.qmri.sharding`). Every rank returns the same
@@ -115,7 +127,22 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
     n_val = max(1, int(round(n * val_fraction)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     tensors = [t.float() for t in (signals, gt_scaled, mle_scaled)]
-    module = QmriNetModule(bvals, scales, model, label, alpha, width, n_hidden, optim, out_bounds=out_bounds)
+    stability, lr_plateau = None, None
+    if stop_on == "stability":
+        from mrlearn.engine.plateau import Plateau
+        from mrlearn.qmri.stability import EstimateStability
+
+        if widths is None:
+            raise ValueError("stop_on='stability' needs the parameter widths")
+        stability = EstimateStability(torch.as_tensor(widths, dtype=torch.float64), float(stability_tol))
+        if lr_patience is not None:  # halve the rate after each lr_patience epochs of a val_loss plateau
+            lr_plateau = Plateau("min", None, None, float(min_delta), True, lr_patience=int(lr_patience),
+                                 max_lr_cuts=max(1, (int(patience) - 1) // int(lr_patience)))
+    elif stop_on != "val_loss":
+        raise ValueError(f"stop_on must be 'val_loss' or 'stability', got {stop_on!r}")
+    module = QmriNetModule(bvals, scales, model, label, alpha, width, n_hidden, optim, out_bounds=out_bounds,
+                           stability=stability, stability_signals=None if stability is None else tensors[0][perm[:n_val]],
+                           lr_plateau=lr_plateau)
     if init_state is not None:
         module.net.load_state_dict(init_state)
     best: dict[str, Any] = {"loss": None, "state": None, "epoch": -1}
@@ -127,6 +154,7 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
             if trainer.sanity_checking or trainer.state.fn != "fit" or "val_loss" not in trainer.callback_metrics:
                 return
             loss = float(trainer.callback_metrics["val_loss"])
+            best["last"] = loss
             if improved(loss, best["loss"], "min"):
                 best.update(loss=loss, epoch=trainer.current_epoch,
                             state={k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
@@ -135,17 +163,30 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
                     f"(best {best['loss'] if best['loss'] is not None else math.nan:.4g} at epoch {best['epoch']})")
 
     cfg = _trainer_config(Path(run_dir).name, seed, optim or {"name": "adam", "lr": 1e-3}, max_epochs, max_steps,
-                          accelerator, patience, devices, strategy, min_delta, lr_patience)
+                          accelerator, patience, devices, strategy, min_delta, lr_patience, stop_on)
     trainer, ckpt = make_trainer(cfg, Path(run_dir), callbacks=[_KeepBest()], monitor=("val_loss", "min"))
     trainer.fit(module, datamodule=_signal_data(tensors, perm, n_val, batch_size, seed))
-    if best["state"] is not None:
+    if best["state"] is not None and stability is None:
         module.net.load_state_dict(best["state"])
     module.net.eval()
     conv = find_callback(trainer, Convergence)
     record = convergence_record(trainer, conv, ckpt)
-    entry = conv.best_entry() if conv is not None else None
-    record.update(best_epoch=int(entry[1]) if entry else -1, best_val_loss=entry[2] if entry else math.inf,
-                  init_from_gt=init_state is not None, world_size=int(trainer.world_size))
+    if stability is None:
+        entry = conv.best_entry() if conv is not None else None
+        record.update(best_epoch=int(entry[1]) if entry else -1, best_val_loss=entry[2] if entry else math.inf,
+                      selected="best")
+    else:  # the last weights are returned: their estimates are the settled ones
+        last = stability.history[-1] if stability.history else {}
+        record.update(best_step=record["steps"], best_epoch=int(trainer.current_epoch) - 1, selected="last",
+                      best_val_loss=best["loss"] if best["loss"] is not None else math.inf,
+                      final_val_loss=best.get("last", math.inf),
+                      lr_reductions=0 if lr_plateau is None else lr_plateau.cuts,
+                      stability={"tol": float(stability_tol), "moves": stability.moves,
+                                 "last_change": last.get("change"), "last_change_per_parameter": last.get("per_parameter"),
+                                 "validations": len(stability.history),
+                                 "changes": [None if not math.isfinite(h["change"]) else round(h["change"], 6)
+                                             for h in stability.history]})
+    record.update(init_from_gt=init_state is not None, world_size=int(trainer.world_size), stop_on=stop_on)
     if record["best_step"] is None:
         record["best_step"] = 0
     return module.net, record
