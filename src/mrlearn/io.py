@@ -4,8 +4,9 @@ Atomic writes: data go to ``<name>.tmp`` in the same folder, are flushed and fsy
 ``os.replace``; on any error (disk full, read-only folder, a signal) the temporary file is removed and the previous
 file, if any, is left as it was. A reader or a killed writer never sees a partial file.
 
-:class:`FolderLock` marks a folder as held by one live process (``.lock`` holding PID, host and start time). A lock
-whose holder is dead (same host, PID gone) is stale and is taken over with a message; a live holder is an error.
+:class:`FolderLock` marks a folder as held by one live process: a lease (``.lock`` holding PID, host and a heartbeat
+timestamp refreshed while the holder lives; :mod:`mrlearn.lease`). A lease whose holder is gone (same host, PID not
+running) or whose heartbeat expired (any host) is taken over with a message; a live holder is an error.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import contextlib
 import errno
 import json
 import os
-import socket
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -103,104 +101,6 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with ``pid`` exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class FolderLock:
-    """An exclusive lock on ``folder`` (file ``folder/.lock``), held by this process until :meth:`release`.
-
-    ``acquire`` creates the lock file with ``O_EXCL``. If it exists and its holder is alive, a one-line error names
-    the holder; if the holder is gone (same host, PID not running), the stale lock is taken over with a message.
-    A lock written by another host is never judged stale (its PID means nothing here): the error says how to remove it.
-    Re-acquiring a lock this process already holds is allowed (nested use).
-    """
-
-    NAME = ".lock"
-
-    def __init__(self, folder: str | Path, what: str = "run"):
-        self.folder = Path(folder)
-        self.path = self.folder / self.NAME
-        self.what = what
-        self.held = False
-
-    def holder(self) -> dict[str, Any] | None:
-        """The lock file's content (pid, host, started, command), or None when the folder is not locked."""
-        if not self.path.exists():
-            return None
-        return read_json(self.path) or {"pid": -1, "host": "?", "started": "?"}
-
-    def _stale(self, info: dict[str, Any]) -> bool:
-        return info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", -1)))
-
-    def acquire(self) -> "FolderLock":
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _write_error(self.folder, exc) from None
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "command": " ".join(sys.argv)[:500]}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                info = self.holder()
-                if info is None:
-                    continue
-                if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-                    self.held = True
-                    return self
-                if self._stale(info):
-                    print(f"mrlearn: {self.folder}: taking over a stale lock of process {info.get('pid')} "
-                          f"(started {info.get('started')}, no longer running)", file=sys.stderr)
-                    _remove(self.path)
-                    continue
-                raise input_error(self.folder, f"in use by process {info.get('pid')} on {info.get('host')} "
-                                  f"(since {info.get('started')})",
-                                  f"wait for it to finish, choose another folder, or delete {self.path} if that "
-                                  "process is gone")
-            except OSError as exc:
-                raise _write_error(self.folder, exc) from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            self.held = True
-            return self
-        raise input_error(self.folder, "could not take the folder lock", f"delete {self.path} and retry")
-
-    def release(self) -> None:
-        if self.held:
-            info = self.holder()
-            if info is not None and info.get("pid") == os.getpid():
-                _remove(self.path)
-            self.held = False
-
-    def __enter__(self) -> "FolderLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def is_locked_by_other(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a lock of another live process (a folder that must not be touched)."""
-    lock = FolderLock(folder)
-    info = lock.holder()
-    if info is None:
-        return False
-    if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-        return False
-    return not lock._stale(info)
-
-
 def safe_child(root: str | Path, name: str, where: str = "name") -> Path:
     """``root / name`` where ``name`` must stay inside ``root`` (no absolute path, no ``..``)."""
     p = Path(name)
@@ -261,3 +161,6 @@ def refuse_overwriting_data(path: str | Path, keys: tuple[str, ...] = ("kspace",
     if held:
         raise input_error(p, f"exists and holds '{held[0]}' (input data, not an output of mrlearn); not overwritten",
                           "choose an output folder that does not hold data files")
+
+
+from mrlearn.lease import FolderLock, is_locked_by_other, pid_alive  # noqa: E402,F401 - re-exported (lease imports io)

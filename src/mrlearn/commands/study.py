@@ -9,8 +9,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("study", help="run a grid of experiments (arms x settings x seeds) and report",
                               description="Run every run of a study YAML that is not finished yet (each in "
                                           "OUT/runs/<id>/), then write OUT/study.csv and OUT/report.html. "
-                                          "Rerunning a killed study continues it; several processes may share "
-                                          "one study folder (each run is locked while it runs).")
+                                          "Rerunning a killed study continues it (unfinished runs resume from "
+                                          "their checkpoints); several processes, on several machines, may share "
+                                          "one study folder (each run is leased while it runs). A failed run is "
+                                          "reported in one line and the others go on; the exit status is 2 if any "
+                                          "failed.")
     p.add_argument("config", help="study YAML, or a shipped study name (e.g. mtl_contrasts, mtl_tiny)")
     p.add_argument("--out", help="study folder (default: runs/<study name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -21,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="local: runs at once (default 2); ray: CPUs of the local Ray instance (default: all)")
     p.add_argument("--address", default=None,
-                   help="ray: join this cluster (auto, HOST:PORT or ray://HOST:10001) instead of a local instance")
+                   help="ray: join this cluster (auto, HOST:PORT or ray://HOST:10001) instead of a local instance; "
+                        "with token authentication set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN")
     p.add_argument("--summary-only", action="store_true", help="do not train; rewrite study.csv/report.html from finished runs")
     p.set_defaults(func=run)
 
@@ -39,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
     except RunInterrupted as exc:  # the run's own resume command would finish it outside the study
         again = ["mrlearn", "study", args.config, *(["--out", args.out] if args.out else []),
                  *[x for o in args.overrides for x in ("--set", o)],
-                 *(["--executor", args.executor] if args.executor != "sequential" else [])]
-        exc.resume = f"{shlex.join(again)} (finished runs are kept; unfinished ones start again)"
+                 *(["--executor", args.executor] if args.executor != "sequential" else []),
+                 *(["--workers", str(args.workers)] if args.workers else []),
+                 *(["--address", args.address] if args.address else [])]
+        exc.resume = f"{shlex.join(again)} (finished runs are kept; unfinished ones resume from their checkpoints)"
         raise
     if (out / "study.csv").is_file():
         print(f"mrlearn study: {spec.name}: {out / 'study.csv'}, {out / 'report.html'}")

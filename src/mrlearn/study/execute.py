@@ -1,17 +1,22 @@
 """One study run, as every executor runs it (in this process, a local worker process or a Ray task).
 
-:func:`run_job` claims the run folder with a :class:`RunLock` (``OUT/runs/<id>/.study.lock``: PID, host, start),
-so several workers - or several ``mrlearn study`` processes - share one study folder safely:
+:func:`run_job` claims the run folder with a :class:`RunLock` (``OUT/runs/<id>/.study.lock``: a lease with PID,
+host and a heartbeat, :mod:`mrlearn.lease`), so several workers - or several ``mrlearn study`` processes on several
+machines - share one study folder safely:
 
 * a finished run (``result.json``) is skipped;
-* a run held by a live process (its study lock, or the engine's ``.lock`` of a training in it) is left alone and
-  reported ``busy``: nothing deletes a folder a live process holds;
-* an unfinished folder whose holder is dead (killed worker, crashed machine on this host) is cleared and the run
-  started again, with a message;
-* otherwise the run is built (``run_config``), run by its runner and its outcome written (``result.json`` last),
-  each per-slice row labelled with its file's subject (``study.subjects``).
-  Inside the runner, progress lines (training, solvers, fits: :mod:`mrlearn.progress`) start with
-  ``[k/n] <run id>`` and follow the run's ``trainer.progress_every``.
+* a run held by a live lease of another study (its study lock, or the engine's ``.lock`` of a training in it) is
+  left alone and reported ``busy``: nothing deletes a folder a live process holds;
+* a lease of an earlier attempt of the same run in the same study (``Job.owner``: a worker or node that died, and
+  the executor retried the run) is waited for until its process is gone or its heartbeat expired, then taken over;
+* an unfinished folder whose holder is gone is resumed from its last checkpoint or cleared
+  (:func:`mrlearn.study.resume.prepare_folder`), with a message;
+* otherwise the run's config (built where the study started, paths absolute: ``Job.config``) is run by its runner
+  and its outcome written (``result.json`` last), each per-slice row labelled with its file's subject
+  (``study.subjects``). Inside the runner, progress lines (:mod:`mrlearn.progress`) start with ``[k/n] <run id>``.
+
+A run that fails returns ``status: error`` with one line - run id, the error's first line and ``error.log`` in
+its folder (the full traceback) - and never stops the other runs. A signal (``RunInterrupted``) propagates.
 
 The study lock is a separate file from the engine's run-folder lock (``.lock``, taken by the runner's training), so
 the two never release each other. A :class:`StudyLock` (``OUT/.study.lock``) serialises writes of the study-level
@@ -22,30 +27,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mrlearn.io import safe_child
 from mrlearn.config import dump_config
-from mrlearn.errors import MrlearnError
-from mrlearn.io import FolderLock, is_locked_by_other
+from mrlearn.errors import MrlearnError, RunInterrupted
+from mrlearn.io import FolderLock, atomic_write_text, is_locked_by_other, safe_child
+from mrlearn.lease import describe, lease_state
 from mrlearn.progress import progress_context
 from mrlearn.study.results import is_finished, write_outcome
+from mrlearn.study.resume import clear_folder as _clear, prepare_folder
 from mrlearn.study.spec import RunSpec, StudySpec, run_config
 from mrlearn.study.subjects import label_subjects
 
 
 class RunLock(FolderLock):
-    """The lock a study worker holds on one run folder while it runs it."""
+    """The lease a study worker holds on one run folder while it runs it."""
 
     NAME = ".study.lock"
 
 
 class StudyLock(FolderLock):
-    """The lock on a study folder held while its study-level files are written."""
+    """The lease on a study folder held while its study-level files are written."""
 
     NAME = ".study.lock"
 
@@ -77,16 +83,22 @@ def study_files_lock(out: Path, timeout: float = 300.0) -> Iterator[None]:
 
 @dataclass
 class Job:
-    """Everything a worker needs to run one run (picklable: sent to worker processes and Ray tasks)."""
+    """Everything a worker needs to run one run (picklable: sent to worker processes and Ray tasks).
+
+    ``config``: the run's ExperimentConfig built where the study started (relative paths made absolute there), None
+    to build it in the worker; ``owner``: the id of the study process that submitted the job (its leases carry it).
+    """
 
     spec: StudySpec
     run: RunSpec
     out: str  # absolute study folder
-    runner: Callable[[Any], Any]
+    runner: Callable[..., Any]
     index: int = 1
     total: int = 1
     threads: int | None = None  # torch intra-op threads in the worker (None: leave as is)
     resources: dict[str, float] = field(default_factory=dict)
+    config: Any = None
+    owner: str | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -95,18 +107,11 @@ class Job:
 
 def clear_folder(folder: Path, keep: str = RunLock.NAME) -> None:
     """Remove everything in ``folder`` except the lock file ``keep``."""
-    for child in folder.iterdir():
-        if child.name == keep:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    _clear(folder, keep)
 
 
 def _holder_text(lock: FolderLock) -> str:
-    info = lock.holder() or {}
-    return f"process {info.get('pid', '?')} on {info.get('host', '?')}"
+    return describe(lock.holder() or {})
 
 
 def _progress_every(cfg: Any) -> float | None:
@@ -115,51 +120,86 @@ def _progress_every(cfg: Any) -> float | None:
     return getattr(trainer, "progress_every", None) if trainer is not None else None
 
 
+def _claim(lock: RunLock, job: Job) -> dict[str, Any] | None:
+    """Take the run's lease; None when taken, else the ``busy`` / ``error`` result. A lease of an earlier attempt
+    of this job (same ``owner``) is waited for until it is stale (its holder's expiry plus one heartbeat at most)."""
+    rid, unheld, deadline = job.run.run_id, 0, None
+    while True:
+        try:
+            lock.acquire()
+            return None
+        except MrlearnError as exc:
+            info = lock.holder()
+            if info is None:
+                unheld += 1
+                if unheld > 1:  # twice not held yet not taken: the folder cannot be written (read-only, disk full)
+                    return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}
+                continue
+            if not job.owner or info.get("owner") != job.owner or lease_state(info) != "live":
+                return {"status": "busy", "run_id": rid, "message": f"being run by {describe(info)}; left to it"}
+            if deadline is None:  # an earlier attempt of this very run (a lost worker or node): wait for its lease
+                deadline = time.monotonic() + float(info.get("expires_after", 30)) + float(info.get("heartbeat_every", 10))
+            elif time.monotonic() > deadline:
+                return {"status": "busy", "run_id": rid,
+                        "message": f"an earlier attempt still renews its lease ({describe(info)}); left to it"}
+            time.sleep(0.5)
+
+
+def _failed(job: Job, exc: BaseException) -> dict[str, Any]:
+    """The one-line ``error`` result of a run; the full traceback goes to ``error.log`` in its folder."""
+    rid = job.run.run_id
+    log = job.run_dir / "error.log"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = first if isinstance(exc, MrlearnError) else f"{type(exc).__name__}: {first}"
+    try:
+        atomic_write_text(log, "".join(traceback.format_exception(exc)))
+        where = f"; log: {log}"
+    except MrlearnError:
+        where = ""
+    return {"status": "error", "run_id": rid, "message": f"study run {rid}: {text}{where}", "log": str(log)}
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Run ``job`` if no one else does; returns ``{"status": finished|skipped|busy|error, ...}``.
 
-    ``error`` carries the one-line message of a :class:`MrlearnError` (a user error inside the run); any other
-    exception propagates (a bug: the executor re-raises it).
+    ``error`` carries one line (run id, the first line of the error, the path of ``error.log``); only a signal
+    (:class:`~mrlearn.errors.RunInterrupted`) propagates.
     """
     run_dir = job.run_dir
     rid = job.run.run_id
     if is_finished(run_dir):
         return {"status": "skipped", "run_id": rid, "message": "finished before, skipped"}
-    lock = RunLock(run_dir, what="study run")
-    for attempt in (0, 1):
-        try:
-            lock.acquire()
-            break
-        except MrlearnError as exc:
-            if lock.holder() is not None:
-                return {"status": "busy", "run_id": rid, "message": f"being run by {_holder_text(lock)}; left to it"}
-            if attempt:  # twice not held yet not taken: the folder cannot be written (read-only, disk full)
-                return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}
+    lock = RunLock(run_dir, what="study run", owner=job.owner)
+    refused = _claim(lock, job)
+    if refused is not None:
+        return refused
     try:
         if is_finished(run_dir):
             return {"status": "skipped", "run_id": rid, "message": "finished by another worker, skipped"}
         if is_locked_by_other(run_dir):
             return {"status": "busy", "run_id": rid,
                     "message": f"its folder is held by {_holder_text(FolderLock(run_dir))}; left to it"}
-        notes = []
-        if any(p.name != RunLock.NAME for p in run_dir.iterdir()):
-            clear_folder(run_dir)
-            notes.append("unfinished folder (no live holder) cleared, starting again")
-        if job.threads:
-            import torch
-
-            torch.set_num_threads(int(job.threads))
-        cfg = run_config(job.spec, job.run, run_dir)
-        start = time.time()
         try:
+            cfg = job.config if job.config is not None else run_config(job.spec, job.run, run_dir)
+            resume, notes = prepare_folder(run_dir, cfg, job.runner, RunLock.NAME)
+            if job.threads:
+                import torch
+
+                torch.set_num_threads(int(job.threads))
+            start = time.time()
             with progress_context(f"[{job.index}/{job.total}] {rid}", _progress_every(cfg)):
-                outcome = job.runner(cfg)
-        except MrlearnError as exc:
-            return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}
-        seconds = time.time() - start
-        outcome.slices = label_subjects(cfg, outcome.slices)  # the files' patient_id: the unit of replication
-        write_outcome(run_dir, job.run, outcome, seconds, config=dump_config(cfg))
+                outcome = job.runner(cfg, resume=True) if resume else job.runner(cfg)
+            seconds = time.time() - start
+            outcome.slices = label_subjects(cfg, outcome.slices)  # the files' patient_id: the unit of replication
+            if resume:
+                outcome.extra["resumed_from"] = resume
+            (run_dir / "error.log").unlink(missing_ok=True)  # an earlier attempt's
+            write_outcome(run_dir, job.run, outcome, seconds, config=dump_config(cfg))
+        except RunInterrupted:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one run's error (or bug) never ends the others
+            return _failed(job, exc)
         return {"status": "finished", "run_id": rid, "seconds": seconds, "groups": outcome.groups, "notes": notes,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "resumed_from": resume}
     finally:
         lock.release()

@@ -8,19 +8,23 @@ Layout of ``OUT`` (default ``runs/<study name>``)::
     OUT/study.csv, OUT/paired_differences.csv, OUT/report.html
 
 Resumable and shareable: a finished run is skipped; a run another live process holds is left to it; an unfinished
-folder whose holder is dead is cleared and run again (``study.execute``). Every run is seeded, so a rerun of a
+folder whose holder is gone resumes from its last checkpoint (or, without one, starts again: ``study.resume``). A
+run that fails is logged in one line and the others go on; the study then ends with a one-line list of the failed
+runs (an error: exit status 2) after writing the summary of the finished ones. Every run is seeded, so a rerun of a
 killed study gives the same numbers. Runs go through an executor (``sequential``, ``local`` worker processes or
 ``ray``: ``study.executors``); all three give the same ``study.csv``.
 
 Runners (registry kind ``runner``; the study's ``runner``, ``auto``: ``mtl`` when the config has a ``tasks`` section,
 else ``train``) take the run's ExperimentConfig and return a :class:`RunOutcome`. A capability registers its runner
 with ``@register("runner", name)`` (or :func:`register_runner`) and declares the module in the entry-point group
-``mrlearn.runner``. A study file can name registered runners only, never a module or function of its own choosing
+``mrlearn.runner``. A runner that takes a ``resume`` keyword continues an unfinished run folder from its checkpoints
+(``train`` does); others start such a run again. A study file can name registered runners only, never a module or function of its own choosing
 (a study file from someone else cannot make mrlearn import or call arbitrary code).
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,17 +59,18 @@ def get_runner(name: str, cfg: Any) -> Runner:
 
 
 @registry.register("runner", "train")
-def train_runner(cfg: Any) -> RunOutcome:
+def train_runner(cfg: Any, resume: bool = False) -> RunOutcome:
     """The plain ``mrlearn train`` path, then the weights it reports (best by validation unless
     ``trainer.final_weights: last``) scored on the ``test`` split (group ``all``; per-slice rows, one example; the
-    noiseless metrics too where simulated data have them): the split that selected the model is never scored."""
+    noiseless metrics too where simulated data have them): the split that selected the model is never scored.
+    ``resume``: continue the run folder from its ``checkpoints/last.ckpt`` (a lost worker, an interrupted study)."""
     import torch
 
     from mrlearn.data.sample import Batch, as_batch
     from mrlearn.evaluation.scoring import score_batches
     from mrlearn.training.runner import make_datamodule, train
 
-    result = train(cfg)
+    result = train(cfg, resume=resume)
     module = result.module
     module.eval()
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
@@ -99,6 +104,7 @@ def check_finished_runs_match(configs: dict[str, Any], out: Path) -> None:
     ``--set``) a one-line error names the run and the first differing key, before any run starts."""
     from mrlearn.config import dump_config
     from mrlearn.engine.runfolder import COSMETIC_CHANGES, config_changes
+    from mrlearn.study.paths import absolute_config_text
 
     for run_id, cfg in configs.items():
         folder = out / "runs" / run_id
@@ -108,7 +114,7 @@ def check_finished_runs_match(configs: dict[str, Any], out: Path) -> None:
             old = (folder / "config.yaml").read_text(encoding="utf-8")
         if old is None:
             continue
-        changes = config_changes(old, dump_config(cfg), COSMETIC_CHANGES)
+        changes = config_changes(absolute_config_text(old), dump_config(cfg), COSMETIC_CHANGES)
         if changes:
             key, old, new = changes[0]
             more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
@@ -154,23 +160,31 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
     with study_files_lock(out):
         write_study_yaml(spec, out, executor)
     busy: list[str] = []
+    failed: list[str] = []
     if not only_summary:
-        run_jobs(spec, runs, configs, out, log, executor, workers, address, busy)
+        owner = uuid.uuid4().hex  # this study process: its leases tell a retried run its own earlier attempt
+        run_jobs(spec, runs, configs, out, log, executor, workers, address, busy, failed, owner)
         if checks:
             log(f"stopping check: {len(checks)} run(s) with every patience and cap x{spec.stopping_check['factor']:g}")
-            run_jobs(spec, checks, configs, out, log, executor, workers, address, busy)
+            run_jobs(spec, checks, configs, out, log, executor, workers, address, busy, failed, owner)
     with study_files_lock(out):
         write_summary(spec, out, runs, busy=busy)
     if busy:
         log(f"{len(busy)} run(s) are being run by another process; rerun this command when they finish to "
             "summarise them")
+    if failed:
+        raise MrlearnError(f"{spec.path or spec.name}: {len(failed)} run(s) failed: {', '.join(failed)} (each one's "
+                           f"error and log above; the summary holds the finished runs only); fix the cause and rerun "
+                           "the command: finished runs are kept, unfinished ones resume from their checkpoints")
     return out
 
 
 def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Path, log: Callable[[str], None],
-             executor: str, workers: int | None, address: str | None, busy: list[str]) -> None:
-    """Run the unfinished ``runs`` through ``executor`` (progress lines ``[k/n] <run id>``); the ids of runs held
-    by another live process are added to ``busy``; the first run's one-line error is raised after all ran."""
+             executor: str, workers: int | None, address: str | None, busy: list[str], failed: list[str],
+             owner: str | None = None) -> None:
+    """Run the unfinished ``runs`` through ``executor`` (progress lines ``[k/n] <run id>``), each with the config
+    built here (paths absolute); the ids of runs held by another live process are added to ``busy``, those of runs
+    that failed (each logged in one line as it fails) to ``failed``; the other runs always go on."""
     jobs = []
     for i, run in enumerate(runs, 1):
         if is_finished(out / "runs" / run.run_id):
@@ -179,11 +193,9 @@ def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Pat
         cfg = configs[run.run_id]
         res = run_resources(spec, cfg, executor, workers)
         threads = None if executor == "sequential" else max(1, int(res["cpus"]))
-        jobs.append(Job(spec, run, str(out), get_runner(spec.runner, cfg), i, len(runs), threads, res))
+        jobs.append(Job(spec, run, str(out), get_runner(spec.runner, cfg), i, len(runs), threads, res, cfg, owner))
     if jobs and executor != "sequential":
         log(f"{len(jobs)} run(s) to do with the {executor} executor" + (f" ({workers} workers)" if workers else ""))
-    errors: list[str] = []
-
     def on_done(job: Job, result: dict[str, Any]) -> None:
         head = f"[{job.index}/{job.total}] {job.run.run_id}"
         status = result.get("status")
@@ -196,7 +208,8 @@ def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Pat
             busy.append(job.run.run_id)
             log(f"{head}: {result['message']}")
         elif status == "error":
-            errors.append(result["message"])
+            failed.append(job.run.run_id)
+            log(f"{head}: failed: {result['message']}")
         else:
             log(f"{head}: {result.get('message', status)}")
 
@@ -204,8 +217,6 @@ def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Pat
         log(f"[{job.index}/{job.total}] {job.run.run_id}: running")
 
     execute(jobs, on_done, executor, workers, address, on_start)
-    if errors:
-        raise MrlearnError(errors[0])
 
 
 def _headline(metrics: dict[str, Any]) -> str:

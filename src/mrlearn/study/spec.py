@@ -337,8 +337,10 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def run_config(spec: StudySpec, run: RunSpec, run_dir: Path):
-    """The validated :class:`~mrlearn.config.ExperimentConfig` of one run (base + set + arm/grid/seed + out_dir)."""
+    """The validated :class:`~mrlearn.config.ExperimentConfig` of one run (base + set + arm/grid/seed + out_dir), its
+    paths absolute against the current directory (:mod:`mrlearn.study.paths`)."""
     from mrlearn.config import config_from_dict, resolve_config_path, set_override
+    from mrlearn.study.paths import absolute_paths
 
     if isinstance(spec.base, dict):
         raw, where = copy.deepcopy(spec.base), f"{spec.path or spec.name}: base"
@@ -358,4 +360,5 @@ def run_config(spec: StudySpec, run: RunSpec, run_dir: Path):
         apply_override(raw, key, value, f"{spec.name}: {run.arm}: {key}")
     raw["out_dir"] = str(run_dir)
     raw["name"] = f"{spec.name}/{run.run_id}"
+    absolute_paths(raw)  # resolved here, where the study starts: a worker elsewhere runs in another directory
     return config_from_dict(raw, where=where)
