@@ -13,7 +13,7 @@ from mrlearn.config import resolve_config_path
 from mrlearn.study import load_study, run_config
 from mrlearn.yamlfile import read_yaml_file
 
-FAMILIES = ("mtl_contrasts", "ssl_vs_supervised", "layerwise_study")
+FAMILIES = ("mtl_contrasts", "ssl_vs_supervised", "layerwise_study", "recon_seg")
 PRESETS = [f + suffix for f in FAMILIES for suffix in ("", "_gpu", "_tiny")] + ["mtl_knee_fastmri"]
 REFERENCE_METHODS = ("reference",)
 

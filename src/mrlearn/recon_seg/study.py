@@ -111,6 +111,8 @@ def _fit_joint(cfg: ExperimentConfig, section: ReconSegRunConfig) -> tuple[Any, 
     selection = JointSelection({"recon": recon_es, "seg": section.seg_stopping()})
     result = train(stage, callbacks=[selection])
     records = selection.records(result.convergence.get("stopped_by"))
+    for task, rec in records.items():  # every validation of the task: [step, epoch, value, samples]
+        rec["curve"] = selection.selection.task_curve(task) if selection.selection is not None else []
     modules = {}
     for task, rec in records.items():
         best = rec.get("checkpoint")
