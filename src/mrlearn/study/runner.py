@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mrlearn import registry
 from mrlearn.io import safe_child
@@ -59,18 +59,19 @@ def get_runner(name: str, cfg: Any) -> Runner:
 
 
 @registry.register("runner", "train")
-def train_runner(cfg: Any, resume: bool = False) -> RunOutcome:
+def train_runner(cfg: Any, resume: bool = False, callbacks: Sequence[Any] = ()) -> RunOutcome:
     """The plain ``mrlearn train`` path, then the weights it reports (best by validation unless
     ``trainer.final_weights: last``) scored on the ``test`` split (group ``all``; per-slice rows, one example; the
     noiseless metrics too where simulated data have them): the split that selected the model is never scored.
-    ``resume``: continue the run folder from its ``checkpoints/last.ckpt`` (a lost worker, an interrupted study)."""
+    ``resume``: continue the run folder from its ``checkpoints/last.ckpt`` (a lost worker, an interrupted study);
+    ``callbacks``: extra Lightning callbacks for the fit (a runner of one's own can wrap this one)."""
     import torch
 
     from mrlearn.data.sample import Batch, as_batch
     from mrlearn.evaluation.scoring import score_batches
     from mrlearn.training.runner import make_datamodule, train
 
-    result = train(cfg, resume=resume)
+    result = train(cfg, resume=resume, callbacks=callbacks)
     module = result.module
     module.eval()
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
