@@ -220,7 +220,7 @@ def _without_paths(sel: dict) -> dict:
 @pytest.mark.parametrize("kill_at, every, resume_step", [(14, 0, 12), (17, 2, 16)])
 def test_sigkill_then_resume_restores_every_task_state(reference, data, tmp_path, kill_at, every, resume_step):
     from mrlearn.engine.checkpoint import load_checkpoint
-    from mrlearn.mtl.train import train_mtl
+    from mrlearn.mtl.train import study_runner
 
     cfg, outcome, metrics = reference
     out = tmp_path / "killed"
@@ -238,7 +238,7 @@ def test_sigkill_then_resume_restores_every_task_state(reference, data, tmp_path
         assert state["pd"]["best"]["step"] == 9 and state["scarce"]["best"]["step"] == 6
         assert state["pd"]["convergence"]["plateau"]["anchor"] == [3, 16]
         assert state["scarce"]["convergence"]["plateau"]["anchor"] == [3, 4]
-    resumed = train_mtl(_cfg(data, out, every_set), resume=True)
+    resumed = study_runner(_cfg(data, out, every_set), resume=True)  # as a study resumes an unfinished run
     again = json.loads((out / "metrics.json").read_text())
     assert _without_paths(again["task_selection"]) == _without_paths(metrics["task_selection"])
     assert again["history"] == metrics["history"] and resumed.groups == outcome.groups

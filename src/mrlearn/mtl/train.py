@@ -330,12 +330,13 @@ def _run(cfg: ExperimentConfig, tasks: Any, resume: bool = False) -> tuple[RunOu
 
 
 @register("runner", "mtl")
-def study_runner(cfg: ExperimentConfig) -> RunOutcome:
+def study_runner(cfg: ExperimentConfig, resume: bool = False) -> RunOutcome:
     """``study.runner`` entry for configs with a ``tasks`` section; ``method: {name: reference, ...}`` arms
-    (zero-filled, CS, ...) are scored without training (:func:`score_reference`)."""
+    (zero-filled, CS, ...) are scored without training (:func:`score_reference`). ``resume``: continue an
+    unfinished run folder from its checkpoints (:func:`train_mtl`)."""
     if cfg.method.get("name") == "reference":
         return score_reference(cfg)
-    return train_mtl(cfg)
+    return train_mtl(cfg, resume=resume)
 
 
 def score_reference(cfg: ExperimentConfig) -> RunOutcome:
