@@ -10,7 +10,7 @@ processes' load (the wall-clock minimum and the load average are printed beside 
 validations x validation time``, for a fit that stops after ``--expect`` of its step cap and for one that runs to
 the cap (plus one more validation of the selected weights and the test pass, 40 / 24 of a validation, twice for
 a joint arm); every arm x grid point x seed, plus the stopping check (one seed per arm and grid point, caps x2, assumed
-to run ``--check-factor`` x as long as its original), divided by the ``--workers`` running at once. Ratios are
+to run ``--check-factor`` x as long as its original; at the caps, the check's own factor), divided by the ``--workers`` running at once. Ratios are
 to the two-step arm (the baseline of the study), measured in the same run.
 
     python benchmarks/recon_seg_study_steps.py [--study recon_seg] [--steps 6] [--warmup 2] [--expect 0.5]
@@ -121,9 +121,11 @@ def main() -> None:
     points, seeds = max(1, len(spec.runs()) // (len(spec.arms) * len(spec.seeds))), len(spec.seeds)
     at_cap = sum(c["cap"] for c in cost.values()) * points
     check_seeds = int((spec.stopping_check or {}).get("seeds", 0))
-    for label, frac in ((f"expected ({a.expect:g} of the caps)", a.expect), ("every fit at its cap", 1.0)):
+    factor = float((spec.stopping_check or {}).get("factor", 1.0))
+    for label, frac, grow in ((f"expected ({a.expect:g} of the caps)", a.expect, a.check_factor),
+                              ("every fit at its cap (checks at their x2 caps)", 1.0, factor)):
         runs = at_cap * frac * seeds
-        checks = at_cap * frac * check_seeds * a.check_factor
+        checks = at_cap * frac * check_seeds * grow
         total = (runs + checks) / a.workers
         print(f"projection, {label}: runs {runs / 60:.1f} min + check {checks / 60:.1f} min of one core; "
               f"{total / 60:.1f} min with {a.workers} workers")
