@@ -1,6 +1,6 @@
 """Multi-task loss weightings under DDP: 2 processes on CPU (gloo) equal 1 process with the same global batch.
 
-Loss-based weightings (equal, DWA, uncertainty) train with Lightning's automatic optimisation. A task absent from
+Loss-based weightings (equal, DWA, uncertainty; and DWA with the scarce task self-supervised, ``mtl_ssdu``) train with Lightning's automatic optimisation. A task absent from
 a global batch leaves its parameters (task-specific cascade, uncertainty's ``s_t``) with ``grad = None`` in one
 process, so Adam skips them; under DDP they must be skipped too, not stepped on an all-reduced zero gradient
 (Adam's moments would move them). The data (PD 4 slices, T2 2 slices, global batch 2, shuffled) have batches
@@ -18,7 +18,7 @@ import torch
 
 from helpers_ddp import launch
 
-WEIGHTINGS = ("equal", "dwa", "uncertainty")
+WEIGHTINGS = ("equal", "dwa", "uncertainty", "mtl_ssdu")  # mtl_ssdu: DWA, the scarce task self-supervised
 
 SCRIPT = """
 import sys
@@ -26,11 +26,14 @@ from mrlearn.config import load_config
 from mrlearn.mtl.train import train_mtl
 out, root, world = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for name in sys.argv[4:]:
-    cfg = load_config("mtl_tiny", [
+    method = ["method={name: mtl_ssdu, ssl_tasks: [scarce], loss: {name: l1}, centre: [2, 2]}"] \
+        if name == "mtl_ssdu" else []
+    weighting = "dwa" if name == "mtl_ssdu" else name
+    cfg = load_config("mtl_tiny", [*method, 
         f"data.root={root}", f"out_dir={out}/{name}", "trainer.accelerator=cpu", "trainer.progress_bar=false",
         "data.contrasts=null", "data.num_workers=0", f"data.batch_size={2 // world}",
         "tasks.tasks=[{name: pd, contrasts: [PD]}, {name: scarce, contrasts: [T2], slice_fraction: 0.5}]",
-        f"tasks.weighting={{name: {name}}}", "model.cascades=2", "model.chans=4", "model.split=1",
+        f"tasks.weighting={{name: {weighting}}}", "model.cascades=2", "model.chans=4", "model.split=1",
         "trainer.max_epochs=3", "trainer.max_steps=-1", "trainer.val_every=100",
         *([f"trainer.devices={world}", "trainer.strategy=ddp"] if world > 1 else [])])
     train_mtl(cfg)
@@ -95,5 +98,36 @@ def test_two_processes_equal_one(fitted, weighting):
         for task in ("pd", "scarce"):
             key = f"weight/{task}"
             assert hb[epoch][key] == pytest.approx(ha[epoch][key], rel=1e-5), (epoch, key)
-    if weighting == "dwa":  # the third epoch trained with weights computed from the first two
+    if weighting in ("dwa", "mtl_ssdu"):  # the third epoch trained with weights computed from the first two
         assert ha[1]["weight/pd"] != pytest.approx(1.0, abs=1e-6)
+
+
+def test_methods_that_leave_parameters_unused_get_ddp_that_finds_them(tmp_path):
+    """make_trainer: DDP finds unused parameters for greedy and MTL loss weightings, not for the others."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from mrlearn.config import load_config
+    from mrlearn.engine.trainer import ddp_strategy, make_trainer
+    from mrlearn.errors import MrlearnError
+    from mrlearn.layerwise.greedy import GreedyModule
+    from mrlearn.mtl.module import MultiTaskModule
+    from mrlearn.training.runner import build_method
+
+    assert GreedyModule.ddp_unused_parameters is True
+    for weighting, unused in (("equal", True), ("dwa", True), ("uncertainty", True), ("mgda", False)):
+        cfg = load_config("mtl_tiny", [f"tasks.weighting={weighting}"])
+        module = build_method(cfg)
+        assert isinstance(module, MultiTaskModule) and module.ddp_unused_parameters is unused, weighting
+    cfg = load_config("unet_demo", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                                    "trainer.logger=csv"])
+    for unused in (True, False):
+        trainer, _ = make_trainer(cfg, tmp_path / f"run{unused}", unused_parameters=unused)
+        assert isinstance(trainer.strategy, DDPStrategy)
+        assert trainer.strategy._ddp_kwargs.get("find_unused_parameters", False) is unused
+        assert trainer.strategy.process_group_backend == "gloo"
+    assert ddp_strategy("auto", "cpu", True) == "auto" and ddp_strategy("fsdp", "gpu", True) == "fsdp"
+    assert ddp_strategy("ddp", "gpu", False) == "ddp"  # on GPUs plain DDP is Lightning's own
+    spawn = ddp_strategy("ddp_spawn", "cpu", True)
+    assert spawn._start_method == "spawn" and spawn._ddp_kwargs["find_unused_parameters"] is True
+    with pytest.raises(MrlearnError, match="trainer.strategy.*use ddp"):
+        ddp_strategy("ddp_find_unused_parameters_false", "cpu", True)
