@@ -78,9 +78,11 @@ def test_default_bounds_closed_form():
     assert default_bounds("ivim", [0, 10, 100, 800])[0] == (0.0, 2.0)  # b = 0 acquired: u_min = 1
     lo, hi = zip(*default_bounds("ivim", [5, 10, 100, 800]))
     beta = 5e-3
-    u_min = min(math.exp(-beta * 5.0), 1.0 * math.exp(-beta * 300.0))  # f up to 1, D up to 5, D* up to 300
+    # f up to F_PLAUSIBLE = 0.5 for the attenuation, D up to 5, D* up to 300
+    u_min = 0.5 * math.exp(-beta * 300.0) + 0.5 * math.exp(-beta * 5.0)
     assert hi[0] == pytest.approx(2 / u_min) and (hi[1], hi[2], hi[3]) == (1.0, 5.0, 300.0) and lo[3] == 2.0
-    assert lowest_b_floor("ivim_additive", 5.0, lo, hi) == pytest.approx(math.exp(-beta * 305.0))
+    assert lowest_b_floor("ivim_additive", 5.0, lo, hi) == pytest.approx(0.5 * math.exp(-beta * 305.0)
+                                                                         + 0.5 * math.exp(-beta * 5.0))
     assert parse_bounds("f=0:0.5, Dstar=3:100", "ivim") == {"f": (0.0, 0.5), "Dstar": (3.0, 100.0)}
 
 

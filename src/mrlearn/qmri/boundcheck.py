@@ -16,9 +16,11 @@ g^2 / 2h, in objective units (so the test does not depend on the signal scale or
   e^{-b_n D} inside the sum for ``ivim_additive``). A decrease above tol on a grid of ``n_scan`` values over the
   bounds is a descent direction: the point is a saddle, not a minimum.
 
-Voxels whose f ends within ``corner_tol`` of a bound (at or near a corner), and voxels failing KKT, are re-started
-from a grid away from the corner (f in {0.1, 0.3, 0.6, 0.9} of the f interval, D across its range, a log grid of
-D*; the best of each D* band by the objective) and keep the better end point. Only a voxel that passes both checks
+Voxels whose f ends within ``corner_tol`` of a bound (at or near a corner), voxels with a mono-exponential end point
+(also D = D*; :mod:`mrlearn.qmri.escape`) and voxels failing KKT are re-started from a grid away from the corner (f
+in {0.1, 0.3, 0.6, 0.9} of the f interval, D across its range, a log grid of D*; the best of each D* band by the
+objective) and from the escape start along the best second compartment (:func:`mrlearn.qmri.escape.escape_starts`:
+the way to a shallow minimum next to a corner, such as f = 0.997 with D ~ 0), and keep the better end point. Only a voxel that passes both checks
 at its final end point is ``converged``.
 """
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mrlearn.qmri.escape import escape_starts, mono_exponential
 from mrlearn.qmri.lm import Kernel, Objective, projected_lm
 from mrlearn.qmri.likelihood import _sigma2
 from mrlearn.qmri.signal import B_SCALE
@@ -140,12 +143,14 @@ class Rechecked:
 def recheck(signals: torch.Tensor, bvals: torch.Tensor, model: str, theta: torch.Tensor, obj: torch.Tensor,
             solver_conv: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, objective: str, sigma, lm_opts: dict,
             n_keep: int = 3, enabled: bool = True) -> Rechecked:
-    """Check every end point; re-start the corner and KKT-failing voxels; re-check the end points kept
-    (``enabled=False``: return the solver's end points and flags unchanged)."""
+    """Check every end point; re-start the corner, mono-exponential and KKT-failing voxels; re-check the end points
+    kept (``enabled=False``: return the solver's end points and flags unchanged)."""
     if not enabled:
         return Rechecked(theta, obj, solver_conv, 0, 0)
     chk = check_end_points(signals, bvals, model, theta, lo, hi, objective, sigma)
-    redo = torch.nonzero(chk.corner | ~chk.passed).squeeze(-1)
+    mono, rate = (mono_exponential(theta, model, lo, hi) if model in IVIM_MODELS
+                  else (torch.zeros_like(chk.corner), None))
+    redo = torch.nonzero(chk.corner | mono | ~chk.passed).squeeze(-1)
     theta, obj = theta.clone(), obj.clone()
     conv = solver_conv.clone()
     improved = 0
@@ -153,6 +158,8 @@ def recheck(signals: torch.Tensor, bvals: torch.Tensor, model: str, theta: torch
         sig_r = sigma[redo] if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 else sigma
         sr = signals[redo]
         starts = restart_starts(sr, bvals, model, lo, hi, objective, sig_r, n_keep)
+        esc = escape_starts(sr, bvals, model, theta[redo], rate[redo], lo, hi, objective, sig_r)
+        starts = torch.cat([starts, esc[None]])
         k, r = starts.shape[0], redo.numel()
         sig_k = sig_r.repeat(k) if isinstance(sig_r, torch.Tensor) and sig_r.ndim > 0 else sig_r
         p0 = ((starts - lo) / (hi - lo)).reshape(k * r, -1)

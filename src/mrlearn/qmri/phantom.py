@@ -1,9 +1,11 @@
-"""A real-like IVIM series for tests and benchmarks: int16 storage with slope/intercept, no b = 0.
+"""Real-like IVIM series for tests and benchmarks: int16 storage with slope/intercept, no b = 0.
 
 :func:`realistic_series` builds a ``[X, Y, Z, N]`` series the way a scanner exports it: a bright elliptic "cord"
 of tissue (common IVIM, parameters drawn per voxel) in a dark background, Rician noise, then stored as int16
 ``raw`` with ``value = raw * slope + intercept`` (intercept < 0, so the background is negative once scaled, as in
 real exports). b-values default to 11 values from 5 to 800 s/mm^2. Units as in :mod:`mrlearn.qmri.signal`.
+:func:`corner_series` gives voxel signals of a spinal-cord protocol (lowest b 50) whose fits reach the degenerate
+IVIM corners.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 from mrlearn.qmri.signal import get_model
 
 REAL_BVALS = (5.0, 10.0, 20.0, 30.0, 50.0, 80.0, 100.0, 200.0, 400.0, 600.0, 800.0)
+#: a 7 T spinal-cord protocol: no b = 0, lowest b 50 s/mm^2
+CORD_BVALS = (50.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 1000.0)
 TISSUE = {"f": (0.05, 0.3), "D": (0.4, 2.0), "Dstar": (10.0, 80.0)}
 
 
@@ -69,3 +73,23 @@ def realistic_series(shape: tuple[int, int, int] = (24, 20, 2), bvals=REAL_BVALS
     value = noisy + np.where(tissue, 0.0, intercept)[..., None]  # background offset by the intercept
     raw = np.clip(np.round((value - intercept) / slope), -32768, 32767).astype(np.int16)
     return Series(raw, slope, intercept, b, tissue, truth, sigma)
+
+
+def corner_series(n: int = 120, seed: int = 0, snr: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along-cord IVIM voxels at ``CORD_BVALS``: S0 0.9-1.1, small f (0-0.08), high D (1.5-2.8 um^2/ms), D* 5-30,
+    Rician noise sd 1/snr, each voxel divided by its b = 50 signal: mono-exponential-looking decays whose fits reach
+    the f = 0 / f = 1 corners and, without b = 0, the S0 -> large ridge. Returns (signals [n, 11], sigma [n] on
+    that scale), float64."""
+    g = torch.Generator().manual_seed(seed)
+
+    def uni(a: float, b: float) -> torch.Tensor:
+        return a + (b - a) * torch.rand(n, generator=g, dtype=torch.float64)
+
+    theta = torch.stack([uni(0.9, 1.1), uni(0.0, 0.08), uni(1.5, 2.8), uni(5.0, 30.0)], -1)
+    fn, _ = get_model("ivim")
+    clean = fn(theta, torch.tensor(CORD_BVALS, dtype=torch.float64))
+    s = 1.0 / snr
+    noisy = torch.sqrt((clean + s * torch.randn(clean.shape, generator=g, dtype=torch.float64)) ** 2
+                       + (s * torch.randn(clean.shape, generator=g, dtype=torch.float64)) ** 2)
+    ref = noisy[:, 0]
+    return noisy / ref[:, None], s / ref

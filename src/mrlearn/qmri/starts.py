@@ -74,18 +74,21 @@ def ranked_candidates(signals: torch.Tensor, bvals: torch.Tensor, model: str, lo
     nf, nd, ng = f_c.shape[0], d_c.shape[0], grid.numel()
     slow = torch.exp(-beta * d_c[..., None])  # [D, V, N]
     fast = torch.exp(-beta * grid[:, None])  # [G, N]
-    fs = f_c[:, None, None, :, None]  # [F, 1, 1, V, 1]
-    if model == "ivim_additive":
-        unit = slow[None, :, None] * (1 + fs * (fast[None, None, :, None] - 1))
-    else:
-        unit = slow[None, :, None] + fs * (fast[None, None, :, None] - slow[None, :, None])  # [F, D, G, V, N]
-    s0 = ((unit * signals).sum(-1) / (unit * unit).sum(-1).clamp_min(1e-30)).clamp(lo[0], hi[0])  # [F, D, G, V]
+    fs = f_c[:, None, None, :]  # [F, 1, 1, V]
+    # normalised signal u = slow + f (q - slow), q the fast compartment: exp(-b D*) (times slow for ivim_additive)
+    q = slow[:, None] * fast[None, :, None] if model == "ivim_additive" else fast[None, :, None].expand(nd, -1, v, -1)
     if objective == "mle":
+        unit = slow[None, :, None] + fs[..., None] * (q[None] - slow[None, :, None])  # [F, D, G, V, N]
+        s0 = ((unit * signals).sum(-1) / (unit * unit).sum(-1).clamp_min(1e-30)).clamp(lo[0], hi[0])  # [F, D, G, V]
         sig = sigma[None] if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 else sigma
         obj = rician_nll(signals, unit * s0[..., None], sig)
-    else:
-        r = unit * s0[..., None] - signals
-        obj = 0.5 * (r * r).sum(-1)
+    else:  # 0.5 |s0 u - m|^2 = 0.5 (s0^2 u.u - 2 s0 u.m + m.m), u.m and u.u from sums over b (no [F, D, G, V, N])
+        sm, qm = (slow * signals).sum(-1)[:, None], (q * signals).sum(-1)  # [D, 1, V], [D, G, V]
+        ss, sq, qq = (slow * slow).sum(-1)[:, None], (slow[:, None] * q).sum(-1), (q * q).sum(-1)
+        um = sm + fs * (qm - sm)  # [F, D, G, V]
+        uu = ss + 2 * fs * (sq - ss) + fs * fs * (qq - 2 * sq + ss)
+        s0 = (um / uu.clamp_min(1e-30)).clamp(lo[0], hi[0])
+        obj = 0.5 * (s0 * s0 * uu - 2 * s0 * um + (signals * signals).sum(-1))
     obj = obj.permute(2, 0, 1, 3).reshape(ng, nf * nd, v)  # [G, F*D, V], f-major
     cand_idx = torch.arange(nf * nd, device=signals.device)
     ar = torch.arange(v, device=signals.device)
@@ -101,15 +104,40 @@ def ranked_candidates(signals: torch.Tensor, bvals: torch.Tensor, model: str, lo
     return torch.stack(starts)
 
 
+def exchanged_start(signals: torch.Tensor, bvals: torch.Tensor, model: str, init: torch.Tensor, lo: torch.Tensor,
+                    hi: torch.Tensor) -> torch.Tensor:
+    """``[V, P]``: the start of the exchanged-compartment minimum: the segmented tissue decay D given to the fast
+    compartment (D* = D, f = 0.95 of the f interval) and a near-constant slow compartment (D 1 % into its
+    interval), S0 by linear least squares (clamped to its bounds)."""
+    beta = bvals * B_SCALE
+    th = init.clone()
+    th[:, 1] = lo[1] + 0.95 * (hi[1] - lo[1])
+    th[:, 2] = lo[2] + 0.01 * (hi[2] - lo[2])
+    rate = init[:, 2] - th[:, 2] if model == "ivim_additive" else init[:, 2]
+    th[:, 3] = rate.clamp(lo[3], hi[3])
+    slow = torch.exp(-beta * th[:, 2:3])
+    fast = torch.exp(-beta * (th[:, 2:3] + th[:, 3:4])) if model == "ivim_additive" else torch.exp(-beta * th[:, 3:4])
+    unit = slow + th[:, 1:2] * (fast - slow)
+    th[:, 0] = ((unit * signals).sum(-1) / (unit * unit).sum(-1).clamp_min(1e-30)).clamp(lo[0], hi[0])
+    return th
+
+
 def ivim_starts(signals: torch.Tensor, bvals: torch.Tensor, model: str, init: torch.Tensor, lo: torch.Tensor,
-                hi: torch.Tensor, objective: str, sigma, n_grid: int, n_starts: int) -> torch.Tensor:
-    """``n_starts`` candidates per voxel, ``[n_starts, V, P]``: the best of each band of the D* grid.
+                hi: torch.Tensor, objective: str, sigma, n_grid: int, n_starts: int, exchange: bool = True
+                ) -> torch.Tensor:
+    """``[K, V, P]`` starts per voxel: the best candidate of each of ``n_starts`` bands of the D* grid and, with
+    ``exchange``, the exchanged-compartment start (:func:`exchanged_start`) as the last (K = n_starts + 1).
 
     Candidates: f in {segmented f (within [0.05, 0.95], so that D* matters), 0.1, 0.3, 0.7}; D in {segmented D,
-    1.0, 0.2}; D* on a log grid of ``n_grid`` values within its bounds.
+    1.0, 0.2}; D* on a log grid of ``n_grid`` values within its bounds. The bi-exponential has a second basin with
+    the compartments' roles exchanged (fast compartment f ~ 1 carrying the tissue decay, slow one near constant,
+    e.g. fitting a noise floor); no grid candidate near it ranks high before LM, so it gets its own start.
     """
     full = torch.ones_like(init[:, 1])
     f_c = torch.stack([init[:, 1].clamp(0.05, 0.95), 0.1 * full, 0.3 * full, 0.7 * full])
     d_c = torch.stack([init[:, 2], full, 0.2 * full])
-    return ranked_candidates(signals, bvals, model, lo, hi, objective, sigma, f_c, d_c, dstar_grid(lo, hi, n_grid),
-                             n_starts)
+    bands = ranked_candidates(signals, bvals, model, lo, hi, objective, sigma, f_c, d_c, dstar_grid(lo, hi, n_grid),
+                              n_starts)
+    if not exchange:
+        return bands
+    return torch.cat([bands, exchanged_start(signals, bvals, model, init, lo, hi)[None]])
