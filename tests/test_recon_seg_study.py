@@ -260,3 +260,84 @@ def test_tiny_study_end_to_end(data, tmp_path):
         assert title in html, title
     with np.load(next((out / "runs").glob("target__*seed0/examples.npz"))) as ex:
         assert {"all/labels", "all/seg", "all/target"} <= set(ex.files)
+
+
+# ----------------------------------------------------------------------------------------------- the study pieces
+
+
+def test_verdicts_on_psnr_and_dice_form_one_holm_family():
+    from mrlearn.study.compare import paired_differences
+    from mrlearn.study.spec import RunSpec
+    from mrlearn.study.stats import holm
+
+    rng = np.random.default_rng(0)
+    runs = [RunSpec(f"{arm}__seed{s}", arm, {}, s, {}) for arm in ("base", "arm") for s in range(3)]
+    cells, rows = {}, []
+    for run in runs:
+        for metric, shift in (("psnr", 0.5), ("dice", 0.01)):
+            cells[(run.run_id, "all", metric)] = {
+                (run.seed, f"sub-{v}"): (1.0 + (shift if run.arm == "arm" else 0.0) + rng.normal(0, shift), 4)
+                for v in range(8)}
+        rows.append({"run_id": run.run_id, "arm": run.arm, "group": "all", "converged": True})
+    table = paired_differences(cells, runs, "base", rows=rows, metrics=["psnr", "dice"])
+    assert [t["metric"] for t in table] == ["psnr", "dice"] and all("d_mean" in t for t in table)
+    assert all(t["family"] == 2 for t in table)
+    assert [t["p_holm"] for t in table] == pytest.approx(holm([t["p"] for t in table]))
+    alone = paired_differences(cells, runs, "base", rows=rows, metric="dice")
+    assert alone[0]["family"] == 1 and alone[0]["ddice_mean"] == pytest.approx(table[1]["d_mean"])
+
+
+def test_a_runners_per_slice_dice_reaches_the_cells(tmp_path):
+    from mrlearn.study.cells import run_cells
+    from mrlearn.study.results import RunOutcome, read_slices, write_outcome
+    from mrlearn.study.spec import RunSpec
+
+    run = RunSpec("a__seed0", "a", {}, 0, {})
+    slices = [{"group": "all", "fname": "f.h5", "slice": i, "psnr": 30.0 + i, "ssim": 0.9, "nmse": 0.01,
+               "subject": "sub-1", "dice": d} for i, d in enumerate([0.5, 0.7, math.nan])]
+    write_outcome(tmp_path, run, RunOutcome(groups={"all": {"dice": 0.6}}, slices=slices), 1.0)
+    back = read_slices(tmp_path)
+    assert [r["dice"] for r in back][:2] == [0.5, 0.7] and math.isnan(back[2]["dice"])
+    cells = {c["metric"]: c for c in run_cells(run, back)}
+    assert cells["dice"]["value"] == pytest.approx(0.6) and cells["dice"]["slices"] == 2  # NaN slice left out
+    assert cells["psnr"]["value"] == pytest.approx(31.0) and cells["psnr"]["slices"] == 3
+
+
+def test_stopping_check_compares_every_verdict_metric_with_its_own_floor(tmp_path):
+    from mrlearn.study.spec import RunSpec, StudySpec
+    from mrlearn.study.stopping_check import DEFAULTS, stopping_table
+
+    spec = StudySpec(name="s", base={}, seeds=[0], arms={"a": {}, "b": {}},
+                     summary={"baseline": "a", "verdict_metrics": ["psnr", "dice"]},
+                     stopping_check={**DEFAULTS, "tolerances": {"dice": 0.01}})
+    runs = [RunSpec(f"{arm}__seed0", arm, {}, 0, {}) for arm in ("a", "b")]
+    scores = {"a__seed0": (30.0, 0.80), "a__seed0__check": (30.05, 0.85),  # a: Dice moved by 0.05 > 0.01
+              "b__seed0": (31.0, 0.80), "b__seed0__check": (31.05, 0.805)}  # b: within both floors
+    for rid, (psnr, dice) in scores.items():
+        (tmp_path / "runs" / rid).mkdir(parents=True)
+        (tmp_path / "runs" / rid / "result.json").write_text(json.dumps(
+            {"status": "finished", "groups": {"all": {"psnr": psnr, "dice": dice}}}))
+    rows = [{"run_id": r.run_id, "arm": r.arm, "group": "all"} for r in runs]
+    table = stopping_table(spec, tmp_path, runs, rows, lambda: [])
+    got = {(t["arm"], t["metric"]): t for t in table}
+    assert got[("a", "dice")]["sensitive"] == "yes" and got[("a", "dice")]["tolerance"] == pytest.approx(0.01)
+    assert got[("a", "psnr")]["sensitive"] == "no" and got[("a", "psnr")]["tolerance"] == pytest.approx(0.1)
+    assert got[("b", "dice")]["sensitive"] == "no"
+    assert [r["stopping_sensitive"] for r in rows] == [True, False]
+
+
+@pytest.mark.parametrize("value", [[], "psnr", ["psnr", "psnr"]])
+def test_verdict_metrics_must_be_a_list_of_names(value):
+    from mrlearn.study.spec import study_from_dict
+
+    with pytest.raises(MrlearnError, match="summary.verdict_metrics"):
+        study_from_dict({"base": "unet_demo", "summary": {"verdict_metrics": value}}, "s")
+
+
+@pytest.mark.parametrize("value", [{"dice": -1}, {"dice": "small"}, [0.01]])
+def test_stopping_tolerances_must_map_metrics_to_numbers(value):
+    from mrlearn.study.spec import study_from_dict
+
+    with pytest.raises(MrlearnError, match="stopping_check.tolerances") as exc:
+        study_from_dict({"base": "unet_demo", "stopping_check": {"tolerances": value}}, "s")
+    assert "\n" not in str(exc.value)
