@@ -143,7 +143,7 @@ def unet_rows(o: Any, work: Path, deadline: float, reference: Any = None) -> tup
         settings += [("fastMRI U-Net", "32-true", False, ref), ("fastMRI U-Net", "32-true", True, ref)]
     rows, skipped = [], []
     for i, (name, precision, tf32, extra) in enumerate(settings):
-        left = deadline - time.monotonic()
+        left = (deadline - time.monotonic()) / (len(settings) - i)  # an equal share of what is left
         label = f"{name} {precision} batch {o.batch} {o.size}px"
         if left < o.min_run_s:
             skipped.append(f"U-Net {label} TF32 {'on' if tf32 else 'off'} (part budget spent)")
@@ -167,7 +167,7 @@ def unrolled_rows(o: Any, work: Path, deadline: float) -> tuple[list[dict], list
     data = simulate(work / "data_unrolled", o.unrolled_size, o.unrolled_coils, 2, 4)
     rows, skipped = [], []
     for ckpt in (False, True):
-        left = deadline - time.monotonic()
+        left = (deadline - time.monotonic()) / (2 - int(ckpt))
         label = f"{o.cascades} cascades chans {o.unrolled_chans}, {o.unrolled_coils} coils {o.unrolled_size}px, " \
                 f"checkpointing={ckpt}"
         if left < o.min_run_s:
@@ -214,7 +214,7 @@ def scaling_rows(o: Any, work: Path, deadline: float) -> tuple[list[dict], list[
     data = simulate(work / "data_unet", o.size, o.coils, o.train_subjects, o.slices, scaling_devices(o))
     rows, skipped, base = [], [], None
     for devices in (1, n):
-        left = deadline - time.monotonic()
+        left = (deadline - time.monotonic()) / (2 if devices == 1 else 1)
         if left < o.min_run_s:
             skipped.append(f"scaling on {devices} devices (part budget spent)")
             continue
