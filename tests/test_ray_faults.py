@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 ray = pytest.importorskip("ray")  # optional extra: pip install "mrlearn[ray]"
-psutil = pytest.importorskip("psutil")  # a dependency of Ray
 
 pytestmark = pytest.mark.slow
 
@@ -64,22 +63,41 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_ray_under(tmp: str) -> None:
-    """Kill the processes of the Ray instance(s) whose files live under ``tmp`` (by pid, never `ray stop`)."""
-    mine = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(tmp in part for part in proc.info["cmdline"] or ()):
-                mine.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for proc in mine:
-        if proc.pid != os.getpid():
+def _pids_with_env(key: str, value: str) -> list[int]:
+    """Processes whose environment holds ``key=value`` (Linux /proc): every process of a Ray instance started with it."""
+    found, needle = [], f"{key}={value}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-    psutil.wait_procs(mine, timeout=10)
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _stop_ray_under(tmp: str) -> None:
+    """Kill the processes of the Ray instance(s) started with RAY_TMPDIR=``tmp`` (by pid, never `ray stop`)."""
+    _kill(_pids_with_env("RAY_TMPDIR", tmp))
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +245,101 @@ def test_a_refused_token_is_named(monkeypatch):
         ray_executor.connect(FakeRay(), "10.0.0.5:6379", None)
     assert "refused this driver's authentication token" in str(err.value) and "RAY_AUTH_TOKEN" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny):
+    """A head and a second node (1 CPU each) on this machine, started by `ray start` in a directory of their own (the
+    workers' working directory), with Ray's token authentication; stopped by the pids of their processes."""
+    tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    cwd = Path(tmp) / "nodes"
+    cwd.mkdir()
+    port, node_port = _closed_port(), _closed_port()
+    env = _env(tiny, tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
+    try:
+        for args in (["--head", f"--port={port}", "--include-dashboard=false"],
+                     [f"--address=127.0.0.1:{port}", f"--node-manager-port={node_port}"]):
+            res = subprocess.run([RAY_CLI, "start", *args, "--num-cpus=1", "--disable-usage-stats"], cwd=cwd, env=env,
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr[-2000:]
+        node2 = [p for p in _pids_with_env("RAY_TMPDIR", tmp)
+                 if "raylet/raylet " in _cmdline(p) and f"--node_manager_port={node_port} " in _cmdline(p)]
+        assert len(node2) == 1
+        yield {"address": f"127.0.0.1:{port}", "env": env, "node2": node2[0], "cwd": cwd}
+    finally:
+        _stop_ray_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def test_a_lost_node_is_retried_on_another_and_paths_resolve_on_the_driver(tiny, cluster, tmp_path):
+    """A run on the second node when that node dies (its raylet and everything under it killed) is retried on the
+    head and resumes; the study names its data relative to the driver's directory, which the workers do not share."""
+    work = tmp_path / "driver"
+    work.mkdir()
+    (work / "data").symlink_to(tiny["root"])
+    spec = yaml.safe_load(tiny["study"].read_text())
+    spec["set"] = ["data.root=data", *[s for s in spec["set"] if not s.startswith("data.root=")]]
+    (work / "study.yaml").write_text(yaml.safe_dump(spec))
+    assert not (cluster["cwd"] / "data").exists()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([MRLEARN, "study", "study.yaml", "--out", "o", "--executor", "ray", "--address",
+                             cluster["address"]], cwd=work, env=cluster["env"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    victim = None
+    try:
+        from mrlearn.study.resume import checkpoint_step
+
+        deadline = time.time() + 60
+        while victim is None:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            for run in (work / "o" / "runs").glob("*"):
+                info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+                ckpt = run / "checkpoints" / "last.ckpt"
+                if (info.get("status") == "running" and _parent(info["pid"]) == cluster["node2"] and ckpt.is_file()
+                        and (checkpoint_step(ckpt) or 0) >= 2):
+                    assert os.readlink(f"/proc/{info['pid']}/cwd") == str(cluster["cwd"])  # not the driver's
+                    victim = run.name
+                    _kill([cluster["node2"], *_children(cluster["node2"])])  # the node and its workers
+                    break
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    print(f"ray study on 2 nodes, one lost: {time.perf_counter() - t0:.1f} s")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"{victim}: resuming from" in stdout
+    result = json.loads((work / "o" / "runs" / victim / "result.json").read_text())
+    assert result["extra"]["resumed_from"]["step"] >= 2 and json.loads(
+        (work / "o" / "runs" / victim / "run.json").read_text())["attempts"] == 2
+    assert _rows(work / "o") == tiny["reference"]
+    config = yaml.safe_load((work / "o" / "runs" / victim / "config.yaml").read_text())
+    assert config["data"]["root"] == str(work / "data")  # made absolute on the driver
+
+
+def test_a_driver_without_the_token_is_told_what_to_set(tiny, cluster, tmp_path):
+    env = {k: v for k, v in cluster["env"].items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    t0 = time.perf_counter()
+    res = subprocess.run([MRLEARN, "study", str(tiny["study"]), "--out", str(tmp_path / "o"), "--executor", "ray",
+                          "--address", cluster["address"]], env=env, capture_output=True, text=True, timeout=90)
+    seconds = time.perf_counter() - t0
+    err = res.stderr.strip().splitlines()
+    print(f"refused token reported after {seconds:.1f} s")
+    assert res.returncode == 2 and seconds < 30 and len(err) == 1, (seconds, res.stderr[-2000:])
+    assert "refused this driver's authentication token" in err[0] and "RAY_AUTH_TOKEN" in err[0]

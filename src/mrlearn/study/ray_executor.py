@@ -10,7 +10,8 @@ its last checkpoint (:mod:`mrlearn.study.resume`). A run that still fails is rep
 Connecting: without ``address`` (and without ``RAY_ADDRESS``) a fresh local instance is started (``address="local"``:
 a stale ``/tmp/ray/ray_current_cluster`` of a dead ``ray start`` is never joined) with ``workers`` CPUs and shut
 down at the end. With ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:10001``) the head is first probed over TCP
-(a few seconds), then joined; a refused connection names token authentication (``RAY_AUTH_MODE=token`` and the
+(a few seconds), then joined (Ray tries for ``RAY_gcs_server_port_wait_time_s``, default here
+:data:`JOIN_SECONDS`); a refused connection names token authentication (``RAY_AUTH_MODE=token`` and the
 head's token in ``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``) and ``ray status`` on the head. The study folder must be
 on a file system every node sees, and mrlearn installed on every node. Ray is optional: ``pip install "mrlearn[ray]"``.
 """
@@ -30,6 +31,7 @@ from mrlearn.study.execute import Job, run_job
 RETRIES = 3  #: task retries after a lost worker/node or a signal
 RETRY_DELAY_MS = 1000  #: Ray's delay before a retry (``RAY_task_retry_delay_ms``; the environment's value wins)
 PROBE_SECONDS = 5.0  #: TCP probe of a cluster address
+JOIN_SECONDS = 10  #: Ray's attempts to join a head that answers (``RAY_gcs_server_port_wait_time_s``; the environment wins)
 AUTH_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
 OnDone = Callable[[Job, dict[str, Any]], None]
 
@@ -117,6 +119,7 @@ def connect(ray: Any, address: str | None, workers: int | None) -> bool:
     where = "--address" if address else "RAY_ADDRESS"
     where = f"{where} {target}"
     probe(target, where)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(JOIN_SECONDS))  # the port answered: Ray's 20 s is long
     try:
         with captured_stderr() as said:
             ray.init(address=target, **kwargs)
