@@ -8,7 +8,7 @@ plus the model-curvature term sum_n r_n d2 s_n/dp2 (a full Newton step, closed-f
 Marquardt damping and an active set for parameters held at a bound. Initial guess (IVIM): segmented -- a
 log-linear fit of the high-b signals gives D and S0 (1 - f), the lowest-b signal gives S0 and thus f; then
 candidates (segmented or population values of f and D, a log grid of D*) are ranked by the objective and LM runs
-from the best of each of ``n_starts`` D* bands and from the exchanged-compartment start (f ~ 1 carrying the
+from the best of each of ``n_starts`` D* bands and (multi-start) from the exchanged-compartment start (f ~ 1 carrying the
 tissue decay, D ~ 0; :func:`mrlearn.qmri.starts.exchanged_start`), keeping the best end point per voxel; the
 bound check (:mod:`mrlearn.qmri.boundcheck`) then re-starts corner, mono-exponential and KKT-failing voxels.
 All fitting is in float64. Signals are ``[V, N]``; parameters come back as ``[V, P]`` in the model's units.
@@ -71,14 +71,15 @@ def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", 
                sigma: float | torch.Tensor | None = None, bounds: Sequence[Sequence[float]] | dict | None = None,
                n_starts: int = 4, n_grid: int = 12, max_iter: int = 1000, ftol: float = 1e-9,
                gtol: float = 1e-6, xtol: float = 1e-7, b_split: float = 200.0, init: torch.Tensor | None = None,
-               check: bool = True, exchange: bool = True) -> FitResult:
+               check: bool = True, exchange: bool | None = None) -> FitResult:
     """Fit ``signals [V, N]`` measured at ``bvals [N]`` (s/mm^2; echo times in ms for ``t2``).
 
     ``objective``: ``mle`` (Rician NLL with known ``sigma``: a float or ``[V]``) or ``nlls``.
     ``bounds``: (lower, upper) per parameter or a dict name -> (lower, upper) overriding some; default
     :func:`mrlearn.qmri.bounds.default_bounds` (physics, and the lowest b-value for S0; see that module).
     ``init``: optional initial parameters ``[V, P]`` (skips the segmented guess and the multi-start).
-    ``n_starts``: D* bands of the IVIM multi-start; ``exchange``: one more start per voxel in the exchanged basin.
+    ``n_starts``: D* bands of the IVIM multi-start; ``exchange``: one more start per voxel in the exchanged basin
+    (default: with a multi-start, ``n_starts >= 2``; a single-start fit stays one start).
     Returns :class:`FitResult`; ``converged`` is True where the projected gradient or the objective change
     fell below tolerance (or no descent step could be found) within ``max_iter`` iterations.
     """
@@ -109,7 +110,7 @@ def fit_voxels(signals: torch.Tensor, bvals: torch.Tensor, model: str = "ivim", 
         base = segmented_init(signals, bvals, model, lo, hi, b_split)
         if model in ("ivim", "ivim_additive"):
             starts = ivim_starts(signals, bvals, model, base, lo, hi, objective, sigma, n_grid, max(1, n_starts),
-                                 exchange)
+                                 n_starts >= 2 if exchange is None else exchange)
         else:
             starts = base[None]
     k = starts.shape[0]
