@@ -70,8 +70,8 @@ CLI_WITH_CALLBACK = textwrap.dedent("""
 
     setattr(Fault, hook, fire)
     make = runner.make_trainer
-    runner.make_trainer = lambda cfg, run_dir, callbacks=(), monitor=("val_ssim", "max"): make(
-        cfg, run_dir, [*callbacks, Fault()], monitor)
+    runner.make_trainer = lambda cfg, run_dir, callbacks=(), monitor=("val_ssim", "max"), **kw: make(
+        cfg, run_dir, [*callbacks, Fault()], monitor, **kw)
     sys.exit(main(args))
 """)
 
