@@ -1,6 +1,6 @@
 """fastMRI HDF5 volumes: read and validate (one file per volume); writing lives in :mod:`fastmri_write`.
 
-Layout (REFERENCE section 1):
+Layout (fastMRI's files, Zbontar et al. 2018):
   ``kspace``              complex64 ``[S, H, W]`` (single-coil) or ``[S, C, H, W]`` (multi-coil); H is the readout
                           (frequency-encoding) axis, W the phase-encoding axis (1-D masks select columns of W).
   ``reconstruction_rss``  float32 ``[S, h, w]`` multi-coil target (RSS of the fully sampled coil images);

@@ -1,4 +1,4 @@
-"""fastMRI image-quality metrics (REFERENCE section 4) and a differentiable SSIM loss.
+"""fastMRI image-quality metrics (fastMRI's evaluation code) and a differentiable SSIM loss.
 
 Volumes are real arrays ``[S, H, W]`` (a single slice ``[H, W]`` is treated as ``S = 1``); computations run in
 float64. Conventions, exactly as fastMRI's evaluation:

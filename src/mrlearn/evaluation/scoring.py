@@ -1,7 +1,7 @@
 """The one per-volume scorer: fastMRI NMSE / PSNR / SSIM of whole volumes, collected from per-slice outputs.
 
 Every place that scores reconstructions (validation and test in the training engine, the demo, the study
-runners, ``mrlearn evaluate``) uses these functions, so their numbers are the same numbers (REFERENCE section 4):
+runners, ``mrlearn evaluate``) uses these functions, so their numbers are the same numbers (fastMRI's evaluation code):
 
 - :func:`volume_metrics` ``(target, pred)`` of one volume ``[S, h, w]``: NMSE and PSNR over the volume (peak =
   target volume max), SSIM per slice with the volume max as data range, averaged over slices;

@@ -1,6 +1,6 @@
 """Segmentation metrics: per-class Dice and the 95th-percentile Hausdorff distance (numpy/scipy; no Lightning).
 
-Conventions (REFERENCE section 13; the definitions of medpy's ``dc`` / ``hd95``):
+Conventions (the definitions of medpy's ``dc`` / ``hd95``):
 
 * labels are integer class maps of equal shape; ``ignore_index`` (default -1) marks pixels that are not scored;
 * Dice of class ``k``: ``2 |A ∩ B| / (|A| + |B|)`` with ``A`` the predicted and ``B`` the reference pixels of the

@@ -1,4 +1,4 @@
-"""mrlearn.layerwise: layer-wise and convex training of reconstruction networks (seed 001).
+"""mrlearn.layerwise: layer-wise and convex training of reconstruction networks (Ozturkler et al., ISMRM 2021).
 
 Modules (the maths import no Lightning):
   ``blocks``   TwoLayerBlock ``x + f(relu(g(x)))``, GatedBlock, LayerwiseNet (the stack)

@@ -1,4 +1,4 @@
-"""Two-layer residual blocks and their stack (seed 001, REFERENCE sections 5 and 9).
+"""Two-layer residual blocks and their stack (Ozturkler et al. 2021; Sahiner et al. ICLR 2021).
 
 Block i maps a 2-channel image (real, imaginary) ``[B, 2, H, W]`` to a 2-channel image:
 ``x_{i+1} = f_i(relu(g_i(x_i))) + x_i`` with ``g_i`` a ``k x k`` conv (zero padding ``k // 2``, "same" size)

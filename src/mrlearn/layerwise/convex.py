@@ -1,4 +1,4 @@
-"""Convex reformulation of a two-layer ReLU block (Sahiner et al. ICLR 2021; REFERENCE section 9).
+"""Convex reformulation of a two-layer ReLU block (Sahiner et al. ICLR 2021).
 
 Notation (rows are pixels, ``n`` of them): ``Y [n, d]`` patch matrix (``d = C*k*k``), ``X [n, c]`` the target
 of the block's non-skip branch (target minus block input), gates ``G [n, P]`` with ``G[:, i] = 1[Y h_i >= 0]``

@@ -3,7 +3,7 @@
 For one raw slice (``kspace [C, H, W]`` complex, docs/architecture.md), plugged into the training spine's
 data module (``training.data``) in place of ``data.transforms.ReconTransform`` (same call and mask rules):
   1. the mask of ``ReconTransform.select_mask`` (file mask > random training mask seeded by ``(seed, epoch,
-     index)`` > per-file fixed validation mask; columns outside ``padding`` zeroed). Seed 001 uses the registry
+     index)`` > per-file fixed validation mask; columns outside ``padding`` zeroed). The paper's masks are the registry
      masks ``poisson`` (4x, ``calib: [16, 16]``) and ``random`` (4x, ``center_fractions: [0.04]``);
   2. sensitivity maps from the ``calib`` (16 x 16) fully sampled centre of the *undersampled* k-space
      (:func:`mrlearn.physics.espirit.acs_sens_maps`); single-coil data use no maps;

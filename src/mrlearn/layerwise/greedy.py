@@ -1,4 +1,4 @@
-"""Greedy layer-wise training (``layerwise_greedy``, seed 001): one block at a time on the frozen output of the
+"""Greedy layer-wise training (``layerwise_greedy``, Ozturkler et al. 2021): one block at a time on the frozen output of the
 earlier ones; see :mod:`mrlearn.layerwise.module` for the three methods' shared conventions.
 
 Block i trains for at most ``epochs_per_block`` epochs; with ``block_patience`` it ends earlier, on its own plateau

@@ -1,4 +1,4 @@
-"""Lightning methods for the layer-wise study (seed 001): ``layerwise_end_to_end``, ``layerwise_convex`` and
+"""Lightning methods for the layer-wise study (Ozturkler et al. 2021): ``layerwise_end_to_end``, ``layerwise_convex`` and
 (in :mod:`mrlearn.layerwise.greedy`) ``layerwise_greedy`` (registry kind ``method``; model ``layerwise``).
 
 All three share the spine's :class:`~mrlearn.training.module.ReconModule` (per-volume fastMRI metrics on the

@@ -1,4 +1,4 @@
-"""Study runner ``layerwise`` (seed 001, Fig. 2-4) for the shared study machinery (``mrlearn study``).
+"""Study runner ``layerwise`` (Ozturkler et al. 2021, Fig. 2-4) for the shared study machinery (``mrlearn study``).
 
 ``runner: layerwise`` (registry kind ``runner``) in a study YAML (``configs/layerwise_study.yaml``) makes :func:`study_runner` run each arm:
 

@@ -1,4 +1,4 @@
-"""The SSDU ResNet regulariser (Yaman et al. 2020; REFERENCE section 5).
+"""The SSDU ResNet regulariser (Yaman et al. 2020).
 
 Real ``[B, in_chans, H, W]`` -> real ``[B, out_chans, H, W]`` (complex images as 2 channels, any H, W):
 first 3x3 conv, ``num_blocks`` residual blocks (3x3 conv - ReLU - 3x3 conv, block output scaled by

@@ -1,4 +1,4 @@
-"""The fastMRI baseline U-Net (Ronneberger et al. 2015 as configured by Zbontar et al. 2018; REFERENCE section 5).
+"""The fastMRI baseline U-Net (Ronneberger et al. 2015 as configured by Zbontar et al. 2018).
 
 Input/output ``[B, in_chans, H, W]`` -> ``[B, out_chans, H, W]`` real. Each level is two 3x3 convolutions
 (no bias) each followed by instance norm and LeakyReLU(0.2) (dropout optional); downsampling is 2x2 average
@@ -58,7 +58,7 @@ class UpBlock(nn.Module):
 
 @register("model", "unet")
 class Unet(nn.Module):
-    """fastMRI U-Net: ``num_pool_layers`` poolings, ``chans`` channels at the top level (seed 002: 32 and 4)."""
+    """fastMRI U-Net: ``num_pool_layers`` poolings, ``chans`` channels at the top level (fastMRI's baseline: 32 and 4)."""
 
     def __init__(self, in_chans: int = 1, out_chans: int = 1, chans: int = 32, num_pool_layers: int = 4,
                  drop_prob: float = 0.0, pool: Literal["avg", "max"] = "avg"):

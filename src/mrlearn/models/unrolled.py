@@ -1,4 +1,4 @@
-"""Unrolled physics-guided networks (seed 000 eq. 1, SSDU/MoDL, E2E-VarNet): ``min ||E m - k||^2 + R(m)``.
+"""Unrolled physics-guided networks (Liu et al. 2021 eq. 1, SSDU/MoDL, E2E-VarNet): ``min ||E m - k||^2 + R(m)``.
 
 ``UnrolledNet.forward(kspace, mask, sens_maps=None) -> image`` (``input_kind = "kspace"``, see models.protocol):
   kspace    ``[B, C, H, W]`` complex, already masked (single-coil: ``C = 1``, the operator's map is all ones)

@@ -1,4 +1,4 @@
-"""fastMRI's end-to-end variational network, E2E-VarNet (Sriram et al., MICCAI 2020; REFERENCE section 12).
+"""fastMRI's end-to-end variational network, E2E-VarNet (Sriram et al., MICCAI 2020).
 
 ``VarNet.forward(kspace, mask, sens_maps=None, num_low_frequencies=None) -> image`` (``input_kind = "kspace"``):
   kspace    ``[B, C, H, W]`` complex64, already masked (centred orthonormal FFT of the last two axes,

@@ -1,4 +1,4 @@
-"""mrlearn.mtl: multi-task reconstruction across contrasts (REFERENCE section 8).
+"""mrlearn.mtl: multi-task reconstruction across contrasts (Liu et al. 2021).
 
 Modules: ``weighting`` (naive/DWA/uncertainty/MGDA/GradNorm/PCGrad/CAGrad), ``step`` (one backward per task,
 per-task gradients of the shared parameters), ``networks`` (model ``mtl_unrolled``: hard and soft sharing),

@@ -1,4 +1,4 @@
-"""Multi-task unrolled networks: hard and soft parameter sharing across tasks (plain torch; REFERENCE section 8).
+"""Multi-task unrolled networks: hard and soft parameter sharing across tasks (plain torch; Liu et al. 2021; Misra et al. 2016; Liu et al. 2019).
 
 ``MultiTaskUnrolled.forward(kspace, mask, sens_maps, task) -> image``: the shapes of ``models.unrolled``
 (kspace ``[B, C, H, W]`` masked, ``C = 1`` single-coil; mask broadcastable; maps ``[B, C, H, W]`` or None; complex
@@ -10,7 +10,7 @@ the cascades shared or task-specific according to ``sharing``:
 ==================  ============================================================================================
 ``all``             every cascade shared (one network; the single-task and pooled baselines use this)
 ``none``            independent per-task networks (nothing shared)
-``early``           the first ``split`` cascades shared, the others task-specific (seed 000's best scheme)
+``early``           the first ``split`` cascades shared, the others task-specific (Liu et al.'s best scheme)
 ``middle``          ``split`` cascades in the middle shared, those before and after task-specific
 ``heads``           every cascade shared, then a task-specific residual head (conv-ReLU-conv, zero-initialised)
 ``split_decoder``   U-Net regulariser per cascade with a shared encoder (levels ``< split``; ``split =

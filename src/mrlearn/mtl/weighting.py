@@ -1,4 +1,4 @@
-"""Multi-task loss weighting and gradient combination (plain torch; no Lightning). REFERENCE section 8.
+"""Multi-task loss weighting and gradient combination (plain torch; no Lightning).
 
 Every method is a :class:`Weighting` with two hooks, used once per optimizer step by ``mtl.step``:
 
@@ -85,7 +85,7 @@ class Fixed(Weighting):
 
 
 def inverse_size_weights(sizes: Sequence[int]) -> list[float]:
-    """``lambda_t = T (N - N_t) / ((T - 1) N)`` (sums to T; for T = 2 this is REFERENCE's ``T (N - N_t) / N``)."""
+    """``lambda_t = T (N - N_t) / ((T - 1) N)`` (sums to T; for T = 2 this is ``T (N - N_t) / N``)."""
     n = np.asarray(sizes, dtype=np.float64)
     t = n.size
     if t == 1:

@@ -1,4 +1,4 @@
-"""mrlearn.ssl: self-supervised reconstruction without fully sampled data (seed 002; REFERENCE 6-7).
+"""mrlearn.ssl: self-supervised reconstruction without fully sampled data (SSDU, Yaman et al. 2020; DINO-style distillation, Caron et al. 2021).
 
 Plain torch (no Lightning): ``split`` (SSDU Theta/Lambda hold-out split of the acquired locations), ``losses``
 (normalised l1 + l2 k-space loss on Lambda, relative image loss, collapse monitor; all guarded against empty

@@ -1,4 +1,4 @@
-"""Self-distillation (the DINO idea of seed 002, REFERENCE section 7) for reconstruction, in plain torch.
+"""Self-distillation (the DINO idea, Caron et al. 2021, as Zerilli & Lodh transferred it) for reconstruction, in plain torch.
 
 Student ``f_s`` and teacher ``f_t`` share an architecture; the teacher is an exponential moving average of the
 student, ``theta_t <- m theta_t + (1 - m) theta_s`` (no gradient). Views are two random sub-masks Theta_1, Theta_2
@@ -7,9 +7,9 @@ block is kept). The student sees view 1, the teacher view 2.
 
 Variants:
 
-* ``plain`` (seed 002): ``L = mean |f_s(y_1) - f_t(y_2)|^2`` in image space. Nothing ties the output to the
+* ``plain`` (Zerilli & Lodh): ``L = mean |f_s(y_1) - f_t(y_2)|^2`` in image space. Nothing ties the output to the
   measurements, and the view-specific part of the output is exactly what the loss removes, so the outputs shrink
-  towards an input-independent image: seed 002's collapse to the zero image.
+  towards an input-independent image: the collapse to the zero image Zerilli & Lodh report.
 * ``anchored`` (ours): the network is physics-guided (data consistency on its own view: its output must explain
   the k-space it was given, so it cannot be zero), and the student also carries the SSDU loss on the locations
   its view left out, ``L = w_ssdu * SSDU(Lambda_1) + w_distill * ||f_s(y_1) - f_t(y_2)||_2 / ||f_t(y_2)||_2``.

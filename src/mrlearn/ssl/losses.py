@@ -1,6 +1,6 @@
 """Self-supervised losses with guarded normalisations (no NaN from empty Lambda or zero norms).
 
-SSDU k-space loss (REFERENCE section 6), per sample, on the Lambda locations only::
+SSDU k-space loss (Yaman et al. 2020), per sample, on the Lambda locations only::
 
     L(u, v) = ||u - v||_2 / ||u||_2 + ||u - v||_1 / ||u||_1,   u = Lambda y (acquired), v = Lambda A x (predicted)
 

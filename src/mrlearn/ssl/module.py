@@ -10,7 +10,7 @@ optional maps) and never read the target during training: files without any targ
   loss for a fixed split of each validation slice (seeded by file name and slice) -- a held-out part of the
   acquired data, so target-less validation files still give a validation curve.
 * ``ssl_distill`` (:class:`DistillModule`): EMA teacher / student self-distillation (``ssl.distill``), variant
-  ``anchored`` (ours) or ``plain`` (seed 002, with DINO centring); logs the collapse monitor ``collapse_energy``
+  ``anchored`` (ours) or ``plain`` (Zerilli & Lodh's transfer of DINO, with its centring); logs the collapse monitor ``collapse_energy``
   (training, student on its view) and ``val_collapse_energy`` (``||output||^2 / ||zero-filled||^2`` on Omega).
   ``collapse_threshold > 0`` stops the run with a one-line error when ``val_collapse_energy`` falls below it.
 * ``mtl_ssdu`` (:class:`MultiTaskSSDUModule`): the multi-task method with the SSDU loss for the tasks named in

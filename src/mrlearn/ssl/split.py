@@ -1,6 +1,6 @@
 """SSDU hold-out split of the acquired k-space locations Omega into Theta (network input, DC) and Lambda (loss).
 
-REFERENCE section 6 (Yaman et al. 2020): ``Omega = Theta u Lambda`` disjoint, ``|Lambda| = round(rho |Omega|)``; a
+Yaman et al. 2020: ``Omega = Theta u Lambda`` disjoint, ``|Lambda| = round(rho |Omega|)``; a
 centre block of ``centre = [rows, cols]`` locations around ``(H // 2, W // 2)`` always stays in Theta; the
 Lambda locations are drawn without replacement from the rest of Omega either uniformly or with probabilities
 ``exp(-(dy^2 / 2 sy^2 + dx^2 / 2 sx^2))`` (``selection="gaussian"``, ``sy = std_fraction * H``,

@@ -10,7 +10,7 @@ single coil has a map of ones.
 
 Networks, by their declared ``input_kind`` (``models.protocol``): ``"kspace"`` models are called
 ``model(kspace, mask, sens_maps)`` -> complex ``[B, H, W]`` (the unrolled network: data consistency on the mask it
-is given, i.e. Theta); ``"image"`` models (seed 002's U-Net, any undeclared module) run on 2-channel images:
+is given, i.e. Theta); ``"image"`` models (the fastMRI U-Net, any undeclared module) run on 2-channel images:
 ``x = model(x0 / s) * s`` with ``x0 = A_Theta^H y`` and ``s = max |x0|`` per sample (no data consistency).
 """
 

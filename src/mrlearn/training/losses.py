@@ -25,7 +25,7 @@ class _PixelLoss(nn.Module):
 
 @register("loss", "l1")
 def l1() -> nn.Module:
-    """Mean absolute error (seed 002's training loss)."""
+    """Mean absolute error (Zerilli & Lodh's training loss)."""
     return _PixelLoss("l1")
 
 

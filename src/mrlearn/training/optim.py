@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules by name (registry kinds ``optimizer`` and ``scheduler``).
 
-Schedulers step once per epoch. ``step``: ``lr * gamma ** (epoch // step_size)`` (seed 002: x0.1 at epoch 40).
+Schedulers step once per epoch. ``step``: ``lr * gamma ** (epoch // step_size)`` (Zerilli & Lodh's recipe: x0.1 at epoch 40).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from mrlearn.registry import register
 @register("optimizer", "rmsprop")
 def rmsprop(params: Iterable[torch.nn.Parameter], lr: float = 1e-3, alpha: float = 0.99, momentum: float = 0.0,
             weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """RMSprop (seed 002: lr 1e-3)."""
+    """RMSprop (Zerilli & Lodh's recipe: lr 1e-3)."""
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, momentum=momentum, weight_decay=weight_decay)
 
 

@@ -20,7 +20,7 @@ contrasts are co-registered, as in one multi-contrast session.
 
 Velocity field ``v``: Gaussian-smoothed noise (15 mm) scaled so the displacement over the brain has an RMS drawn
 from 1.5-3.5 mm, plus a field along the gradient of the (smoothed) lateral-ventricle mask that moves the ventricle
-walls outwards by a distance drawn from -0.5 to 2.5 mm (ventricles enlarge with age; REFERENCE section 13); the
+walls outwards by a distance drawn from -0.5 to 2.5 mm (ventricles enlarge with age); the
 resulting ventricle volume over the template's is measured per subject (``ventricle_volume_ratio``). Pose: rotations N(0, 5 deg) about
 x (pitch), N(0, 3 deg) about y and z, truncated at 2 SD; translation U(-5, 5) mm per axis; head size: a global scale
 N(1, 0.04) times a per-axis N(1, 0.02), truncated at 2 SD (adult head length/width vary by about 4 %).

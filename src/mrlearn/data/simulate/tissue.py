@@ -23,7 +23,7 @@ lesion     0.77 (.03)   1500 (150)    130 (20)    white-matter hyperintensity: T
 PD values are the usual water-content figures (white matter ~0.69, grey matter ~0.80, muscle ~0.75), with a 3 %
 SD (water content varies by a few per cent between healthy adults). A subject's value of each parameter is
 ``mean + SD z`` with ``z ~ N(0, 1)`` truncated to ``[-2, 2]`` (:func:`draw_tissues`), which spans the 5-10 %
-between-subject variation of REFERENCE section 13. ``FAT_INDEX`` marks the fat compartment that fat-suppressed
+between-subject variation reported for healthy adults (5-10 %). ``FAT_INDEX`` marks the fat compartment that fat-suppressed
 contrasts attenuate.
 
 Segmentation labels (:data:`SEGMENTATION_LABELS`, stored in every simulated file): 0 background (tissue fractions
