@@ -1,13 +1,12 @@
 """Studies on Ray that survive lost workers and nodes, resolve paths on the driver, and fail fast on bad addresses.
 
-The tiny study trains two U-Nets on phantom data (tests/helpers_training.py) with a checkpoint every 2 steps; its
+The tiny study (tests/helpers_faults.py) trains two U-Nets on phantom data with a checkpoint every 2 steps; its
 runner sleeps after each step so that a test can kill a run mid-way. Every Ray instance lives under its own short
 RAY_TMPDIR (never /tmp/ray, which other sessions may use) and is stopped by the pids of its own processes.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -21,40 +20,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers_faults import assert_resumed, rows, wait_for_checkpoint, write_slow_study
 
 ray = pytest.importorskip("ray")  # optional extra: pip install "mrlearn[ray]"
 
 pytestmark = pytest.mark.slow
 
-PLUGIN = '''
-import time
-import lightning as L
-from mrlearn.study import register_runner
-from mrlearn.study.runner import train_runner
-
-
-class Slow(L.Callback):
-    """Sleeps after each training step (the numbers do not change): time for a test to kill the run."""
-
-    def on_train_batch_end(self, *args, **kwargs):
-        time.sleep(0.35)
-
-
-def runner(cfg, resume=False):
-    return train_runner(cfg, resume=resume, callbacks=[Slow()])
-
-
-register_runner("slowtrain", runner)
-'''
-
-COLS = ("run_id", "arm", "seed", "group", "psnr", "ssim", "nmse", "steps", "best_step", "stopped_by")
 MRLEARN = str(Path(sys.executable).with_name("mrlearn"))
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
-
-
-def _rows(out: Path) -> list[tuple]:
-    with open(out / "study.csv", newline="") as fh:
-        return sorted(tuple(r.get(c) for c in COLS) for r in csv.DictReader(fh))
 
 
 def _closed_port() -> int:
@@ -112,17 +85,10 @@ def ray_tmp():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny slow-training study (data, plugin) and the study.csv of an undisturbed sequential run."""
-    from helpers_training import TINY_SET, tiny_dataset
-
     from mrlearn.study import load_study, run_study
 
     tmp = tmp_path_factory.mktemp("ray_faults")
-    root = tiny_dataset(tmp / "data")
-    (tmp / "slowtrain.py").write_text(PLUGIN)
-    path = tmp / "study.yaml"
-    path.write_text(yaml.safe_dump({"name": "faults", "base": "unet_demo", "runner": "slowtrain", "seeds": [0],
-                                    "set": [f"data.root={root}", *TINY_SET],
-                                    "arms": {"lr_low": {"optim.lr": 0.001}, "lr_high": {"optim.lr": 0.003}}}))
+    path, root = write_slow_study(tmp)
     env = {"PYTHONPATH": str(tmp), "MRLEARN_PLUGINS": "slowtrain"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -131,7 +97,7 @@ def tiny(tmp_path_factory):
 
     mrlearn.registry._LOADED.discard("plugins")
     try:
-        reference = _rows(run_study(load_study(path), tmp / "undisturbed", log=lambda s: None))
+        reference = rows(run_study(load_study(path), tmp / "undisturbed", log=lambda s: None))
         yield {"tmp": tmp, "study": path, "root": root, "reference": reference, "env": env}
     finally:
         sys.path.remove(str(tmp))
@@ -146,28 +112,6 @@ def _env(tiny, ray_tmp, **extra: str) -> dict[str, str]:
     return {**os.environ, **tiny["env"], "RAY_TMPDIR": ray_tmp, "OMP_NUM_THREADS": "1", **extra}
 
 
-def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int = 4, timeout: float = 60) -> int:
-    """The worker pid in ``run``/run.json once its last.ckpt holds ``min_step`` steps or more."""
-    from mrlearn.study.resume import checkpoint_step
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-        ckpt = run / "checkpoints" / "last.ckpt"
-        if info.get("status") == "running" and ckpt.is_file() and (checkpoint_step(ckpt) or 0) >= min_step:
-            return int(info["pid"])
-        time.sleep(0.05)
-    raise AssertionError(f"{run}: no checkpoint at step {min_step} within {timeout} s")
-
-
-def _assert_resumed(out: Path, run_id: str) -> None:
-    result = json.loads((out / "runs" / run_id / "result.json").read_text())
-    info = json.loads((out / "runs" / run_id / "run.json").read_text())
-    assert result["extra"]["resumed_from"]["step"] >= 4, result["extra"]
-    assert info["attempts"] == 2 and info["resumed"] is True, info  # continued, not started again
-
-
 def test_a_killed_ray_worker_is_retried_and_resumes(tiny, ray_tmp, tmp_path):
     out = tmp_path / "o"
     t0 = time.perf_counter()
@@ -175,7 +119,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes(tiny, ray_tmp, tmp_path):
                              "--workers", "2"], env=_env(tiny, ray_tmp), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        pid = _wait_for_checkpoint(out / "runs" / "lr_low__seed0", proc)
+        pid = wait_for_checkpoint(out / "runs" / "lr_low__seed0", proc)
         os.kill(pid, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -183,8 +127,8 @@ def test_a_killed_ray_worker_is_retried_and_resumes(tiny, ray_tmp, tmp_path):
     print(f"ray study with a killed worker: {time.perf_counter() - t0:.1f} s")
     assert proc.returncode == 0, stderr[-3000:]
     assert "lr_low__seed0: resuming from" in stdout + stderr
-    _assert_resumed(out, "lr_low__seed0")
-    assert _rows(out) == tiny["reference"]  # the same numbers as the undisturbed run
+    assert_resumed(out, "lr_low__seed0")
+    assert rows(out) == tiny["reference"]  # the same numbers as the undisturbed run
     assert not list(out.rglob("*.lock"))
 
 
@@ -328,7 +272,7 @@ def test_a_lost_node_is_retried_on_another_and_paths_resolve_on_the_driver(tiny,
     result = json.loads((work / "o" / "runs" / victim / "result.json").read_text())
     assert result["extra"]["resumed_from"]["step"] >= 2 and json.loads(
         (work / "o" / "runs" / victim / "run.json").read_text())["attempts"] == 2
-    assert _rows(work / "o") == tiny["reference"]
+    assert rows(work / "o") == tiny["reference"]
     config = yaml.safe_load((work / "o" / "runs" / victim / "config.yaml").read_text())
     assert config["data"]["root"] == str(work / "data")  # made absolute on the driver
 

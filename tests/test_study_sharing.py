@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,133 @@ def test_slice_count_larger_than_the_data_is_refused(tmp_path):
     CALLS.clear()
     run_study(load_study(path, [*common, "data.slice_count=6"]), tmp_path / "o2", log=lambda s: None)
     assert len(CALLS) == 3
+
+
+# --- leases: heartbeats, other hosts, expiry ----------------------------------------------------------------------
+
+def _foreign_lease(folder: Path, age: float) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    lease = {"pid": 4242, "host": "gpu-node-07", "started": "2026-01-01T10:00:00", "command": "mrlearn study",
+             "token": "t", "owner": "another-study", "heartbeat": time.time() - age, "heartbeat_every": 10.0,
+             "expires_after": 30.0}
+    (folder / ".study.lock").write_text(json.dumps(lease))
+    return lease
+
+
+def test_a_lease_from_another_host_is_respected_while_fresh_and_taken_over_once_expired(tmp_path, capsys):
+    out = tmp_path / "o"
+    b = out / "runs" / "b__seed0"
+    _foreign_lease(b, age=5.0)  # renewed 5 s ago by a live node
+    (b / "partial.txt").write_text("work of gpu-node-07")
+    CALLS.clear()
+    log: list[str] = []
+    run_study(load_study(_study(tmp_path)), out, log=log.append)
+    assert sorted(CALLS) == ["sh/a__seed0", "sh/c__seed0"] and (b / "partial.txt").exists()
+    assert any("being run by process 4242 on gpu-node-07" in line and "left to it" in line for line in log)
+    _foreign_lease(b, age=31.0)  # the node died: no heartbeat for longer than its 30 s expiry
+    CALLS.clear()
+    log = []
+    run_study(load_study(_study(tmp_path)), out, log=log.append)
+    assert CALLS == ["sh/b__seed0"] and not (b / "partial.txt").exists() and not (b / ".study.lock").exists()
+    err = capsys.readouterr().err
+    assert "taking over a stale lease of process 4242 on gpu-node-07" in err and "no heartbeat for 31 s" in err
+    assert len(list(csv.DictReader(open(out / "study.csv")))) == 3
+
+
+def test_a_held_lease_is_renewed_and_judged_by_its_own_expiry(tmp_path, monkeypatch):
+    from mrlearn.io import FolderLock
+    from mrlearn.lease import lease_settings, lease_state
+
+    monkeypatch.setenv("MRLEARN_LEASE_HEARTBEAT", "0.1")
+    assert lease_settings() == (0.1, pytest.approx(0.3))
+    lock = FolderLock(tmp_path / "f").acquire()
+    try:
+        first = json.loads(lock.path.read_text())
+        time.sleep(0.35)
+        now = json.loads(lock.path.read_text())
+        assert now["heartbeat"] > first["heartbeat"] and now["token"] == first["token"] and now["expires_after"] == pytest.approx(0.3)
+        assert lease_state({**now, "host": "other-host"}) == "live"  # renewed: alive wherever it is
+        assert lease_state({**now, "host": "other-host", "heartbeat": time.time() - 1}) == "expired"
+        with pytest.raises(MrlearnError, match=r"in use by process \d+ on .*heartbeat \d+ s ago"):
+            _other_process_acquire(tmp_path / "f")
+    finally:
+        lock.release()
+    assert not lock.path.exists()
+    monkeypatch.setenv("MRLEARN_LEASE_EXPIRY", "0.05")
+    with pytest.raises(MrlearnError, match="MRLEARN_LEASE_EXPIRY: 0.05 s is not longer than the heartbeat"):
+        lease_settings()
+    monkeypatch.setenv("MRLEARN_LEASE_HEARTBEAT", "soon")
+    with pytest.raises(MrlearnError, match="MRLEARN_LEASE_HEARTBEAT: 'soon' is not a positive number of seconds"):
+        lease_settings()
+
+
+def _other_process_acquire(folder: Path) -> None:
+    """Acquire ``folder``'s lease in another process; its one-line error re-raised here."""
+    code = ("import sys\nfrom mrlearn.io import FolderLock\nfrom mrlearn.errors import MrlearnError\n"
+            f"try:\n    FolderLock({str(folder)!r}).acquire()\nexcept MrlearnError as e:\n    print(e); sys.exit(2)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    if res.returncode == 2:
+        raise MrlearnError(res.stdout.strip())
+    raise AssertionError(res.stdout + res.stderr)
+
+
+# --- killed studies and workers resume from their checkpoints -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slow_study(tmp_path_factory):
+    """The killable tiny study (tests/helpers_faults.py), its environment and the study.csv of an undisturbed run."""
+    from helpers_faults import rows, write_slow_study
+
+    tmp = tmp_path_factory.mktemp("slow_study")
+    path, _ = write_slow_study(tmp)
+    env = {**os.environ, "PYTHONPATH": f"{tmp}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "MRLEARN_PLUGINS": "slowtrain", "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run([sys.executable, "-m", "mrlearn.cli", "study", str(path), "--out", str(tmp / "undisturbed")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    return {"study": path, "env": env, "reference": rows(tmp / "undisturbed")}
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_its_unfinished_run_on_rerun(slow_study, tmp_path):
+    from helpers_faults import assert_resumed, rows, wait_for_checkpoint
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "mrlearn.cli", "study", str(slow_study["study"]), "--out", str(out)]
+    first = subprocess.Popen(cmd, env=slow_study["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_checkpoint(out / "runs" / "lr_low__seed0", first)
+        os.kill(first.pid, 9)  # the whole study process: no handler runs, run.json stays "running"
+        first.communicate(timeout=60)
+    finally:
+        first.kill()
+    ckpt = out / "runs" / "lr_low__seed0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and not (out / "study.csv").exists()
+    again = subprocess.run(cmd, env=slow_study["env"], capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "lr_low__seed0: resuming from" in again.stdout and "taking over a stale lease" in again.stderr
+    assert_resumed(out, "lr_low__seed0")  # continued from its checkpoint, which the rerun did not delete
+    assert rows(out) == slow_study["reference"]
+
+
+@pytest.mark.slow
+def test_a_killed_local_worker_is_retried_and_resumes_while_the_other_run_goes_on(slow_study, tmp_path):
+    from helpers_faults import assert_resumed, rows, wait_for_checkpoint
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "mrlearn.cli", "study", str(slow_study["study"]), "--out", str(out),
+           "--executor", "local", "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=slow_study["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = wait_for_checkpoint(out / "runs" / "lr_low__seed0", proc)
+        other = json.loads((out / "runs" / "lr_high__seed0" / "run.json").read_text())["pid"]
+        os.kill(pid, 9)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "lr_low__seed0: its worker process died; retry 1 of 3" in stderr
+    assert_resumed(out, "lr_low__seed0")
+    high = json.loads((out / "runs" / "lr_high__seed0" / "run.json").read_text())
+    assert high["pid"] == other and high["attempts"] == 1  # the other run was not touched
+    assert rows(out) == slow_study["reference"]
