@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +20,12 @@ import os
 from mrlearn.study import RunOutcome, register_runner
 
 def runner(cfg):
-    """Deterministic stand-in for training."""
+    """Deterministic stand-in for training; lr 0.5 is a bug, lr 0.7 a user error."""
+    if float(cfg.optim["lr"]) == 0.5:
+        raise RuntimeError("boom in the runner\\nsecond line")
+    if float(cfg.optim["lr"]) == 0.7:
+        from mrlearn.errors import MrlearnError
+        raise MrlearnError("data.root: no volumes there; point it at the data folder")
     base = 30.0 + 10 * float(cfg.optim["lr"]) + 0.1 * cfg.seed
     slices = [{"group": "a", "fname": f"v{v}.h5", "slice": s, "psnr": base + 0.01 * s + 0.1 * v, "ssim": 0.9,
                "nmse": 0.01} for v in range(3) for s in range(2)]
@@ -51,6 +58,33 @@ def _fake_study(tmp_path: Path, monkeypatch) -> Path:
                                     "arms": {"low": {"optim.lr": 0.1}, "high": {"optim.lr": 0.3}},
                                     "summary": {"baseline": "low"}}))
     return path
+
+
+@pytest.mark.parametrize("executor", ["sequential", "local", pytest.param("ray", marks=pytest.mark.slow)])
+def test_failed_runs_are_one_line_each_and_the_others_finish(tmp_path, monkeypatch, capsys, executor, request):
+    if executor == "ray":
+        pytest.importorskip("ray")
+        ray_tmp = tempfile.mkdtemp(prefix="rx", dir="/tmp")  # a short folder of its own, never /tmp/ray
+        request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
+        monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    from mrlearn.cli import main
+
+    path = _fake_study(tmp_path, monkeypatch)
+    spec = yaml.safe_load(path.read_text())
+    spec["arms"].update({"bug": {"optim.lr": 0.5}, "bad": {"optim.lr": 0.7}})
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "o"
+    assert main(["study", str(path), "--out", str(out), "--executor", executor, "--workers", "2"]) == 2
+    std = capsys.readouterr()
+    failed = [line for line in std.out.splitlines() if ": failed: " in line]
+    bug = out / "runs" / "bug__seed0" / "error.log"
+    assert sorted(line.split("] ")[1].split(":")[0] for line in failed) == ["bad__seed0", "bug__seed0"], std.out
+    assert any(f"bug__seed0: failed: RuntimeError: boom in the runner; log: {bug}" in line for line in failed)
+    assert any("bad__seed0: failed: data.root: no volumes there; point it" in line for line in failed)
+    assert "Traceback" in bug.read_text() and "second line" in bug.read_text()  # the whole story is in the log
+    err = std.err.strip().splitlines()
+    assert err[-1].startswith("mrlearn: error: ") and "2 run(s) failed: " in err[-1] and "Traceback" not in std.err
+    assert {r["arm"] for r in csv.DictReader(open(out / "study.csv"))} == {"low", "high"}  # the others finished
 
 
 def test_executor_errors_are_one_line(tmp_path, monkeypatch):

@@ -210,7 +210,7 @@ def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Pat
             log(f"{head}: {result['message']}")
         elif status == "error":
             failed.append(job.run.run_id)
-            log(f"{head}: failed: {result['message']}")
+            log(f"{head}: failed: {str(result['message']).removeprefix(f'study run {job.run.run_id}: ')}")
         else:
             log(f"{head}: {result.get('message', status)}")
 
