@@ -129,7 +129,7 @@ def connect(ray: Any, address: str | None, workers: int | None) -> bool:
             raise input_error(where, "the Ray cluster refused this driver's authentication token",
                               "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the head's token (`ray get-auth-token` "
                               f"on the head) or copy it to ~/.ray/auth_token; see {AUTH_DOCS}") from None
-        raise input_error(where, f"the Ray cluster answers but the driver could not join it ({_first(exc)})",
+        raise input_error(where, f"the port answers but no Ray cluster could be joined there ({_first(exc)})",
                           "check `ray status` on the head node, that this machine runs the same Ray and Python "
                           f"versions, and, with token authentication, RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
                           f"({AUTH_DOCS})") from None
