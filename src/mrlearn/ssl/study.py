@@ -35,8 +35,9 @@ def score(module: Any, loader: Any, group: str = "all") -> RunOutcome:
 
 
 @register("runner", "ssl")
-def study_runner(cfg: Any) -> RunOutcome:
-    """Fit ``cfg`` (``mrlearn train`` path) unless its method is ``reference``; score on the test split."""
+def study_runner(cfg: Any, resume: bool = False) -> RunOutcome:
+    """Fit ``cfg`` (``mrlearn train`` path) unless its method is ``reference``; score on the test split.
+    ``resume``: continue an unfinished run folder from its ``checkpoints/last.ckpt``."""
     from mrlearn.engine.checkpoint import load_checkpoint, load_weights
     from mrlearn.training.data import ReconDataModule
     from mrlearn.training.runner import build_method, train
@@ -45,7 +46,7 @@ def study_runner(cfg: Any) -> RunOutcome:
     if cfg.method.get("name") == "reference":
         module = build_method(cfg)
     else:
-        result = train(cfg)
+        result = train(cfg, resume=resume)
         module = result.module
         selected = "last"
         if result.best_checkpoint is not None and result.best_checkpoint.is_file():
