@@ -291,3 +291,28 @@ def test_a_killed_local_worker_is_retried_and_resumes_while_the_other_run_goes_o
     high = json.loads((out / "runs" / "lr_high__seed0" / "run.json").read_text())
     assert high["pid"] == other and high["attempts"] == 1  # the other run was not touched
     assert rows(out) == slow_study["reference"]
+
+
+def test_relative_paths_are_made_absolute_where_the_study_starts(tmp_path, monkeypatch):
+    from mrlearn.config import dump_config
+    from mrlearn.study.paths import absolute_config_text, absolute_paths
+    from mrlearn.study.runner import check_finished_runs_match
+
+    monkeypatch.chdir(tmp_path)
+    path = _study(tmp_path)
+    spec = load_study(path, ["data.root=data/knee", "model.init=weights/w.pt"])
+    run = spec.runs()[0]
+    cfg = run_config(spec, run, tmp_path / "o" / "runs" / run.run_id)
+    assert cfg.data.root == str(tmp_path / "data" / "knee") and cfg.model["init"] == str(tmp_path / "weights" / "w.pt")
+    assert cfg.data.train == "train"  # a folder name inside data.root, not a path of its own
+    raw = absolute_paths({"data": {"root": "~/k", "test": "t"}, "tasks": {"tasks": [{"root": "a"}, {"root": None},
+                                                                                      {"root": "/abs"}]}})
+    assert raw["data"]["root"] == os.path.expanduser("~/k") and raw["data"]["test"] == "t"
+    assert [t["root"] for t in raw["tasks"]["tasks"]] == [str(tmp_path / "a"), None, "/abs"]
+    # a run finished by an earlier version with the relative path is the same run
+    folder = tmp_path / "o" / "runs" / run.run_id
+    folder.mkdir(parents=True)
+    old = dump_config(cfg).replace(str(tmp_path / "data" / "knee"), "data/knee")
+    assert "root: data/knee" in old and "root: " + str(tmp_path / "data" / "knee") in absolute_config_text(old)
+    (folder / "result.json").write_text(json.dumps({"status": "finished", "config": old}))
+    check_finished_runs_match({run.run_id: cfg}, tmp_path / "o")
