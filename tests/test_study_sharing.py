@@ -316,3 +316,25 @@ def test_relative_paths_are_made_absolute_where_the_study_starts(tmp_path, monke
     assert "root: data/knee" in old and "root: " + str(tmp_path / "data" / "knee") in absolute_config_text(old)
     (folder / "result.json").write_text(json.dumps({"status": "finished", "config": old}))
     check_finished_runs_match({run.run_id: cfg}, tmp_path / "o")
+
+
+def test_a_retried_run_waits_for_its_lost_attempts_lease_on_another_host(tmp_path, capsys):
+    """The executor retried a run whose node died: the lost attempt's lease (same study, another host) is waited for
+    until it expires, then taken over; a live lease of another study is left alone at once."""
+    from mrlearn.study.execute import Job, run_job
+
+    spec = load_study(_study(tmp_path))
+    run = spec.runs()[0]
+    out = tmp_path / "o"
+    job = Job(spec, run, str(out), share_runner, config=run_config(spec, run, out / "runs" / run.run_id), owner="me")
+    lease = _foreign_lease(job.run_dir, age=0.0)
+    CALLS.clear()
+    t0 = time.monotonic()
+    assert run_job(job)["status"] == "busy" and time.monotonic() - t0 < 1  # another study's live run
+    (job.run_dir / ".study.lock").write_text(json.dumps({**lease, "owner": "me", "expires_after": 1.5,
+                                                         "heartbeat": time.time()}))
+    t0 = time.monotonic()
+    result = run_job(job)
+    assert result["status"] == "finished" and CALLS == [f"sh/{run.run_id}"]
+    assert 1.0 < time.monotonic() - t0 < 5  # waited for the expiry, no longer
+    assert "taking over a stale lease of process 4242 on gpu-node-07" in capsys.readouterr().err
