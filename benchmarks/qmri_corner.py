@@ -87,9 +87,10 @@ def main() -> None:
         mle = fit_voxels(sig, b, "ivim", "mle", sigma=sigma)
         lo, hi = (np.asarray(x) for x in res.bounds)
         ours, conv = res.objective.numpy(), res.converged.numpy()
-        line = (f"seed {seed}: nlls converged {conv.sum()}/{conv.size}, on the S0 bound {int(res.at_upper[:, 0].sum())}, "
-                f"largest S0 {float(res.params[:, 0].max()):.4g} (bound {hi[0]:.4g}); mle converged "
-                f"{int(mle.converged.sum())}/{conv.size}; bound check {res.restarted} re-started, {res.improved} improved")
+        line = (f"seed {seed}: nlls converged {conv.sum()}/{conv.size}, on the S0 bound "
+                f"{int(res.at_upper[:, 0].sum())}, largest S0 {float(res.params[:, 0].max()):.4g} (bound {hi[0]:.4g}); "
+                f"mle converged {int(mle.converged.sum())}/{conv.size}; bound check {res.restarted} re-started, "
+                f"{res.improved} improved")
         tot["conv"][0] += int(conv.sum())
         tot["conv"][1] += conv.size
         tot["mle"][0] += int(mle.converged.sum())

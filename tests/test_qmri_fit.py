@@ -118,3 +118,24 @@ def test_bad_fit_inputs_raise_one_line_errors():
         fit_voxels(sig[:, :5], B, "ivim", "nlls")
     with pytest.raises(MrlearnError, match="upper bound"):
         fit_voxels(sig, B, "ivim", "nlls", bounds=[(0, 2), (0, 1), (3, 1), (0, 300)])
+
+
+def test_s0_bound_closed_form_follows_the_other_bounds():
+    from mrlearn.qmri.bounds import resolve_bounds
+
+    b = [50, 100, 200, 400, 800]
+
+    def s0_max(f_p: float, d_hi: float, fast_hi: float) -> float:  # 2 / u_min at b_min = 50 s/mm^2
+        return 2 / (f_p * math.exp(-0.05 * fast_hi) + (1 - f_p) * math.exp(-0.05 * d_hi))
+
+    assert resolve_bounds("ivim", b)[0][1] == pytest.approx(s0_max(0.5, 5.0, 300.0))  # f capped at 0.5
+    assert resolve_bounds("ivim", b, {"f": (0.0, 0.2)})[0][1] == pytest.approx(s0_max(0.2, 5.0, 300.0))
+    assert resolve_bounds("ivim", b, {"D": (0.0, 3.0)})[0][1] == pytest.approx(s0_max(0.5, 3.0, 300.0))
+    assert resolve_bounds("ivim_additive", b)[0][1] == pytest.approx(s0_max(0.5, 5.0, 305.0))
+    assert resolve_bounds("ivim", b, {"S0": (0.0, 7.0), "f": (0.0, 0.2)})[0] == (0.0, 7.0)  # given S0 kept
+    assert resolve_bounds("ivim", [0, 100, 800])[0] == (0.0, 2.0)
+    # a fit follows the overridden f bound: its S0 bound is the closed form above
+    fn, _ = get_model("ivim")
+    res = fit_voxels(fn(_params(4, seed=5), torch.tensor(b, dtype=torch.float64)), torch.tensor(b, dtype=torch.float64),
+                     "ivim", "nlls", bounds={"f": (0.0, 0.2)})
+    assert res.bounds[1][0] == pytest.approx(s0_max(0.2, 5.0, 300.0))

@@ -20,8 +20,8 @@ Voxels whose f ends within ``corner_tol`` of a bound (at or near a corner), voxe
 (also D = D*; :mod:`mrlearn.qmri.escape`) and voxels failing KKT are re-started from a grid away from the corner (f
 in {0.1, 0.3, 0.6, 0.9} of the f interval, D across its range, a log grid of D*; the best of each D* band by the
 objective) and from the escape start along the best second compartment (:func:`mrlearn.qmri.escape.escape_starts`:
-the way to a shallow minimum next to a corner, such as f = 0.997 with D ~ 0), and keep the better end point. Only a voxel that passes both checks
-at its final end point is ``converged``.
+the way to a shallow minimum next to a corner, such as f = 0.997 with D ~ 0), and keep the better end point. Only
+a voxel that passes both checks at its final end point is ``converged``.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ plus the model-curvature term sum_n r_n d2 s_n/dp2 (a full Newton step, closed-f
 Marquardt damping and an active set for parameters held at a bound. Initial guess (IVIM): segmented -- a
 log-linear fit of the high-b signals gives D and S0 (1 - f), the lowest-b signal gives S0 and thus f; then
 candidates (segmented or population values of f and D, a log grid of D*) are ranked by the objective and LM runs
-from the best of each of ``n_starts`` D* bands and (multi-start) from the exchanged-compartment start (f ~ 1 carrying the
-tissue decay, D ~ 0; :func:`mrlearn.qmri.starts.exchanged_start`), keeping the best end point per voxel; the
-bound check (:mod:`mrlearn.qmri.boundcheck`) then re-starts corner, mono-exponential and KKT-failing voxels.
+from the best of each of ``n_starts`` D* bands and (multi-start) from the exchanged-compartment start (f ~ 1
+carrying the tissue decay, D ~ 0; :func:`mrlearn.qmri.starts.exchanged_start`), keeping the best end point per
+voxel; the bound check (:mod:`mrlearn.qmri.boundcheck`) then re-starts corner, mono-exponential and KKT-failing voxels.
 All fitting is in float64. Signals are ``[V, N]``; parameters come back as ``[V, P]`` in the model's units.
 A long fit prints progress lines (voxel fits converged / total, LM iteration; :mod:`mrlearn.progress`).
 """
