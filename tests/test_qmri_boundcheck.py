@@ -112,7 +112,7 @@ def test_nlls_residual_at_most_scipy_least_squares_in_99_percent():
     ours = res.objective.numpy()
     ok = _not_above(ours, ref)
     conv = res.converged.numpy()
-    # with the S0 bound no voxel creeps along the S0 -> large, f -> 1 ridge (measured: 100 of 100 converge; 75 with
+    # with the S0 bound no voxel creeps along the S0 -> large, f -> 1 ridge (measured: 100 of 100 converge; 77 with
     # the bound of f up to 1, 6.5e6)
     assert conv.sum() >= 0.97 * conv.size
     assert ok[conv].mean() >= 0.99, (ok[conv].mean(), (ours - ref)[conv & ~ok])
@@ -149,7 +149,7 @@ def test_nlls_residual_at_most_dipy_trr_in_99_percent_of_dipy_converged_voxels()
     res = fit_voxels(sig, CORD_B, "ivim", "nlls")
     lo, hi = (np.asarray(x) for x in res.bounds)
     ref, conv = _dipy_trr(sig.numpy(), lo, hi)
-    assert conv.sum() >= 40  # measured 52 of 100 (dipy warns and falls back to its linear fit elsewhere)
+    assert conv.sum() >= 40  # measured 49 of 100 (dipy warns and falls back to its linear fit elsewhere)
     ok = _not_above(res.objective.numpy(), ref)
     assert ok[conv].mean() >= 0.99, (ok[conv].mean(), (res.objective.numpy() - ref)[conv & ~ok])
 
