@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -161,13 +162,17 @@ def test_a_stale_cluster_file_neither_hangs_nor_is_joined(tiny, tmp_path):
         cmd = [MRLEARN, "study", str(tiny["study"]), "--out", str(tmp_path / "o2"), "--executor", "ray", "--workers", "2",
                "--set", "arms=[lr_low]", "--set", "trainer.max_epochs=1"]
         proc = subprocess.Popen(cmd, env=_env(tiny, stale), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        run = tmp_path / "o2" / "runs" / "lr_low__seed0"
-        while not (run / "run.json").is_file():  # a run started: Ray came up instead of hanging on the stale file
-            assert proc.poll() is None and time.perf_counter() - t0 < 30, proc.communicate()[1][-2000:]
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        while not any("mrlearn: ray: started a local instance" in line for line in lines):  # not hanging on the file
+            assert proc.poll() is None and time.perf_counter() - t0 < 30, "".join(lines)[-2000:]
             time.sleep(0.1)
-        print(f"stale cluster file: local instance up and a run started after {time.perf_counter() - t0:.1f} s")
-        _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 0, stderr[-2000:]
+        print(f"stale cluster file: a fresh local instance up after {time.perf_counter() - t0:.1f} s")
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+        assert proc.returncode == 0, "".join(lines)[-2000:]
+        assert (tmp_path / "o2" / "study.csv").is_file()
     finally:
         _stop_ray_under(stale)
         shutil.rmtree(stale, ignore_errors=True)

@@ -142,6 +142,16 @@ def _first(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
+def _capacity(ray: Any) -> str:
+    """``N node(s), C CPUs, G GPUs`` of the connected instance."""
+    try:
+        total = ray.cluster_resources()
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    except Exception:  # noqa: BLE001 - only for a message
+        return "capacity unknown"
+    return f"{nodes} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs"
+
+
 def _task_options(job: Job) -> dict[str, Any]:
     opts: dict[str, Any] = {"num_cpus": job.resources.get("cpus", 1.0), "num_gpus": job.resources.get("gpus", 0.0),
                             "max_retries": RETRIES, "retry_exceptions": [RunInterrupted]}
@@ -173,7 +183,9 @@ def run_ray(jobs: Sequence[Job], on_done: OnDone, address: str | None = None, wo
     ray = ray_module()
     joined_here = not ray.is_initialized()
     if joined_here:
-        connect(ray, address, workers)
+        local = connect(ray, address, workers)
+        print(f"mrlearn: ray: {'started a local instance' if local else 'joined the cluster at ' + str(address or os.environ.get('RAY_ADDRESS'))} "
+              f"({_capacity(ray)})", file=sys.stderr, flush=True)
     try:
         remote = ray.remote(run_job)
         refs = {remote.options(**_task_options(job)).remote(job): job for job in jobs}

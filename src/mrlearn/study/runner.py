@@ -161,7 +161,7 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
     with study_files_lock(out):
         write_study_yaml(spec, out, executor)
     busy: list[str] = []
-    failed: list[str] = []
+    failed: list[tuple[str, str]] = []
     if not only_summary:
         owner = uuid.uuid4().hex  # this study process: its leases tell a retried run its own earlier attempt
         run_jobs(spec, runs, configs, out, log, executor, workers, address, busy, failed, owner)
@@ -174,18 +174,19 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
         log(f"{len(busy)} run(s) are being run by another process; rerun this command when they finish to "
             "summarise them")
     if failed:
-        raise MrlearnError(f"{spec.path or spec.name}: {len(failed)} run(s) failed: {', '.join(failed)} (each one's "
-                           f"error and log above; the summary holds the finished runs only); fix the cause and rerun "
-                           "the command: finished runs are kept, unfinished ones resume from their checkpoints")
+        ids = ", ".join(rid for rid, _ in failed)
+        raise MrlearnError(f"{spec.path or spec.name}: {len(failed)} run(s) failed: {ids} (first: {failed[0][1]}; each "
+                           "one's error and log above; the summary holds the finished runs only); fix the cause and "
+                           "rerun the command: finished runs are kept, unfinished ones resume from their checkpoints")
     return out
 
 
 def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Path, log: Callable[[str], None],
-             executor: str, workers: int | None, address: str | None, busy: list[str], failed: list[str],
+             executor: str, workers: int | None, address: str | None, busy: list[str], failed: list[tuple[str, str]],
              owner: str | None = None) -> None:
     """Run the unfinished ``runs`` through ``executor`` (progress lines ``[k/n] <run id>``), each with the config
-    built here (paths absolute); the ids of runs held by another live process are added to ``busy``, those of runs
-    that failed (each logged in one line as it fails) to ``failed``; the other runs always go on."""
+    built here (paths absolute); the ids of runs held by another live process are added to ``busy``, ``(id, message)``
+    of runs that failed (each logged in one line as it fails) to ``failed``; the other runs always go on."""
     jobs = []
     for i, run in enumerate(runs, 1):
         if is_finished(out / "runs" / run.run_id):
@@ -209,7 +210,7 @@ def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Pat
             busy.append(job.run.run_id)
             log(f"{head}: {result['message']}")
         elif status == "error":
-            failed.append(job.run.run_id)
+            failed.append((job.run.run_id, str(result["message"])))
             log(f"{head}: failed: {str(result['message']).removeprefix(f'study run {job.run.run_id}: ')}")
         else:
             log(f"{head}: {result.get('message', status)}")
