@@ -1,7 +1,7 @@
 """The one training engine shared by every method family (supervised/unrolled, multi-task, self-supervised,
 layer-wise, qMRI networks).
 
-* ``runfolder``    :class:`RunFolder`: lock (PID/host, stale locks taken over), ``config.yaml``, ``run.json`` status
+* ``runfolder``    :class:`RunFolder`: lease (PID/host/heartbeat, stale leases taken over), ``config.yaml``, ``run.json`` status
                    running/finished/failed/interrupted
 * ``trainer``      ``make_trainer(cfg, run_dir, callbacks=(), monitor=(metric, mode))`` -> ``(Trainer, checkpoint)``
                    with the callbacks below, the logger (tensorboard | csv | mlflow) and progress output
