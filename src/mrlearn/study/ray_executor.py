@@ -184,8 +184,8 @@ def run_ray(jobs: Sequence[Job], on_done: OnDone, address: str | None = None, wo
     joined_here = not ray.is_initialized()
     if joined_here:
         local = connect(ray, address, workers)
-        print(f"mrlearn: ray: {'started a local instance' if local else 'joined the cluster at ' + str(address or os.environ.get('RAY_ADDRESS'))} "
-              f"({_capacity(ray)})", file=sys.stderr, flush=True)
+        where = "started a local instance" if local else f"joined the cluster at {address or os.environ.get('RAY_ADDRESS')}"
+        print(f"mrlearn: ray: {where} ({_capacity(ray)})", file=sys.stderr, flush=True)
     try:
         remote = ray.remote(run_job)
         refs = {remote.options(**_task_options(job)).remote(job): job for job in jobs}
