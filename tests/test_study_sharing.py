@@ -333,8 +333,10 @@ def test_a_retried_run_waits_for_its_lost_attempts_lease_on_another_host(tmp_pat
     assert run_job(job)["status"] == "busy" and time.monotonic() - t0 < 1  # another study's live run
     (job.run_dir / ".study.lock").write_text(json.dumps({**lease, "owner": "me", "expires_after": 1.5,
                                                          "heartbeat": time.time()}))
+    (job.run_dir / ".lock").write_text(json.dumps({**lease, "owner": None, "expires_after": 1.5,  # its training's
+                                                   "heartbeat": time.time() + 0.5}))
     t0 = time.monotonic()
     result = run_job(job)
     assert result["status"] == "finished" and CALLS == [f"sh/{run.run_id}"]
-    assert 1.0 < time.monotonic() - t0 < 5  # waited for the expiry, no longer
+    assert 1.5 < time.monotonic() - t0 < 6  # waited for both leases to expire, no longer
     assert "taking over a stale lease of process 4242 on gpu-node-07" in capsys.readouterr().err

@@ -120,29 +120,46 @@ def _progress_every(cfg: Any) -> float | None:
     return getattr(trainer, "progress_every", None) if trainer is not None else None
 
 
-def _claim(lock: RunLock, job: Job) -> dict[str, Any] | None:
-    """Take the run's lease; None when taken, else the ``busy`` / ``error`` result. A lease of an earlier attempt
-    of this job (same ``owner``) is waited for until it is stale (its holder's expiry plus one heartbeat at most)."""
+def _claim(lock: RunLock, job: Job) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Take the run's lease: ``(None, previous holder or None)`` when taken, else ``(busy / error result, None)``. A
+    lease of an earlier attempt of this job (same ``owner``) is waited for until it is stale (its holder's expiry plus
+    one heartbeat at most)."""
     rid, unheld, deadline = job.run.run_id, 0, None
     while True:
+        previous = lock.holder()
         try:
             lock.acquire()
-            return None
+            return None, previous
         except MrlearnError as exc:
             info = lock.holder()
             if info is None:
                 unheld += 1
                 if unheld > 1:  # twice not held yet not taken: the folder cannot be written (read-only, disk full)
-                    return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}
+                    return {"status": "error", "run_id": rid, "message": f"study run {rid}: {exc}"}, None
                 continue
             if not job.owner or info.get("owner") != job.owner or lease_state(info) != "live":
-                return {"status": "busy", "run_id": rid, "message": f"being run by {describe(info)}; left to it"}
+                return {"status": "busy", "run_id": rid, "message": f"being run by {describe(info)}; left to it"}, None
             if deadline is None:  # an earlier attempt of this very run (a lost worker or node): wait for its lease
                 deadline = time.monotonic() + float(info.get("expires_after", 30)) + float(info.get("heartbeat_every", 10))
             elif time.monotonic() > deadline:
                 return {"status": "busy", "run_id": rid,
-                        "message": f"an earlier attempt still renews its lease ({describe(info)}); left to it"}
+                        "message": f"an earlier attempt still renews its lease ({describe(info)}); left to it"}, None
             time.sleep(0.5)
+
+
+def _engine_lock_free(run_dir: Path, previous: dict[str, Any] | None) -> bool:
+    """Whether no other live process holds the run folder's engine lease (``.lock``); a lease of the process whose
+    study lease was just taken over as stale (a lost node renews both, the last beats a moment apart) is waited for
+    until it is stale too."""
+    if not is_locked_by_other(run_dir):
+        return True
+    info = FolderLock(run_dir).holder() or {}
+    if not previous or (info.get("host"), info.get("pid")) != (previous.get("host"), previous.get("pid")):
+        return False
+    deadline = time.monotonic() + float(info.get("expires_after", 30)) + float(info.get("heartbeat_every", 10))
+    while is_locked_by_other(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not is_locked_by_other(run_dir)
 
 
 def _failed(job: Job, exc: BaseException) -> dict[str, Any]:
@@ -170,13 +187,13 @@ def run_job(job: Job) -> dict[str, Any]:
     if is_finished(run_dir):
         return {"status": "skipped", "run_id": rid, "message": "finished before, skipped"}
     lock = RunLock(run_dir, what="study run", owner=job.owner)
-    refused = _claim(lock, job)
+    refused, previous = _claim(lock, job)
     if refused is not None:
         return refused
     try:
         if is_finished(run_dir):
             return {"status": "skipped", "run_id": rid, "message": "finished by another worker, skipped"}
-        if is_locked_by_other(run_dir):
+        if not _engine_lock_free(run_dir, previous):
             return {"status": "busy", "run_id": rid,
                     "message": f"its folder is held by {_holder_text(FolderLock(run_dir))}; left to it"}
         try:
