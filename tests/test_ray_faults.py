@@ -70,8 +70,15 @@ def _kill(pids: list[int]) -> None:
 
 
 def _stop_ray_under(tmp: str) -> None:
-    """Kill the processes of the Ray instance(s) started with RAY_TMPDIR=``tmp`` (by pid, never `ray stop`)."""
-    _kill(_pids_with_env("RAY_TMPDIR", tmp))
+    """Kill the processes of the Ray instance(s) started with RAY_TMPDIR=``tmp`` and their children (Ray's agents
+    retitle themselves, which hides their environment), by pid, never `ray stop`."""
+    pids = _pids_with_env("RAY_TMPDIR", tmp)
+    todo = list(pids)
+    while todo:
+        kids = [k for k in _children(todo.pop()) if k not in pids]
+        pids.extend(kids)
+        todo.extend(kids)
+    _kill(pids)
 
 
 @pytest.fixture(scope="module")
