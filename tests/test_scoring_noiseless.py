@@ -114,5 +114,5 @@ def test_score_batches_is_the_collector_over_a_loader():
         ref.add("w.h5", s, pred[s], noisy[s], noiseless=clean[s])
     assert groups["g"] == mean_metrics(ref.finish().values()) and groups["g"]["volumes"] == 1
     assert [r["slice"] for r in rows] == [0, 1, 2, 3] and {r["group"] for r in rows} == {"g"}
-    assert set(examples["g"]) == {"target", "input", "output"}
+    assert set(examples["g"]) == {"target", "input", "output", "maxval"}  # maxval: the volume's, for scores under images
     np.testing.assert_array_equal(examples["g"]["output"], pred[2])
