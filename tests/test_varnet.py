@@ -373,7 +373,8 @@ def test_tiny_training_run_and_load_model(tmp_path):
     assert metrics["steps"] == 2
     losses = [v for h in metrics["history"] for k, v in h.items() if "loss" in k]
     assert losses and all(math.isfinite(v) for v in losses)
-    assert all(math.isfinite(v) for v in metrics["final"].values())
+    # a std over one validation volume is undefined (NaN: evaluation.spread); every metric itself is finite
+    assert all(math.isfinite(v) for k, v in metrics["final"].items() if not k.endswith("_std"))
     loaded = load_model(out / "checkpoints" / "last.ckpt")
     assert isinstance(loaded.module.model, VarNet)
     kspace = read_kspace(next((data / "test").glob("*.h5")))[:2]
