@@ -54,7 +54,7 @@ def rows(out: Path) -> list[tuple]:
         return sorted(tuple(r.get(c) for c in COLS) for r in csv.DictReader(fh))
 
 
-def wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int = 4, timeout: float = 60) -> int:
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int = 4, timeout: float = 300) -> int:
     """The training pid in ``run``/run.json once its last.ckpt holds ``min_step`` steps or more."""
     from mrlearn.study.resume import checkpoint_step
 

@@ -129,7 +129,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes(tiny, ray_tmp, tmp_path):
     try:
         pid = wait_for_checkpoint(out / "runs" / "lr_low__seed0", proc)
         os.kill(pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=400)
     finally:
         proc.kill()
     print(f"ray study with a killed worker: {time.perf_counter() - t0:.1f} s")
@@ -172,11 +172,12 @@ def test_a_stale_cluster_file_neither_hangs_nor_is_joined(tiny, tmp_path):
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
         reader.start()
-        while not any("mrlearn: ray: started a local instance" in line for line in lines):  # not hanging on the file
-            assert proc.poll() is None and time.perf_counter() - t0 < 30, "".join(lines)[-2000:]
+        # not hanging on the file: a fresh instance starts (8-21 s on 2 free cores; the bound allows a busy machine)
+        while not any("mrlearn: ray: started a local instance" in line for line in lines):
+            assert proc.poll() is None and time.perf_counter() - t0 < 120, "".join(lines)[-2000:]
             time.sleep(0.1)
         print(f"stale cluster file: a fresh local instance up after {time.perf_counter() - t0:.1f} s")
-        proc.wait(timeout=120)
+        proc.wait(timeout=400)
         reader.join(timeout=10)
         assert proc.returncode == 0, "".join(lines)[-2000:]
         assert (tmp_path / "o2" / "study.csv").is_file()
@@ -226,7 +227,7 @@ def cluster(tiny):
         for args in (["--head", f"--port={port}", "--include-dashboard=false"],
                      [f"--address=127.0.0.1:{port}", f"--node-manager-port={node_port}"]):
             res = subprocess.run([RAY_CLI, "start", *args, "--num-cpus=1", "--disable-usage-stats"], cwd=cwd, env=env,
-                                 capture_output=True, text=True, timeout=120)
+                                 capture_output=True, text=True, timeout=400)
             assert res.returncode == 0, res.stderr[-2000:]
         node2 = [p for p in _pids_with_env("RAY_TMPDIR", tmp)
                  if "raylet/raylet " in _cmdline(p) and f"--node_manager_port={node_port} " in _cmdline(p)]
@@ -275,7 +276,7 @@ def test_a_lost_node_is_retried_on_another_and_paths_resolve_on_the_driver(tiny,
                     _kill([cluster["node2"], *_children(cluster["node2"])])  # the node and its workers
                     break
             time.sleep(0.05)
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=400)
     finally:
         proc.kill()
     print(f"ray study on 2 nodes, one lost: {time.perf_counter() - t0:.1f} s")
