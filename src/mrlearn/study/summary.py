@@ -33,7 +33,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -150,25 +150,30 @@ def _task_curves(out: Path, runs: list[RunSpec], task: str) -> tuple[dict[str, l
     return dict(curves), dict(marks)
 
 
+def _example_files(out: Path, runs: list[RunSpec]) -> Iterator[tuple[RunSpec, Any]]:
+    """``(run, examples.npz contents)`` of every run of the first grid point and the first seed that saved examples."""
+    first_point = runs[0].point if runs else {}
+    seed0 = min(r.seed for r in runs) if runs else 0
+    for run in (r for r in runs if r.point == first_point and r.seed == seed0):
+        path = out / "runs" / run.run_id / "examples.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                yield run, data
+
+
 def _examples(out: Path, runs: list[RunSpec]) -> list[Any]:
     """Per group: target, zero-filled input, then each arm's output (first grid point, first seed), with the target
     volume's maximum (``maxval``) as the metrics' data range where the run recorded it."""
     from mrlearn.evaluation.figures import ExampleSlice
 
-    first_point = runs[0].point if runs else {}
-    seed0 = min(r.seed for r in runs) if runs else 0
     found: dict[str, dict[str, Any]] = defaultdict(lambda: {"outputs": []})
-    for run in (r for r in runs if r.point == first_point and r.seed == seed0):
-        path = out / "runs" / run.run_id / "examples.npz"
-        if not path.is_file():
-            continue
-        with np.load(path) as data:
-            for key in data.files:
-                group, kind = key.split("/", 1)
-                if kind in ("target", "input", "maxval"):
-                    found[group].setdefault(kind, data[key])
-                elif kind == "output":
-                    found[group]["outputs"].append((run.arm, data[key]))
+    for run, data in _example_files(out, runs):
+        for key in data.files:
+            group, kind = key.split("/", 1)
+            if kind in ("target", "input", "maxval"):
+                found[group].setdefault(kind, data[key])
+            elif kind == "output":
+                found[group]["outputs"].append((run.arm, data[key]))
     shown = []
     for group, f in sorted(found.items()):
         if "target" not in f:
@@ -183,19 +188,13 @@ def _overlays(out: Path, runs: list[RunSpec]) -> list[Any]:
     point, first seed) where the runs saved them (``<group>/labels``, ``<group>/seg`` in ``examples.npz``)."""
     from mrlearn.evaluation.figures import LabelSlice
 
-    first_point = runs[0].point if runs else {}
-    seed0 = min(r.seed for r in runs) if runs else 0
     found: dict[str, dict[str, Any]] = defaultdict(lambda: {"arms": []})
-    for run in (r for r in runs if r.point == first_point and r.seed == seed0):
-        path = out / "runs" / run.run_id / "examples.npz"
-        if not path.is_file():
-            continue
-        with np.load(path) as data:
-            for group in sorted({k.split("/", 1)[0] for k in data.files}):
-                if f"{group}/labels" in data.files and f"{group}/seg" in data.files:
-                    found[group].setdefault("image", data[f"{group}/target"])
-                    found[group].setdefault("labels", data[f"{group}/labels"])
-                    found[group]["arms"].append((run.arm, data[f"{group}/seg"]))
+    for run, data in _example_files(out, runs):
+        for group in sorted({k.split("/", 1)[0] for k in data.files}):
+            if f"{group}/labels" in data.files and f"{group}/seg" in data.files:
+                found[group].setdefault("image", data[f"{group}/target"])
+                found[group].setdefault("labels", data[f"{group}/labels"])
+                found[group]["arms"].append((run.arm, data[f"{group}/seg"]))
     return [LabelSlice(g, f["image"], f["labels"], f["arms"]) for g, f in sorted(found.items()) if f["arms"]]
 
 
