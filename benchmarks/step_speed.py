@@ -47,8 +47,9 @@ solve on fewer rows).
 Threads (``--threads``): ``torch.set_num_threads`` (and ``OMP_NUM_THREADS``) in a fresh subprocess per measurement.
 
 Baseline (``--baseline REV``, default 764bdeb): a ``git worktree`` of REV in a temporary folder (removed at the
-end); its children run with ``PYTHONPATH=<worktree>/src`` (every child prints ``mrlearn.__file__`` and the script
-checks it). Both checkouts read the same data files (built once with the current checkout and passed as
+end); its children run with ``PYTHONPATH=<worktree>/src`` and that checkout's own package metadata (a
+``dist-info`` written from its ``pyproject.toml``: the entry points that name the modules providing models, methods
+and runners), and every child reports ``mrlearn.__file__`` and the metadata it read, which the script checks. Both checkouts read the same data files (built once with the current checkout and passed as
 ``data.root``), the same seed and the same presets (each checkout's own copy). Current (A) and baseline (B) run
 interleaved, A B A B ... (``--rounds``); the table holds medians over rounds. A family the baseline cannot run
 shows ``n/a (reason)``. Loss agreement: ``|a - b| <= 1e-5 * max(1, |a|)``, the two values printed when not; the
@@ -316,7 +317,10 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     import mrlearn
 
     print(f"mrlearn: {mrlearn.__file__}", flush=True)
-    out: dict[str, Any] = {"mrlearn_file": str(Path(mrlearn.__file__).resolve()), "threads": torch.get_num_threads()}
+    from importlib.metadata import distribution
+
+    out: dict[str, Any] = {"mrlearn_file": str(Path(mrlearn.__file__).resolve()), "threads": torch.get_num_threads(),
+                           "mrlearn_metadata": str(getattr(distribution("mrlearn"), "_path", ""))}
     warmup, steps, pst = int(job["warmup"]), int(job["steps"]), int(job.get("profile_steps", 0))
     total = warmup + (pst if pst else steps)
     timer = make_timer(warmup, pst)
@@ -554,14 +558,36 @@ def analyse_profiles(profiles: list[Any], walls: list[float], steps: int) -> dic
 
 # ============================================================================================ parent
 
+def write_metadata(src: Path, folder: Path) -> Path:
+    """A ``mrlearn-<version>.dist-info`` (METADATA, entry_points.txt) in ``folder`` from ``src``'s ``pyproject.toml``.
+
+    mrlearn finds the modules that register models, methods, runners, ... through its package entry points, and
+    ``importlib.metadata`` reads those from the first ``mrlearn`` distribution on ``sys.path``. The installed one
+    is the current checkout's, so a baseline child would import modules its checkout lacks; with ``folder`` ahead
+    of site-packages on ``PYTHONPATH`` (before ``src``, which may hold a stale ``egg-info``) every checkout uses the entry points it declares itself.
+    """
+    import tomllib
+
+    project = tomllib.loads((src.parent / "pyproject.toml").read_text())["project"]
+    info = folder / f"mrlearn-{project['version']}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: mrlearn\nVersion: {project['version']}\n")
+    lines = []
+    for group, entries in project.get("entry-points", {}).items():
+        lines += [f"[{group}]", *(f"{name} = {value}" for name, value in entries.items()), ""]
+    (info / "entry_points.txt").write_text("\n".join(lines))
+    return info
+
+
 def run_child(job: dict[str, Any], src: Path, timeout: float, keep: bool = False) -> dict[str, Any]:
-    """Run one measurement in a fresh process with ``import mrlearn`` from ``src``."""
+    """Run one measurement in a fresh process with ``import mrlearn`` (code, presets and entry points) from ``src``."""
+    work = Path(tempfile.mkdtemp(prefix="step_speed_"))
+    info = write_metadata(src, work / "meta")
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(src)
+    env["PYTHONPATH"] = os.pathsep.join((str(info.parent), str(src)))  # metadata first: src may hold an egg-info
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(job["threads"])
     env.setdefault("PYTHONWARNINGS", "ignore")
-    work = Path(tempfile.mkdtemp(prefix="step_speed_"))
     job = {**job, "workdir": str(work)}
     try:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)], cwd=work,
@@ -577,6 +603,8 @@ def run_child(job: dict[str, Any], src: Path, timeout: float, keep: bool = False
             where = Path(res.get("mrlearn_file", "")).resolve()
             if "error" not in res and src.resolve() not in where.parents:
                 res = {"error": f"mrlearn imported from {where}, not from {src}"}
+            elif "error" not in res and Path(res.get("mrlearn_metadata", "")).resolve() != info.resolve():
+                res = {"error": f"mrlearn's entry points read from {res.get('mrlearn_metadata')}, not from {info}"}
             return res
     tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
     return {"error": f"exit {proc.returncode}: {tail[:200]}"}
