@@ -132,6 +132,7 @@ class TrainerConfig:
     ``"DD:HH:MM:SS"``); validation every ``val_every`` epochs or every ``val_every_n_steps`` steps;
     ``early_stopping`` (see :class:`EarlyStoppingConfig`); ``final_weights``: the weights the final evaluation uses
     (``best`` by validation, or ``last``). ``logger``: tensorboard, csv or mlflow (where installed).
+    ``compile``: ``torch.compile`` the networks in place before training (:mod:`mrlearn.engine.compile`).
     """
 
     max_epochs: int = 1
@@ -146,6 +147,7 @@ class TrainerConfig:
     val_every: int = 1
     checkpoint_every_n_steps: int = 0
     deterministic: bool = True
+    compile: bool = False  # torch.compile the networks in place (engine.compile; measured in docs/benchmarks.md)
     log_every_n_steps: int = 10
     image_every_n_epochs: int = 1
     limit_train_batches: float | int = 1.0
