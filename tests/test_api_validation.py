@@ -202,6 +202,9 @@ def test_loaded_model_checks_inputs_and_outputs(trained, tmp_path):
         model.reconstruct(k, np.full(k.shape[-1], 0.5))
     with pytest.raises(MrlearnError, match="batch_size"):
         model.reconstruct(k, batch_size=0)
+    with pytest.raises(MrlearnError, match="reconstructs but does not segment"):
+        model.reconstruct_and_segment(k)
+    assert not model.segments
     # weights that diverged: the output is refused, not returned
     ckpt_data = torch.load(ckpt, weights_only=True)
     for key, value in ckpt_data["state_dict"].items():

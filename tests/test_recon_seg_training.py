@@ -95,6 +95,17 @@ def test_reconstruct_writes_labels_and_evaluate_scores_them(data, tmp_path):
     with h5py.File(out / name) as f, h5py.File(data / "test" / name) as t:
         assert f["segmentation"].dtype == np.uint8 and f["segmentation"].shape == f["reconstruction"].shape
         assert f["segmentation"].shape == t["segmentation"].shape and int(f["segmentation"][()].max()) < 8
+        written_image, written_labels = f["reconstruction"][()], f["segmentation"][()]
+    import mrlearn
+
+    loaded = mrlearn.load_model(result.best_checkpoint)  # the Python API gives what the CLI wrote
+    images, labels = loaded.segment_file(data / "test" / name)
+    assert loaded.segments and np.array_equal(labels, written_labels)
+    np.testing.assert_allclose(images, written_image, rtol=1e-5, atol=1e-6 * float(np.abs(written_image).max()))
+    with h5py.File(data / "test" / name) as t:
+        kspace = t["kspace"][()]
+    one_image, one_labels = loaded.reconstruct_and_segment(kspace[0], name=name)
+    assert one_labels.shape == one_image.shape and np.array_equal(one_labels, written_labels[0])
     ev = subprocess.run([*cli, "evaluate", "--target", str(data / "test"), "--pred", str(out)], capture_output=True,
                         text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr

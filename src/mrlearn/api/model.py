@@ -56,7 +56,9 @@ def acquired_block(pattern: np.ndarray) -> tuple[int, int] | None:
 
 
 class LoadedModel:
-    """A trained method in eval mode: :meth:`reconstruct` (arrays) and :meth:`reconstruct_file` (fastMRI .h5).
+    """A trained method in eval mode: :meth:`reconstruct` (arrays) and :meth:`reconstruct_file` (fastMRI .h5);
+    for a joint reconstruction-segmentation model (``segments``) also :meth:`reconstruct_and_segment` and
+    :meth:`segment_file`, which give the labels beside the images.
 
     ``mask_func``: the model's training mask (config ``mask``), applied to fully sampled input (module docstring).
     """
@@ -68,9 +70,35 @@ class LoadedModel:
         self.recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None
         self.mask_func = eval_mask_func(cfg.mask)
         self._predict = module_predictor(module, device)
+        self.segments = hasattr(module, "reconstruct_and_segment")
+
+    def _keeper(self, where: str) -> Any:
+        from mrlearn.errors import input_error
+        from mrlearn.training.inference import SegmentationKeeper
+
+        if not self.segments:
+            raise input_error(f"load_model(...).{where}", "this checkpoint's model reconstructs but does not segment",
+                              "use a joint reconstruction-segmentation checkpoint (recon_seg models), or reconstruct()")
+        return SegmentationKeeper(self.module, self.device)
+
+    def reconstruct_and_segment(self, kspace: Any, mask: Any = None, batch_size: int = 4, *, undersample: bool = True,
+                                name: str = "input") -> tuple[Any, np.ndarray]:
+        """``(magnitudes, labels)`` of a joint model: the images as :meth:`reconstruct` gives them and the labels
+        ``[h, w]`` / ``[S, h, w]`` (uint8 class indices, 0 = background) at the same size."""
+        keeper = self._keeper("reconstruct_and_segment")
+        images = self.reconstruct(kspace, mask, batch_size, undersample=undersample, name=name, _predict=keeper)
+        labels = keeper.take(name)
+        return images, labels[0] if np.ndim(images) == 2 else labels
+
+    def segment_file(self, path: str | Path, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """``(images, labels)`` ``[S, h, w]`` of a fastMRI file through a joint model, exactly as
+        ``mrlearn reconstruct`` writes ``reconstruction`` and ``segmentation`` for it."""
+        keeper = self._keeper("segment_file")
+        images = self.reconstruct_file(path, batch_size, _predict=keeper)
+        return images, keeper.take(Path(path).name)
 
     def reconstruct(self, kspace: Any, mask: Any = None, batch_size: int = 4, *, undersample: bool = True,
-                    name: str = "input") -> Any:
+                    name: str = "input", _predict: Any = None) -> Any:
         """Magnitudes ``[h, w]`` or ``[S, h, w]`` (numpy in -> numpy out) of k-space ``[C, H, W]``/``[S, C, H, W]``.
 
         ``mask`` (binary ``[W]``, ``[H, W]`` or ``[S, H, W]``) is used as given. Without one, a slice whose samples
@@ -120,7 +148,8 @@ class LoadedModel:
                 elif not pattern.all():
                     raw["mask"] = pattern.astype(np.float32)
             items.append(transform(raw, s, 0))
-        out = [self._predict(default_collate(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
+        predict = _predict or self._predict
+        out = [predict(default_collate(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
         result = torch.cat(out).float()
         zero_filled = torch.cat([item.zero_filled for item in items]).numpy()
         check_reconstruction("load_model(...).reconstruct", result.numpy(), "the loaded model",
@@ -128,7 +157,8 @@ class LoadedModel:
         result = result[0] if single else result
         return result.numpy() if as_numpy else result
 
-    def reconstruct_file(self, path: str | Path, batch_size: int = 4, *, undersample: bool = True) -> np.ndarray:
+    def reconstruct_file(self, path: str | Path, batch_size: int = 4, *, undersample: bool = True,
+                         _predict: Any = None) -> np.ndarray:
         """Reconstruct a fastMRI file -> ``[S, h, w]`` float32, exactly as ``mrlearn reconstruct`` does with the
         model's training mask: the file's own ``mask`` when it has one, else (fully sampled) the training mask
         fixed per file name inside the header's acquired columns; ``undersample=False``: all of its k-space."""
@@ -144,7 +174,7 @@ class LoadedModel:
             kspace = kspace[:, None] if kspace.ndim == 3 else kspace
             return self.reconstruct(kspace, read_mask(path), batch_size, undersample=False, name=Path(path).name)
         dataset = eval_dataset(path, self.mask_func, self.recon_size, bool(getattr(self.module, "keep_kspace", False)))
-        for _fname, pred, _target, zf in iterate_volumes(dataset, self._predict, int(batch_size), progress=False):
+        for _fname, pred, _target, zf in iterate_volumes(dataset, _predict or self._predict, int(batch_size), progress=False):
             check_reconstruction(path, pred, "the loaded model",
                                  "its weights are not usable (diverged or collapsed): use another checkpoint", zf)
             return pred.astype(np.float32, copy=False)
