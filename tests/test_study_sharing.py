@@ -135,17 +135,21 @@ def test_budget_policy_is_checked(tmp_path):
 
 
 @pytest.mark.parametrize("devices,n", [("2", 2), ("'0,1'", 2)])
-def test_a_run_on_several_devices_is_refused_before_any_run(tmp_path, devices, n):
-    """DDP inside a study: the relaunched ranks would rerun the study and join another run's process group."""
+def test_a_run_on_several_machines_is_refused_before_any_run(tmp_path, devices, n):
+    """A study starts a run's processes on one machine: several devices are one run of n processes, several
+    machines (trainer.num_nodes) are refused."""
+    from mrlearn.study.ranks import process_count
+
     path = _study(tmp_path)
-    spec = load_study(path, [f"arms.b.trainer.devices={devices}", "trainer.strategy=ddp"])
-    with pytest.raises(MrlearnError, match=rf"run b__seed0: trainer.devices: .* starts {n} processes \(DDP\)"):
+    spec = load_study(path, [f"arms.b.trainer.devices={devices}", "trainer.strategy=ddp", "arms.c.trainer.num_nodes=2"])
+    configs = {r.run_id: run_config(spec, r, tmp_path / r.run_id) for r in spec.runs()}
+    assert [process_count(configs[r]) for r in ("a__seed0", "b__seed0", "c__seed0")] == [1, n, 2]
+    with pytest.raises(MrlearnError, match=r"run c__seed0: trainer.num_nodes: 2 machines, but a study starts a run's "
+                                           r"processes on one machine only; use trainer.num_nodes=1"):
         run_study(spec, tmp_path / "o", log=lambda s: None)
     assert not (tmp_path / "o" / "runs").exists()
-    from mrlearn.study.checks import check_single_process
-
     auto = load_study(path, ["trainer.devices=auto", "trainer.accelerator=cpu"])  # auto on the CPU: one process
-    check_single_process({r.run_id: run_config(auto, r, tmp_path / r.run_id) for r in auto.runs()})
+    assert {process_count(run_config(auto, r, tmp_path / r.run_id)) for r in auto.runs()} == {1}
 
 
 def test_slice_count_larger_than_the_data_is_refused(tmp_path):

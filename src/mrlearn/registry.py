@@ -155,6 +155,11 @@ def find(kind: str, name: str) -> Callable[..., Any] | None:
     return _ENTRIES[kind].get(name)
 
 
+def name_of(kind: str, obj: Any) -> str | None:
+    """The name ``obj`` is registered under as ``kind`` in this process (None: not registered)."""
+    return next((name for name, entry in _ENTRIES.get(kind, {}).items() if entry is obj), None)
+
+
 def lookup(kind: str, name: str, where: str = "") -> Callable[..., Any]:
     """The factory registered as ``(kind, name)``; unknown names raise a one-line error listing the choices."""
     if kind not in _ENTRIES:

@@ -12,6 +12,9 @@ variables, or its own launcher on one machine); mrlearn only adds SLURM's pre-em
   boundaries and on SIGTERM) or Lightning's newest ``hpc_ckpt_<n>.ckpt`` (:func:`newest_checkpoint`).
 
 ``MRLEARN_SLURM_REQUEUE=0`` turns the SLURM handling off (e.g. when the job script does its own requeueing).
+``MRLEARN_LOCAL_RANKS=1`` (set by a study for the multi-device runs it starts, :mod:`mrlearn.study.ranks`) gives
+Lightning its ``LightningEnvironment``: Lightning starts the ranks on this machine itself, whatever cluster (SLURM,
+torchrun) the study runs in.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def in_slurm_batch_job() -> bool:
 
 def cluster_plugins() -> list[Any]:
     """Lightning plugins for the cluster this process runs on (empty: let Lightning decide)."""
+    if os.environ.get("MRLEARN_LOCAL_RANKS") == "1":
+        from lightning.fabric.plugins.environments import LightningEnvironment
+
+        return [LightningEnvironment()]
     if os.environ.get("MRLEARN_SLURM_REQUEUE", "1") == "0" or not in_slurm_batch_job():
         return []
     from lightning.fabric.plugins.environments import SLURMEnvironment

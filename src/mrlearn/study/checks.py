@@ -1,5 +1,5 @@
 """Checks of a study before any run starts: its budget policy holds, its slice counts exist in the data, and every
-run trains in one process.
+run's processes can be started on one machine.
 
 * ``budget: equal_steps`` needs every run to have the same ``trainer.max_steps`` (> 0); ``equal_wall_time`` the same
   ``trainer.max_time``; ``equal_samples_per_task`` the same ``tasks.max_samples`` (the samples a task may be
@@ -7,9 +7,10 @@ run trains in one process.
 * A ``slice_count`` (``data.slice_count``, or a task's ``tasks.tasks.<i>.slice_count``) larger than the training
   slices the data hold would silently be cut to what exists (so two grid points could run the same setting):
   such a study is refused, saying how many slices there are and how to change the count or the grid.
-* A run on several devices (``trainer.devices`` > 1 or ``trainer.num_nodes`` > 1: DDP) is refused: Lightning starts
-  the other ranks by running the same command again, and their study would skip the run rank 0 holds and train
-  another run in the same process group.
+* A run on several devices of one machine (``trainer.devices`` > 1: DDP) runs in a child process of the study
+  whose Lightning starts the ranks (:mod:`mrlearn.study.ranks`). A run on several machines
+  (``trainer.num_nodes`` > 1) is refused: a study starts a run's processes on one machine only, and the other
+  machines' ranks would have no launcher.
 """
 
 from __future__ import annotations
@@ -104,31 +105,12 @@ def check_slice_counts(configs: dict[str, Any], log: Callable[[str], None] = pri
                                       f"lower it (e.g. --set 'grid.{key}=[...]' or --set {key}=N), or add data")
 
 
-def _device_count(trainer: Any) -> int:
-    """How many processes ``trainer.devices`` starts on one node (``auto`` / -1: every visible GPU on a GPU run)."""
-    devices = getattr(trainer, "devices", 1)
-    if isinstance(devices, (list, tuple)):
-        return len(devices)
-    if isinstance(devices, str) and "," in devices:  # GPU indices, e.g. "0,1"
-        return len([d for d in devices.split(",") if d.strip()])
-    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-        devices = int(devices)
-    if devices in ("auto", -1):
-        if str(getattr(trainer, "accelerator", "auto")) in ("gpu", "cuda", "auto"):
-            import torch
-
-            return torch.cuda.device_count() if torch.cuda.is_available() else 1
-        return 1
-    return int(devices) if isinstance(devices, int) else 1
-
-
-def check_single_process(configs: dict[str, Any]) -> None:
-    """Refuse runs that would train on several processes (DDP) inside a study (see the module docstring)."""
+def check_processes(configs: dict[str, Any]) -> None:
+    """Refuse runs whose processes a study cannot start: those on several machines (see the module docstring)."""
     for rid, cfg in configs.items():
-        trainer = getattr(cfg, "trainer", None)
-        n = _device_count(trainer) * max(1, int(getattr(trainer, "num_nodes", 1) or 1))
-        if n > 1:
-            raise input_error(f"run {rid}: trainer.devices", f"{getattr(trainer, 'devices', None)!r} starts {n} "
-                              "processes (DDP), which a study cannot hand the same run",
-                              "use trainer.devices=1 and run several at once (--executor local --workers N), or train "
-                              "that setting alone with mrlearn train --devices N")
+        nodes = getattr(getattr(cfg, "trainer", None), "num_nodes", 1)
+        if int(nodes or 1) > 1:
+            raise input_error(f"run {rid}: trainer.num_nodes", f"{nodes} machines, but a study starts a run's "
+                              "processes on one machine only", "use trainer.num_nodes=1 with trainer.devices=N (the "
+                              "devices of one machine), or train that setting alone with mrlearn train --nodes N "
+                              "(docs/howto/multi-node.md)")

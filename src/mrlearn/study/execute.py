@@ -14,6 +14,9 @@ machines - share one study folder safely:
 * otherwise the run's config (built where the study started, paths absolute: ``Job.config``) is run by its runner
   and its outcome written (``result.json`` last), each per-slice row labelled with its file's subject
   (``study.subjects``). Inside the runner, progress lines (:mod:`mrlearn.progress`) start with ``[k/n] <run id>``.
+  A run on several processes (``trainer.devices`` > 1, DDP) is run by a child process whose Lightning starts the
+  ranks (:mod:`mrlearn.study.ranks`); this process keeps the lease and writes ``result.json`` from what the
+  child's rank 0 reports.
 
 A run that fails returns ``status: error`` with one line - run id, the error's first line and ``error.log`` in
 its folder (the full traceback) - and never stops the other runs. A signal (``RunInterrupted``) propagates.
@@ -38,6 +41,7 @@ from mrlearn.errors import MrlearnError, RunInterrupted
 from mrlearn.io import FolderLock, atomic_write_text, is_locked_by_other, safe_child
 from mrlearn.lease import describe, lease_state
 from mrlearn.progress import progress_context
+from mrlearn.study.ranks import RankError, process_count, run_ranks
 from mrlearn.study.results import is_finished, write_outcome
 from mrlearn.study.resume import clear_folder as _clear, prepare_folder
 from mrlearn.study.spec import RunSpec, StudySpec, run_config
@@ -167,9 +171,9 @@ def _failed(job: Job, exc: BaseException) -> dict[str, Any]:
     rid = job.run.run_id
     log = job.run_dir / "error.log"
     first = (str(exc).strip().splitlines() or [""])[0]
-    text = first if isinstance(exc, MrlearnError) else f"{type(exc).__name__}: {first}"
+    text = first if isinstance(exc, (MrlearnError, RankError)) else f"{type(exc).__name__}: {first}"
     try:
-        atomic_write_text(log, "".join(traceback.format_exception(exc)))
+        atomic_write_text(log, exc.log if isinstance(exc, RankError) else "".join(traceback.format_exception(exc)))
         where = f"; log: {log}"
     except MrlearnError:
         where = ""
@@ -204,8 +208,12 @@ def run_job(job: Job) -> dict[str, Any]:
 
                 torch.set_num_threads(int(job.threads))
             start = time.time()
-            with progress_context(f"[{job.index}/{job.total}] {rid}", _progress_every(cfg)):
-                outcome = job.runner(cfg, resume=True) if resume else job.runner(cfg)
+            label = f"[{job.index}/{job.total}] {rid}"
+            if process_count(cfg) > 1:  # DDP: Lightning starts the ranks in a child process of its own
+                outcome = run_ranks(job.runner, cfg, bool(resume), label, job.threads)
+            else:
+                with progress_context(label, _progress_every(cfg)):
+                    outcome = job.runner(cfg, resume=True) if resume else job.runner(cfg)
             seconds = time.time() - start
             outcome.slices = label_subjects(cfg, outcome.slices)  # the files' patient_id: the unit of replication
             if resume:

@@ -91,13 +91,16 @@ def train_runner(cfg: Any, resume: bool = False, callbacks: Sequence[Any] = ()) 
 def run_resources(spec: StudySpec, cfg: Any, executor: str, workers: int | None) -> dict[str, float]:
     """What one run asks for: ``cpus`` (torch threads) and ``gpus`` (may be fractional).
 
-    ``spec.resources`` wins; otherwise 1 CPU under Ray, the machine's cores shared among the local workers, and one
-    GPU when ``trainer.accelerator`` is ``gpu``/``cuda`` (else none): a study run trains in one process
-    (:func:`mrlearn.study.checks.check_single_process`).
+    ``spec.resources`` wins; otherwise, for a run on ``n`` processes (``trainer.devices``, DDP:
+    :mod:`mrlearn.study.ranks`), ``n`` CPUs under Ray (else the machine's cores shared among the local workers, then
+    among the run's processes) and ``n`` GPUs when ``trainer.accelerator`` is ``gpu``/``cuda`` (else none).
     """
+    from mrlearn.study.ranks import process_count
+
+    n = process_count(cfg)
     trainer = getattr(cfg, "trainer", None)
-    gpus = 1.0 if trainer is not None and str(getattr(trainer, "accelerator", "")) in ("gpu", "cuda") else 0.0
-    cpus = 1.0 if executor == "ray" else float(default_threads(workers or 1))
+    gpus = float(n) if trainer is not None and str(getattr(trainer, "accelerator", "")) in ("gpu", "cuda") else 0.0
+    cpus = float(n) if executor == "ray" else float(default_threads(workers or 1))
     return {"cpus": float(spec.resources.get("cpus", cpus)), "gpus": float(spec.resources.get("gpus", gpus))}
 
 
@@ -139,7 +142,7 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
               only_summary: bool = False, executor: str = "sequential", workers: int | None = None,
               address: str | None = None) -> Path:
     """Run every run of ``spec`` not finished yet, then write ``study.csv`` and ``report.html``; returns ``OUT``."""
-    from mrlearn.study.checks import check_budget, check_single_process, check_slice_counts
+    from mrlearn.study.checks import check_budget, check_processes, check_slice_counts
     from mrlearn.study.summary import write_summary
 
     check_executor(executor)
@@ -153,7 +156,7 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
     configs = {r.run_id: run_config(spec, r, out / "runs" / r.run_id) for r in runs}  # validate all before running any
     check_budget(spec, configs)
     if not only_summary:
-        check_single_process(configs)
+        check_processes(configs)
         check_slice_counts(configs, log)
     checks = check_runs(spec, runs, configs)  # the stopping check's reruns (study.stopping_check), validated too
     for run in checks:
