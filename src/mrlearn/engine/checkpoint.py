@@ -10,6 +10,9 @@ validation metric improves. Rules that keep a run truthful:
   ``last.ckpt`` / ``best.ckpt`` survive (:class:`NonFiniteWeightsError`);
 * no step checkpoint on the last batch of an epoch: Lightning resumes such a checkpoint in the next epoch and skips
   that epoch's validation and epoch-end hooks, so the end-of-epoch save (after validation) is the one used;
+* no step checkpoint before the first optimizer step (``global_step`` 0): a resumed run skips the batches its
+  steps trained on, and a method that takes no optimizer step (convex layer-wise: it gathers an epoch's data, then
+  solves) would lose what it gathered; its checkpoints fall at epoch ends, so an interrupted epoch runs again whole;
 * a stop request (:class:`~mrlearn.engine.signals.GracefulStop`, SIGTERM/SIGINT) is honoured right after a save
   point: the checkpoint is written, then :class:`~mrlearn.errors.RunInterrupted` is raised.
 
@@ -136,9 +139,10 @@ class AtomicCheckpoint(Checkpoint):
                            batch_idx: int) -> None:
         if self._last_batch_of_epoch(trainer, batch_idx):
             return  # saved after validation / at the epoch end instead (see the module docstring)
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0 and trainer.global_step != self._last_step_saved:
+        stepped = trainer.global_step > 0 and trainer.global_step != self._last_step_saved
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0 and stepped:
             self.save_last(trainer)
-        self._stop_if_requested(trainer, save=True)
+        self._stop_if_requested(trainer, save=trainer.global_step > 0)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":

@@ -18,6 +18,12 @@ the first test volume at the full depth (group ``blocks=N``: target, zero-filled
 memory of one training step at the run's size, fresh process, :mod:`mrlearn.layerwise.memory`),
 ``seconds_train_and_score``.
 
+``resume=True`` (an interrupted study run, :mod:`mrlearn.study.resume`) continues from the checkpoints with the
+exact state: greedy and convex their one fit (the greedy stage and its best block weights, the solved convex
+blocks travel in the checkpoint); end-to-end, whose depths are phases in folders of their own below a run folder
+(:mod:`mrlearn.training.phases`), reads back the finished depths (the weights they selected) and resumes the one in
+progress. Reference rows train nothing and are scored again.
+
 ``python -m mrlearn.layerwise.study --preset cpu|tiny`` is a thin wrapper: it builds the preset's embedded
 dataset and runs the shipped study (``layerwise_study`` or ``layerwise_study_tiny``) with its overrides.
 """
@@ -33,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mrlearn.io import read_json
 from mrlearn.registry import register
 from mrlearn.study.runner import RunOutcome
 
@@ -169,10 +176,12 @@ def step_memory(mode: str, cfg: Any, size: tuple[int, int], blocks: int) -> dict
 
 
 @register("runner", "layerwise")
-def study_runner(cfg: Any) -> RunOutcome:
-    """Train one arm of a layer-wise study (see the module docstring) and score every depth on the test split."""
+def study_runner(cfg: Any, resume: bool = False) -> RunOutcome:
+    """Train one arm of a layer-wise study (see the module docstring) and score every depth on the test split;
+    ``resume``: continue an interrupted run folder from its checkpoints."""
     from mrlearn.errors import input_error
     from mrlearn.layerwise.train import train
+    from mrlearn.training.phases import run_folder
 
     name = cfg.method.get("name")
     if name not in METHODS and name != "reference":
@@ -191,17 +200,18 @@ def study_runner(cfg: Any) -> RunOutcome:
         return RunOutcome(groups=groups, slices=slices, examples=examples, extra=extra)
     if name == "layerwise_end_to_end":
         groups, slices, examples, zero = {}, [], {}, {}
-        for d in _depths(cfg.method.get("depths"), N):
-            sub = copy.deepcopy(cfg)
-            sub.model = {**cfg.model, "num_blocks": d}
-            sub.out_dir = str(cfg.run_dir() / f"depth{d}")
-            res = train(sub, test=True)
-            g, s, ex, zero = score_depths(res.module, sub, [d])
-            groups.update(g)
-            slices.extend(s)
-            examples.update(ex)
+        with run_folder(cfg, resume, "layerwise") as folder:
+            for d in _depths(cfg.method.get("depths"), N):
+                sub = copy.deepcopy(cfg)
+                sub.model = {**cfg.model, "num_blocks": d}
+                sub.out_dir = str(cfg.run_dir() / f"depth{d}")
+                g, s, ex, zero = score_depths(_depth_module(sub, resume), sub, [d])
+                groups.update(g)
+                slices.extend(s)
+                examples.update(ex)
+            folder.finished()
     else:
-        res = train(cfg, test=True)
+        res = train(cfg, test=True, resume=resume)
         groups, slices, examples, zero = score_depths(res.module, cfg, list(range(1, N + 1)))
         if name == "layerwise_convex":
             extra["convex_log"] = [dict(e) for e in getattr(res.module, "convex_log", [])]
@@ -215,6 +225,22 @@ def study_runner(cfg: Any) -> RunOutcome:
         extra["memory"] = step_memory("end_to_end" if name == "layerwise_end_to_end" else "layerwise", cfg,
                                       (int(size[0]), int(size[1])), N)
     return RunOutcome(groups=groups, slices=slices, examples=examples, extra=extra)
+
+
+def _depth_module(sub: Any, resume: bool) -> Any:
+    """The end-to-end network of one depth (config ``sub``, its own folder) with the weights it selected: trained,
+    resumed, or (``resume`` and the depth finished) loaded from ``best.ckpt`` or ``last.ckpt``, as the ``selected``
+    of its ``metrics.json`` says."""
+    from mrlearn.layerwise.train import train
+    from mrlearn.training.phases import holds_run, is_finished
+    from mrlearn.training.runner import load_module
+
+    run_dir = sub.run_dir()
+    if resume and is_finished(run_dir):
+        best = run_dir / "checkpoints" / "best.ckpt"
+        selected = (read_json(run_dir / "metrics.json") or {}).get("selected")
+        return load_module(best if selected == "best_checkpoint" else run_dir / "checkpoints" / "last.ckpt", sub)
+    return train(sub, test=True, resume=resume and holds_run(run_dir)).module
 
 
 def _depths(value: Any, num_blocks: int) -> list[int]:

@@ -11,6 +11,13 @@ selection). ``metrics.json`` adds ``selected``, the engine's convergence record 
 runs are judged per block: ``block_plateau`` / ``block_cap`` / ``block_budget`` / ``tolerance`` / ``max_iter``, see
 ``block_convergence``), the validation
 curve, the test-split scores and the convex log.
+
+``resume=True`` continues the run folder from ``checkpoints/last.ckpt`` (Lightning's ``ckpt_path``, the engine's
+:func:`~mrlearn.training.runner.resume_checkpoint`): weights, optimizer, loop counters, the greedy stage with its
+best-so-far block weights and plateau counters, the solved convex blocks and their log, and the position in the
+interrupted epoch (the sampler skips the batches already trained). A convex epoch gathers the block's patches
+before it solves it, and its checkpoints fall at epoch ends only (it takes no optimizer step), so an interrupted
+convex epoch is gathered again from its start.
 """
 
 from __future__ import annotations
@@ -29,26 +36,33 @@ from mrlearn.io import write_json
 from mrlearn.layerwise.module import LayerwiseModule
 from mrlearn.engine.checkpoint import load_checkpoint, load_weights
 from mrlearn.training.data import ReconDataModule
-from mrlearn.training.runner import TrainResult, build_method, make_trainer
+from mrlearn.training.runner import TrainResult, build_method, make_trainer, resume_checkpoint
 
 
-def train(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = (), test: bool = False) -> TrainResult:
-    """Fit ``cfg`` (a ``layerwise_*`` method); ``test=True`` also scores the test split (``metrics.json``)."""
+def train(cfg: ExperimentConfig, callbacks: Sequence[L.Callback] = (), test: bool = False,
+          resume: bool = False) -> TrainResult:
+    """Fit ``cfg`` (a ``layerwise_*`` method); ``test=True`` also scores the test split (``metrics.json``);
+    ``resume``: continue the run folder from its last checkpoint (module docstring)."""
     run_dir = cfg.run_dir()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_method(cfg)
+    module = build_method(cfg, init=not (resume and (run_dir / "checkpoints" / "last.ckpt").is_file()))
     if not isinstance(module, LayerwiseModule):
         raise input_error("method.name", f"{cfg.method.get('name')!r} is not a layer-wise method",
                           "use layerwise_end_to_end, layerwise_greedy or layerwise_convex")
     datamodule = ReconDataModule(cfg, transform_factory=module.build_transform)
     trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=module.checkpoint_monitor,
                                     unused_parameters=getattr(module, "ddp_unused_parameters", False))
-    with RunFolder(run_dir, dump_config(cfg), cfg.seed, extra={"name": cfg.name, "resumed": False},
+    ckpt_path = resume_checkpoint(run_dir, resume, cfg.trainer.max_epochs) if resume else None
+    with RunFolder(run_dir, dump_config(cfg), cfg.seed, resume=resume, extra={"name": cfg.name, "resumed": resume},
                    rank=int(trainer.global_rank)) as folder:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*returned `None`.*")
-            trainer.fit(module, datamodule=datamodule, weights_only=True)
+            step = int(load_checkpoint(ckpt_path).get("global_step", 0)) if ckpt_path is not None else 0
+            if step:  # a convex run takes no optimizer step: its epochs restart whole, in the trainer's epoch order
+                datamodule.resume_at(step)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path),
+                        weights_only=True)
             if trainer.interrupted:
                 raise KeyboardInterrupt
             conv = find_callback(trainer, Convergence)

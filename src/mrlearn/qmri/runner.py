@@ -21,8 +21,9 @@ from mrlearn.study.results import CONVERGENCE_FIELDS
 METRIC_KEYS = ("abs_bias", "std", "rmse")
 
 
-def run_label_study(cfg: Any, out: Path, log=print) -> dict[str, Any]:
-    """Run the study of ``cfg.extra['qmri']`` into ``out``; returns the results (see :func:`.study.run_study`)."""
+def run_label_study(cfg: Any, out: Path, log=print, resume: bool = False) -> dict[str, Any]:
+    """Run the study of ``cfg.extra['qmri']`` into ``out``; returns the results (see :func:`.study.run_study`);
+    ``resume``: continue an interrupted study in ``out``."""
     from mrlearn.qmri.report import make_figures, table_rows, write_report, write_tables
     from mrlearn.qmri.sharding import process_rank
     from mrlearn.qmri.study import run_study
@@ -44,7 +45,7 @@ def run_label_study(cfg: Any, out: Path, log=print) -> dict[str, Any]:
     accel = cfg.trainer.accelerator
     results = run_study(q, out, cfg.seed, cfg.optim, cfg.trainer.max_epochs,
                         accelerator="cpu" if accel == "auto" else accel, log=_log, max_steps=cfg.trainer.max_steps,
-                        devices=cfg.trainer.devices, strategy=cfg.trainer.strategy)
+                        devices=cfg.trainer.devices, strategy=cfg.trainer.strategy, resume=resume)
     rows = table_rows(results)
     if not writer:
         return results
@@ -77,11 +78,16 @@ def outcome_groups(results: dict[str, Any]) -> tuple[dict[str, dict[str, float]]
     return groups, conv
 
 
-def label_study_runner(cfg: Any):
-    """Study runner ``qmri``: one label study run in ``cfg.run_dir()`` -> RunOutcome (groups, convergence)."""
+def label_study_runner(cfg: Any, resume: bool = False):
+    """Study runner ``qmri``: one label study run in ``cfg.run_dir()`` -> RunOutcome (groups, convergence). The run
+    folder is held as a run (``run.json``, :mod:`mrlearn.training.phases`), so an interrupted study run is resumed
+    (``resume``: the fits done are read back, every network continues from its checkpoint)."""
     from mrlearn.study.results import RunOutcome
+    from mrlearn.training.phases import run_folder
 
-    results = run_label_study(cfg, cfg.run_dir())
+    with run_folder(cfg, resume, "qmri") as folder:
+        results = run_label_study(cfg, cfg.run_dir(), resume=resume)
+        folder.finished()
     groups, conv = outcome_groups(results)
     return RunOutcome(groups=groups, extra={"convergence": conv, "findings": results["findings"]})
 

@@ -38,9 +38,16 @@ class SignalBatches(Sampler):
         self.n, self.batch_size, self.seed, self.shuffle = int(n), int(batch_size), int(seed), shuffle
         self.rank, self.world_size, self.pad = int(rank), int(world_size), pad
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume_at(self, global_step: int) -> None:
+        """Skip what a run that stopped after ``global_step`` optimizer steps (one per batch) already trained on:
+        the next pass is epoch ``global_step // len(self)`` without its first ``global_step % len(self)`` batches."""
+        n = len(self)
+        self._resume = (int(global_step) // n, int(global_step) % n) if n else None
 
     def rows(self, epoch: int | None = None) -> np.ndarray:
         """This rank's rows for ``epoch`` (default: the current one), in batch order."""
@@ -52,8 +59,12 @@ class SignalBatches(Sampler):
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
+        skip = 0
+        if self._resume is not None:  # the iterator may be created before Lightning calls set_epoch
+            (self.epoch, done), self._resume = self._resume, None
+            skip = done * self.batch_size
         rows = self.rows()
-        for start in range(0, len(rows), self.batch_size):
+        for start in range(skip, len(rows), self.batch_size):
             yield rows[start : start + self.batch_size].tolist()
 
     def __len__(self) -> int:

@@ -5,12 +5,18 @@ sigma = 1/SNR), fit them by Rician MLE (the MLE labels), train one network per m
 parameters of a test grid (f x D x D*, S0 = 1) x ``repeats`` noise draws with every method. Per method,
 parameter and grid point: bias = mean(estimate) - truth, std over repeats, RMSE; summaries average |bias|
 and std over the grid and pool RMSE. Lightning appears only through :func:`mrlearn.qmri.train.train_network` (imported lazily).
+
+Resuming (``resume=True``, an interrupted study run): the per-voxel fits already done (``fits/snr<k>_labels.pt``,
+``fits/snr<k>_mle_fit.pt``: parameters, convergence flags, iterations) are read back, not fitted again; every
+network continues from its folder's last checkpoint (``nets/snr<k>_<name>``): a finished one trains no further
+step and returns its selected weights, the one in progress goes on from its exact state, the others start.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 
 from mrlearn import registry
+from mrlearn.io import atomic_path
 from mrlearn.qmri.config import QmriConfig
 from mrlearn.qmri.fit import fit_voxels
 from mrlearn.qmri.netio import save_network
@@ -98,11 +105,26 @@ def fit_record(result: Any, max_iter: int) -> dict[str, Any]:
             "converged": done, "monitor": "voxels_converged", "best_score": fraction, "max_iter": int(max_iter)}
 
 
+def cached_fit(path: Path, resume: bool, writer: bool, fit: Any) -> Any:
+    """The per-voxel fit ``fit()`` kept in ``path`` (``params``, ``converged``, ``iterations``; written by the
+    ``writer``); with ``resume`` a fit saved by the interrupted run is read back instead of computed again."""
+    if resume and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return SimpleNamespace(params=saved["params"], converged=saved["converged"], iterations=int(saved["iterations"]))
+    result = fit()
+    if writer:
+        with atomic_path(path) as tmp:
+            torch.save({"params": result.params, "converged": result.converged,
+                        "iterations": int(result.iterations)}, tmp)
+    return result
+
+
 def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_epochs: int,
               accelerator: str = "cpu", log=print, max_steps: int = -1, devices: int | str = 1,
-              strategy: str = "auto") -> dict[str, Any]:
-    """Run the study into ``out`` (networks under ``out/models``, their training folders under ``out/nets``);
-    returns the results dict used by the report (``training``: each network's convergence record).
+              strategy: str = "auto", resume: bool = False) -> dict[str, Any]:
+    """Run the study into ``out`` (networks under ``out/models``, their training folders under ``out/nets``, the
+    per-voxel fits under ``out/fits``); returns the results dict used by the report (``training``: each network's
+    convergence record). ``resume``: continue an interrupted study in ``out`` (module docstring).
 
     ``devices``/``strategy``: each network trains with that many processes (DDP, ``q.batch_size`` per process);
     every rank computes the same results, rank 0 alone writes the networks."""
@@ -129,8 +151,9 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
         train_sig = add_noise(fn(theta, bvals), snr, q.noise, gen)
         need_mle = any(s.kind in ("mle", "hybrid") for s in nets_needed)
         if need_mle:
-            lab = fit_voxels(train_sig, bvals, q.model, "mle", sigma=sigma, bounds=bounds, n_starts=q.fit_starts,
-                             max_iter=q.fit_max_iter)
+            lab = cached_fit(out / "fits" / f"snr{snr:g}_labels.pt", resume, writer, lambda: fit_voxels(
+                train_sig, bvals, q.model, "mle", sigma=sigma, bounds=bounds, n_starts=q.fit_starts,
+                max_iter=q.fit_max_iter))
             mle_labels = lab.params
             log(f"SNR {snr:g}: MLE labels for {q.n_train} signals, converged {lab.converged.float().mean().item():.3f}")
         else:
@@ -150,7 +173,7 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
                                       stop_on=q.stop_on, stability_tol=q.stability_tol,
                                       widths=[widths[k] for k in names],
                                       accelerator=accelerator, init_state=init,
-                                      devices=devices, strategy=strategy)
+                                      devices=devices, strategy=strategy, resume=resume)
             results["training"][f"snr{snr:g}/{name}"] = info
             stab = info.get("stability")
             how = (f"estimates settled within {stab['tol']:g} of the ranges after {stab['moves']} moves, last change "
@@ -166,8 +189,9 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
         order = sorted(specs, key=lambda s: (s.kind != "fit", s.kind != "gt"))
         for s in order:
             if s.kind == "fit":
-                r = fit_voxels(test_sig, bvals, q.model, "mle", sigma=sigma, bounds=bounds, n_starts=q.fit_starts,
-                               max_iter=q.fit_max_iter)
+                r = cached_fit(out / "fits" / f"snr{snr:g}_{s.name}.pt", resume, writer, lambda: fit_voxels(
+                    test_sig, bvals, q.model, "mle", sigma=sigma, bounds=bounds, n_starts=q.fit_starts,
+                    max_iter=q.fit_max_iter))
                 estimates[s.name] = r.params
                 results["fits"][f"snr{snr:g}/{s.name}"] = fit_record(r, q.fit_max_iter)
                 log(f"SNR {snr:g}: mle_fit on {truth.shape[0]} test signals, converged "
@@ -234,8 +258,9 @@ def finite_or_none(x: float) -> float | None:
 
 
 @registry.register("runner", "qmri")
-def study_runner(cfg: Any):
-    """Study runner ``qmri`` (see :mod:`mrlearn.qmri.runner`): one label study run -> RunOutcome."""
+def study_runner(cfg: Any, resume: bool = False):
+    """Study runner ``qmri`` (see :mod:`mrlearn.qmri.runner`): one label study run -> RunOutcome; ``resume``:
+    continue an interrupted run folder (fits read back, networks from their checkpoints)."""
     from mrlearn.qmri.runner import label_study_runner
 
-    return label_study_runner(cfg)
+    return label_study_runner(cfg, resume=resume)

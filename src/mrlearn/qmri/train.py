@@ -12,6 +12,11 @@ cap stopped the run while the validation loss had improved within the last ``pat
 ``mode``, ``patience``) plus ``best_epoch``, ``best_val_loss`` (= ``best_score``), ``init_from_gt`` and
 ``world_size``. ``init_state`` starts from given weights (e.g. the trained groundtruth network).
 
+``resume=True`` continues the run folder from its last checkpoint (the engine's
+:func:`~mrlearn.training.runner.resume_checkpoint`, Lightning's ``ckpt_path``): weights, optimizer, loop counters,
+early-stopping and stability state, the best weights so far, and the position in the interrupted epoch (the sampler
+skips the batches already trained); a network whose fit had ended trains no further step.
+
 Several processes (``devices: 2, strategy: ddp``; gloo on CPU): the training signals are sharded so that the global
 batches equal one process's with ``devices x batch_size`` (:mod:`mrlearn.qmri.sharding`), ``val_loss`` is summed
 over processes (every rank sees the same value, so early stopping stops every rank at the same epoch), and only
@@ -59,9 +64,11 @@ def _trainer_config(name: str, seed: int, optim: dict[str, Any], max_epochs: int
     return ExperimentConfig(name=name, seed=seed, optim=dict(optim), trainer=trainer)
 
 
-def _signal_data(tensors: list[torch.Tensor], perm: torch.Tensor, n_val: int, batch_size: int, seed: int):
+def _signal_data(tensors: list[torch.Tensor], perm: torch.Tensor, n_val: int, batch_size: int, seed: int,
+                 resume_step: int = 0):
     """A data module whose loaders shard the training / validation rows by the Trainer's rank at fit time
-    (whole batches gathered by one indexing; see :mod:`mrlearn.qmri.sharding`)."""
+    (whole batches gathered by one indexing; see :mod:`mrlearn.qmri.sharding`); ``resume_step``: the optimizer steps
+    a resumed fit already took (its first training pass skips them)."""
     import lightning as L
 
     from mrlearn.qmri.sharding import SignalBatches
@@ -79,6 +86,8 @@ def _signal_data(tensors: list[torch.Tensor], perm: torch.Tensor, n_val: int, ba
 
         def train_dataloader(self) -> DataLoader:
             batches = SignalBatches(len(train), batch_size, seed, True, *self._rank())
+            if resume_step:
+                batches.resume_at(resume_step)
             return DataLoader(train, sampler=batches, batch_size=None)
 
         def val_dataloader(self) -> DataLoader:
@@ -95,8 +104,8 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
                   patience: int = 20, accelerator: str = "cpu", init_state: dict[str, torch.Tensor] | None = None,
                   log=None, devices: int | str = 1, strategy: str = "auto", min_delta: float = 0.0,
                   lr_patience: int | None = None, out_bounds: tuple[Any, Any] | None = None,
-                  stop_on: str = "val_loss", stability_tol: float = 0.005, widths: Any = None
-                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  stop_on: str = "val_loss", stability_tol: float = 0.005, widths: Any = None,
+                  resume: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train one network (deterministic for ``seed``); returns (net, record).
 
     ``out_bounds``: (lower, upper) per parameter in physical units for the bounded output; None: ``abs`` output.
@@ -109,12 +118,15 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
 
     ``batch_size`` is per process: ``devices: 2, strategy: ddp`` with ``batch_size`` trains on the same global
     batches as one process with ``2 x batch_size`` (see :mod:`mrlearn.qmri.sharding`). Every rank returns the same
-    network and record; files (checkpoints, logs) are written by rank 0."""
+    network and record; files (checkpoints, logs) are written by rank 0. ``resume``: continue ``run_dir`` from its
+    last checkpoint where it holds one (module docstring)."""
     import lightning as L
 
     from mrlearn.engine.convergence import Convergence, convergence_record, find_callback, improved
+    from mrlearn.engine.checkpoint import load_checkpoint
     from mrlearn.qmri.module import QmriNetModule
-    from mrlearn.training.runner import make_trainer
+    from mrlearn.training.phases import holds_run
+    from mrlearn.training.runner import make_trainer, resume_checkpoint
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed", "lightning.pytorch.strategies.ddp",
@@ -148,7 +160,14 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
     best: dict[str, Any] = {"loss": None, "state": None, "epoch": -1}
 
     class _KeepBest(L.Callback):
-        """Weights of the best validation (strictly lower ``val_loss``, as the engine's Convergence counts)."""
+        """Weights of the best validation (strictly lower ``val_loss``, as the engine's Convergence counts); they
+        travel in checkpoints, so a resumed fit returns the same network."""
+
+        def state_dict(self) -> dict[str, Any]:
+            return dict(best)
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            best.update(state_dict)
 
         def on_validation_end(self, trainer, pl_module):
             if trainer.sanity_checking or trainer.state.fn != "fit" or "val_loss" not in trainer.callback_metrics:
@@ -165,7 +184,10 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
     cfg = _trainer_config(Path(run_dir).name, seed, optim or {"name": "adam", "lr": 1e-3}, max_epochs, max_steps,
                           accelerator, patience, devices, strategy, min_delta, lr_patience, stop_on)
     trainer, ckpt = make_trainer(cfg, Path(run_dir), callbacks=[_KeepBest()], monitor=("val_loss", "min"))
-    trainer.fit(module, datamodule=_signal_data(tensors, perm, n_val, batch_size, seed))
+    ckpt_path = resume_checkpoint(Path(run_dir), True, max_epochs) if resume and holds_run(run_dir) else None
+    step = int(load_checkpoint(ckpt_path).get("global_step", 0)) if ckpt_path is not None else 0
+    trainer.fit(module, datamodule=_signal_data(tensors, perm, n_val, batch_size, seed, step),
+                ckpt_path=None if ckpt_path is None else str(ckpt_path), weights_only=True)
     if best["state"] is not None and stability is None:
         module.net.load_state_dict(best["state"])
     module.net.eval()

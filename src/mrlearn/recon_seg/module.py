@@ -41,7 +41,7 @@ from mrlearn.physics.complex import crop_or_pad
 from mrlearn.recon_seg.scoring import DiceCollector
 from mrlearn.registry import register
 from mrlearn.seg.losses import SegLoss
-from mrlearn.training.module import NonFiniteLossError, ReconModule
+from mrlearn.training.module import NonFiniteLossError, ReconModule, _dist
 
 TASKS = ("recon", "seg")
 STAGES = ("joint", "recon", "seg")
@@ -88,6 +88,9 @@ class ReconSegModule(ReconModule):
         self.weighting = build_weighting(weighting, len(TASKS))
         self.hparams_weighting = weighting if weighting is not None else "equal"
         self.automatic_optimization = stage != "joint" or not self.weighting.needs_grads
+        # a stage trains one task: the other task's head (and a learned weighting's parameters) get no gradient,
+        # which DDP must be told (engine.trainer.ddp_strategy); joint training reaches every parameter
+        self.ddp_unused_parameters = stage != "joint"
         if not self.automatic_optimization and cfg.trainer.gradient_clip_val:
             raise input_error("trainer.gradient_clip_val", f"Lightning cannot clip the manual optimisation of the "
                               f"{registry_name(weighting)} weighting", "drop trainer.gradient_clip_val, or use a loss-based weighting")
@@ -229,9 +232,25 @@ class ReconSegModule(ReconModule):
         super().on_train_epoch_start()
         self._task_sum, self._task_count = [0.0, 0.0], 0
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # the epoch's task-loss sums: a run resumed mid-epoch completes them
+        checkpoint["mrlearn"]["recon_seg"] = {"task_sum": list(self._task_sum), "task_count": int(self._task_count)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        extra = checkpoint.get("mrlearn", {}).get("recon_seg", {})
+        self._task_sum = [float(v) for v in extra.get("task_sum", self._task_sum)]
+        self._task_count = int(extra.get("task_count", self._task_count))
+
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        means = [s / self._task_count if self._task_count else math.nan for s in self._task_sum]
+        sums = torch.tensor([*self._task_sum, float(self._task_count)], dtype=torch.float64)
+        if _dist():  # the epoch means of the global batches: every process gets the same (DWA's) loss weights
+            sums = sums.to(self.device)
+            torch.distributed.all_reduce(sums)
+            sums = sums.cpu()
+        count = float(sums[-1])
+        means = [float(s) / count if count else math.nan for s in sums[:-1]]
         self.weighting.epoch_end(means)
         entry = self.history.setdefault(int(self.current_epoch), {"epoch": int(self.current_epoch)})
         for t, name in enumerate(TASKS):

@@ -18,6 +18,11 @@ segmentation). Run folder (``cfg.run_dir()``):
 
 ``selection.json`` in the run folder holds each task's convergence record and checkpoint; the study row's record
 merges them (converged only if every task converged; ``steps``: the optimizer steps of all its fits).
+
+``resume=True`` (an interrupted study run, :mod:`mrlearn.study.resume`) continues the run from its checkpoints with
+the exact state (weights, optimizer, loop counters, each task's selection and stopping state): ``joint`` its one fit;
+the staged pipelines (held by a run folder of their own, :mod:`mrlearn.training.phases`) read back a finished
+``recon/`` or ``seg/`` fit and resume the one in progress.
 """
 
 from __future__ import annotations
@@ -102,14 +107,15 @@ def _class_names(cfg: ExperimentConfig, dm: Any) -> dict[int, str]:
     return read_segmentation_labels(volumes[0].path) if volumes else {}
 
 
-def _fit_joint(cfg: ExperimentConfig, section: ReconSegRunConfig) -> tuple[Any, Any, dict[str, dict[str, Any]], Any]:
+def _fit_joint(cfg: ExperimentConfig, section: ReconSegRunConfig,
+               resume: bool = False) -> tuple[Any, Any, dict[str, dict[str, Any]], Any]:
     from mrlearn.recon_seg.selection import JointSelection
     from mrlearn.training.runner import train
 
     recon_es = task_stopping(cfg.trainer.early_stopping, "recon", "trainer.early_stopping")
     stage = stage_config(cfg, None, {"stage": "joint", "monitor": "val_psnr"}, None)
     selection = JointSelection({"recon": recon_es, "seg": section.seg_stopping()})
-    result = train(stage, callbacks=[selection])
+    result = train(stage, resume=resume, callbacks=[selection])
     records = selection.records(result.convergence.get("stopped_by"))
     for task, rec in records.items():  # every validation of the task: [step, epoch, value, samples]
         rec["curve"] = selection.selection.task_curve(task) if selection.selection is not None else []
@@ -124,14 +130,15 @@ def _fit_joint(cfg: ExperimentConfig, section: ReconSegRunConfig) -> tuple[Any, 
     return modules["recon"], modules["seg"], records, result
 
 
-def _fit_stages(cfg: ExperimentConfig, section: ReconSegRunConfig, pipeline: str) -> tuple[Any, Any, dict, Any]:
-    from mrlearn.training.runner import train
+def _fit_stages(cfg: ExperimentConfig, section: ReconSegRunConfig, pipeline: str,
+                resume: bool = False) -> tuple[Any, Any, dict, Any]:
+    from mrlearn.training.phases import train_phase
 
     records: dict[str, dict[str, Any]] = {}
     init = None
     if pipeline == "two_step":
         recon_es = task_stopping(cfg.trainer.early_stopping, "recon", "trainer.early_stopping")
-        first = train(stage_config(cfg, "recon", {"stage": "recon", "monitor": "val_psnr"}, recon_es))
+        first = train_phase(stage_config(cfg, "recon", {"stage": "recon", "monitor": "val_psnr"}, recon_es), resume)
         records["recon"] = {**first.convergence, "checkpoint": str(first.best_checkpoint)}
         init = first.best_checkpoint
         if init is None or not init.is_file():
@@ -140,7 +147,7 @@ def _fit_stages(cfg: ExperimentConfig, section: ReconSegRunConfig, pipeline: str
     target = pipeline == "target"
     method = {"stage": "seg", "monitor": "val_dice", "seg_input": "target" if target else "reconstruction",
               "seg_eval_input": "target" if target else "reconstruction"}
-    second = train(stage_config(cfg, "seg", method, section.seg_stopping(), init))
+    second = train_phase(stage_config(cfg, "seg", method, section.seg_stopping(), init), resume)
     records["seg"] = {**second.convergence, "checkpoint": str(second.best_checkpoint)}
     module = second.module  # holds the weights of its best checkpoint (evaluate_final)
     recon = None if target else module
@@ -157,10 +164,10 @@ def merged_record(records: dict[str, dict[str, Any]], sequential: bool) -> dict[
 
 
 @register("runner", "recon_seg")
-def study_runner(cfg: ExperimentConfig) -> RunOutcome:
-    """Train the arm ``cfg.recon_seg_run.pipeline`` and score it on the test split (module docstring)."""
-    from mrlearn.recon_seg.study_scoring import score_split
-    from mrlearn.training.data import ReconDataModule
+def study_runner(cfg: ExperimentConfig, resume: bool = False) -> RunOutcome:
+    """Train the arm ``cfg.recon_seg_run.pipeline`` and score it on the test split (module docstring); ``resume``:
+    continue an interrupted run folder from its checkpoints."""
+    from mrlearn.training.phases import run_folder
 
     section = run_section(cfg)
     pipeline = section.pipeline
@@ -168,10 +175,23 @@ def study_runner(cfg: ExperimentConfig) -> RunOutcome:
     if cfg.method.get("name") != "recon_seg":
         raise input_error("method.name", f"{cfg.method.get('name')!r}: the recon_seg runner trains method recon_seg",
                           "set method.name: recon_seg")
-    if pipeline == "joint":
-        recon, seg, records, result = _fit_joint(cfg, section)
-    else:
-        recon, seg, records, result = _fit_stages(cfg, section, pipeline)
+    if pipeline == "joint":  # one fit, held by the run folder of train()
+        recon, seg, records, result = _fit_joint(cfg, section, resume)
+        return _score(cfg, section, recon, seg, records, result)
+    with run_folder(cfg, resume, "recon_seg") as folder:
+        recon, seg, records, result = _fit_stages(cfg, section, pipeline, resume)
+        outcome = _score(cfg, section, recon, seg, records, result)
+        folder.finished()
+    return outcome
+
+
+def _score(cfg: ExperimentConfig, section: ReconSegRunConfig, recon: Any, seg: Any, records: dict[str, dict[str, Any]],
+           result: Any) -> RunOutcome:
+    """The test-split scores of the fitted arm, with its records (``selection.json``)."""
+    from mrlearn.recon_seg.study_scoring import score_split
+    from mrlearn.training.data import ReconDataModule
+
+    pipeline = section.pipeline
     dm = ReconDataModule(cfg, keep_kspace=True)
     outcome = score_split(dm.eval_loader("test"), _OnDevice(seg, "segment"), int(seg.num_classes),
                           None if recon is None else _OnDevice(recon, "reconstruct"), _class_names(cfg, dm),

@@ -11,6 +11,13 @@ Shapes: ``logits`` real ``[B, K, h, w]`` (K classes, unnormalised), ``labels`` i
   ``batch_dice``), loss ``1 - mean_k D_k`` over the foreground classes ``k >= 1`` (``include_background``: all);
   ``eps = 1e-5`` keeps a class absent from both at ``D_k = 1``;
 * ``ce_dice``: their sum (the usual nnU-Net / MONAI ``DiceCELoss`` combination, weights 1 and 1).
+
+Under DDP (several processes, each with its share of the global batch) a training loss (gradients enabled) is the
+loss of the global batch, as one process would compute it: the Dice sums and the count of labelled pixels are summed
+over the processes (the Dice sums with their gradient), and the cross-entropy of process ``r`` is
+``W sum_r / N`` (``W`` processes, ``N`` labelled pixels in all), so that DDP's average of the processes' gradients is
+the one-process gradient and the mean over processes of the loss values is the one-process value. Every process must
+then compute the loss in every step; evaluation (no gradient) stays per process.
 """
 
 from __future__ import annotations
@@ -33,9 +40,32 @@ def _labels(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return labels.long()
 
 
+def _world() -> int:
+    """The number of processes a training loss is shared by (module docstring): 1 outside DDP or without gradients."""
+    dist = torch.distributed
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _global_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the processes, with its gradient (the backward sums the processes' gradients too)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(t)
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Mean cross-entropy over labelled pixels (module docstring)."""
+    """Mean cross-entropy over labelled pixels (module docstring; under DDP: of the global batch)."""
     labels = _labels(labels, logits)
+    world = _world()
+    if world > 1:
+        count = (labels != ignore_index).sum().to(torch.float64)
+        torch.distributed.all_reduce(count)
+        if not float(count) > 0:
+            return logits.sum() * 0.0
+        total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+        return total * (world / float(count))
     if not bool((labels != ignore_index).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
@@ -43,14 +73,17 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
 
 def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                    include_background: bool = False, eps: float = 1e-5) -> torch.Tensor:
-    """``1 - mean_k D_k`` of the batch soft Dice (module docstring)."""
+    """``1 - mean_k D_k`` of the batch soft Dice (module docstring; under DDP: of the global batch)."""
     labels = _labels(labels, logits)
     k = logits.shape[1]
     keep = (labels != ignore_index).unsqueeze(1).to(logits.dtype)
     prob = torch.softmax(logits.float(), dim=1) * keep
     onehot = F.one_hot(labels.clamp(0, k - 1), k).movedim(-1, 1).to(prob.dtype) * keep
     dims = (0,) + tuple(range(2, logits.ndim))
-    dice = (2 * (prob * onehot).sum(dims) + eps) / (prob.sum(dims) + onehot.sum(dims) + eps)
+    sums = torch.stack([(prob * onehot).sum(dims), prob.sum(dims), onehot.sum(dims)])  # [3, K]
+    if _world() > 1:
+        sums = _global_sum(sums)
+    dice = (2 * sums[0] + eps) / (sums[1] + sums[2] + eps)
     first = 0 if include_background or k == 1 else 1
     return 1.0 - dice[first:].mean()
 

@@ -18,7 +18,8 @@ Runners (registry kind ``runner``; the study's ``runner``, ``auto``: ``mtl`` whe
 else ``train``) take the run's ExperimentConfig and return a :class:`RunOutcome`. A capability registers its runner
 with ``@register("runner", name)`` (or :func:`register_runner`) and declares the module in the entry-point group
 ``mrlearn.runner``. A runner that takes a ``resume`` keyword continues an unfinished run folder from its checkpoints
-(``train``, ``mtl``, ``ssl`` do); others start such a run again. A study file can name registered runners only,
+(every shipped runner does; one of several fits keeps them in phase folders below a run folder of its own,
+:mod:`mrlearn.training.phases`); others start such a run again. A study file can name registered runners only,
 never a module or function of its own choosing (a study file from someone else cannot make mrlearn import or call
 arbitrary code).
 """

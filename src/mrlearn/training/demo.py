@@ -63,11 +63,13 @@ def _say(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- the study runner
 @registry.register("runner", "demo")
-def study_runner(cfg: Any) -> Any:
+def study_runner(cfg: Any, resume: bool = False) -> Any:
     """Runner of the demo study: evaluate a ``reference`` arm, or train a learned one; score the test volumes.
 
     Returns the per-volume means (group ``all``), per-slice rows, example slices (one example group per shown
-    slice) and, in ``extra``, the per-volume metrics (``volumes``) and the training history.
+    slice) and, in ``extra``, the per-volume metrics (``volumes``) and the training history. ``resume``: continue an
+    interrupted learned arm from its ``checkpoints/last.ckpt`` with the exact state (``training.runner.train``); a
+    reference arm trains nothing and is scored again.
     """
     from mrlearn.evaluation.scoring import mean_metrics, slice_metrics, volume_metrics
     from mrlearn.study.runner import RunOutcome
@@ -88,7 +90,7 @@ def study_runner(cfg: Any) -> Any:
     else:
         from mrlearn.training.runner import train
 
-        result = train(cfg)  # the module holds the evaluated weights (best checkpoint by validation)
+        result = train(cfg, resume=resume)  # the module holds the evaluated weights (best checkpoint by validation)
         predict = module_predictor(result.module, "cpu")
         recon_size = tuple(cfg.data.recon_size) if cfg.data.recon_size else None
         dataset = eval_dataset(root / cfg.data.test, mask_func, recon_size, result.module.keep_kspace, contrasts)

@@ -39,7 +39,8 @@ from mrlearn.training.data import ReconDataModule, resolve_data_folders
 from mrlearn.training.module import ReconModule
 
 __all__ = ["TrainResult", "build_method", "make_trainer", "quiet_lightning", "resolve_precision", "train",
-           "evaluate_final", "make_datamodule", "last_validation", "load_module", "config_for_checkpoint"]
+           "evaluate_final", "make_datamodule", "last_validation", "load_module", "config_for_checkpoint",
+           "resume_checkpoint"]
 
 
 @dataclass
@@ -74,7 +75,7 @@ def build_method(cfg: ExperimentConfig, init: bool = True) -> ReconModule:
     return registry.build("method", section, "method", model=model, loss=loss, cfg=cfg)
 
 
-def _resume_checkpoint(run_dir: Path, resume: bool, max_epochs: int | None = None) -> Path | None:
+def resume_checkpoint(run_dir: Path, resume: bool, max_epochs: int | None = None) -> Path | None:
     """``last.ckpt`` to resume from (validated), None to start from step 0; one-line errors otherwise.
 
     Checked before the run folder is touched: a checkpoint further on than ``max_epochs`` (Lightning refuses it)
@@ -135,7 +136,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     datamodule = make_datamodule(cfg, module)
     trainer, ckpt_cb = make_trainer(cfg, run_dir, callbacks, monitor=getattr(module, "checkpoint_monitor", ("val_ssim", "max")),
                                     unused_parameters=getattr(module, "ddp_unused_parameters", False))
-    ckpt_path = _resume_checkpoint(run_dir, resume, cfg.trainer.max_epochs) if trainer.is_global_zero else (
+    ckpt_path = resume_checkpoint(run_dir, resume, cfg.trainer.max_epochs) if trainer.is_global_zero else (
         newest_checkpoint(run_dir, load_checkpoint) if resume else None)  # the same file on every rank
     with RunFolder(run_dir, dump_config(cfg), cfg.seed, resume=resume, rank=trainer.global_rank,
                    extra={"name": cfg.name, "resumed": resume}) as run:
