@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from mrlearn.physics.complex import channels_to_complex, complex_to_channels
-from mrlearn.physics.fft import ifft2c
-from mrlearn.physics.sense import rss
+from mrlearn.physics.sense import masked_ifft2c, rss
 
 
 def _centre_run(line: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +45,7 @@ def acs_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 def acs_coil_images(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Low-resolution coil images ``[B, C, H, W]`` from the ACS block of masked k-space ``[B, C, H, W]``."""
-    return ifft2c(kspace * acs_mask(mask, kspace.shape[-2:]).to(kspace.real.dtype))
+    return masked_ifft2c(kspace, acs_mask(mask, kspace.shape[-2:]))
 
 
 def normalise_by_rss(coil_images: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -8,15 +8,17 @@ Shapes (batched; leading axes broadcast):
 
 Forward ``A m = M F (S m)`` per coil; adjoint ``A^H y = sum_c conj(S_c) F^H (M y_c)``; normal ``A^H A``
 (the mask is applied once: ``M^H M = M`` for a 0/1 mask). ``F`` is the centred orthonormal FFT of
-:mod:`mrlearn.physics.fft`. Without maps the operator is that of maps of ones with one coil (deepinv's
-convention), computed without multiplying by the ones.
+:mod:`mrlearn.physics.fft`; for even ``H`` and ``W`` it runs shift-free, its +-1 checkerboards folded into products
+formed anyway: ``A m = (post M) . fft2(S (pre m))`` and ``A^H y = post . sum_c conj(S_c) ifft2((pre M) y_c)``
+(``post`` commutes with the coil sum), the same values as the shifted form to the FFT's rounding. Without maps the
+operator is that of maps of ones with one coil (deepinv's convention), computed without multiplying by the ones.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mrlearn.physics.fft import fft2c, ifft2c
+from mrlearn.physics.fft import centring, fft2c, ifft2c
 from mrlearn.physics.normal import SenseNormal
 
 
@@ -32,20 +34,43 @@ def _single_coil(kspace: torch.Tensor) -> None:
         raise ValueError(f"k-space without sens_maps must be single-coil [..., 1, H, W], got shape {tuple(kspace.shape)}")
 
 
+def masked_ifft2(kspace: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(z, post)`` with ``ifft2c(apply_mask(kspace, mask)) = post * z`` ``[..., H, W]`` (``post`` None: ``z`` is
+    already that image, an odd size on the roll path). The centring's ``pre`` rides on the mask product, so
+    ``post`` can go onto a smaller product later (e.g. after a coil sum)."""
+    c = centring(kspace.shape, kspace.real.dtype, kspace.device)
+    if c is None:
+        return ifft2c(apply_mask(kspace, mask)), None
+    pre, post = c
+    weighted = kspace * pre if mask is None else apply_mask(kspace, mask.to(pre.dtype) * pre)
+    return torch.fft.ifft2(weighted, dim=(-2, -1), norm="ortho"), post
+
+
+def masked_ifft2c(kspace: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``ifft2c(apply_mask(kspace, mask))`` ``[..., H, W]`` with the centring folded into the mask."""
+    z, post = masked_ifft2(kspace, mask)
+    return z if post is None else z * post
+
+
 def sense_forward(image: torch.Tensor, sens_maps: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``A m``: image ``[B, H, W]`` -> masked coil k-space ``[B, C, H, W]`` (``C = 1`` when ``sens_maps`` is None)."""
-    coil_images = image.unsqueeze(-3) if sens_maps is None else sens_maps * image.unsqueeze(-3)
-    return apply_mask(fft2c(coil_images), mask)
+    c = centring(image.shape, image.real.dtype, image.device)
+    if c is None:
+        coil_images = image.unsqueeze(-3) if sens_maps is None else sens_maps * image.unsqueeze(-3)
+        return apply_mask(fft2c(coil_images), mask)
+    pre, post = c
+    x = (image * pre).unsqueeze(-3)
+    spectrum = torch.fft.fft2(x if sens_maps is None else sens_maps * x, dim=(-2, -1), norm="ortho")
+    return spectrum * post if mask is None else apply_mask(spectrum, mask.to(post.dtype) * post)
 
 
 def sense_adjoint(kspace: torch.Tensor, sens_maps: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``A^H y``: coil k-space ``[B, C, H, W]`` -> coil-combined image ``[B, H, W]`` (adjoint of :func:`sense_forward`)."""
     if sens_maps is None:
         _single_coil(kspace)
-    coil_images = ifft2c(apply_mask(kspace, mask))
-    if sens_maps is None:
-        return coil_images.squeeze(-3)
-    return (sens_maps.conj() * coil_images).sum(dim=-3)
+    coil_images, post = masked_ifft2(kspace, mask)
+    image = coil_images.squeeze(-3) if sens_maps is None else (sens_maps.conj() * coil_images).sum(dim=-3)
+    return image if post is None else image * post
 
 
 def sense_normal(image: torch.Tensor, sens_maps: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
