@@ -3,7 +3,8 @@
 Shapes: image ``x``/``z`` ``[B, H, W]`` complex; ``kspace`` (already masked) ``[B, C, H, W]`` with
 ``sens_maps`` ``[B, C, H, W]``, or ``C = 1`` with ``sens_maps=None`` (single-coil: maps of ones); ``mask``
 broadcastable to ``kspace``. The measured k-space ``y`` is the masked k-space, so ``A^H y`` is the zero-filled
-SENSE image. The operator is :class:`mrlearn.physics.sense.SenseOperator`.
+SENSE image. The operator is :class:`mrlearn.physics.sense.SenseOperator`. Both layers take an optional ``aty``,
+``A^H y`` ``[B, H, W]`` precomputed by the caller (it is the same in every cascade of an unrolled network).
 
 * :class:`GradientDC` (E2E-VarNet style, image domain): ``x = z - eta * A^H (A z - y)`` with learned ``eta``.
 * :class:`ConjugateGradientDC` (MoDL style): ``x = argmin ||A x - y||^2 + lam ||x - z||^2``, i.e. the solution of
@@ -74,9 +75,10 @@ class GradientDC(nn.Module):
         self.eta = nn.Parameter(torch.tensor(float(eta_init)))
 
     def forward(self, z: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
-                sens_maps: torch.Tensor | None) -> torch.Tensor:
+                sens_maps: torch.Tensor | None, aty: torch.Tensor | None = None) -> torch.Tensor:
         op = SenseOperator(sens_maps, mask)
-        return z - self.eta * (op.normal(z) - op.adjoint(kspace))  # A^H (A z - y), shift-free normal
+        aty = op.adjoint(kspace) if aty is None else aty
+        return z - self.eta * (op.normal(z) - aty)  # A^H (A z - y), shift-free normal
 
 
 class ConjugateGradientDC(nn.Module):
@@ -98,9 +100,9 @@ class ConjugateGradientDC(nn.Module):
         return self.log_lam.exp()
 
     def forward(self, z: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
-                sens_maps: torch.Tensor | None) -> torch.Tensor:
+                sens_maps: torch.Tensor | None, aty: torch.Tensor | None = None) -> torch.Tensor:
         lam = self.lam
-        rhs = SenseOperator(sens_maps, mask).adjoint(kspace) + lam * z
+        rhs = (SenseOperator(sens_maps, mask).adjoint(kspace) if aty is None else aty) + lam * z
         if self.cg_grad == "unrolled":
             return conjugate_gradient(_regularised_normal(sens_maps, mask, lam), rhs, x0=z, max_iter=self.cg_iters, tol=self.cg_tol)
         return _ImplicitSolve.apply(rhs, lam, sens_maps, mask, z.detach(), self.cg_iters, self.cg_tol)

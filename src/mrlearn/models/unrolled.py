@@ -16,7 +16,9 @@ multiplied back, so the network is scale-equivariant (k-space scaled anywhere fr
 Maps for multi-coil data: the ``sens_maps`` argument (``maps="given"``), or, when it is None, estimated
 in the forward pass (``maps="acs"``: low-resolution ACS maps; ``maps="espirit"``: ESPIRiT, no gradient).
 ``sens_refine=True`` replaces them by the E2E-VarNet learned estimate (U-Net on the ACS coil images,
-normalised by RSS). ``checkpointing=True`` recomputes each cascade in the backward pass
+normalised by RSS). ACS maps are kept per slice in ``map_cache`` (:class:`~mrlearn.models.map_cache.AcsMapCache`,
+keyed by the k-space values they come from, at most ``maps_cache_mb`` MiB, 0: off), so a slice whose mask is fixed
+is not recomputed every epoch; learned and ESPIRiT maps are not cached. ``checkpointing=True`` recomputes each cascade in the backward pass
 (``torch.utils.checkpoint``, non-reentrant): less memory for more compute, identical results.
 
 The pieces (:class:`Cascade`, :func:`build_regulariser`, :func:`build_dc`, :func:`check_inputs`, :func:`coil_maps`,
@@ -35,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from mrlearn.data.sample import Batch, as_batch
 from mrlearn.errors import input_error
 from mrlearn.models.data_consistency import CG_GRADS, ConjugateGradientDC, GradientDC
+from mrlearn.models.map_cache import AcsMapCache
 from mrlearn.models.resnet import ResNet
 from mrlearn.models.sens_refine import SensitivityRefinement, acs_coil_images, normalise_by_rss
 from mrlearn.models.unet import Unet
@@ -53,6 +56,8 @@ class Cascade(nn.Module):
     """One iteration: ``z = x + R(x)`` (``R`` on 2-channel views), then data consistency ``dc(z, y)``.
 
     Extra positional arguments after ``sens_maps`` go to the regulariser (a multi-task one takes the task index).
+    ``aty``: ``A^H y`` of ``kspace`` ``[B, H, W]`` when the caller has it (:func:`run_cascades`), for the
+    data-consistency layers of :mod:`~mrlearn.models.data_consistency`, which otherwise compute it themselves.
     """
 
     def __init__(self, regulariser: nn.Module, dc: nn.Module):
@@ -60,11 +65,18 @@ class Cascade(nn.Module):
         self.regulariser = regulariser
         self.dc = dc
 
+    @property
+    def takes_aty(self) -> bool:
+        """Whether the data-consistency layer accepts a precomputed ``A^H y`` (``aty``)."""
+        return isinstance(self.dc, (GradientDC, ConjugateGradientDC))
+
     def forward(self, x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
-                sens_maps: torch.Tensor | None, *regulariser_args) -> torch.Tensor:
+                sens_maps: torch.Tensor | None, *regulariser_args, aty: torch.Tensor | None = None) -> torch.Tensor:
         update = self.regulariser(complex_to_channels(x), *regulariser_args).to(x.real.dtype)  # float32 under bf16 autocast
         z = x + channels_to_complex(update)
-        return self.dc(z, kspace, mask, sens_maps)
+        if aty is None:
+            return self.dc(z, kspace, mask, sens_maps)
+        return self.dc(z, kspace, mask, sens_maps, aty=aty)
 
 
 def build_regulariser(kind: str, chans: int, num_blocks: int, num_pools: int) -> nn.Module:
@@ -117,11 +129,12 @@ def check_inputs(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: tor
 
 
 def coil_maps(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None, multicoil: bool,
-              source: str = "acs", sens_net: nn.Module | None = None) -> torch.Tensor | None:
+              source: str = "acs", sens_net: nn.Module | None = None, cache: AcsMapCache | None = None
+              ) -> torch.Tensor | None:
     """Maps ``[B, C, H, W]`` for the operator, or None for single-coil (one coil, map of ones).
 
     Order: the learned estimate ``sens_net`` when given, else the given maps, else ESPIRiT (``source="espirit"``,
-    no gradient) or the ACS maps (low-resolution ACS coil images divided by their RSS).
+    no gradient) or the ACS maps (low-resolution ACS coil images divided by their RSS; from ``cache`` when given).
     """
     if not multicoil:
         return None
@@ -133,6 +146,8 @@ def coil_maps(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.
     if source == "espirit":
         with torch.no_grad():
             return espirit_sens_maps(kspace, where="kspace").to(kspace.dtype)
+    if cache is not None:
+        return cache(kspace, full)
     return normalise_by_rss(acs_coil_images(kspace, full))
 
 
@@ -146,14 +161,26 @@ def normalised_start(kspace: torch.Tensor, mask: torch.Tensor | None, maps: torc
     return x / scale, kspace / scale[:, None], scale
 
 
+def measured_adjoint(steps: Sequence[nn.Module], kspace: torch.Tensor, mask: torch.Tensor | None,
+                     maps: torch.Tensor | None) -> torch.Tensor | None:
+    """``A^H y`` ``[B, H, W]`` of the measured k-space, the same in every cascade, computed once for the
+    :class:`Cascade` steps that take it (None when none does)."""
+    if not any(isinstance(s, Cascade) and s.takes_aty for s in steps):
+        return None
+    return SenseOperator(maps, mask).adjoint(kspace)
+
+
 def run_cascades(steps: Sequence[nn.Module], x: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor | None,
                  maps: torch.Tensor | None, *regulariser_args, checkpointing: bool = False) -> torch.Tensor:
-    """Apply the cascades ``steps`` in order; ``checkpointing`` recomputes each in the backward pass."""
+    """Apply the cascades ``steps`` in order; ``checkpointing`` recomputes each in the backward pass.
+    ``A^H y`` is computed once (:func:`measured_adjoint`) and handed to every cascade that takes it."""
+    aty = measured_adjoint(steps, kspace, mask, maps)
     for step in steps:
+        kw = {"aty": aty} if aty is not None and isinstance(step, Cascade) and step.takes_aty else {}
         if checkpointing and torch.is_grad_enabled():
-            x = checkpoint(step, x, kspace, mask, maps, *regulariser_args, use_reentrant=False)
+            x = checkpoint(step, x, kspace, mask, maps, *regulariser_args, use_reentrant=False, **kw)
         else:
-            x = step(x, kspace, mask, maps, *regulariser_args)
+            x = step(x, kspace, mask, maps, *regulariser_args, **kw)
     return x
 
 
@@ -164,7 +191,8 @@ class UnrolledNet(nn.Module):
     Options: ``cascades`` K; ``dc`` ``"gradient"`` (learned step ``eta``, init ``eta_init``) or ``"cg"`` (learned
     ``lam``, init ``lam_init``, ``cg_iters`` CG iterations, gradients ``cg_grad`` ``"implicit"``/``"unrolled"``);
     ``share_weights``; ``regulariser`` ``"resnet"`` (``chans``, ``num_blocks``) or ``"unet"`` (``chans``,
-    ``num_pools``); ``multicoil``; ``maps``; ``sens_refine`` (``sens_chans``, ``sens_pools``); ``checkpointing``.
+    ``num_pools``); ``multicoil``; ``maps``; ``sens_refine`` (``sens_chans``, ``sens_pools``); ``checkpointing``;
+    ``maps_cache_mb`` (memory for ACS maps kept per slice, 0: recompute every call).
     """
 
     input_kind = "kspace"  # model-input protocol (models.protocol): called as model(kspace, mask, sens_maps)
@@ -188,6 +216,7 @@ class UnrolledNet(nn.Module):
         sens_chans: int = 8,
         sens_pools: int = 4,
         checkpointing: bool = False,
+        maps_cache_mb: float = 256.0,
     ):
         super().__init__()
         for key, value, choices in (("dc", dc, DC_KINDS), ("regulariser", regulariser, REGULARISERS),
@@ -199,6 +228,8 @@ class UnrolledNet(nn.Module):
                                 ("sens_pools", sens_pools, 1)):
             if value < low:
                 raise input_error(f"{WHERE}.{key}", f"must be at least {low}, got {value}", "fix the value")
+        if not maps_cache_mb >= 0:
+            raise input_error(f"{WHERE}.maps_cache_mb", f"must be >= 0, got {maps_cache_mb}", "e.g. 256, or 0 for no cache")
         if dc == "cg" and lam_init <= 0:
             raise input_error(f"{WHERE}.lam_init", f"must be > 0, got {lam_init}", "e.g. 0.05")
         if sens_refine and not multicoil:
@@ -214,6 +245,8 @@ class UnrolledNet(nn.Module):
                     build_dc(dc, eta_init, lam_init, cg_iters, cg_grad))
             for _ in range(1 if share_weights else cascades))
         self.sens_net = SensitivityRefinement(True, sens_chans, sens_pools) if sens_refine else None
+        # ACS maps of this model's data (also those a method estimates for it, e.g. SSDU); not learned maps
+        self.map_cache = AcsMapCache(maps_cache_mb) if multicoil and not sens_refine else None
 
     def cascade(self, i: int) -> Cascade:
         """The module of iteration ``i`` (the same one for every ``i`` with shared weights)."""
@@ -224,7 +257,7 @@ class UnrolledNet(nn.Module):
         can_estimate = self.sens_net is not None or self.maps != "given"
         check_inputs(kspace, mask, sens_maps, self.multicoil, None if can_estimate else
                      "provide maps in the data, or set model.maps: acs|espirit or model.sens_refine: true")
-        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, self.maps, self.sens_net)
+        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, self.maps, self.sens_net, self.map_cache)
         x, y, scale = normalised_start(kspace, mask, maps)
         steps = [self.cascade(i) for i in range(self.num_cascades)]
         return run_cascades(steps, x, y, mask, maps, checkpointing=self.checkpointing) * scale

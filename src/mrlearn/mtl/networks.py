@@ -34,10 +34,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from mrlearn.errors import input_error
+from mrlearn.models.map_cache import AcsMapCache
 from mrlearn.models.resnet import ResidualBlock
 from mrlearn.models.unet import ConvBlock, UpBlock
-from mrlearn.models.unrolled import (Cascade, build_dc, build_regulariser, check_inputs, coil_maps, normalised_start,
-                                     run_cascades)
+from mrlearn.models.unrolled import (Cascade, build_dc, build_regulariser, check_inputs, coil_maps, measured_adjoint,
+                                     normalised_start, run_cascades)
 from mrlearn.physics.complex import channels_to_complex, complex_to_channels
 from mrlearn.registry import register
 
@@ -184,6 +185,7 @@ class MultiTaskUnrolled(nn.Module):
         cg_iters: int = 10,
         multicoil: bool = True,
         maps: Literal["given", "acs"] = "acs",
+        maps_cache_mb: float = 256.0,
     ):
         super().__init__()
         if sharing not in SCHEMES:
@@ -204,7 +206,10 @@ class MultiTaskUnrolled(nn.Module):
         if any(not 0 <= i < cascades for i in stitch_at):
             raise input_error(f"{WHERE}.stitch_at", f"cascade indices must be in [0, {cascades - 1}], got {stitch_at}",
                               "list cascade indices after which to mix the task streams")
+        if not maps_cache_mb >= 0:
+            raise input_error(f"{WHERE}.maps_cache_mb", f"must be >= 0, got {maps_cache_mb}", "e.g. 256, or 0 for no cache")
         self.num_tasks, self.sharing, self.multicoil, self.maps = int(num_tasks), sharing, bool(multicoil), maps
+        self.map_cache = AcsMapCache(maps_cache_mb) if multicoil else None  # ACS maps per slice (models.map_cache)
         self.num_cascades = int(cascades)
         self.shared = shared_mask(sharing, cascades, split)
 
@@ -271,7 +276,7 @@ class MultiTaskUnrolled(nn.Module):
         if int(task.min()) < 0 or int(task.max()) >= self.num_tasks:
             raise input_error(f"{WHERE}.num_tasks", f"task index {int(task.max())} but the model has {self.num_tasks} task(s)",
                               "set model.num_tasks to the number of tasks")
-        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, "acs")
+        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, "acs", cache=self.map_cache)
         x, y, scale = normalised_start(kspace, mask, maps)
         if self.sharing == "cross_stitch":
             out = self._forward_stitched(x, y, mask, maps)
@@ -294,8 +299,10 @@ class MultiTaskUnrolled(nn.Module):
     def _forward_stitched(self, x: torch.Tensor, y: torch.Tensor, mask, maps) -> torch.Tensor:
         """All task streams through every cascade, mixed by the cross-stitch units after the listed cascades."""
         streams = torch.stack([x] * self.num_tasks)
+        steps = [self.cascade(i, t) for i in range(self.num_cascades) for t in range(self.num_tasks)]
+        kw = {} if (aty := measured_adjoint(steps, y, mask, maps)) is None else {"aty": aty}
         for i in range(self.num_cascades):
-            streams = torch.stack([self.cascade(i, t)(streams[t], y, mask, maps, t) for t in range(self.num_tasks)])
+            streams = torch.stack([self.cascade(i, t)(streams[t], y, mask, maps, t, **kw) for t in range(self.num_tasks)])
             if i in self.stitch_at:
                 streams = self.stitches[str(i)](streams)
         return streams
