@@ -11,6 +11,8 @@ module, data module and Trainer are built the way each family's runner builds th
 * **ms/step**: wall time from ``on_train_batch_start`` to ``on_train_batch_end`` = forward, loss, backward,
   gradient clipping and the optimizer step as Lightning runs them (data loading is not in it); median of the N
   timed steps (the warm-up steps are dropped);
+* **cpu ms**: the process's CPU time over the same interval (``time.process_time``), median: on a machine whose
+  cores other jobs share, the wall time also counts the waits for a core, the CPU time much less so;
 * **load ms**: the time between one step's end and the next step's start: fetching and transforming the next batch
   plus Lightning's per-step bookkeeping (logging); median over the timed steps, intervals that held a validation or
   an epoch boundary left out;
@@ -146,6 +148,8 @@ def make_timer(warmup: int, profile_steps: int = 0):
     class StepTimer(L.Callback):
         def __init__(self) -> None:
             self.steps: list[float] = []
+            self.cpu: list[float] = []
+            self._c0 = 0.0
             self.gaps: list[float] = []
             self.losses: list[float | None] = []
             self.done = 0
@@ -161,13 +165,14 @@ def make_timer(warmup: int, profile_steps: int = 0):
             now = time.perf_counter()
             if self._end is not None and self._clean and self.done > warmup:
                 self.gaps.append(now - self._end)
-            self._t0 = now
+            self._t0, self._c0 = now, time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             now = time.perf_counter()
             self.done += 1
             if self.done > warmup:
                 self.steps.append(now - self._t0)
+                self.cpu.append(time.process_time() - self._c0)
             self.losses.append(_loss_value(outputs, trainer))
             if profile_steps:
                 self._profile_switch()
@@ -371,6 +376,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
             out["tolerance_met"] = bool(log[0]["tolerance_met"])
     out["steps_done"] = timer.done
     out["step_ms"] = _median(step_times) * 1e3
+    out["cpu_ms"] = _median(timer.cpu) * 1e3
     out["step_ms_all"] = [round(t * 1e3, 3) for t in step_times]
     out["load_ms"] = _median(timer.gaps) * 1e3
     losses = [v for v in timer.losses if v is not None]
@@ -666,7 +672,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return {"error": results[0]["error"] if results else "not run"}
     out: dict[str, Any] = {}
-    for key in ("step_ms", "load_ms", "val_s", "solve_s"):
+    for key in ("step_ms", "cpu_ms", "load_ms", "val_s", "solve_s"):
         vals = [r[key] for r in ok if r.get(key) is not None]
         if vals:
             out[key] = _median(vals)
@@ -684,13 +690,13 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], with_base: bool) -> None:
-    head = ["family", "size", "thr", "ms/step cur", "ms/step base", "ratio", "load ms cur/base", "val s cur/base",
-            "loss agrees"]
+    head = ["family", "size", "thr", "ms/step cur", "ms/step base", "ratio", "cpu ms cur/base", "cpu ratio",
+            "load ms cur/base", "val s cur/base", "loss agrees"]
     lines = []
     for r in rows:
         a, b = r["current"], r.get("baseline") or {}
         if "error" in a:
-            lines.append([r["family"], r["size"], str(r["threads"]), f"n/a ({a['error']})", "", "", "", "", ""])
+            lines.append([r["family"], r["size"], str(r["threads"]), f"n/a ({a['error']})", *[""] * 7])
             continue
         berr = b.get("error") if with_base else "no baseline"
         solve = r["family"] == "lw_convex"
@@ -698,6 +704,8 @@ def print_table(rows: list[dict[str, Any]], with_base: bool) -> None:
         cur = _fmt(a.get(key))
         base = f"n/a ({berr})" if berr else _fmt(b.get(key))
         ratio = "" if berr else _fmt(b.get(key) / a[key] if a.get(key) else None, 2)
+        cpu = _fmt(a.get("cpu_ms")) + ("" if berr else " / " + _fmt(b.get("cpu_ms")))
+        cpu_ratio = "" if berr or not a.get("cpu_ms") or b.get("cpu_ms") is None else _fmt(b["cpu_ms"] / a["cpu_ms"], 2)
         load = _fmt(a.get("load_ms")) + ("" if berr else " / " + _fmt(b.get("load_ms")))
         val = _fmt(a.get("val_s"), 2) + ("" if berr else " / " + _fmt(b.get("val_s"), 2))
         lkey = "loss"
@@ -715,7 +723,7 @@ def print_table(rows: list[dict[str, Any]], with_base: bool) -> None:
         if not a.get("loss_stable", True) or (b and not b.get("loss_stable", True)):
             ok += " (rounds of one checkout differ)"
         name = r["family"] + (" (gather)" if solve else "")
-        lines.append([name, r["size"], str(r["threads"]), cur, base, ratio, load, val, ok])
+        lines.append([name, r["size"], str(r["threads"]), cur, base, ratio, cpu, cpu_ratio, load, val, ok])
         if solve:
             s_cur, s_base = a.get("solve_s"), b.get("solve_s")
             ratio = "" if berr else _fmt(s_base / s_cur if s_cur else None, 2)
@@ -726,7 +734,7 @@ def print_table(rows: list[dict[str, Any]], with_base: bool) -> None:
             else:
                 ok = f"NO: {a.get('objective')!r} vs {b.get('objective')!r}"
             lines.append(["lw_convex (block solve, s)", r["size"], str(r["threads"]), _fmt(s_cur, 2),
-                          "" if berr else _fmt(s_base, 2), ratio, "", "", ok])
+                          "" if berr else _fmt(s_base, 2), ratio, "", "", "", "", ok])
     widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -837,7 +845,8 @@ def main(argv: list[str] | None = None) -> int:
                                 continue
                             res = run_child(job, path, a.timeout)
                             got[name].append(res)
-                            what = res.get("error") or (f"{res['step_ms']:.1f} ms/step, val {res.get('val_s', 0):.2f} s"
+                            what = res.get("error") or (f"{res['step_ms']:.1f} ms/step ({res.get('cpu_ms', 0):.1f} cpu)"
+                                                        f", val {res.get('val_s', 0):.2f} s"
                                                         f", loss {res.get('loss')}")
                             log(f"  {fam:<16} {size:<7} {t} thr  round {r + 1} {name:<8}: {what}")
                     row = {"family": fam, "size": size, "threads": t, "raw": got,
