@@ -1,7 +1,10 @@
 """U-Net training throughput, peak memory and inference latency (prints a table; no asserts).
 
-Implementations: ``mrlearn`` (max pooling, as REFERENCE section 5), ``mrlearn-avg`` (average pooling, as the
-fastMRI code) and, with ``--reference-unet``, ``fastmri-ref``. Cases: the fastMRI baseline (320 x 320, chans 32, 4 pools, batch 1) and the demo network (128 x 128, chans 16,
+Implementations: ``mrlearn`` (max pooling, as the U-Net paper draws it), ``mrlearn-avg`` (average pooling, as the
+fastMRI code), ``mrlearn-compiled`` (``mrlearn-avg`` compiled in place by ``torch.compile``, as
+``trainer.compile: true`` does; its warm-up steps hold the compile time) and, with ``--reference-unet``,
+``fastmri-ref``. Each round runs every implementation once (``--rounds``, interleaved); the table holds the median
+over rounds and the ratio of training throughput to the reference's. Cases: the fastMRI baseline (320 x 320, chans 32, 4 pools, batch 1) and the demo network (128 x 128, chans 16,
 3 pools, batch 2). Training = forward + L1 loss + backward + RMSprop step; inference = forward under no_grad in
 eval mode. Each case runs in a fresh subprocess so peak memory is its own: CUDA ``max_memory_allocated`` on GPU,
 the process's peak resident set size (ru_maxrss, includes the Python/torch runtime) on CPU.
@@ -19,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +39,10 @@ def load_model(impl: str, reference: str | None, chans: int, pools: int):
     if impl.startswith("mrlearn"):
         from mrlearn.models.unet import Unet
 
-        return Unet(1, 1, chans, pools, pool="avg" if impl == "mrlearn-avg" else "max")
+        model = Unet(1, 1, chans, pools, pool="max" if impl == "mrlearn" else "avg")
+        if impl == "mrlearn-compiled":
+            model.compile()
+        return model
     spec = importlib.util.spec_from_file_location("reference_unet", reference)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
@@ -43,18 +50,17 @@ def load_model(impl: str, reference: str | None, chans: int, pools: int):
     return module.Unet(in_chans=1, out_chans=1, chans=chans, num_pool_layers=pools, drop_prob=0.0)
 
 
-def reference_check(reference: str) -> float:
-    """Max |difference| of outputs between mrlearn's U-Net (pool="avg") and the reference with copied weights."""
+def reference_check(reference: str, impl: str = "mrlearn-avg") -> tuple[float, float]:
+    """Max |difference| of eval-mode outputs between ``impl`` and the reference with copied weights, and max |output|."""
     import torch
 
-    from mrlearn.models.unet import Unet
-
     ref = load_model("fastmri-ref", reference, 8, 3).eval()
-    ours = Unet(1, 1, 8, 3, pool="avg").eval()
+    ours = load_model(impl, None, 8, 3).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)  # the same parameter names as fastMRI's
     x = torch.randn(2, 1, 64, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return float((ours(x) - ref(x)).abs().max())
+        out = ref(x)
+        return float((ours(x) - out).abs().max()), float(out.abs().max())
 
 
 def measure(impl: str, case: str, device: str, steps: int, warmup: int, threads: int, reference: str | None) -> dict:
@@ -113,7 +119,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps (the compiled network compiles in them)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of every implementation, interleaved")
+    p.add_argument("--impls", nargs="+", default=["mrlearn", "mrlearn-avg", "mrlearn-compiled"],
+                   choices=["mrlearn", "mrlearn-avg", "mrlearn-compiled"])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--reference-unet", help="path to fastMRI's fastmri/models/unet.py for a side-by-side run")
     p.add_argument("--one", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
@@ -121,25 +130,39 @@ def main() -> None:
     if a.one:
         print(json.dumps(measure(a.one[0], a.one[1], a.device, a.steps, a.warmup, a.threads, a.reference_unet)))
         return
-    impls = ["mrlearn", "mrlearn-avg"] + (["fastmri-ref"] if a.reference_unet else [])
+    impls = list(a.impls) + (["fastmri-ref"] if a.reference_unet else [])
     if a.reference_unet:
-        print(f"equivalence: max |mrlearn(pool=avg) - reference| with copied weights = {reference_check(a.reference_unet):.3g}")
-    print(f"device {a.device}, threads {a.threads or 'default'}, {a.steps} timed steps after {a.warmup} warm-up")
-    print(f"{'impl':<12} {'case':<11} {'params':>10} {'train slices/s':>15} {'peak MiB':>9} {'infer ms/slice':>15}")
+        for impl in a.impls:
+            if impl != "mrlearn":  # max pooling is a different network
+                diff, top = reference_check(a.reference_unet, impl)
+                print(f"equivalence: max |{impl} - reference| in eval mode with copied weights = {diff:.3g} "
+                      f"(max |output| {top:.3g})")
+    print(f"device {a.device}, threads {a.threads or 'default'}, {a.steps} timed steps after {a.warmup} warm-up, "
+          f"{a.rounds} round(s) interleaved, medians")
+    print(f"{'impl':<17} {'case':<11} {'params':>10} {'train slices/s':>15} {'vs ref':>7} {'peak MiB':>9} {'infer ms/slice':>15}")
     for case in a.cases:
-        for impl in impls:
-            cmd = [sys.executable, __file__, "--one", impl, case, "--device", a.device, "--threads", str(a.threads),
-                   "--steps", str(a.steps), "--warmup", str(a.warmup)]
-            if a.reference_unet:
-                cmd += ["--reference-unet", a.reference_unet]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                print(f"{impl:<12} {case:<11} failed: {res.stderr.strip().splitlines()[-1] if res.stderr else res.returncode}")
+        runs: dict[str, list[dict]] = {impl: [] for impl in impls}
+        for _ in range(a.rounds):
+            for impl in impls:
+                cmd = [sys.executable, __file__, "--one", impl, case, "--device", a.device, "--threads", str(a.threads),
+                       "--steps", str(a.steps), "--warmup", str(a.warmup)]
+                if a.reference_unet:
+                    cmd += ["--reference-unet", a.reference_unet]
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    print(f"{impl:<17} {case:<11} failed: {res.stderr.strip().splitlines()[-1] if res.stderr else res.returncode}")
+                    continue
+                runs[impl].append(json.loads(res.stdout.strip().splitlines()[-1]))
+        ref = runs.get("fastmri-ref") or []
+        ref_rate = statistics.median(r["train_slices_per_s"] for r in ref) if ref else None
+        for impl, rs in runs.items():
+            if not rs:
                 continue
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"{r['impl']:<12} {r['case']:<11} {r['params']:>10,} {r['train_slices_per_s']:>15.2f} "
-                  f"{r['peak_mib']:>9.0f} {r['infer_ms_per_slice']:>15.1f}")
-
+            rate = statistics.median(r["train_slices_per_s"] for r in rs)
+            ratio = f"{rate / ref_rate:.2f}x" if ref_rate else "-"
+            print(f"{impl:<17} {case:<11} {rs[0]['params']:>10,} {rate:>15.2f} {ratio:>7} "
+                  f"{statistics.median(r['peak_mib'] for r in rs):>9.0f} "
+                  f"{statistics.median(r['infer_ms_per_slice'] for r in rs):>15.1f}")
 
 if __name__ == "__main__":
     main()
