@@ -35,7 +35,7 @@ def _grads(module):
 def test_unrolled_net_equals_per_cascade_adjoint(dc, share, checkpointing):
     torch.manual_seed(0)
     net = UnrolledNet(cascades=3, dc=dc, share_weights=share, chans=4, num_blocks=1, cg_iters=2, maps="acs",
-                      checkpointing=checkpointing, maps_cache_mb=0)
+                      checkpointing=checkpointing)
     k, m = _data()
     out = net(k, m)
     out.abs().sum().backward()
@@ -62,7 +62,7 @@ def test_steps_without_the_keyword_are_called_as_before():
 
 def test_cross_stitch_equals_per_cascade_adjoint():
     torch.manual_seed(0)
-    net = MultiTaskUnrolled(num_tasks=2, sharing="cross_stitch", cascades=2, chans=4, num_blocks=1, maps_cache_mb=0)
+    net = MultiTaskUnrolled(num_tasks=2, sharing="cross_stitch", cascades=2, chans=4, num_blocks=1)
     k, m = _data()
     task = torch.tensor([0, 1])
     out = net(k, m, None, task)

@@ -16,9 +16,7 @@ multiplied back, so the network is scale-equivariant (k-space scaled anywhere fr
 Maps for multi-coil data: the ``sens_maps`` argument (``maps="given"``), or, when it is None, estimated
 in the forward pass (``maps="acs"``: low-resolution ACS maps; ``maps="espirit"``: ESPIRiT, no gradient).
 ``sens_refine=True`` replaces them by the E2E-VarNet learned estimate (U-Net on the ACS coil images,
-normalised by RSS). ACS maps are kept per slice in ``map_cache`` (:class:`~mrlearn.models.map_cache.AcsMapCache`,
-keyed by the k-space values they come from, at most ``maps_cache_mb`` MiB, 0: off), so a slice whose mask is fixed
-is not recomputed every epoch; learned and ESPIRiT maps are not cached. ``checkpointing=True`` recomputes each cascade in the backward pass
+normalised by RSS). ``checkpointing=True`` recomputes each cascade in the backward pass
 (``torch.utils.checkpoint``, non-reentrant): less memory for more compute, identical results.
 
 The pieces (:class:`Cascade`, :func:`build_regulariser`, :func:`build_dc`, :func:`check_inputs`, :func:`coil_maps`,
@@ -37,7 +35,6 @@ from torch.utils.checkpoint import checkpoint
 from mrlearn.data.sample import Batch, as_batch
 from mrlearn.errors import input_error
 from mrlearn.models.data_consistency import CG_GRADS, ConjugateGradientDC, GradientDC
-from mrlearn.models.map_cache import AcsMapCache
 from mrlearn.models.resnet import ResNet
 from mrlearn.models.sens_refine import SensitivityRefinement, acs_coil_images, normalise_by_rss
 from mrlearn.models.unet import Unet
@@ -129,12 +126,11 @@ def check_inputs(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: tor
 
 
 def coil_maps(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.Tensor | None, multicoil: bool,
-              source: str = "acs", sens_net: nn.Module | None = None, cache: AcsMapCache | None = None
-              ) -> torch.Tensor | None:
+              source: str = "acs", sens_net: nn.Module | None = None) -> torch.Tensor | None:
     """Maps ``[B, C, H, W]`` for the operator, or None for single-coil (one coil, map of ones).
 
     Order: the learned estimate ``sens_net`` when given, else the given maps, else ESPIRiT (``source="espirit"``,
-    no gradient) or the ACS maps (low-resolution ACS coil images divided by their RSS; from ``cache`` when given).
+    no gradient) or the ACS maps (low-resolution ACS coil images divided by their RSS).
     """
     if not multicoil:
         return None
@@ -146,8 +142,6 @@ def coil_maps(kspace: torch.Tensor, mask: torch.Tensor | None, sens_maps: torch.
     if source == "espirit":
         with torch.no_grad():
             return espirit_sens_maps(kspace, where="kspace").to(kspace.dtype)
-    if cache is not None:
-        return cache(kspace, full)
     return normalise_by_rss(acs_coil_images(kspace, full))
 
 
@@ -191,8 +185,7 @@ class UnrolledNet(nn.Module):
     Options: ``cascades`` K; ``dc`` ``"gradient"`` (learned step ``eta``, init ``eta_init``) or ``"cg"`` (learned
     ``lam``, init ``lam_init``, ``cg_iters`` CG iterations, gradients ``cg_grad`` ``"implicit"``/``"unrolled"``);
     ``share_weights``; ``regulariser`` ``"resnet"`` (``chans``, ``num_blocks``) or ``"unet"`` (``chans``,
-    ``num_pools``); ``multicoil``; ``maps``; ``sens_refine`` (``sens_chans``, ``sens_pools``); ``checkpointing``;
-    ``maps_cache_mb`` (memory for ACS maps kept per slice, 0: recompute every call).
+    ``num_pools``); ``multicoil``; ``maps``; ``sens_refine`` (``sens_chans``, ``sens_pools``); ``checkpointing``.
     """
 
     input_kind = "kspace"  # model-input protocol (models.protocol): called as model(kspace, mask, sens_maps)
@@ -216,7 +209,6 @@ class UnrolledNet(nn.Module):
         sens_chans: int = 8,
         sens_pools: int = 4,
         checkpointing: bool = False,
-        maps_cache_mb: float = 256.0,
     ):
         super().__init__()
         for key, value, choices in (("dc", dc, DC_KINDS), ("regulariser", regulariser, REGULARISERS),
@@ -228,8 +220,6 @@ class UnrolledNet(nn.Module):
                                 ("sens_pools", sens_pools, 1)):
             if value < low:
                 raise input_error(f"{WHERE}.{key}", f"must be at least {low}, got {value}", "fix the value")
-        if not maps_cache_mb >= 0:
-            raise input_error(f"{WHERE}.maps_cache_mb", f"must be >= 0, got {maps_cache_mb}", "e.g. 256, or 0 for no cache")
         if dc == "cg" and lam_init <= 0:
             raise input_error(f"{WHERE}.lam_init", f"must be > 0, got {lam_init}", "e.g. 0.05")
         if sens_refine and not multicoil:
@@ -245,8 +235,6 @@ class UnrolledNet(nn.Module):
                     build_dc(dc, eta_init, lam_init, cg_iters, cg_grad))
             for _ in range(1 if share_weights else cascades))
         self.sens_net = SensitivityRefinement(True, sens_chans, sens_pools) if sens_refine else None
-        # ACS maps of this model's data (also those a method estimates for it, e.g. SSDU); not learned maps
-        self.map_cache = AcsMapCache(maps_cache_mb) if multicoil and not sens_refine else None
 
     def cascade(self, i: int) -> Cascade:
         """The module of iteration ``i`` (the same one for every ``i`` with shared weights)."""
@@ -257,7 +245,7 @@ class UnrolledNet(nn.Module):
         can_estimate = self.sens_net is not None or self.maps != "given"
         check_inputs(kspace, mask, sens_maps, self.multicoil, None if can_estimate else
                      "provide maps in the data, or set model.maps: acs|espirit or model.sens_refine: true")
-        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, self.maps, self.sens_net, self.map_cache)
+        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, self.maps, self.sens_net)
         x, y, scale = normalised_start(kspace, mask, maps)
         steps = [self.cascade(i) for i in range(self.num_cascades)]
         return run_cascades(steps, x, y, mask, maps, checkpointing=self.checkpointing) * scale

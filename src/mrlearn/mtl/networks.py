@@ -34,7 +34,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from mrlearn.errors import input_error
-from mrlearn.models.map_cache import AcsMapCache
 from mrlearn.models.resnet import ResidualBlock
 from mrlearn.models.unet import ConvBlock, UpBlock
 from mrlearn.models.unrolled import (Cascade, build_dc, build_regulariser, check_inputs, coil_maps, measured_adjoint,
@@ -185,7 +184,6 @@ class MultiTaskUnrolled(nn.Module):
         cg_iters: int = 10,
         multicoil: bool = True,
         maps: Literal["given", "acs"] = "acs",
-        maps_cache_mb: float = 256.0,
     ):
         super().__init__()
         if sharing not in SCHEMES:
@@ -206,10 +204,7 @@ class MultiTaskUnrolled(nn.Module):
         if any(not 0 <= i < cascades for i in stitch_at):
             raise input_error(f"{WHERE}.stitch_at", f"cascade indices must be in [0, {cascades - 1}], got {stitch_at}",
                               "list cascade indices after which to mix the task streams")
-        if not maps_cache_mb >= 0:
-            raise input_error(f"{WHERE}.maps_cache_mb", f"must be >= 0, got {maps_cache_mb}", "e.g. 256, or 0 for no cache")
         self.num_tasks, self.sharing, self.multicoil, self.maps = int(num_tasks), sharing, bool(multicoil), maps
-        self.map_cache = AcsMapCache(maps_cache_mb) if multicoil else None  # ACS maps per slice (models.map_cache)
         self.num_cascades = int(cascades)
         self.shared = shared_mask(sharing, cascades, split)
 
@@ -276,7 +271,7 @@ class MultiTaskUnrolled(nn.Module):
         if int(task.min()) < 0 or int(task.max()) >= self.num_tasks:
             raise input_error(f"{WHERE}.num_tasks", f"task index {int(task.max())} but the model has {self.num_tasks} task(s)",
                               "set model.num_tasks to the number of tasks")
-        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, "acs", cache=self.map_cache)
+        maps = coil_maps(kspace, mask, sens_maps, self.multicoil, "acs")
         x, y, scale = normalised_start(kspace, mask, maps)
         if self.sharing == "cross_stitch":
             out = self._forward_stitched(x, y, mask, maps)

@@ -39,7 +39,6 @@ from torch import nn
 from mrlearn.config import ExperimentConfig
 from mrlearn.data.transforms import ReconTransform, fixed_per_slice
 from mrlearn.errors import MrlearnError, input_error
-from mrlearn.models.map_cache import AcsMapCache
 from mrlearn.mtl.module import MultiTaskModule
 from mrlearn.physics.complex import crop_or_pad
 from mrlearn.models.protocol import require_input
@@ -59,12 +58,6 @@ class CollapseError(MrlearnError):
 def _split_options(rho: float, selection: str, centre: list[int], std_fraction: float, split_mode: str) -> SplitOptions:
     check_options(rho, selection, centre, std_fraction, split_mode, where="method")
     return SplitOptions(float(rho), selection, (int(centre[0]), int(centre[1])), float(std_fraction), split_mode)  # type: ignore[arg-type]
-
-
-def map_cache(model: nn.Module) -> AcsMapCache | None:
-    """The network's per-slice ACS map cache (``models.map_cache``), None for networks without one."""
-    cache = getattr(model, "map_cache", None)
-    return cache if isinstance(cache, AcsMapCache) else None
 
 
 def magnitude(image: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -89,7 +82,7 @@ class _SelfSupervised(ReconModule):
         self._invalid = 0
 
     def maps(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        return estimate_maps(batch["kspace"], batch["mask"], batch.get("sens_maps"), map_cache(self.model))
+        return estimate_maps(batch["kspace"], batch["mask"], batch.get("sens_maps"))
 
     def build_transform(self, mask_func: Any, split: str) -> ReconTransform:
         """The data module's sample transform: one training mask per slice unless ``mask.fixed_per_slice: false``."""
@@ -142,7 +135,7 @@ class SSDUModule(_SelfSupervised):
         self.num_masks = int(num_masks)
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor | None = None) -> torch.Tensor:
-        return run_model(self.model, kspace, mask, estimate_maps(kspace, mask, sens_maps, map_cache(self.model)))
+        return run_model(self.model, kspace, mask, estimate_maps(kspace, mask, sens_maps))
 
     def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         seeds = split_seeds(self.cfg.seed, self.current_epoch, batch["fname"], batch["slice"], 0)
@@ -295,8 +288,7 @@ class MultiTaskSSDUModule(MultiTaskModule):
         if t not in self.ssl_ids:
             return super()._task_loss(batch, idx)
         kspace, mask = batch["kspace"][idx], batch["mask"][idx]
-        maps = estimate_maps(kspace, mask, None if batch.get("sens_maps") is None else batch["sens_maps"][idx],
-                             map_cache(self.model))
+        maps = estimate_maps(kspace, mask, None if batch.get("sens_maps") is None else batch["sens_maps"][idx])
         names = [f"{batch['fname'][i]}[{int(batch['slice'][i])}]" for i in idx.tolist()]
         seeds = split_seeds(self.cfg.seed, self.current_epoch, [batch["fname"][i] for i in idx.tolist()],
                             [int(batch["slice"][i]) for i in idx.tolist()], 0)
@@ -305,7 +297,7 @@ class MultiTaskSSDUModule(MultiTaskModule):
         return step.loss.loss
 
     def reconstruct(self, batch: dict[str, Any]) -> torch.Tensor:
-        maps = estimate_maps(batch["kspace"], batch["mask"], batch.get("sens_maps"), map_cache(self.model))
+        maps = estimate_maps(batch["kspace"], batch["mask"], batch.get("sens_maps"))
         image = self.model(batch["kspace"], batch["mask"], maps, self.model_task(batch))
         return magnitude(image, batch)
 

@@ -24,7 +24,6 @@ from torch import nn
 
 from mrlearn.data.sample import Batch, as_batch
 from mrlearn.errors import input_error
-from mrlearn.models.map_cache import AcsMapCache
 from mrlearn.models.protocol import input_kind
 from mrlearn.models.sens_refine import acs_coil_images, normalise_by_rss
 from mrlearn.physics.complex import channels_to_complex, complex_to_channels
@@ -34,16 +33,14 @@ from mrlearn.ssl.losses import LossResult, ssdu_loss
 from mrlearn.ssl.split import SplitOptions, split_batch
 
 
-def estimate_maps(kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor | None = None,
-                  cache: AcsMapCache | None = None) -> torch.Tensor | None:
-    """Coil maps for ``kspace`` ``[B, C, H, W]``: given maps, ACS maps of Omega (C > 1; from ``cache`` when given,
-    e.g. the network's ``map_cache``), or None (single-coil)."""
+def estimate_maps(kspace: torch.Tensor, mask: torch.Tensor, sens_maps: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Coil maps for ``kspace`` ``[B, C, H, W]``: given maps, ACS maps of Omega (C > 1), or None (single-coil)."""
     if kspace.shape[1] == 1:
         return None
     if sens_maps is not None:
         return sens_maps.to(kspace.dtype)
     with torch.no_grad():
-        return normalise_by_rss(acs_coil_images(kspace, mask)) if cache is None else cache(kspace, mask)
+        return normalise_by_rss(acs_coil_images(kspace, mask))
 
 
 def adjoint(kspace: torch.Tensor, mask: torch.Tensor | None, maps: torch.Tensor | None) -> torch.Tensor:
