@@ -79,7 +79,7 @@ Usage::
     python benchmarks/step_speed.py --no-baseline
     python benchmarks/step_speed.py --profile unrolled_cg [--sizes fastmri] [--threads 2] [--steps 5]
 
-Results are also written as JSON with ``--json PATH``. docs/speed.md holds the measured tables.
+Results are also written as JSON with ``--json PATH``. docs/benchmarks.md holds the measured tables.
 """
 
 from __future__ import annotations
