@@ -27,7 +27,7 @@ SCRIPT = """
 import json, sys
 from pathlib import Path
 import mrlearn.engine.runfolder, mrlearn.io, mrlearn.qmri.netio
-from mrlearn.qmri.sharding import process_rank
+from mrlearn.engine.cluster import process_rank
 from mrlearn.qmri.train import train_for_protocol
 
 out, bvals, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

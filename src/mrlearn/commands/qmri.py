@@ -89,7 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
     from mrlearn.qmri.train import train_for_protocol
 
     from mrlearn.errors import input_error
-    from mrlearn.qmri.sharding import process_rank
+    from mrlearn.engine.cluster import process_rank
 
     check_device(args.device)
     if args.devices < 1:

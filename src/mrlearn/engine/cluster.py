@@ -26,6 +26,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def process_rank() -> int:
+    """This process's global rank as the launcher set it (Lightning's DDP launcher, torchrun, SLURM via Lightning:
+    ``RANK`` / ``LOCAL_RANK``), else 0. Known before any Trainer exists, so a run folder can be opened by rank 0 only."""
+    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
+
+
 def in_slurm_batch_job() -> bool:
     """True inside a SLURM job step that Lightning treats as managed (not an interactive shell)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment

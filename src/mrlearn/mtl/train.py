@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from mrlearn.mtl.selection import checkpoint_of, group_records, single_record, t
 from mrlearn.registry import register
 from mrlearn.study.runner import RunOutcome
 from mrlearn.engine.checkpoint import load_checkpoint, load_weights
+from mrlearn.engine.cluster import process_rank
 from mrlearn.training.runner import build_method, last_validation, make_trainer, quiet_lightning
 
 
@@ -254,11 +254,6 @@ def train_mtl(cfg: ExperimentConfig, resume: bool = False) -> RunOutcome:
             write_json(run_dir / "metrics.json", record)
         folder.finished(global_step=record["steps"], stopped_by=record.get("stopped_by"), converged=record.get("converged"))
     return outcome
-
-
-def process_rank() -> int:
-    """This process's global rank as set by Lightning's DDP launcher before the script runs (0 otherwise)."""
-    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
 
 
 def _best_path(fit: Fit) -> str | None:

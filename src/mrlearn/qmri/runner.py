@@ -25,7 +25,7 @@ def run_label_study(cfg: Any, out: Path, log=print, resume: bool = False) -> dic
     """Run the study of ``cfg.extra['qmri']`` into ``out``; returns the results (see :func:`.study.run_study`);
     ``resume``: continue an interrupted study in ``out``."""
     from mrlearn.qmri.report import make_figures, table_rows, write_report, write_tables
-    from mrlearn.qmri.sharding import process_rank
+    from mrlearn.engine.cluster import process_rank
     from mrlearn.qmri.study import run_study
 
     q = cfg.extra.get("qmri")

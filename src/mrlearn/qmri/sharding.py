@@ -13,18 +13,10 @@ once; the losses are summed over ranks afterwards (:class:`~mrlearn.qmri.module.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
-
-
-def process_rank() -> int:
-    """This process's global rank as set by Lightning's DDP launcher (``RANK`` / ``LOCAL_RANK``), else 0.
-
-    Known before any Trainer exists, so a run folder can be opened by rank 0 only."""
-    return int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0)
 
 
 class SignalBatches(Sampler):

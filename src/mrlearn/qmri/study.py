@@ -128,7 +128,7 @@ def run_study(q: QmriConfig, out: Path, seed: int, optim: dict[str, Any], max_ep
 
     ``devices``/``strategy``: each network trains with that many processes (DDP, ``q.batch_size`` per process);
     every rank computes the same results, rank 0 alone writes the networks."""
-    from mrlearn.qmri.sharding import process_rank
+    from mrlearn.engine.cluster import process_rank
 
     writer = process_rank() == 0
     bvals = load_protocol(q.bvals, "qmri.bvals")

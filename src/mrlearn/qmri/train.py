@@ -264,7 +264,7 @@ def train_for_protocol(bvals_file: str | Path, out: str | Path, label: str = "ml
     from mrlearn.qmri.fit import fit_voxels
     from mrlearn.qmri.netio import save_network
     from mrlearn.qmri.ranges import format_ranges, output_bounds, ranges_from_fit, resolve_ranges
-    from mrlearn.qmri.sharding import process_rank
+    from mrlearn.engine.cluster import process_rank
     from mrlearn.qmri.signal import get_model, load_protocol
     from mrlearn.qmri.voxels import check_bvalue_units
 

@@ -42,7 +42,7 @@ def run_folder(cfg: ExperimentConfig, resume: bool, runner: str) -> RunFolder:
     """The :class:`RunFolder` of a multi-phase run (``cfg.run_dir()``; its phases hold folders of their own). Under
     DDP every rank runs the whole run; rank 0 alone holds and writes the folder (the rank the launcher set, known
     before any Trainer exists)."""
-    from mrlearn.qmri.sharding import process_rank
+    from mrlearn.engine.cluster import process_rank
 
     return RunFolder(cfg.run_dir(), dump_config(cfg), cfg.seed, resume=resume, rank=process_rank(),
                      extra={"name": cfg.name, "runner": runner, "resumed": resume})
