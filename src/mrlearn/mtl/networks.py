@@ -295,9 +295,15 @@ class MultiTaskUnrolled(nn.Module):
         """All task streams through every cascade, mixed by the cross-stitch units after the listed cascades."""
         streams = torch.stack([x] * self.num_tasks)
         steps = [self.cascade(i, t) for i in range(self.num_cascades) for t in range(self.num_tasks)]
-        kw = {} if (aty := measured_adjoint(steps, y, mask, maps)) is None else {"aty": aty}
+        aty = measured_adjoint(steps, y, mask, maps)
+
+        def step(i: int, t: int) -> torch.Tensor:
+            cascade = self.cascade(i, t)
+            kw = {"aty": aty} if aty is not None and cascade.takes_aty else {}
+            return cascade(streams[t], y, mask, maps, t, **kw)
+
         for i in range(self.num_cascades):
-            streams = torch.stack([self.cascade(i, t)(streams[t], y, mask, maps, t, **kw) for t in range(self.num_tasks)])
+            streams = torch.stack([step(i, t) for t in range(self.num_tasks)])
             if i in self.stitch_at:
                 streams = self.stitches[str(i)](streams)
         return streams
