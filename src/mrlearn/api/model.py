@@ -86,7 +86,7 @@ class LoadedModel:
         """``(magnitudes, labels)`` of a joint model: the images as :meth:`reconstruct` gives them and the labels
         ``[h, w]`` / ``[S, h, w]`` (uint8 class indices, 0 = background) at the same size."""
         keeper = self._keeper("reconstruct_and_segment")
-        images = self.reconstruct(kspace, mask, batch_size, undersample=undersample, name=name, _predict=keeper)
+        images = self._reconstruct(kspace, mask, batch_size, undersample, name, keeper)
         labels = keeper.take(name)
         return images, labels[0] if np.ndim(images) == 2 else labels
 
@@ -94,11 +94,11 @@ class LoadedModel:
         """``(images, labels)`` ``[S, h, w]`` of a fastMRI file through a joint model, exactly as
         ``mrlearn reconstruct`` writes ``reconstruction`` and ``segmentation`` for it."""
         keeper = self._keeper("segment_file")
-        images = self.reconstruct_file(path, batch_size, _predict=keeper)
+        images = self._reconstruct_file(path, batch_size, True, keeper)
         return images, keeper.take(Path(path).name)
 
     def reconstruct(self, kspace: Any, mask: Any = None, batch_size: int = 4, *, undersample: bool = True,
-                    name: str = "input", _predict: Any = None) -> Any:
+                    name: str = "input") -> Any:
         """Magnitudes ``[h, w]`` or ``[S, h, w]`` (numpy in -> numpy out) of k-space ``[C, H, W]``/``[S, C, H, W]``.
 
         ``mask`` (binary ``[W]``, ``[H, W]`` or ``[S, H, W]``) is used as given. Without one, a slice whose samples
@@ -106,6 +106,10 @@ class LoadedModel:
         first undersampled with the model's training mask seeded by the file name ``name`` (pass the file's name to
         get exactly the image ``mrlearn reconstruct`` writes for it), unless ``undersample=False``.
         """
+        return self._reconstruct(kspace, mask, batch_size, undersample, name, self._predict)
+
+    def _reconstruct(self, kspace: Any, mask: Any, batch_size: int, undersample: bool, name: str, predict: Any) -> Any:
+        """:meth:`reconstruct` with the batch predictor ``predict`` (images; a :class:`SegmentationKeeper` also keeps labels)."""
         from torch.utils.data import default_collate
 
         from mrlearn.data.checks import check_binary_mask, check_kspace, check_matrix, check_reconstruction
@@ -148,7 +152,6 @@ class LoadedModel:
                 elif not pattern.all():
                     raw["mask"] = pattern.astype(np.float32)
             items.append(transform(raw, s, 0))
-        predict = _predict or self._predict
         out = [predict(default_collate(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
         result = torch.cat(out).float()
         zero_filled = torch.cat([item.zero_filled for item in items]).numpy()
@@ -157,11 +160,14 @@ class LoadedModel:
         result = result[0] if single else result
         return result.numpy() if as_numpy else result
 
-    def reconstruct_file(self, path: str | Path, batch_size: int = 4, *, undersample: bool = True,
-                         _predict: Any = None) -> np.ndarray:
+    def reconstruct_file(self, path: str | Path, batch_size: int = 4, *, undersample: bool = True) -> np.ndarray:
         """Reconstruct a fastMRI file -> ``[S, h, w]`` float32, exactly as ``mrlearn reconstruct`` does with the
         model's training mask: the file's own ``mask`` when it has one, else (fully sampled) the training mask
         fixed per file name inside the header's acquired columns; ``undersample=False``: all of its k-space."""
+        return self._reconstruct_file(path, batch_size, undersample, self._predict)
+
+    def _reconstruct_file(self, path: str | Path, batch_size: int, undersample: bool, predict: Any) -> np.ndarray:
+        """:meth:`reconstruct_file` with the batch predictor ``predict``."""
         from mrlearn.data.checks import check_reconstruction
         from mrlearn.data.fastmri import read_kspace, read_mask
         from mrlearn.errors import input_error
@@ -172,9 +178,9 @@ class LoadedModel:
         if not undersample:
             kspace = read_kspace(path)
             kspace = kspace[:, None] if kspace.ndim == 3 else kspace
-            return self.reconstruct(kspace, read_mask(path), batch_size, undersample=False, name=Path(path).name)
+            return self._reconstruct(kspace, read_mask(path), batch_size, False, Path(path).name, predict)
         dataset = eval_dataset(path, self.mask_func, self.recon_size, bool(getattr(self.module, "keep_kspace", False)))
-        for _fname, pred, _target, zf in iterate_volumes(dataset, _predict or self._predict, int(batch_size), progress=False):
+        for _fname, pred, _target, zf in iterate_volumes(dataset, predict, int(batch_size), progress=False):
             check_reconstruction(path, pred, "the loaded model",
                                  "its weights are not usable (diverged or collapsed): use another checkpoint", zf)
             return pred.astype(np.float32, copy=False)

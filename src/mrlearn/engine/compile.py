@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
-
 import lightning as L
 from torch import nn
 
@@ -50,11 +48,5 @@ def compile_networks(module: nn.Module) -> list[str]:
 class CompileNetworks(L.Callback):
     """Compiles the LightningModule's networks at ``setup`` (before any step, after a checkpoint's weights load)."""
 
-    def __init__(self) -> None:
-        self.compiled: list[str] = []
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.compiled = compile_networks(pl_module)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
+        compile_networks(pl_module)
