@@ -43,3 +43,22 @@ def launch(script: Path, args: list[str], world: int, cwd: Path, timeout: float 
         assert proc.returncode == 0, f"rank {rank} of {world}: {err[-3000:]}"
         outs.append(out)
     return outs
+
+
+def phantom_data(folder: Path, contrasts: tuple[str, ...], subjects: tuple[int, int, int]) -> Path:
+    """A tiny phantom dataset for DDP tests: 24 x 24, 2 coils, 2 slices per volume (train / val / test subjects)."""
+    from mrlearn.data.simulate import SimulationOptions, simulate_dataset
+
+    opts = SimulationOptions(anatomy="phantom", matrix=(24, 24), slices=2, subjects=subjects, contrasts=contrasts,
+                             coils=2)
+    return Path(simulate_dataset(folder / "data", opts))
+
+
+def fit_one_and_two(folder: Path, script_text: str, args: list[str]) -> Path:
+    """Write ``script_text`` to ``folder/fit.py`` and run it as 1 process (output folder ``one``) and as 2 DDP ranks
+    (``two``): ``python fit.py OUT *args``; returns ``folder``."""
+    script = folder / "fit.py"
+    script.write_text(script_text)
+    for world, out in ((1, "one"), (2, "two")):
+        launch(script, [str(folder / out), *args], world, folder)
+    return folder

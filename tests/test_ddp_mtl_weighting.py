@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_ddp import launch
+from helpers_ddp import fit_one_and_two, phantom_data
 
 WEIGHTINGS = ("equal", "dwa", "uncertainty", "mtl_ssdu")  # mtl_ssdu: DWA, the scarce task self-supervised
 
 SCRIPT = """
-import sys
+import os, sys
 from mrlearn.config import load_config
 from mrlearn.mtl.train import train_mtl
-out, root, world = sys.argv[1], sys.argv[2], int(sys.argv[3])
-for name in sys.argv[4:]:
+out, root, world = sys.argv[1], sys.argv[2], int(os.environ.get("WORLD_SIZE", 1))
+for name in sys.argv[3:]:
     method = ["method={name: mtl_ssdu, ssl_tasks: [scarce], loss: {name: l1}, centre: [2, 2]}"] \
         if name == "mtl_ssdu" else []
     weighting = "dwa" if name == "mtl_ssdu" else name
@@ -43,21 +43,12 @@ for name in sys.argv[4:]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """2 train volumes x 2 slices per contrast (PD, T2), 1 val, 1 test; 24 x 24, 2 coils."""
-    from mrlearn.data.simulate import SimulationOptions, simulate_dataset
-
-    opts = SimulationOptions(anatomy="phantom", matrix=(24, 24), slices=2, subjects=(2, 1, 1), contrasts=("PD", "T2"),
-                             coils=2)
-    return Path(simulate_dataset(tmp_path_factory.mktemp("ddpmtlw") / "data", opts))
+    return phantom_data(tmp_path_factory.mktemp("ddpmtlw"), ("PD", "T2"), (2, 1, 1))
 
 
 @pytest.fixture(scope="module")
 def fitted(data, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ddpmtlfit")
-    script = folder / "fit.py"
-    script.write_text(SCRIPT)
-    for world, out in ((1, "one"), (2, "two")):
-        launch(script, [str(folder / out), str(data), str(world), *WEIGHTINGS], world, folder)
-    return folder
+    return fit_one_and_two(tmp_path_factory.mktemp("ddpmtlfit"), SCRIPT, [str(data), *WEIGHTINGS])
 
 
 def test_the_batches_lack_a_task_that_was_seen_before():

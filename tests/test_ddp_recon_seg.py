@@ -22,19 +22,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_ddp import launch
+from helpers_ddp import fit_one_and_two, phantom_data
 
 #: model -> (loss weighting, optimizer)
 KINDS = {"ynet": ("uncertainty", "{name: adam, lr: 0.003}"), "sluice": ("dwa", "{name: sgd, lr: 0.01, momentum: 0.9}")}
 
 SCRIPT = """
-import json, sys
+import json, os, sys
 from mrlearn.study import load_study, run_config
 from mrlearn.recon_seg.study import _fit_joint, run_section
-out, root, world = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out, root, world = sys.argv[1], sys.argv[2], int(os.environ.get("WORLD_SIZE", 1))
 models = {"ynet": "{name: ynet, num_classes: 8, chans: 4, num_pools: 2}",
           "sluice": "{name: sluice, num_classes: 8, chans: 4, num_pools: 2, subspaces: 2}"}
-for kind, (weighting, optim) in json.loads(sys.argv[4]).items():
+for kind, (weighting, optim) in json.loads(sys.argv[3]).items():
     spec = load_study("recon_seg_tiny", [
         f"data.root={root}", "seeds=[0]", "grid=null", "arms=[ynet]", "summary.baseline=null", "stopping_check=null",
         f"arms.ynet.model={models[kind]}", f"method.weighting={{name: {weighting}}}", f"optim={optim}",
@@ -56,21 +56,12 @@ for kind, (weighting, optim) in json.loads(sys.argv[4]).items():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """2 train volumes x 2 slices, 2 val volumes (one per process), 1 test; PD, 24 x 24, 2 coils, with labels."""
-    from mrlearn.data.simulate import SimulationOptions, simulate_dataset
-
-    opts = SimulationOptions(anatomy="phantom", matrix=(24, 24), slices=2, subjects=(2, 2, 1), contrasts=("PD",),
-                             coils=2)
-    return Path(simulate_dataset(tmp_path_factory.mktemp("ddprs") / "data", opts))
+    return phantom_data(tmp_path_factory.mktemp("ddprs"), ("PD",), (2, 2, 1))
 
 
 @pytest.fixture(scope="module")
 def fitted(data, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ddprsfit")
-    script = folder / "fit.py"
-    script.write_text(SCRIPT)
-    for world, out in ((1, "one"), (2, "two")):
-        launch(script, [str(folder / out), str(data), str(world), json.dumps(KINDS)], world, folder)
-    return folder
+    return fit_one_and_two(tmp_path_factory.mktemp("ddprsfit"), SCRIPT, [str(data), json.dumps(KINDS)])
 
 
 def _fit(folder: Path, kind: str) -> tuple[dict, dict]:
