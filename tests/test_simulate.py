@@ -346,3 +346,27 @@ def test_cli_simulate_makes_then_reuses(tmp_path, capsys):
     assert err.startswith("mrlearn: error: ") and err.count("\n") == 1
     assert cli_main(["simulate", "--out", str(tmp_path / "x"), "--contrasts", "PD", "DWI"]) == 2
     assert "unknown contrast 'DWI'" in capsys.readouterr().err
+
+
+def test_config_data_embedded_picks_the_simulated_dataset(monkeypatch, tmp_path):
+    """``data.embedded`` overrides the embedded dataset's options (only while ``data.root`` is None); a key the
+    simulator does not take, or a bad value, is a one-line error when the config is read."""
+    from mrlearn.config import config_from_dict, embedded_options
+    from mrlearn.training.data import resolve_root
+
+    monkeypatch.setenv("MRLEARN_DATA", str(tmp_path))
+    given = {"anatomy": "phantom", "matrix": [16, 16], "coils": 2, "slices": 1, "subjects": [1, 1, 1],
+             "contrasts": ["PD"]}
+    cfg = config_from_dict({"data": {"embedded": given}})
+    options = embedded_options(cfg.data)
+    assert options == SimulationOptions(anatomy="phantom", matrix=(16, 16), coils=2, slices=1, subjects=(1, 1, 1),
+                                        contrasts=("PD",))
+    root = resolve_root(cfg)
+    assert root == default_cache_dir(options)
+    files = sorted(root.glob("*/*.h5"))
+    assert len(files) == 3 and _read(files[0])["reconstruction_rss"].shape[-2:] == (16, 16)
+    assert embedded_options(config_from_dict({}).data) == SimulationOptions()
+    with pytest.raises(MrlearnError, match=r"data\.embedded\.matrx.*unknown simulation option"):
+        config_from_dict({"data": {"embedded": {"matrx": [16, 16]}}})
+    with pytest.raises(MrlearnError, match="matrix"):
+        config_from_dict({"data": {"embedded": {"matrix": [4, 16]}}})

@@ -106,7 +106,9 @@ class DataConfig:
     fixed order that no run seed enters (:mod:`mrlearn.data.subjects`). ``contrasts`` keeps
     only volumes whose ``acquisition`` is listed (e.g. ``[CORPD_FBK]``). ``volume_fraction``/``volume_count``
     and ``slice_fraction``/``slice_count`` keep a seeded nested subset of the training volumes / slices.
-    ``recon_size`` ``[h, w]`` overrides the files' recon size (the target/crop size).
+    ``recon_size`` ``[h, w]`` overrides the files' recon size (the target/crop size). ``embedded``: options of the
+    embedded dataset (fields of :class:`mrlearn.data.simulate.SimulationOptions`, e.g. ``{matrix: [64, 64],
+    contrasts: [PD]}``), used only while ``root`` is None; each set of options is built and cached once.
     """
 
     root: str | None = None
@@ -120,6 +122,7 @@ class DataConfig:
     slice_fraction: float = 1.0
     slice_count: int | None = None
     recon_size: list[int] | None = None
+    embedded: dict[str, Any] | None = None
     batch_size: int = 1
     num_workers: int = 0
 
@@ -318,7 +321,24 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentCo
     for key in ("volume_fraction", "slice_fraction"):
         if not 0 < getattr(cfg.data, key) <= 1:
             raise input_error(f"data.{key}", "must be in (0, 1]", "fix the value")
+    if cfg.data.embedded is not None:
+        embedded_options(cfg.data)  # unknown or invalid simulation options are refused before any run starts
     return cfg
+
+
+def embedded_options(data: DataConfig) -> Any:
+    """The :class:`~mrlearn.data.simulate.SimulationOptions` of the embedded dataset ``data`` names (defaults
+    overridden by ``data.embedded``); a one-line error for a key or value the simulator does not take."""
+    from mrlearn.data.simulate.options import SimulationOptions
+
+    given = data.embedded or {}
+    if not isinstance(given, dict):
+        raise input_error("data.embedded", f"{given!r} is not a mapping of simulation options", "use e.g. {matrix: [64, 64]}")
+    known = {f.name for f in dataclasses.fields(SimulationOptions)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise input_error(f"data.embedded.{unknown[0]}", "unknown simulation option", f"valid keys: {', '.join(sorted(known))}")
+    return SimulationOptions.from_dict(given)
 
 
 def _validate_budget(cfg: ExperimentConfig) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from mrlearn.errors import MrlearnError
+
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -25,13 +27,14 @@ def _roots(cfg: Any) -> list[Path]:
         roots.append(Path(str(root)).expanduser())
     else:
         try:
+            from mrlearn.config import embedded_options
             from mrlearn.data.simulate.build import is_cached
-            from mrlearn.data.simulate.options import SimulationOptions, default_cache_dir
+            from mrlearn.data.simulate.options import default_cache_dir
 
-            options = SimulationOptions()
+            options = embedded_options(data)
             if is_cached(default_cache_dir(options), options):
                 roots.append(default_cache_dir(options))
-        except (ImportError, OSError, ValueError):
+        except (ImportError, OSError, ValueError, TypeError, MrlearnError):
             pass
     tasks = (getattr(cfg, "extra", None) or {}).get("tasks")
     for task in (tasks.get("tasks") if isinstance(tasks, dict) else None) or []:

@@ -114,11 +114,13 @@ class VolumeSampler(Sampler):
 
 
 def resolve_root(cfg: ExperimentConfig) -> Path:
-    """The data root: ``cfg.data.root`` or the embedded dataset (built and cached on first use)."""
+    """The data root: ``cfg.data.root`` or the embedded dataset of ``cfg.data.embedded`` (built and cached on
+    first use)."""
     if cfg.data.root is None:
+        from mrlearn.config import embedded_options
         from mrlearn.data.simulate import default_dataset
 
-        return Path(default_dataset())
+        return Path(default_dataset(embedded_options(cfg.data)))
     root = Path(cfg.data.root).expanduser()
     if not root.is_dir():
         raise input_error("data.root", f"{root} is not a folder", "set it to a folder of fastMRI volumes (--set data.root=PATH)")
