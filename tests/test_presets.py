@@ -52,7 +52,12 @@ def test_preset_protocol(name, tmp_path):
                 assert cfg.method["epochs_per_block"] >= 4 * cfg.method["block_patience"], rid
         else:
             es = cfg.trainer.early_stopping
-            assert es is not None and es.monitor and es.patience >= 2, rid
+            assert es is not None and es.monitor, rid
+            if es.patience_samples is not None:  # a window of at least 2 validations, counted in training samples
+                per_validation = (cfg.trainer.val_every_n_steps or 1) * cfg.data.batch_size
+                assert es.patience_samples >= 2 * per_validation, rid
+            else:
+                assert es.patience >= 2, rid
             if method in ("ssdu", "ssl_distill"):  # self-supervised: selected without fully sampled images
                 assert es.monitor == "val_loss", rid
     # zero-filled reference row wherever the runner can score one (layer-wise: extra.zero_filled of every run)

@@ -218,7 +218,9 @@ def test_check_scales_every_patience_and_cap_but_not_the_decay(tmp_path):
     configs = {r.run_id: run_config(spec, r, tmp_path / r.run_id) for r in runs}
     for c in check_runs(spec, runs, configs):
         new, old = run_config(spec, c, tmp_path / c.run_id).trainer, configs[c.run_id.removesuffix("__check")].trainer
-        assert new.early_stopping.patience == 2 * old.early_stopping.patience and new.max_steps == 2 * old.max_steps
+        window = "patience_samples" if old.early_stopping.patience_samples is not None else "patience"
+        assert getattr(new.early_stopping, window) == 2 * getattr(old.early_stopping, window)
+        assert new.max_steps == 2 * old.max_steps
         assert new.early_stopping.lr_patience == old.early_stopping.lr_patience == 2
     assert {configs[r.run_id].method["name"] for r in runs} >= {"reference"}  # reference rows are never checked
     assert not any(configs[c.run_id.removesuffix("__check")].method["name"] == "reference"
@@ -243,6 +245,30 @@ def test_tolerance_uses_the_comparison_interval(tmp_path):
     assert got["a"]["difference"] == pytest.approx(0.3) and got["a"]["tolerance"] == pytest.approx(0.5)
     assert got["b"]["difference"] == pytest.approx(0.6) and got["b"]["sensitive"] == "yes" and got["a"]["sensitive"] == "no"
     assert [r["stopping_sensitive"] for r in rows] == [False, True]
+
+
+def test_tolerance_finds_the_interval_of_a_grid_point_given_as_a_mapping(tmp_path):
+    """A grid value that is a mapping (e.g. a mask) labels the check's point and the comparison's point alike,
+    whatever the order of its keys, so the tolerance is a quarter of that comparison's interval, not the floor."""
+    from mrlearn.study.compare import point_key, point_label
+    from mrlearn.study.spec import RunSpec, StudySpec
+    from mrlearn.study.stopping_check import DEFAULTS, stopping_table
+
+    point = {"mask": {"name": "random", "accelerations": [4], "center_fractions": [0.08]}}
+    spec = StudySpec(name="s", base={}, seeds=[0], arms={"a": {}, "b": {}}, summary={"baseline": "a"},
+                     stopping_check=dict(DEFAULTS))
+    runs = [RunSpec(f"{arm}__seed0", arm, point, 0, {}) for arm in ("a", "b")]
+    for rid, psnr in (("a__seed0", 30.0), ("a__seed0__check", 30.0), ("b__seed0", 31.0), ("b__seed0__check", 31.3)):
+        (tmp_path / "runs" / rid).mkdir(parents=True)
+        (tmp_path / "runs" / rid / "result.json").write_text(json.dumps(
+            {"status": "finished", "groups": {"all": {"psnr": psnr}}}))
+    rows = [{"run_id": r.run_id, "arm": r.arm, "group": "all"} for r in runs]
+    label = point_label({k: json.loads(v) for k, v in point_key(point)})  # as the comparisons label it
+    table = stopping_table(spec, tmp_path, runs, rows, lambda: [
+        {"arm": "b", "point": label, "group": "all", "ci95_low": 0.0, "ci95_high": 2.0}])  # width 2: tolerance 0.5
+    got = {t["arm"]: t for t in table}
+    assert got["b"]["interval_width"] == pytest.approx(2.0) and got["b"]["tolerance"] == pytest.approx(0.5)
+    assert got["b"]["sensitive"] == "no" and [r["stopping_sensitive"] for r in rows] == [False, False]
 
 
 def test_study_runs_the_check_and_marks_a_sensitive_arm(data, tmp_path, monkeypatch):

@@ -27,7 +27,9 @@ Cells = dict[tuple[str, str, str], dict[tuple[int, str], tuple[float, int]]]
 
 
 def point_label(point: dict[str, Any]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()) or "-"
+    """``key=value, ...`` of a grid point; mapping values with their keys sorted, so a point reads the same
+    whichever order its YAML gave them in (the stopping check finds a comparison's interval by this label)."""
+    return ", ".join(f"{k.split('.')[-1]}={json.loads(json.dumps(v, sort_keys=True))}" for k, v in point.items()) or "-"
 
 
 def point_key(point: dict[str, Any]) -> tuple:
