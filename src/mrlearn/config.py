@@ -328,17 +328,10 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> ExperimentCo
 
 def embedded_options(data: DataConfig) -> Any:
     """The :class:`~mrlearn.data.simulate.SimulationOptions` of the embedded dataset ``data`` names (defaults
-    overridden by ``data.embedded``); a one-line error for a key or value the simulator does not take."""
-    from mrlearn.data.simulate.options import SimulationOptions
+    overridden by ``data.embedded``; a one-line error for a key or value the simulator does not take)."""
+    from mrlearn.data.simulate.options import options_from_config
 
-    given = data.embedded or {}
-    if not isinstance(given, dict):
-        raise input_error("data.embedded", f"{given!r} is not a mapping of simulation options", "use e.g. {matrix: [64, 64]}")
-    known = {f.name for f in dataclasses.fields(SimulationOptions)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise input_error(f"data.embedded.{unknown[0]}", "unknown simulation option", f"valid keys: {', '.join(sorted(known))}")
-    return SimulationOptions.from_dict(given)
+    return options_from_config(data.embedded, "data.embedded")
 
 
 def _validate_budget(cfg: ExperimentConfig) -> None:

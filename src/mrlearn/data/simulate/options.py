@@ -113,6 +113,20 @@ class SimulationOptions:
         return cls(**d)
 
 
+def options_from_config(given: Any, where: str) -> SimulationOptions:
+    """Options from a config mapping ``given`` (None: the defaults) found at ``where`` (e.g. ``data.embedded``);
+    a one-line error names an unknown key, and :func:`validate` a bad value."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise input_error(where, f"{given!r} is not a mapping of simulation options", "use e.g. {matrix: [64, 64]}")
+    known = {f.name for f in fields(SimulationOptions)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise input_error(f"{where}.{unknown[0]}", "unknown simulation option", f"valid keys: {', '.join(sorted(known))}")
+    return SimulationOptions.from_dict(given)
+
+
 def _opt(name: str) -> str:
     return f"simulate option '{name}'"
 
