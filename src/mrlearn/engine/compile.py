@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+
 import lightning as L
 from torch import nn
 

@@ -102,11 +102,13 @@ class SimulationOptions:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SimulationOptions":
+    def from_dict(cls, d: dict[str, Any], where: str = "simulation options") -> "SimulationOptions":
+        """Options from a mapping (``to_dict``'s form); an unknown key is a one-line error located at ``where``."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise input_error("simulation options", f"unknown option(s) {', '.join(unknown)}", f"use {', '.join(sorted(known))}")
+            raise input_error(f"{where}.{unknown[0]}", f"unknown simulation option (all unknown options: {', '.join(unknown)})",
+                              f"valid keys: {', '.join(sorted(known))}")
         d = dict(d)
         if d.get("snr") == "inf":
             d["snr"] = math.inf
@@ -120,11 +122,7 @@ def options_from_config(given: Any, where: str) -> SimulationOptions:
         given = {}
     if not isinstance(given, dict):
         raise input_error(where, f"{given!r} is not a mapping of simulation options", "use e.g. {matrix: [64, 64]}")
-    known = {f.name for f in fields(SimulationOptions)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise input_error(f"{where}.{unknown[0]}", "unknown simulation option", f"valid keys: {', '.join(sorted(known))}")
-    return SimulationOptions.from_dict(given)
+    return SimulationOptions.from_dict(given, where)
 
 
 def _opt(name: str) -> str:
