@@ -200,7 +200,7 @@ def test_shipped_cpu_study_is_the_seed_setup_and_every_arm_builds(tmp_path):
     runs = spec.runs()
     arms = _arms("layerwise_study")
     assert arms == ("end_to_end", "greedy", "convex_gated", "zero_filled", "cg_sense")
-    assert spec.arms["end_to_end"]["method"].get("depths") in (None, [1, 2, 3, 4, 5])  # every depth the report shows
+    assert spec.arms["end_to_end"]["method"].get("depths") in (None, [1, 2, 3])  # every depth the report shows
     assert len(spec.arms["convex_gated"]["method"]["betas"]) >= 5
     assert spec.arms["cg_sense"]["method"] == {"name": "reference", "recon": "cg-sense",
                                                "options": {"lam": 0.01, "tol": 1.0e-6, "max_iter": 300}}
@@ -210,7 +210,7 @@ def test_shipped_cpu_study_is_the_seed_setup_and_every_arm_builds(tmp_path):
     assert {"name": "random", "accelerations": [4], "center_fractions": [0.04]} in masks
     for run in runs[:3]:
         cfg = run_config(spec, run, tmp_path / run.run_id)
-        assert (cfg.model["num_blocks"], cfg.model["hidden"], cfg.model["kernel_size"]) == (5, 256, 7)
+        assert (cfg.model["num_blocks"], cfg.model["hidden"], cfg.model["kernel_size"]) == (3, 64, 7)
         build_method(cfg)  # e.g. greedy's max_epochs == blocks x epochs_per_block is checked here
 
 

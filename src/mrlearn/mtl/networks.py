@@ -298,7 +298,7 @@ class MultiTaskUnrolled(nn.Module):
         aty = measured_adjoint(steps, y, mask, maps)
 
         def step(i: int, t: int) -> torch.Tensor:
-            cascade = self.cascade(i, t)
+            cascade = steps[i * self.num_tasks + t]
             kw = {"aty": aty} if aty is not None and cascade.takes_aty else {}
             return cascade(streams[t], y, mask, maps, t, **kw)
 
