@@ -168,6 +168,7 @@ def make_trainer(cfg: Any, run_dir: Path, callbacks: Sequence[L.Callback] = (),
     """
     t = cfg.trainer
     run_dir = Path(run_dir)
+    quiet_lightning()  # every path to a Trainer (layer-wise, qMRI, ...), not only mrlearn train
     check_accelerator(t.accelerator)
     name, mode, es = _monitor(cfg, monitor)
     stop = GracefulStop(run_dir)
