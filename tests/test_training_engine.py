@@ -158,6 +158,22 @@ def test_trainer_settings_come_from_the_config(data, tmp_path):
         make_trainer(tiny_config(data, tmp_path / "t", "trainer.precision=bogus"), tmp_path / "t")
 
 
+def test_every_trainer_silences_lightnings_known_warnings(data, tmp_path):
+    """make_trainer (the one path of every runner to a Trainer) filters Lightning's harmless per-run warnings;
+    other warnings stay."""
+    import warnings
+
+    from mrlearn.training.runner import make_trainer
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        make_trainer(tiny_config(data, tmp_path / "t"), tmp_path / "t")
+        warnings.warn("The number of training batches (6) is smaller than the logging interval Trainer(...)")
+        warnings.warn("something a user must see")
+    assert [str(w.message) for w in seen if "logging interval" in str(w.message)] == []
+    assert any("a user must see" in str(w.message) for w in seen)
+
+
 def test_supervised_kspace_method_trains_an_unrolled_network(data, tmp_path):
     from mrlearn import registry
 

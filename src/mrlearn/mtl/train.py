@@ -50,7 +50,7 @@ from mrlearn.registry import register
 from mrlearn.study.runner import RunOutcome
 from mrlearn.engine.checkpoint import load_checkpoint, load_weights
 from mrlearn.engine.cluster import process_rank
-from mrlearn.training.runner import build_method, last_validation, make_trainer, quiet_lightning
+from mrlearn.training.runner import build_method, last_validation, make_trainer
 
 
 @dataclasses.dataclass
@@ -244,7 +244,6 @@ def _merge(outcomes: list[RunOutcome]) -> RunOutcome:
 def train_mtl(cfg: ExperimentConfig, resume: bool = False) -> RunOutcome:
     """Fit ``cfg`` (a ``tasks`` config) in ``cfg.run_dir()`` and evaluate every task; writes ``metrics.json``.
     ``resume``: continue an interrupted run in that folder (every fit from its ``checkpoints/last.ckpt``)."""
-    quiet_lightning()
     tasks = tasks_config(cfg)
     run_dir = cfg.run_dir()
     with RunFolder(run_dir, dump_config(cfg), cfg.seed, resume=resume, extra={"name": cfg.name, "method": "mtl"},

@@ -132,7 +132,6 @@ def train_network(signals: torch.Tensor, gt_scaled: torch.Tensor, mle_scaled: to
                  "lightning.fabric.utilities.seed", "lightning.pytorch.strategies.ddp",
                  "lightning.fabric.utilities.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no per-network banners
-    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")  # val_loss: reduced
     L.seed_everything(seed, workers=True, verbose=False)
     n = signals.shape[0]

@@ -130,7 +130,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, callbacks: Sequence[L.Cal
     """Fit ``cfg`` in its run folder; returns the metrics and where the outputs are (see the module docstring)."""
     cfg = resolve_data_folders(cfg)  # fastMRI's single-/multi-coil folders: config.yaml names those read
     run_dir = cfg.run_dir()
-    quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_method(cfg, init=not (resume and (run_dir / "checkpoints" / "last.ckpt").is_file()))
     datamodule = make_datamodule(cfg, module)
