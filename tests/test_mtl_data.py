@@ -73,3 +73,38 @@ def test_data_module_tasks_and_nested_scarce_subset(two_contrasts):
     sample = quarter.dataset("train")[(17, 0)]
     assert sample["task"] == 1 and sample["kspace"].shape == (4, 32, 32)
     assert set(quarter.task_of_file("test").values()) == {0, 1}
+
+
+@pytest.mark.parametrize("ratio, shares", [([1, 1], [2, 2]), ([3, 1], [3, 1])])
+def test_a_single_task_model_trains_on_its_tasks_share_of_the_stratified_batch(two_contrasts, ratio, shares):
+    """Single-task models and transfer phases see a task's samples at the multi-task model's rate per step."""
+    from mrlearn.config import load_config
+    from mrlearn.mtl.data import MultiTaskDataModule
+    from mrlearn.mtl.train import _phase_cfg
+
+    cfg = load_config("mtl_tiny", [f"data.root={two_contrasts}", "data.batch_size=4", "tasks.strategy=stratified",
+                                   f"tasks.ratio={ratio}", f"out_dir={two_contrasts.parent / 'runs'}",
+                                   "tasks.tasks=[{name: pd, contrasts: [PD]}, {name: scarce, contrasts: [T2]}]"])
+    joint = MultiTaskDataModule(cfg).make_train_sampler()
+    assert joint.counts == shares
+    for task, share in enumerate(shares):
+        dm = MultiTaskDataModule(_phase_cfg(cfg, [task], None, f"task_{task}"))
+        assert dm.sizes() == [MultiTaskDataModule(cfg).sizes()[task]]
+        assert {len(b) for b in dm.make_train_sampler()} == {share}
+    with pytest.raises(ValueError, match="counts"):
+        MultiTaskBatchSampler([4, 2], "stratified", 4, seed=0, counts=[2])
+
+
+def test_a_recycled_slice_draws_a_new_mask_on_every_pass_and_single_task_draws_stay_the_epoch():
+    s = MultiTaskBatchSampler([24, 6], "stratified", 4, seed=0, ratio=[1, 1])
+    assert s.passes() == 4  # 12 batches x 2 scarce samples over 6 slices
+    for epoch in (0, 3):
+        s.set_epoch(epoch)
+        keys = [k for batch in s for k in batch]
+        scarce = [k for k in keys if k[0] >= 24]
+        assert len(scarce) == 24 and len(set(scarce)) == 24  # each (slice, draw) once: 4 masks per slice
+        assert {d for _, d in scarce} == {4 * epoch + p for p in range(4)}
+        assert {d for i, d in keys if i < 24} == {4 * epoch}  # the abundant task: one pass, one draw
+    single = MultiTaskBatchSampler([6], "stratified", 2, seed=0)
+    single.set_epoch(5)
+    assert single.passes() == 1 and {d for batch in single for _, d in batch} == {5}

@@ -9,8 +9,9 @@
 * ``accumulate``: every step takes ``batch_size`` samples of EACH task; the module runs forward and backward per
   task (gradient accumulation over tasks) before one optimizer step.
 
-Sample keys are ``(global index, epoch)``; the transform's random mask is seeded by ``(seed, epoch, global
-index)``, so tasks never share a mask stream. Samples gain ``task`` (int) besides ``data.transforms``' keys
+Sample keys are ``(global index, draw)``; the transform's random mask is seeded by ``(seed, draw, global index)``,
+so tasks never share a mask stream, and ``draw`` counts the passes over a task's samples (``epoch`` times the
+passes per epoch, plus the pass), so a slice recycled within an epoch gets a new mask on each pass. Samples gain ``task`` (int) besides ``data.transforms``' keys
 (``keep_kspace=True``). No Lightning in the samplers; :class:`MultiTaskDataModule` wraps them.
 
 Several processes (DDP, ``world`` of them): the sampler builds the global batches of ``world * batch_size``
@@ -52,7 +53,7 @@ def task_config(cfg: ExperimentConfig, spec: TaskSpec, split: str) -> Experiment
 
 
 class MultiTaskDataset(Dataset):
-    """The tasks' slice datasets end to end; item ``(global index, epoch)`` -> transformed sample + ``task``."""
+    """The tasks' slice datasets end to end; item ``(global index, draw)`` -> transformed sample + ``task``."""
 
     def __init__(self, datasets: list[SliceDataset], transform: ReconTransform):
         self.datasets, self.transform = datasets, transform
@@ -67,9 +68,9 @@ class MultiTaskDataset(Dataset):
         return t, int(index - self.offsets[t])
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        index, draw = (key, 0) if isinstance(key, (int, np.integer)) else key
         t, local = self.locate(int(index))
-        sample = self.transform(self.datasets[t][local], int(index), int(epoch))
+        sample = self.transform(self.datasets[t][local], int(index), int(draw))
         sample["task"] = t
         return sample
 
@@ -92,12 +93,16 @@ class MultiTaskBatchSampler(Sampler):
     """Batches of ``(global index, epoch)`` keys for a strategy (see the module docstring); deterministic."""
 
     def __init__(self, sizes: list[int], strategy: str, batch_size: int, seed: int, ratio: list[float] | None = None,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, counts: list[int] | None = None):
         self.sizes, self.strategy, self.seed = list(sizes), strategy, int(seed)
         self.rank, self.world = int(rank), int(world)
         self.batch_size = int(batch_size) * self.world  # the global batch
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        if strategy == "accumulate":
+        if counts is not None:  # per-task samples per batch given outright (a task's share of a larger batch)
+            if len(counts) != len(self.sizes) or min(counts) < 1:
+                raise ValueError(f"counts {counts} do not give every one of {len(self.sizes)} tasks a sample")
+            self.counts = [int(c) * self.world for c in counts]
+        elif strategy == "accumulate":
             self.counts = [self.batch_size] * len(sizes)
         else:
             self.counts = stratified_counts(self.batch_size, ratio or [1.0] * len(sizes))
@@ -125,30 +130,38 @@ class MultiTaskBatchSampler(Sampler):
 
     def batches(self, epoch: int) -> list[list[int]]:
         """The global indices of every batch of ``epoch``."""
+        return [[i for i, _ in batch] for batch in self.keys(epoch)]
+
+    def passes(self) -> int:
+        """Passes over its samples that the most recycled task makes in one epoch (1 for ``shuffled``)."""
+        if self.strategy == "shuffled":
+            return 1
+        return max(math.ceil(len(self) * c / n) for n, c in zip(self.sizes, self.counts))
+
+    def keys(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """Every batch of ``epoch`` as ``(global index, draw)`` keys; ``draw = epoch * passes() + p`` for the
+        ``p``-th pass over a task's samples within the epoch, so a recycled slice gets a fresh mask on every pass
+        (a task that is not recycled draws ``epoch * passes()``; ``draw == epoch`` when no task is recycled)."""
+        per_epoch = self.passes()
         if self.strategy == "shuffled":
             order = np.random.default_rng([self.seed, 104729, epoch]).permutation(int(self.offsets[-1]))
-            return [order[i : i + self.batch_size].tolist() for i in range(0, order.size, self.batch_size)]
+            return [[(int(i), epoch) for i in order[j : j + self.batch_size]] for j in range(0, order.size, self.batch_size)]
         n_batches = len(self)
         streams = []
         for t, (n, c) in enumerate(zip(self.sizes, self.counts)):
             rng = np.random.default_rng([self.seed, 104729, epoch, t])
             need = n_batches * c
             reps = [rng.permutation(n) for _ in range(math.ceil(need / n))]
-            streams.append(np.concatenate(reps)[:need] + self.offsets[t])
-        out = []
-        for b in range(n_batches):
-            batch: list[int] = []
-            for s, c in zip(streams, self.counts):
-                batch.extend(s[b * c : (b + 1) * c].tolist())
-            out.append(batch)
-        return out
+            draws = np.repeat(np.arange(len(reps)), n) + epoch * per_epoch
+            streams.append(list(zip((np.concatenate(reps)[:need] + self.offsets[t]).tolist(), draws[:need].tolist())))
+        return [[key for s, c in zip(streams, self.counts) for key in s[b * c : (b + 1) * c]] for b in range(n_batches)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         skip = 0
         if self._resume is not None:  # the iterator may be created before Lightning calls set_epoch
             (self.epoch, skip), self._resume = self._resume, None
-        for batch in self.batches(self.epoch)[skip:]:
-            yield [(int(i), self.epoch) for i in batch[self.rank :: self.world]]
+        for batch in self.keys(self.epoch)[skip:]:
+            yield [(int(i), int(d)) for i, d in batch[self.rank :: self.world]]
 
 
 class EvalSampler(Sampler):
@@ -212,7 +225,7 @@ class MultiTaskDataModule(L.LightningDataModule):
     def make_train_sampler(self) -> MultiTaskBatchSampler:
         rank, world = self._rank()
         return MultiTaskBatchSampler(self.sizes(), self.tasks.strategy, self.cfg.data.batch_size, self.cfg.seed,
-                                     self.tasks.ratio, rank, world)
+                                     self.tasks.ratio, rank, world, getattr(self.tasks, "phase_counts", None))
 
     def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
         nw = loader_workers(self.cfg.data.num_workers)

@@ -44,7 +44,7 @@ from mrlearn.engine.task_selection import TaskSelection, use_task_selection
 from mrlearn.errors import input_error
 from mrlearn.io import write_json
 from mrlearn.mtl.config import tasks_config
-from mrlearn.mtl.data import MultiTaskDataModule
+from mrlearn.mtl.data import MultiTaskDataModule, stratified_counts
 from mrlearn.mtl.selection import checkpoint_of, group_records, single_record, task_monitors
 from mrlearn.registry import register
 from mrlearn.study.runner import RunOutcome
@@ -215,8 +215,16 @@ def _budget(cfg: ExperimentConfig) -> int:
 
 
 def _phase_cfg(cfg: ExperimentConfig, task_ids: list[int], steps: int | None, sub: str) -> ExperimentConfig:
-    """``cfg`` narrowed to the tasks ``task_ids`` as ONE model task, run in ``<run>/<sub>`` (``steps``: max_steps)."""
+    """``cfg`` narrowed to the tasks ``task_ids`` as ONE model task, run in ``<run>/<sub>`` (``steps``: max_steps).
+
+    With stratified batches the narrowed model trains on its tasks' share of the configured batch (``data.batch_size``
+    4 at ratio [1, 1]: 2 samples per step), so a task sees as many samples per step in a single-task model or a
+    transfer phase as in the multi-task model; validation and test batches keep ``data.batch_size``."""
     tasks = copy.deepcopy(tasks_config(cfg))
+    if tasks.strategy == "stratified":
+        share = stratified_counts(cfg.data.batch_size, tasks.ratio or [1.0] * len(tasks.specs))
+        tasks.phase_counts = [share[i] for i in task_ids]  # read by MultiTaskDataModule.make_train_sampler
+        tasks.ratio = [tasks.ratio[i] for i in task_ids] if tasks.ratio else None
     tasks.tasks = [tasks.tasks[i] for i in task_ids]
     tasks.specs = [tasks.specs[i] for i in task_ids]
     tasks.transfer = None
