@@ -11,8 +11,9 @@
 
 Sample keys are ``(global index, draw)``; the transform's random mask is seeded by ``(seed, draw, global index)``,
 so tasks never share a mask stream, and ``draw`` counts the passes over a task's samples (``epoch`` times the
-passes per epoch, plus the pass), so a slice recycled within an epoch gets a new mask on each pass. Samples gain ``task`` (int) besides ``data.transforms``' keys
-(``keep_kspace=True``). No Lightning in the samplers; :class:`MultiTaskDataModule` wraps them.
+passes per epoch, plus the pass), so a slice recycled within an epoch gets a new mask on each pass. Samples gain
+``task`` (int) besides ``data.transforms``' keys (``keep_kspace=True``). No Lightning in the samplers;
+:class:`MultiTaskDataModule` wraps them.
 
 Several processes (DDP, ``world`` of them): the sampler builds the global batches of ``world * batch_size``
 samples exactly as one process with that batch size would, and process ``rank`` takes ``batch[rank::world]``;
@@ -90,7 +91,7 @@ def stratified_counts(batch_size: int, ratio: list[float]) -> list[int]:
 
 
 class MultiTaskBatchSampler(Sampler):
-    """Batches of ``(global index, epoch)`` keys for a strategy (see the module docstring); deterministic."""
+    """Batches of ``(global index, draw)`` keys for a strategy (see the module docstring); deterministic."""
 
     def __init__(self, sizes: list[int], strategy: str, batch_size: int, seed: int, ratio: list[float] | None = None,
                  rank: int = 0, world: int = 1, counts: list[int] | None = None):
@@ -145,7 +146,8 @@ class MultiTaskBatchSampler(Sampler):
         per_epoch = self.passes()
         if self.strategy == "shuffled":
             order = np.random.default_rng([self.seed, 104729, epoch]).permutation(int(self.offsets[-1]))
-            return [[(int(i), epoch) for i in order[j : j + self.batch_size]] for j in range(0, order.size, self.batch_size)]
+            cuts = range(0, order.size, self.batch_size)
+            return [[(int(i), epoch) for i in order[j : j + self.batch_size]] for j in cuts]
         n_batches = len(self)
         streams = []
         for t, (n, c) in enumerate(zip(self.sizes, self.counts)):
