@@ -8,6 +8,8 @@ order, and prints slices/s, MB/s, the reader's resident memory before/after and 
 
     python benchmarks/dataset_read.py                 # full run (a few GB of page-cache reads; ~1-3 min)
     python benchmarks/dataset_read.py --reads 500 --coils 4 --height 320 --width 184   # quick
+    python benchmarks/dataset_read.py --reads 2000 --coils 8 --height 48 --width 48 --cache-mb 256
+        # the read again with ``data.cache_mb`` (slices kept in memory, copies handed out) and the ratio of the two
 """
 
 from __future__ import annotations
@@ -66,6 +68,34 @@ def build(folder: Path, volumes: int, slices: int, coils: int, h: int, w: int) -
         write_volume(folder / f"bench{v:02d}.h5", kspace, target=target, acquisition="CORPD_FBK", header=header)
 
 
+def read_all(folder: Path, args: argparse.Namespace, cache_mb: float) -> float:
+    """Read ``args.reads`` slices in a seeded random order; print the figures; return slices/s."""
+    from mrlearn.data.dataset import SliceDataset
+
+    ds = SliceDataset(folder, max_open_files=args.max_open_files, cache_mb=cache_mb)
+    order = np.random.default_rng(0).permutation(np.resize(np.arange(len(ds)), args.reads))
+    rss_before = _status_kb("VmRSS")
+    nbytes = 0
+    t0 = time.perf_counter()
+    for i in order:
+        sample = ds[int(i)]
+        nbytes += sample["kspace"].nbytes + sample["target"].nbytes
+    dt = time.perf_counter() - t0
+    rss_after = _status_kb("VmRSS")
+    peak = _status_kb("VmHWM")
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    slice_mb = nbytes / args.reads / 2**20
+    print(f"dataset: {len(ds)} slices in {len(ds.volumes)} volumes; one sample = {slice_mb:.1f} MB "
+          f"(k-space {tuple(sample['kspace'].shape)} complex64 + target {tuple(sample['target'].shape)})")
+    print(f"reads: {args.reads} in {dt:.2f} s -> {args.reads / dt:.1f} slices/s, {nbytes / dt / 2**20:.0f} MB/s "
+          f"(max_open_files={args.max_open_files}, cache_mb={cache_mb:g}, {os.cpu_count()} CPUs)")
+    print(f"memory: RSS before reads {_mb(rss_before)}, after {_mb(rss_after)}, peak {_mb(peak)}; "
+          f"open HDF5 handles at end: {ds.open_handles()}")
+    ds.close()
+    return args.reads / dt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reads", type=int, default=10_000, help="slices to read (cycling over the dataset)")
@@ -75,6 +105,7 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=640, help="readout samples (H)")
     ap.add_argument("--width", type=int, default=368, help="phase encodes (W)")
     ap.add_argument("--max-open-files", type=int, default=4, help="SliceDataset handle LRU size (0: open per read)")
+    ap.add_argument("--cache-mb", type=float, default=0.0, help="also read with SliceDataset(cache_mb=...); ratio")
     ap.add_argument("--folder", type=Path, default=None, help="reuse/keep volumes here instead of a temp folder")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -93,29 +124,11 @@ def main() -> int:
             print(f"built {args.volumes} volumes x {args.slices} slices, {args.coils} coils, {args.height} x {args.width} "
                   f"in {time.perf_counter() - t0:.1f} s")
 
-        from mrlearn.data.dataset import SliceDataset
-
-        ds = SliceDataset(folder, max_open_files=args.max_open_files)
-        order = np.random.default_rng(0).permutation(np.resize(np.arange(len(ds)), args.reads))
-        rss_before = _status_kb("VmRSS")
-        nbytes = 0
-        t0 = time.perf_counter()
-        for i in order:
-            sample = ds[int(i)]
-            nbytes += sample["kspace"].nbytes + sample["target"].nbytes
-        dt = time.perf_counter() - t0
-        rss_after = _status_kb("VmRSS")
-        peak = _status_kb("VmHWM")
-        if peak is None:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        slice_mb = nbytes / args.reads / 2**20
-        print(f"dataset: {len(ds)} slices in {len(ds.volumes)} volumes; one sample = {slice_mb:.1f} MB "
-              f"(k-space {tuple(sample['kspace'].shape)} complex64 + target {tuple(sample['target'].shape)})")
-        print(f"reads: {args.reads} in {dt:.2f} s -> {args.reads / dt:.1f} slices/s, {nbytes / dt / 2**20:.0f} MB/s "
-              f"(max_open_files={args.max_open_files}, {os.cpu_count()} CPUs)")
-        print(f"memory: RSS before reads {_mb(rss_before)}, after {_mb(rss_after)}, peak {_mb(peak)}; "
-              f"open HDF5 handles at end: {ds.open_handles()}")
-        ds.close()
+        rates = {}
+        for cache_mb in [0.0] + ([args.cache_mb] if args.cache_mb > 0 else []):
+            rates[cache_mb] = read_all(folder, args, cache_mb)
+        if len(rates) == 2:
+            print(f"cache: {rates[args.cache_mb] / rates[0.0]:.2f}x the slices/s of reading every time")
     return 0
 
 

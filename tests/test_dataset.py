@@ -189,3 +189,21 @@ def test_empty_and_bad_folders(tmp_path):
     (tmp_path / "bad" / "broken.h5").write_text("not hdf5")
     with pytest.raises(MrlearnError, match="broken.h5"):
         SliceDataset(tmp_path / "bad")
+
+
+def test_cache_keeps_slices_up_to_its_budget_and_hands_out_copies(root):
+    plain = SliceDataset(root, target_size=(8, 8))
+    cached = SliceDataset(root, target_size=(8, 8), cache_mb=1.0)
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]
+        assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a if isinstance(a[k], np.ndarray))
+    assert len(cached._cache.items) == len(plain)  # 24 tiny slices fit 1 MB
+    first = cached[0]
+    first["kspace"][...] = 0  # a transform that writes into its input changes its copy only
+    assert np.abs(cached[0]["kspace"]).max() > 0 and cached[0]["kspace"] is not cached[0]["kspace"]
+    size = cached._cache.used // len(plain)
+    small = SliceDataset(root, target_size=(8, 8), cache_mb=2.5 * size / 2**20)  # room for about two of them
+    for i in range(len(plain)):
+        assert np.array_equal(small[i]["kspace"], plain[i]["kspace"])
+    assert 1 <= len(small._cache.items) <= 3 and small._cache.used <= small._cache.budget
+    assert pickle.loads(pickle.dumps(cached))._cache.items == {}  # each worker process fills its own

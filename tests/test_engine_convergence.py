@@ -17,7 +17,7 @@ def fake_trainer(step: int, epoch: int, value: float) -> SimpleNamespace:
     import torch
 
     return SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="fit"), global_step=step, current_epoch=epoch,
-                           callback_metrics={"val_ssim": torch.tensor(value)}, should_stop=False)
+                           callback_metrics={"val_ssim": torch.tensor(value)}, should_stop=False, optimizers=[])
 
 
 def feed(cb: Convergence, values: list[float]) -> SimpleNamespace:
@@ -43,6 +43,25 @@ def test_convergence_window(values, patience, stops, improving):
     trainer = feed(cb, values)
     assert cb.stopped_early is stops and trainer.should_stop is stops
     assert cb.still_improving() is improving
+
+
+@pytest.mark.parametrize("lr_patience", [None, 1])
+def test_a_longer_window_reopens_a_rule_that_fired_and_the_same_window_keeps_it_stopped(lr_patience):
+    cuts = {} if lr_patience is None else {"lr_patience": 1, "max_lr_cuts": 1}
+    cb = Convergence("val_ssim", "max", patience=2, **cuts)
+    values = [0.1, 0.5, 0.5, 0.5] + ([0.5] if lr_patience else [])  # with a cut: one more validation before the window
+    feed(cb, values)
+    assert cb.stopped_early and cb.plateau.window_used() and cb.has_stopped()
+    same, longer = Convergence("val_ssim", "max", patience=2, **cuts), Convergence("val_ssim", "max", patience=4, **cuts)
+    same.load_state_dict(cb.state_dict())
+    longer.load_state_dict(cb.state_dict())
+    assert same.stopped_early and not longer.stopped_early and not longer.plateau.window_used()
+    trainer = fake_trainer(100, 9, 0.5)
+    longer.on_validation_end(trainer, None)  # 3 validations since the anchor (improvement or cut): not yet 4
+    assert not trainer.should_stop
+    trainer = fake_trainer(110, 10, 0.5)
+    longer.on_validation_end(trainer, None)
+    assert trainer.should_stop and longer.stopped_early
 
 
 def test_min_delta_and_modes():
@@ -84,6 +103,12 @@ def data(tmp_path_factory):
     return tiny_dataset(tmp_path_factory.mktemp("conv") / "data")
 
 
+def step_of(path) -> int:
+    import torch
+
+    return int(torch.load(path, weights_only=True)["global_step"])
+
+
 def metrics(run_dir) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -100,6 +125,7 @@ def test_step_cap_while_improving_is_not_converged(data, tmp_path):
     assert m["converged"] is (not still_rising) and still_rising, values  # this tiny run is still learning at step 8
     assert m["best_step"] == 8 and m["evaluated"]["step"] == 8 and result.convergence["converged"] is False
     assert json.loads((out / "run.json").read_text())["stopped_by"] == "max_steps"
+    assert step_of(out / "checkpoints" / "at_stop" / "state.ckpt") == 8  # no rule fired: kept at the cap
 
 
 def test_early_stopping_is_converged_and_evaluates_the_best_checkpoint(data, tmp_path, capsys):
@@ -111,6 +137,8 @@ def test_early_stopping_is_converged_and_evaluates_the_best_checkpoint(data, tmp
     m = metrics(out)
     assert m["stopped_by"] == "early_stopping" and m["converged"] is True
     assert m["steps"] == 6 and m["best_step"] == 2 and m["validations"] == 3
+    kept = out / "checkpoints" / "at_stop"  # the run where its rule fired, with its best checkpoint of then
+    assert step_of(kept / "state.ckpt") == 6 and step_of(kept / "best.ckpt") == 2
     assert m["evaluated"] == {"weights": "best", "checkpoint": str(out / "checkpoints" / "best.ckpt"), "step": 2}
     assert m["final"]["val_ssim"] == pytest.approx(m["validation_curve"][0]["val_ssim"])
     err = capsys.readouterr().err  # not a terminal: clean progress lines, no carriage returns

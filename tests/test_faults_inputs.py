@@ -71,6 +71,7 @@ def test_bad_config_files(tmp_path, capsys, content, fragment):
 
 @pytest.mark.parametrize("extra, fragment", [
     (["data.num_workers=-1"], "data.num_workers: -1 is negative"),
+    (["data.cache_mb=-1"], "data.cache_mb: -1 is not a size in MB"),
     (["trainer.accelerator=tpu"], "trainer.accelerator: expected one of"),
     (["trainer.max_steps=0"], "trainer.max_steps: 0 is not at least 1"),
     (["trainer.early_stopping={patience: 0}"], "trainer.early_stopping: patience must be at least 1"),

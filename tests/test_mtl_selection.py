@@ -297,3 +297,44 @@ def test_a_monitor_not_logged_per_task_is_one_line(tmp_path, data):
 
     with pytest.raises(MrlearnError, match=r"trainer.early_stopping.monitor: 'val_loss' is not logged per task"):
         train_mtl(_cfg(data, tmp_path / "r", "trainer.early_stopping={monitor: val_loss, patience: 2}"))
+
+
+def test_a_warm_stopping_check_scores_as_one_run_from_step_0(tmp_path, data):
+    """``stopping_check.warm_start``: each check continues its run from ``checkpoints/at_stop`` (multi-task,
+    single-task and transfer fits) and ends where a check from step 0 ends, with the same scores."""
+    import shutil
+
+    from mrlearn.study import load_study, run_study
+
+    arms = {"mtl": {"model.sharing": "early"},
+            "transfer": {"tasks.transfer": {"pretrain_fraction": 0.5, "phase_caps": "each"}, "model.num_tasks": 1,
+                         "model.sharing": "all"},
+            "stl": {"tasks.separate": True, "model.sharing": "all"}}
+
+    def study(name: str, warm: bool):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": "warm", "base": "mtl_tiny", "seeds": [0], "arms": arms,
+                                        "budget": "to_convergence", "stopping_check": {"warm_start": warm},
+                                        "set": [f"data.root={data}", *TINY, "trainer.max_steps=40"],
+                                        "summary": {"scarce_task": "scarce"}}, sort_keys=False))
+        return load_study(path)
+
+    lines: list[str] = []
+    warm = run_study(study("warm", True), tmp_path / "warm", log=lines.append)
+    assert any("3 run(s) with every patience and cap x2, each continuing its run" in line for line in lines)
+    cold = tmp_path / "cold" / "runs"
+    cold.mkdir(parents=True)
+    for arm in arms:  # the same finished runs; only the checks run again, from step 0
+        shutil.copytree(warm / "runs" / f"{arm}__seed0", cold / f"{arm}__seed0")
+    run_study(study("cold", False), tmp_path / "cold", log=lambda s: None)
+    stopped_early = 0
+    for arm in arms:
+        run = json.loads((warm / "runs" / f"{arm}__seed0" / "metrics.json").read_text())
+        hot = json.loads((warm / "runs" / f"{arm}__seed0__check" / "result.json").read_text())
+        ref = json.loads((cold / f"{arm}__seed0__check" / "result.json").read_text())
+        assert hot["extra"]["resumed_from"]["forked_from"] == f"{arm}__seed0" and "resumed_from" not in ref["extra"]
+        assert hot["extra"]["steps"] == ref["extra"]["steps"] > run["steps"]  # it trained on past the run's stop
+        for group, metrics in ref["groups"].items():
+            assert hot["groups"][group]["psnr"] == pytest.approx(metrics["psnr"], abs=1e-4)
+        stopped_early += any(t["stopped_by"] == "early_stopping" for t in run["task_selection"].values())
+    assert stopped_early >= 2  # the check reopened rules that had fired, not only runs ended by the cap

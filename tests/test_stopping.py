@@ -192,7 +192,8 @@ def test_study_option_defaults_and_errors():
     assert study_from_dict({**base, "budget": "equal_steps"}, "s").stopping_check is None
     assert study_from_dict({**base, "budget": "to_convergence", "stopping_check": None}, "s").stopping_check is None
     assert study_from_dict({**base, "stopping_check": {"factor": 3}}, "s").stopping_check["factor"] == 3
-    for bad in ({"factor": 1}, {"seeds": 0}, {"tolerance_db": -1}, {"patience": 2}, "yes"):
+    assert study_from_dict({**base, "stopping_check": {"warm_start": True}}, "s").stopping_check["warm_start"] is True
+    for bad in ({"factor": 1}, {"seeds": 0}, {"tolerance_db": -1}, {"patience": 2}, "yes", {"warm_start": "yes"}):
         with pytest.raises(MrlearnError) as exc:
             study_from_dict({**base, "stopping_check": bad}, "s")
         assert "stopping_check" in str(exc.value) and "\n" not in str(exc.value)
@@ -314,3 +315,75 @@ def test_study_runs_the_check_and_marks_a_sensitive_arm(data, tmp_path, monkeypa
     lines.clear()  # a rerun resumes: every run, the check included, is finished
     run_study(load_study("ssl_vs_supervised_tiny", sets), out, log=lines.append)
     assert sum("finished before, skipped" in line for line in lines) == 3
+    import shutil
+
+    copy = tmp_path / "committed"  # the committed rows alone (no run folders): the same table, read back
+    copy.mkdir()
+    for name in ("study.csv", "cells.csv", "stopping_check.csv", "study.yaml"):
+        shutil.copy(out / name, copy / name)
+    run_study(load_study("ssl_vs_supervised_tiny", sets), copy, only_summary=True, log=lambda s: None)
+    assert (copy / "stopping_check.csv").read_bytes() == (out / "stopping_check.csv").read_bytes()
+    again = (copy / "report.html").read_text()
+    assert "stopping-sensitive: supervised" in again and "Read from stopping_check.csv" in again
+
+
+@pytest.mark.parametrize("executor, calls", [("sequential", [["main", "main"], ["check"]]),
+                                             ("local", [["check", "main", "main"]])])
+def test_parallel_executors_queue_the_check_runs_first(data, tmp_path, monkeypatch, executor, calls):
+    """The check runs are the longest: a parallel executor takes them first, in one queue with the study's runs."""
+    import mrlearn.study.runner as study_runner
+    from mrlearn.study import load_study, run_study
+
+    seen: list[list[str]] = []
+
+    def record(spec, runs, *args, **kwargs):
+        seen.append(["check" if r.run_id.endswith("__check") else "main" for r in runs])
+
+    monkeypatch.setattr(study_runner, "run_jobs", record)
+    monkeypatch.setattr("mrlearn.study.summary.write_summary", lambda *a, **k: None)
+    sets = [f"data.root={data}", "seeds=[0]", "arms=[zero_filled, supervised]", "trainer.max_steps=4",
+            "trainer.val_every_n_steps=2", "data.contrasts=null"]
+    lines: list[str] = []
+    run_study(load_study("ssl_vs_supervised_tiny", sets), tmp_path / "s", log=lines.append, executor=executor)
+    assert seen == calls  # the zero-filled reference row is a main run and has no check
+    assert any("stopping check: 1 run(s)" in line for line in lines)
+
+
+def test_a_warm_check_waits_for_its_run_and_other_runs_go_first():
+    from types import SimpleNamespace
+
+    from mrlearn.study.executors import next_ready
+
+    def job(rid, after=None):
+        return SimpleNamespace(run=SimpleNamespace(run_id=rid), after=after)
+
+    a, check, b = job("a"), job("a__check", "a"), job("b")
+    assert next_ready([a, check, b], []) == 0
+    assert next_ready([check, b], [a]) == 1  # its run is still running: the next run goes first
+    assert next_ready([check], [a]) is None  # nothing else to do: wait for it
+    assert next_ready([check], [b]) == 0 and next_ready([check], []) == 0  # its run ended (or is not queued here)
+
+
+def test_a_check_is_seeded_only_from_a_finished_run_that_kept_its_stop(tmp_path):
+    from mrlearn.study.resume import WARM
+    from mrlearn.study.stopping_check import seed_from_stop
+
+    cfg = load_config("unet_demo", [f"out_dir={tmp_path / 'x'}"])
+    run = tmp_path / "runs" / "a__seed0"
+    (run / "task_pd" / "checkpoints" / "at_stop").mkdir(parents=True)
+    assert not seed_from_stop(tmp_path, "a__seed0__check", cfg)  # not finished
+    (run / "result.json").write_text(json.dumps({"status": "finished"}))
+    for name in ("state.ckpt", "best.ckpt"):
+        (run / "task_pd" / "checkpoints" / "at_stop" / name).write_text(name)
+    check = tmp_path / "runs" / "a__seed0__check"
+    check.mkdir()
+    (check / ".study.lock").write_text("")
+    assert seed_from_stop(tmp_path, "a__seed0__check", cfg, keep=".study.lock")
+    assert (check / "task_pd" / "checkpoints" / "last.ckpt").read_text() == "state.ckpt"
+    assert (check / "task_pd" / "checkpoints" / "best.ckpt").read_text() == "best.ckpt"
+    assert json.loads((check / "run.json").read_text())["status"] == WARM
+    assert not seed_from_stop(tmp_path, "a__seed0__check", cfg, keep=".study.lock")  # never over a started folder
+    older = tmp_path / "runs" / "b__seed0"
+    older.mkdir()
+    (older / "result.json").write_text(json.dumps({"status": "finished"}))
+    assert not seed_from_stop(tmp_path, "b__seed0__check", cfg)  # finished by an older version: no at_stop

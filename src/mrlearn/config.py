@@ -109,6 +109,7 @@ class DataConfig:
     ``recon_size`` ``[h, w]`` overrides the files' recon size (the target/crop size). ``embedded``: options of the
     embedded dataset (fields of :class:`mrlearn.data.simulate.SimulationOptions`, e.g. ``{matrix: [64, 64],
     contrasts: [PD]}``), used only while ``root`` is None; each set of options is built and cached once.
+    ``cache_mb``: keep up to this many MB of read slices in memory per process (0: read every time).
     """
 
     root: str | None = None
@@ -125,6 +126,7 @@ class DataConfig:
     embedded: dict[str, Any] | None = None
     batch_size: int = 1
     num_workers: int = 0
+    cache_mb: float = 0.0
 
 
 @dataclass
@@ -365,12 +367,13 @@ def _validate_budget(cfg: ExperimentConfig) -> None:
             raise input_error(f"trainer.{key}", f"{value!r} is not a batch count >= 1 or a fraction in (0, 1]",
                               "e.g. 1.0 (all batches) or 10")
     if isinstance(t.devices, int) and not isinstance(t.devices, bool) and t.devices < 1 and t.devices != -1:
-        raise input_error("trainer.devices", f"{t.devices} is not a device count (>= 1, -1 for all, or 'auto')",
-                          "e.g. 1")
+        raise input_error("trainer.devices", f"{t.devices} is not a device count (>= 1, -1 for all, or 'auto')", "e.g. 1")
     if isinstance(t.num_nodes, bool) or t.num_nodes < 1:
         raise input_error("trainer.num_nodes", f"{t.num_nodes!r} is not a node count", "e.g. 1 (this machine) or 2")
     if cfg.data.num_workers < 0:
         raise input_error("data.num_workers", f"{cfg.data.num_workers} is negative", "use 0 (load in the main process) or more")
+    if not (cfg.data.cache_mb >= 0 and math.isfinite(cfg.data.cache_mb)):
+        raise input_error("data.cache_mb", f"{cfg.data.cache_mb} is not a size in MB", "use 0 (no cache) or a positive number")
     if cfg.out_dir is None:
         cfg.run_dir()  # a name that would leave runs/ is refused here
 

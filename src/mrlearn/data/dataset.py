@@ -180,6 +180,8 @@ class SliceDataset(torch.utils.data.Dataset):
         target_size: ``(h, w)`` centre crop/zero-pad of the target image; ``recon_size`` reports it.
         transform: callable applied to each raw sample.
         max_open_files: open handles kept per process (LRU); 0 opens and closes the file on every read.
+        cache_mb: keep read slices (after ``target_size``, before ``transform``) in memory up to this many MB per
+            process, the first ones read; every read returns copies of the kept arrays (0: read every time).
     """
 
     def __init__(
@@ -198,6 +200,7 @@ class SliceDataset(torch.utils.data.Dataset):
         target_size: tuple[int, int] | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
         max_open_files: int = 4,
+        cache_mb: float = 0.0,
     ):
         files = list_volumes(root)
         where = root if isinstance(root, (str, Path)) else "data"
@@ -249,6 +252,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.target_size = target_size
         self.transform = transform
         self._handles = _HandleCache(max_open_files)
+        self._cache = _SampleCache(cache_mb)
 
     # ------------------------------------------------------------------ index
     def __len__(self) -> int:
@@ -277,6 +281,13 @@ class SliceDataset(torch.utils.data.Dataset):
         if not -n <= int(index) < n:
             raise IndexError(f"index {index} out of range for {n} slices")
         index = int(index) % n
+        sample = self._cache.get(index)
+        if sample is None:
+            sample = self._cache.put(index, self._read(index))
+        return self.transform(sample) if self.transform is not None else sample
+
+    def _read(self, index: int) -> dict[str, Any]:
+        """Raw sample ``index`` from its file (cropped or padded to ``target_size``)."""
         info = self.volumes[int(self._vol[index])]
         f = self._handles.get(info.path)
         try:
@@ -290,7 +301,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 if sample.get(key) is not None:
                     sample[key] = _crop_or_pad(sample[key], self.target_size)
             sample["recon_size"] = self.target_size
-        return self.transform(sample) if self.transform is not None else sample
+        return sample
 
     def close(self) -> None:
         """Close the handles opened by this process."""
@@ -299,6 +310,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handles"] = _HandleCache(self._handles.max_open)
+        state["_cache"] = _SampleCache(self._cache.budget / 2**20)  # each process fills its own
         return state
 
     def __del__(self) -> None:
@@ -306,6 +318,29 @@ class SliceDataset(torch.utils.data.Dataset):
             self._handles.close()
         except (OSError, RuntimeError, AttributeError, TypeError, ValueError):  # interpreter shutdown: nothing to save
             pass
+
+
+class _SampleCache:
+    """Raw samples kept by dataset index up to ``budget`` bytes (no eviction: the first ones read stay); ``get``
+    returns a copy of the kept dict with copies of its arrays (a transform may change what it is given)."""
+
+    def __init__(self, cache_mb: float):
+        self.budget = int(float(cache_mb) * 2**20)
+        self.used = 0
+        self.items: dict[int, dict[str, Any]] = {}
+
+    def get(self, index: int) -> dict[str, Any] | None:
+        kept = self.items.get(index)
+        return None if kept is None else {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in kept.items()}
+
+    def put(self, index: int, sample: dict[str, Any]) -> dict[str, Any]:
+        """Keep ``sample`` when it fits the budget; returns it (a kept one as a copy)."""
+        size = sum(v.nbytes for v in sample.values() if isinstance(v, np.ndarray))
+        if self.budget <= 0 or self.used + size > self.budget:
+            return sample
+        self.items[index] = sample
+        self.used += size
+        return self.get(index)  # type: ignore[return-value]
 
 
 def _crop_or_pad(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -14,7 +14,11 @@ validation metric improves. Rules that keep a run truthful:
   steps trained on, and a method that takes no optimizer step (convex layer-wise: it gathers an epoch's data, then
   solves) would lose what it gathered; its checkpoints fall at epoch ends, so an interrupted epoch runs again whole;
 * a stop request (:class:`~mrlearn.engine.signals.GracefulStop`, SIGTERM/SIGINT) is honoured right after a save
-  point: the checkpoint is written, then :class:`~mrlearn.errors.RunInterrupted` is raised.
+  point: the checkpoint is written, then :class:`~mrlearn.errors.RunInterrupted` is raised;
+* ``checkpoints/at_stop/`` keeps the run as it was when its stopping rule first fired (any task's, for a
+  :class:`~mrlearn.engine.task_selection.TaskSelection`), else at the end of training (a cap): ``state.ckpt``
+  (``last.ckpt`` then) and every ``best*.ckpt`` of that moment, hard links where the file system allows. A
+  stopping check continues from there with a longer window (:mod:`mrlearn.study.stopping_check`).
 
 Checkpoints hold only tensors and plain Python types and load with ``torch.load(..., weights_only=True)``.
 """
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -39,6 +45,9 @@ from mrlearn.io import atomic_path
 
 __all__ = ["AtomicCheckpoint", "NonFiniteWeightsError", "PlainCheckpointIO", "describe_checkpoints", "first_non_finite", "load_checkpoint",
            "load_weights"]
+
+
+AT_STOP = "at_stop"  # checkpoints/at_stop/: the run where its stopping rule first fired
 
 
 class NonFiniteWeightsError(NonFiniteError):
@@ -156,7 +165,28 @@ class AtomicCheckpoint(Checkpoint):
                 self.best_path = str(self.dirpath / "best.ckpt")
                 self._save(trainer, self.dirpath / "best.ckpt")
         self.save_last(trainer)
+        from mrlearn.engine.convergence import Convergence, find_callback
+
+        rule = find_callback(trainer, Convergence)
+        if rule is not None and rule.has_stopped():
+            self.keep_at_stop(trainer)
         self._stop_if_requested(trainer, save=False)
+
+    def keep_at_stop(self, trainer: L.Trainer) -> None:
+        """Freeze ``checkpoints/at_stop/`` (see the module docstring) unless it exists."""
+        folder = self.dirpath / AT_STOP
+        if folder.exists() or not trainer.is_global_zero or not self.last_path.is_file():
+            return
+        tmp = folder.with_name(AT_STOP + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for src in [self.last_path, *sorted(self.dirpath.glob("best*.ckpt"))]:
+            dst = tmp / ("state.ckpt" if src == self.last_path else src.name)
+            try:
+                os.link(src, dst)  # the saved files are replaced, never rewritten in place: a link stays as it is
+            except OSError:
+                shutil.copy2(src, dst)
+        os.replace(tmp, folder)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._last_step_saved:
@@ -166,6 +196,7 @@ class AtomicCheckpoint(Checkpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._last_step_saved:
             self.save_last(trainer)
+        self.keep_at_stop(trainer)  # no rule fired: the end of training (a cap) is where a longer run goes on
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_path": self.best_path, "best_step": self.best_step,

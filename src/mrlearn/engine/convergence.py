@@ -129,6 +129,7 @@ class Convergence(L.Callback):
         self.stopped_early = bool(state_dict.get("stopped_early", False))
         if "plateau" in state_dict:
             self.plateau.load_state_dict(state_dict["plateau"])
+            self.stopped_early = self.stopped_early and self.plateau.window_used()  # a longer window reopens it
         else:  # a checkpoint of an earlier version: replay its series (its cuts are in the optimizer's rates)
             for _, _, value in self.series:
                 self.plateau.push(value, 0)
@@ -142,6 +143,11 @@ class Convergence(L.Callback):
             if improved(entry[2], None if best is None else best[2], self.mode):
                 best = entry
         return best
+
+    def has_stopped(self) -> bool:
+        """Whether the rule has fired (for several tasks: any task's; :class:`AtomicCheckpoint` then keeps the
+        checkpoints of that moment in ``checkpoints/at_stop/``)."""
+        return self.stopped_early
 
     def still_improving(self) -> bool:
         """Whether the smoothed metric's last improvement lies within the last patience window."""

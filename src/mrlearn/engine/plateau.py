@@ -136,6 +136,13 @@ class Plateau:
             return i - anchor[0] >= self.patience
         return False
 
+    def window_used(self) -> bool:
+        """Whether the rule has ended under its current settings: every cut made and a full window since the
+        anchor (a longer window, e.g. a stopping check's, reopens a rule that ended under a shorter one)."""
+        if not self.raw or self.cuts < self.max_lr_cuts:
+            return False
+        return self._window_passed(len(self.raw) - 1, self.samples[-1], self.anchor)
+
     def still_improving(self) -> bool:
         """Whether the last improvement of the smoothed series lies within the last window (``patience``
         validations or ``patience_samples`` samples; the last validation when neither is set)."""

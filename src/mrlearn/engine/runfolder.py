@@ -32,9 +32,10 @@ from mrlearn.io import FolderLock, atomic_write_text, read_json, write_json
 
 __all__ = ["COSMETIC_CHANGES", "RESUMABLE_CHANGES", "RunFolder", "config_changes", "describe_checkpoints"]
 
-#: config keys a resume may change: budgets (continue a run for longer), logging and data-loader workers
+#: config keys a resume may change: budgets (continue a run for longer), logging, data-loader workers and cache
 RESUMABLE_CHANGES = frozenset({"trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.progress_bar",
-                               "trainer.progress_every", "trainer.log_every_n_steps", "data.num_workers", "out_dir"})
+                               "trainer.progress_every", "trainer.log_every_n_steps", "data.num_workers",
+                               "data.cache_mb", "out_dir"})
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -48,7 +49,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 #: config keys that do not change what a run computes (a finished run with other values is the same run)
 COSMETIC_CHANGES = frozenset({"trainer.progress_bar", "trainer.progress_every", "trainer.log_every_n_steps",
-                              "data.num_workers", "out_dir"})
+                              "data.num_workers", "data.cache_mb", "out_dir"})
 
 
 def config_changes(old_text: str, new_text: str, ignore: frozenset[str] = RESUMABLE_CHANGES) -> list[tuple[str, Any, Any]]:

@@ -163,6 +163,16 @@ class TaskSelection(Convergence):
             self.stop_at[t] = saved.get("stop_at")
             self.best[t] = saved.get("best")
             self.after[t] = [list(a) for a in saved.get("after", [])]
+            if self.stop_at[t] is not None:  # a longer window reopens a task stopped at the saved validation
+                if self.after[t] or self.tasks[t].stopped_early:  # (not one that went on: its weights are gone)
+                    self.tasks[t].stopped_early = True
+                else:
+                    self.stop_at[t] = None
+        if state_dict.get("tasks"):
+            self.stopped_early = all(self.stop_at[t] is not None for t in self.tasks)
+
+    def has_stopped(self) -> bool:
+        return any(at is not None for at in self.stop_at.values())
 
     # ------------------------------------------------------------------ summaries
     def task_records(self, run_stopped_by: str | None) -> dict[str, dict[str, Any]]:

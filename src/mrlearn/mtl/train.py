@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Fit:
     conv: Any = None  # the fit's Convergence (a TaskSelection with per_task)
     run_dir: Path | None = None
     selection: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per task, with per_task
+    went_on: bool = True  # it trained in this call (False: resumed a fit that had already stopped)
 
 
 def _resume_point(run_dir: Path, resume: bool) -> str | None:
@@ -102,8 +104,9 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tenso
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         ckpt_path = _resume_point(run_dir, resume)
+        start = int(load_checkpoint(ckpt_path).get("global_step", 0)) if ckpt_path is not None else -1
         if ckpt_path is not None:
-            dm.resume_at(int(load_checkpoint(ckpt_path).get("global_step", 0)))
+            dm.resume_at(start)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt
@@ -118,14 +121,15 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, init_state: dict[str, torch.Tenso
         record["task_selection"] = selection
         selected = "best" if all(r["checkpoint"] for r in selection.values()) else "last"
         return Fit(module, dm, int(trainer.global_step), record["best_step"], selected, record, curve, conv,
-                   Path(run_dir), selection)
+                   Path(run_dir), selection, trainer.global_step > start)
     selected = "last"
     if ckpt.best_path and Path(ckpt.best_path).is_file():
         load_weights(module, load_checkpoint(ckpt.best_path)["state_dict"], ckpt.best_path)
         selected = "best"
     else:
         record["best_step"] = None
-    return Fit(module, dm, int(trainer.global_step), record["best_step"], selected, record, curve, conv, Path(run_dir))
+    return Fit(module, dm, int(trainer.global_step), record["best_step"], selected, record, curve, conv, Path(run_dir),
+               went_on=trainer.global_step > start)
 
 
 def evaluate_fit(fit: Fit, split: str, examples: int = 1) -> RunOutcome:
@@ -308,8 +312,10 @@ def _run(cfg: ExperimentConfig, tasks: Any, resume: bool = False) -> tuple[RunOu
             first = second = budget
         n = len(tasks.specs)
         pre = _fit(_phase_cfg(cfg, list(range(n - 1)), first, "pretrain"), run_dir / "pretrain", resume=resume)
+        if resume and pre.went_on:  # pretraining went on (resumed mid-way, or a stopping check's longer window):
+            shutil.rmtree(run_dir / "finetune", ignore_errors=True)  # fine-tuning starts again from its new end
         fit = _fit(_phase_cfg(cfg, [n - 1], second, "finetune"), run_dir / "finetune",
-                   init_state=pre.module.model.state_dict(), resume=resume)
+                   init_state=pre.module.model.state_dict(), resume=resume and not pre.went_on)
         module, steps = fit.module, pre.steps + fit.steps  # the steps each phase took (early stopping may end it first)
         record = {**combine_records([pre.record, fit.record], steps, None if fit.best_step is None else pre.steps + fit.best_step),
                   "phases": {"pretrain": pre.record, "finetune": fit.record}}
@@ -339,6 +345,9 @@ def study_runner(cfg: ExperimentConfig, resume: bool = False) -> RunOutcome:
     if cfg.method.get("name") == "reference":
         return score_reference(cfg)
     return train_mtl(cfg, resume=resume)
+
+
+study_runner.continues_from_stop = True  # type: ignore[attr-defined]  # every fit resumes its at_stop (see _run)
 
 
 def score_reference(cfg: ExperimentConfig) -> RunOutcome:

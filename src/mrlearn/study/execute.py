@@ -45,6 +45,7 @@ from mrlearn.study.ranks import RankError, process_count, run_ranks
 from mrlearn.study.results import is_finished, write_outcome
 from mrlearn.study.resume import clear_folder as _clear, prepare_folder
 from mrlearn.study.spec import RunSpec, StudySpec, run_config
+from mrlearn.study.stopping_check import seed_from_stop
 from mrlearn.study.subjects import label_subjects
 
 
@@ -90,7 +91,9 @@ class Job:
     """Everything a worker needs to run one run (picklable: sent to worker processes and Ray tasks).
 
     ``config``: the run's ExperimentConfig built where the study started (relative paths made absolute there), None
-    to build it in the worker; ``owner``: the id of the study process that submitted the job (its leases carry it).
+    to build it in the worker; ``owner``: the id of the study process that submitted the job (its leases carry it);
+    ``after``: the run id this one continues (a warm stopping check): executors start it once that run has ended,
+    and :func:`run_job` seeds its folder from that run's stop (:func:`mrlearn.study.stopping_check.seed_from_stop`).
     """
 
     spec: StudySpec
@@ -103,6 +106,7 @@ class Job:
     resources: dict[str, float] = field(default_factory=dict)
     config: Any = None
     owner: str | None = None
+    after: str | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -202,6 +206,8 @@ def run_job(job: Job) -> dict[str, Any]:
                     "message": f"its folder is held by {_holder_text(FolderLock(run_dir))}; left to it"}
         try:
             cfg = job.config if job.config is not None else run_config(job.spec, job.run, run_dir)
+            if job.after and getattr(job.runner, "continues_from_stop", False):
+                seed_from_stop(Path(job.out), rid, cfg, keep=RunLock.NAME)
             resume, notes = prepare_folder(run_dir, cfg, job.runner, RunLock.NAME)
             if job.threads:
                 import torch

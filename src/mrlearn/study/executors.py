@@ -37,6 +37,16 @@ def run_sequential(jobs: Sequence[Job], on_done: OnDone, on_start: Callable[[Job
         on_done(job, run_job(job))
 
 
+def next_ready(pending: Sequence[Job], running: Sequence[Job]) -> int | None:
+    """Index of the first pending job that may start: its ``after`` run is neither pending nor running (None: wait
+    for a running one; the first pending job when nothing runs, so a queue never stalls)."""
+    waiting = {j.run.run_id for j in [*pending, *running]}
+    for i, job in enumerate(pending):
+        if job.after is None or job.after not in waiting:
+            return i
+    return None if running else (0 if pending else None)
+
+
 def default_threads(workers: int) -> int:
     """Torch threads per run when ``workers`` runs share this machine."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -62,7 +72,10 @@ def run_local(jobs: Sequence[Job], on_done: OnDone, workers: int) -> None:
     try:
         while pending or running:
             while pending and len(running) < workers:
-                job, tries = pending.pop(0)
+                ready = next_ready([j for j, _ in pending], [j for j, _, _ in running.values()])
+                if ready is None:
+                    break
+                job, tries = pending.pop(ready)
                 pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
                 running[pool.submit(run_job, job)] = (job, tries, pool)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)

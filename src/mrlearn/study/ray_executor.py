@@ -188,8 +188,16 @@ def run_ray(jobs: Sequence[Job], on_done: OnDone, address: str | None = None, wo
         print(f"mrlearn: ray: {where} ({_capacity(ray)})", file=sys.stderr, flush=True)
     try:
         remote = ray.remote(run_job)
-        refs = {remote.options(**_task_options(job)).remote(job): job for job in jobs}
-        while refs:
+        pending: list[Job] = list(jobs)
+        refs: dict[Any, Job] = {}
+        while pending or refs:
+            held = {j.run.run_id for j in [*pending, *refs.values()]}
+            for job in [j for j in pending if j.after is None or j.after not in held]:  # a check after its run
+                pending.remove(job)
+                refs[remote.options(**_task_options(job)).remote(job)] = job
+            if not refs:  # only jobs waiting on each other: start them anyway
+                job = pending.pop(0)
+                refs[remote.options(**_task_options(job)).remote(job)] = job
             done, _ = ray.wait(list(refs), num_returns=1)
             job = refs.pop(done[0])
             try:

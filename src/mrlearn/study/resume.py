@@ -7,7 +7,8 @@ signal or an error. :func:`prepare_folder` decides, before the run starts again:
   exact state) when the folder holds a ``last.ckpt`` (``checkpoints/last.ckpt``, or one per phase/task below
   it), its ``run.json`` says ``running`` (the process died) or ``interrupted`` (a signal), the runner accepts a
   ``resume`` keyword, and the folder's ``config.yaml`` asks for the same run (up to
-  :data:`mrlearn.engine.runfolder.RESUMABLE_CHANGES`; relative paths of older runs are compared as absolute);
+  :data:`mrlearn.engine.runfolder.RESUMABLE_CHANGES`; relative paths of older runs are compared as absolute); a
+  stopping check's folder seeded from its run (status ``warm_start``, :mod:`mrlearn.study.stopping_check`) too;
 * otherwise the folder is **cleared** (the run lease file kept) and the run starts from step 0, with the reason:
   no checkpoint yet, the previous attempt failed (an error, e.g. NaN: resuming would repeat it), the runner cannot
   resume, or the config changed.
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mrlearn.io import read_json
+
+WARM = "warm_start"  # run.json status of a stopping check seeded with its run's checkpoints (study.stopping_check)
 
 
 def clear_folder(folder: Path, keep: str) -> None:
@@ -78,7 +81,7 @@ def prepare_folder(run_dir: Path, cfg: Any, runner: Callable[..., Any], keep: st
         why = "unfinished folder (no live holder) cleared, starting again"
     elif status == "failed":
         why = f"previous attempt failed ({info.get('error') or 'no reason recorded'}); folder cleared, starting again"
-    elif status not in ("running", "interrupted"):
+    elif status not in ("running", "interrupted", WARM):
         why = f"unfinished folder (run.json status {status or 'missing'}) cleared, starting again"
     elif not accepts_resume(runner):
         why = f"its runner ({getattr(runner, '__name__', runner)}) cannot resume; folder cleared, starting again"
@@ -86,6 +89,9 @@ def prepare_folder(run_dir: Path, cfg: Any, runner: Callable[..., Any], keep: st
         why = "a last.ckpt is unreadable; folder cleared, starting again"
     elif (change := _config_change(run_dir, cfg)) is not None:
         why = f"its config.yaml asks for another run ({change}); folder cleared, starting again"
+    elif status == WARM:
+        resume = {"checkpoint": str(ckpts[-1]), "step": steps[-1], "attempt": 1, "forked_from": info.get("forked_from")}
+        return resume, [f"continuing {info.get('forked_from')} from where its stopping rule fired (step {steps[-1]})"]
     else:
         resume = {"checkpoint": str(ckpts[-1]), "step": steps[-1], "attempt": int(info.get("attempts", 1)) + 1}
         return resume, [f"resuming from {ckpts[-1]} (step {steps[-1]}, attempt {resume['attempt']})"]

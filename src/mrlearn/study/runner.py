@@ -12,7 +12,10 @@ folder whose holder is gone resumes from its last checkpoint (or, without one, s
 run that fails is logged in one line and the others go on; the study then ends with a one-line list of the failed
 runs (an error: exit status 2) after writing the summary of the finished ones. Every run is seeded, so a rerun of a
 killed study gives the same numbers. Runs go through an executor (``sequential``, ``local`` worker processes or
-``ray``: ``study.executors``); all three give the same ``study.csv``.
+``ray``: ``study.executors``); all three give the same ``study.csv``. The stopping check's runs
+(``study.stopping_check``) follow the study's runs with the sequential executor and are queued before them with
+the parallel ones (they are the longest: fewer workers wait on a late long run); a warm check (``warm_start``)
+is queued right after its run and starts once that run has ended (``Job.after``).
 
 Runners (registry kind ``runner``; the study's ``runner``, ``auto``: ``mtl`` when the config has a ``tasks`` section,
 else ``train``) take the run's ExperimentConfig and return a :class:`RunOutcome`. A capability registers its runner
@@ -38,7 +41,7 @@ from mrlearn.study.execute import Job, study_files_lock
 from mrlearn.study.executors import check_executor, default_threads, execute
 from mrlearn.study.results import RunOutcome, is_finished, read_result, read_slices, write_outcome  # noqa: F401 (re-exported)
 from mrlearn.study.spec import StudySpec, adopt_legacy_ids, run_config
-from mrlearn.study.stopping_check import check_runs
+from mrlearn.study.stopping_check import SUFFIX, check_runs
 
 Runner = Callable[[Any], RunOutcome]
 
@@ -169,10 +172,20 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
     failed: list[tuple[str, str]] = []
     if not only_summary:
         owner = uuid.uuid4().hex  # this study process: its leases tell a retried run its own earlier attempt
-        run_jobs(spec, runs, configs, out, log, executor, workers, address, busy, failed, owner)
-        if checks:
-            log(f"stopping check: {len(checks)} run(s) with every patience and cap x{spec.stopping_check['factor']:g}")
-            run_jobs(spec, checks, configs, out, log, executor, workers, address, busy, failed, owner)
+        scaled = f"every patience and cap x{spec.stopping_check['factor']:g}" if checks else ""
+        if checks and spec.stopping_check.get("warm_start"):  # each check right after its run, started once it ends
+            log(f"stopping check: {len(checks)} run(s) with {scaled}, each continuing its run from where it stopped")
+            by_run = {c.run_id.removesuffix(SUFFIX): c for c in checks}
+            queue = [r for run in runs for r in (run, by_run.get(run.run_id)) if r is not None]
+            run_jobs(spec, queue, configs, out, log, executor, workers, address, busy, failed, owner, warm=True)
+        elif executor == "sequential" or not checks:  # the study's own runs first, their results soonest
+            run_jobs(spec, runs, configs, out, log, executor, workers, address, busy, failed, owner)
+            if checks:
+                log(f"stopping check: {len(checks)} run(s) with {scaled}")
+                run_jobs(spec, checks, configs, out, log, executor, workers, address, busy, failed, owner)
+        else:  # one queue, the longest (check) runs first: no worker idles at a barrier or waits on a late long run
+            log(f"stopping check: {len(checks)} run(s) with {scaled}, queued first")
+            run_jobs(spec, checks + runs, configs, out, log, executor, workers, address, busy, failed, owner)
     with study_files_lock(out):
         write_summary(spec, out, runs, busy=busy)
     if busy:
@@ -188,7 +201,7 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
 
 def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Path, log: Callable[[str], None],
              executor: str, workers: int | None, address: str | None, busy: list[str], failed: list[tuple[str, str]],
-             owner: str | None = None) -> None:
+             owner: str | None = None, warm: bool = False) -> None:
     """Run the unfinished ``runs`` through ``executor`` (progress lines ``[k/n] <run id>``), each with the config
     built here (paths absolute); the ids of runs held by another live process are added to ``busy``, ``(id, message)``
     of runs that failed (each logged in one line as it fails) to ``failed``; the other runs always go on."""
@@ -200,7 +213,8 @@ def run_jobs(spec: StudySpec, runs: list[Any], configs: dict[str, Any], out: Pat
         cfg = configs[run.run_id]
         res = run_resources(spec, cfg, executor, workers)
         threads = None if executor == "sequential" else max(1, int(res["cpus"]))
-        jobs.append(Job(spec, run, str(out), get_runner(spec.runner, cfg), i, len(runs), threads, res, cfg, owner))
+        after = run.run_id.removesuffix(SUFFIX) if warm and run.run_id.endswith(SUFFIX) else None
+        jobs.append(Job(spec, run, str(out), get_runner(spec.runner, cfg), i, len(runs), threads, res, cfg, owner, after))
     if jobs and executor != "sequential":
         log(f"{len(jobs)} run(s) to do with the {executor} executor" + (f" ({workers} workers)" if workers else ""))
     def on_done(job: Job, result: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """The stopping check of a study: does an arm's score depend on when its training stopped?
 
-After the study's runs, one seed (``stopping_check.seeds``: the first n of the study's seeds) of every trained arm
-(reference rows - ``method: {name: reference}`` - train nothing and are left out) is run again with every patience
-and every cap multiplied by ``factor``: the keys named in :data:`SCALED` wherever they appear in the run's resolved
+Beside the study's runs (after them with the sequential executor, queued first with the parallel ones), one seed
+(``stopping_check.seeds``: the first n of the study's seeds) of every trained arm (reference rows - ``method:
+{name: reference}`` - train nothing and are left out) is run again with every patience and every cap multiplied by
+``factor``: the keys named in :data:`SCALED` wherever they appear in the run's resolved
 config (``trainer.early_stopping.patience`` / ``patience_samples``, ``trainer.max_steps`` / ``max_epochs`` /
 ``max_time``, ``method.block_patience`` / ``epochs_per_block``, ``tasks.max_samples``, ``qmri.patience``, ...;
 never ``lr_patience``: the decay schedule stays, the window after it grows). A check run is an ordinary study run
@@ -18,20 +19,31 @@ floor alone where no interval exists). The floor is ``tolerances[metric]`` where
 metric is **stopping-sensitive**: a ``stopping_sensitive`` column of ``study.csv`` says so and all its comparisons
 get no verdict.
 
-Study option: ``stopping_check: {seeds: 1, factor: 2, tolerance_db: 0.1, tolerance_fraction: 0.25, tolerances: {}}``
-- on by default for ``budget: to_convergence``, off for other budgets; ``stopping_check: null`` turns it off.
+``warm_start: true``: each check is queued right after its run and starts once that run has ended; it continues
+the run from where the run's stopping rule first fired (``checkpoints/at_stop/`` of every fit,
+:class:`mrlearn.engine.checkpoint.AtomicCheckpoint`; :func:`seed_from_stop`) instead of repeating the shared start
+from step 0. Up to there a run and its check take the
+same steps - the scaled windows and caps only act after it, and ``lr_patience`` is not scaled - so the check is the
+same longer run at a fraction of the cost. A fit that starts from an earlier fit (a transfer run's fine-tuning)
+starts again once that one trained on. A run without ``at_stop`` (finished by an older version) is checked from 0.
+
+Study option: ``stopping_check: {seeds: 1, factor: 2, tolerance_db: 0.1, tolerance_fraction: 0.25, tolerances: {},
+warm_start: false}`` - on by default for ``budget: to_convergence``, off for other budgets; ``stopping_check: null``
+turns it off.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from mrlearn.errors import input_error
 
-DEFAULTS = {"seeds": 1, "factor": 2.0, "tolerance_db": 0.1, "tolerance_fraction": 0.25, "tolerances": {}}
+DEFAULTS = {"seeds": 1, "factor": 2.0, "tolerance_db": 0.1, "tolerance_fraction": 0.25, "tolerances": {},
+            "warm_start": False}
 #: config keys scaled by ``factor`` in a check run (patience windows and caps, wherever they appear)
 SCALED = ("patience", "patience_samples", "block_patience", "max_steps", "max_epochs", "max_time", "max_samples",
           "epochs_per_block", "max_iter")
@@ -57,6 +69,9 @@ def parse_stopping_check(value: Any, budget: str | None, where: str) -> dict[str
         raise input_error(f"{where}: stopping_check.tolerances", f"{tol!r} is not a mapping of metric names to numbers >= 0",
                           "e.g. tolerances: {dice: 0.01}")
     out["tolerances"] = {k: float(v) for k, v in tol.items()}
+    if not isinstance(out["warm_start"], bool):
+        raise input_error(f"{where}: stopping_check.warm_start", f"{out['warm_start']!r} is not true/false",
+                          "true: each check continues its run from where it stopped; false: from step 0")
     for key, low in (("seeds", 1), ("factor", 1), ("tolerance_db", 0), ("tolerance_fraction", 0)):
         v = out[key]
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
@@ -138,6 +153,31 @@ def check_runs(spec: Any, runs: list, configs: dict[str, Any]) -> list:
             out.append(dataclasses.replace(run, run_id=run.run_id + SUFFIX, overrides={**kept, **scaled},
                                            legacy_id=None))
     return out
+
+
+def seed_from_stop(out: Path, check_id: str, cfg: Any, keep: str = "") -> bool:
+    """Seed the empty folder (but for the lease file ``keep``) of check run ``check_id`` with its run's ``checkpoints/at_stop/`` (every fit's: as
+    ``last.ckpt`` and ``best*.ckpt`` at the same place below the folder), its ``config.yaml`` and a ``run.json``
+    of status ``warm_start``, so that it resumes there (:func:`mrlearn.study.resume.prepare_folder`). False (the
+    check starts from step 0) when the run is not finished, kept no ``at_stop``, or the folder is not empty."""
+    from mrlearn.config import dump_config
+    from mrlearn.engine.checkpoint import AT_STOP
+    from mrlearn.io import atomic_write_text, write_json
+    from mrlearn.study.results import is_finished
+    from mrlearn.study.resume import WARM
+
+    original, folder = out / "runs" / check_id.removesuffix(SUFFIX), out / "runs" / check_id
+    stops = sorted(p for p in original.rglob(AT_STOP) if p.is_dir() and p.parent.name == "checkpoints")
+    if not is_finished(original) or not stops or (folder.exists() and any(p.name != keep for p in folder.iterdir())):
+        return False
+    for stop in stops:
+        target = folder / stop.parent.relative_to(original)
+        target.mkdir(parents=True, exist_ok=True)
+        for src in stop.iterdir():
+            shutil.copy2(src, target / ("last.ckpt" if src.name == "state.ckpt" else src.name))
+    atomic_write_text(folder / "config.yaml", dump_config(cfg))
+    write_json(folder / "run.json", {"status": WARM, "forked_from": original.name, "attempts": 0})
+    return True
 
 
 def _score(out: Path, run_id: str, group: str, metric: str) -> float:
@@ -235,7 +275,8 @@ def caption(spec: Any) -> str:
     metrics = check_metrics(spec)
     named = ", ".join(metrics)
     floors = ", ".join(f"{m}: {float((s.get('tolerances') or {}).get(m, s['tolerance_db'])):g}" for m in metrics)
-    return (f"Seed(s) {', '.join(str(x) for x in list(spec.seeds)[: s['seeds']])} of every trained arm run again with "
+    how = "continued from where it stopped" if s.get("warm_start") else "run again"
+    return (f"Seed(s) {', '.join(str(x) for x in list(spec.seeds)[: s['seeds']])} of every trained arm {how} with "
             f"every patience and cap x{s['factor']:g} (run ids <run id>{SUFFIX}). difference = score at x"
             f"{s['factor']:g} minus score as run ({named}; mean over the checked seeds); tolerance = max(floor "
             f"({floors}), {s['tolerance_fraction']:g} x the width of the arm's 95 % interval against the baseline). "

@@ -222,6 +222,12 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
     if stopping:
         write_csv(out / "study.csv", rows)
         write_csv(out / "stopping_check.csv", stopping)
+    committed = not stopping and spec.stopping_check and (out / "stopping_check.csv").is_file()
+    if committed:  # a copy of the committed rows without the check runs: report the committed table
+        with open(out / "stopping_check.csv", newline="", encoding="utf-8") as fh:
+            text = ("arm", "point", "group", "seeds", "metric", "sensitive")
+            stopping = [{k: v if k in text or v in ("", "nan") else float(v) for k, v in r.items()}
+                        for r in csv.DictReader(fh)]
     grid_keys = list(spec.grid)
     done = len({r["run_id"] for r in rows})
     report = Report(f"Study {spec.name}")
@@ -273,7 +279,8 @@ def write_summary(spec: StudySpec, out: Path, runs: list[RunSpec], busy: Sequenc
                                          f"p_holm <= {ALPHA}.")
     if stopping:
         report.add_table(f"Stopping check: scores with every patience and cap x{spec.stopping_check['factor']:g}",
-                         stopping, caption=stopping_caption(spec))
+                         stopping, caption=stopping_caption(spec) + (" (Read from stopping_check.csv: the check "
+                                                                      "runs are not in this folder.)" if committed else ""))
     numeric = numeric_groups(rows) if rows else None
     if numeric is not None:
         report.add_figure(f"Metrics against {numeric[0]}", group_curve_figure(rows, grid_keys, *numeric),

@@ -168,7 +168,8 @@ def split_dataset(cfg: ExperimentConfig, split: str, transform: ReconTransform |
     if split == "train":
         subset = dict(volume_fraction=d.volume_fraction if d.volume_fraction < 1 else None, volume_count=d.volume_count,
                       slice_fraction=d.slice_fraction if d.slice_fraction < 1 else None, slice_count=d.slice_count)
-    common = dict(contrasts=d.contrasts, seed=cfg.seed, target_size=tuple(d.recon_size) if d.recon_size else None, **subset, **kw)
+    common = dict(contrasts=d.contrasts, seed=cfg.seed, target_size=tuple(d.recon_size) if d.recon_size else None,
+                  cache_mb=d.cache_mb, **subset, **kw)
     if folder.is_dir():
         return SliceDataset(folder, **common)
     present = [name for name in folders.values() if (root / name).is_dir()]
