@@ -62,7 +62,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 #: public name -> "module:attribute" (imported on first use)
 _API = {
