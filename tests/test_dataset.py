@@ -207,3 +207,9 @@ def test_cache_keeps_slices_up_to_its_budget_and_hands_out_copies(root):
         assert np.array_equal(small[i]["kspace"], plain[i]["kspace"])
     assert 1 <= len(small._cache.items) <= 3 and small._cache.used <= small._cache.budget
     assert pickle.loads(pickle.dumps(cached))._cache.items == {}  # each worker process fills its own
+
+
+@pytest.mark.parametrize("cache_mb", [-1.0, float("nan"), float("inf"), "lots", None, True])
+def test_cache_size_that_is_not_a_size_is_a_one_line_error(root, cache_mb):
+    with pytest.raises(MrlearnError, match=r"^cache_mb: .* is not a size in MB; use 0 \(no cache\)"):
+        SliceDataset(root, target_size=(8, 8), cache_mb=cache_mb)
