@@ -22,10 +22,11 @@ get no verdict.
 ``warm_start: true``: each check is queued right after its run and starts once that run has ended; it continues
 the run from where the run's stopping rule first fired (``checkpoints/at_stop/`` of every fit,
 :class:`mrlearn.engine.checkpoint.AtomicCheckpoint`; :func:`seed_from_stop`) instead of repeating the shared start
-from step 0. Up to there a run and its check take the
-same steps - the scaled windows and caps only act after it, and ``lr_patience`` is not scaled - so the check is the
-same longer run at a fraction of the cost. A fit that starts from an earlier fit (a transfer run's fine-tuning)
-starts again once that one trained on. A run without ``at_stop`` (finished by an older version) is checked from 0.
+from step 0. Up to there a run and its check take the same steps - the scaled windows and caps only act after it,
+and ``lr_patience`` is not scaled - so the check is the same longer run at a fraction of the cost. A fit that
+starts from an earlier fit (a transfer run's fine-tuning) starts again once that one trained on. A run without
+``at_stop`` (finished by an older version) is checked from step 0. Only runners that declare
+``continues_from_stop`` are seeded; the others' checks start from step 0.
 
 Study option: ``stopping_check: {seeds: 1, factor: 2, tolerance_db: 0.1, tolerance_fraction: 0.25, tolerances: {},
 warm_start: false}`` - on by default for ``budget: to_convergence``, off for other budgets; ``stopping_check: null``
@@ -156,10 +157,12 @@ def check_runs(spec: Any, runs: list, configs: dict[str, Any]) -> list:
 
 
 def seed_from_stop(out: Path, check_id: str, cfg: Any, keep: str = "") -> bool:
-    """Seed the empty folder (but for the lease file ``keep``) of check run ``check_id`` with its run's ``checkpoints/at_stop/`` (every fit's: as
-    ``last.ckpt`` and ``best*.ckpt`` at the same place below the folder), its ``config.yaml`` and a ``run.json``
-    of status ``warm_start``, so that it resumes there (:func:`mrlearn.study.resume.prepare_folder`). False (the
-    check starts from step 0) when the run is not finished, kept no ``at_stop``, or the folder is not empty."""
+    """Seed the folder of check run ``check_id`` (empty but for the lease file ``keep``) with its run's stop.
+
+    Every fit's ``checkpoints/at_stop/`` goes to the same place below the folder (as ``last.ckpt`` and
+    ``best*.ckpt``), with the run's ``config.yaml`` and a ``run.json`` of status ``warm_start``, so that the check
+    resumes there (:func:`mrlearn.study.resume.prepare_folder`). False (the check starts from step 0) when the run
+    is not finished, kept no ``at_stop``, or the folder is not empty."""
     from mrlearn.config import dump_config
     from mrlearn.engine.checkpoint import AT_STOP
     from mrlearn.io import atomic_write_text, write_json
