@@ -159,8 +159,10 @@ def test_list_valued_grid_and_summary_only(tmp_path):
     assert [r["data.contrasts"] for r in rows] == ['["PD"]', '["T2"]']
     assert [r.run_id for r in load_study(path).runs()] == ["low__contrasts-PD__seed0", "low__contrasts-T2__seed0"]
     CALLS.clear()
+    (out / "study.yaml").write_text((out / "study.yaml").read_text().replace("executor: sequential", "executor: ray"))
     run_study(load_study(path), out, log=lambda s: None, only_summary=True)
     assert CALLS == []
+    assert yaml.safe_load((out / "study.yaml").read_text())["executor"] == "ray"  # how the runs ran, kept
 
 
 def test_experiment_config_is_a_study_of_one_run():

@@ -142,6 +142,17 @@ def write_study_yaml(spec: StudySpec, out: Path, executor: str) -> None:
         "executor": executor}, sort_keys=False))
 
 
+def recorded_executor(out: Path, default: str) -> str:
+    """The executor ``OUT/study.yaml`` says the runs used (a summary-only pass keeps it), else ``default``."""
+    import yaml
+
+    try:
+        recorded = yaml.safe_load((out / "study.yaml").read_text()).get("executor")
+    except (OSError, AttributeError, yaml.YAMLError):
+        return default
+    return recorded if isinstance(recorded, str) else default
+
+
 def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[[str], None] = print,
               only_summary: bool = False, executor: str = "sequential", workers: int | None = None,
               address: str | None = None) -> Path:
@@ -167,7 +178,7 @@ def run_study(spec: StudySpec, out_dir: str | Path | None = None, log: Callable[
         configs[run.run_id] = run_config(spec, run, safe_child(out / "runs", run.run_id, f"{spec.name}: run id"))
     check_finished_runs_match(configs, out)
     with study_files_lock(out):
-        write_study_yaml(spec, out, executor)
+        write_study_yaml(spec, out, recorded_executor(out, executor) if only_summary else executor)
     busy: list[str] = []
     failed: list[tuple[str, str]] = []
     if not only_summary:
