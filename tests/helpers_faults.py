@@ -1,5 +1,6 @@
 """A tiny study whose training can be killed mid-way: phantom data, a U-Net that checkpoints every 2 steps, and a
-runner (plugin ``slowtrain``) that sleeps after each step without changing the numbers."""
+runner (plugin ``slowtrain``) that sleeps after each step without changing the numbers (``SLOW_STEP_S`` seconds,
+0.35 by default; 0 where nothing is killed: a reference run, a rerun)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 
 PLUGIN = '''
+import os
 import time
 import lightning as L
 from mrlearn.study import register_runner
@@ -22,7 +24,7 @@ class Slow(L.Callback):
     """Sleeps after each training step (the numbers do not change): time for a test to kill the run."""
 
     def on_train_batch_end(self, *args, **kwargs):
-        time.sleep(0.35)
+        time.sleep(float(os.environ.get("SLOW_STEP_S", "0.35")))
 
 
 def runner(cfg, resume=False):

@@ -105,7 +105,9 @@ def tiny(tmp_path_factory):
 
     mrlearn.registry._LOADED.discard("plugins")
     try:
+        os.environ["SLOW_STEP_S"] = "0"  # the reference is not killed: no waiting between its steps
         reference = rows(run_study(load_study(path), tmp / "undisturbed", log=lambda s: None))
+        del os.environ["SLOW_STEP_S"]
         yield {"tmp": tmp, "study": path, "root": root, "reference": reference, "env": env}
     finally:
         sys.path.remove(str(tmp))

@@ -247,7 +247,7 @@ def slow_study(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": f"{tmp}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "MRLEARN_PLUGINS": "slowtrain", "OMP_NUM_THREADS": "1"}
     ref = subprocess.run([sys.executable, "-m", "mrlearn.cli", "study", str(path), "--out", str(tmp / "undisturbed")],
-                         env=env, capture_output=True, text=True, timeout=240)
+                         env={**env, "SLOW_STEP_S": "0"}, capture_output=True, text=True, timeout=240)
     assert ref.returncode == 0, ref.stderr[-2000:]
     return {"study": path, "env": env, "reference": rows(tmp / "undisturbed")}
 
@@ -267,7 +267,8 @@ def test_a_killed_study_resumes_its_unfinished_run_on_rerun(slow_study, tmp_path
         first.kill()
     ckpt = out / "runs" / "lr_low__seed0" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and not (out / "study.csv").exists()
-    again = subprocess.run(cmd, env=slow_study["env"], capture_output=True, text=True, timeout=240)
+    again = subprocess.run(cmd, env={**slow_study["env"], "SLOW_STEP_S": "0"}, capture_output=True, text=True,
+                           timeout=240)  # nothing is killed now: no need to wait between steps
     assert again.returncode == 0, again.stderr[-2000:]
     assert "lr_low__seed0: resuming from" in again.stdout and "taking over a stale lease" in again.stderr
     assert_resumed(out, "lr_low__seed0")  # continued from its checkpoint, which the rerun did not delete
