@@ -163,6 +163,9 @@ def test_list_valued_grid_and_summary_only(tmp_path):
     run_study(load_study(path), out, log=lambda s: None, only_summary=True)
     assert CALLS == []
     assert yaml.safe_load((out / "study.yaml").read_text())["executor"] == "ray"  # how the runs ran, kept
+    (out / "study.yaml").write_bytes(b"\xff\xfe not yaml")  # unreadable: rewritten with this pass's executor
+    run_study(load_study(path), out, log=lambda s: None, only_summary=True)
+    assert yaml.safe_load((out / "study.yaml").read_text())["executor"] == "sequential"
 
 
 def test_experiment_config_is_a_study_of_one_run():

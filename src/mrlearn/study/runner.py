@@ -147,8 +147,8 @@ def recorded_executor(out: Path, default: str) -> str:
     import yaml
 
     try:
-        recorded = yaml.safe_load((out / "study.yaml").read_text()).get("executor")
-    except (OSError, AttributeError, yaml.YAMLError):
+        recorded = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8")).get("executor")
+    except (OSError, AttributeError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return default
     return recorded if isinstance(recorded, str) else default
 
