@@ -372,8 +372,8 @@ def _validate_budget(cfg: ExperimentConfig) -> None:
         raise input_error("trainer.num_nodes", f"{t.num_nodes!r} is not a node count", "e.g. 1 (this machine) or 2")
     if cfg.data.num_workers < 0:
         raise input_error("data.num_workers", f"{cfg.data.num_workers} is negative", "use 0 (load in the main process) or more")
-    if not (cfg.data.cache_mb >= 0 and math.isfinite(cfg.data.cache_mb)):
-        raise input_error("data.cache_mb", f"{cfg.data.cache_mb} is not a size in MB", "use 0 (no cache) or a positive number")
+    from mrlearn.data.checks import check_cache_mb  # numpy-only checks, loaded when a config is validated
+    check_cache_mb(cfg.data.cache_mb, "data.cache_mb")
     if cfg.out_dir is None:
         cfg.run_dir()  # a name that would leave runs/ is refused here
 

@@ -65,6 +65,17 @@ def check_readable(path: Path) -> None:
         raise open_error(path, exc) from None
 
 
+def check_cache_mb(value: Any, where: str = "cache_mb") -> float:
+    """``value`` as a finite size in MB (>= 0), else a one-line error naming ``where``."""
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        size = math.nan
+    if isinstance(value, bool) or not (size >= 0 and math.isfinite(size)):
+        raise input_error(where, f"{value!r} is not a size in MB", "use 0 (no cache) or a positive number")
+    return size
+
+
 def check_matrix(path: str | Path, h: int, w: int) -> None:
     """Refuse k-space matrices smaller than ``MIN_MATRIX`` on a side."""
     if h < MIN_MATRIX or w < MIN_MATRIX:

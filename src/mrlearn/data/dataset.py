@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import zlib
 from collections import OrderedDict
@@ -326,13 +325,7 @@ class _SampleCache:
     returns a copy of the kept dict with copies of its arrays (a transform may change what it is given)."""
 
     def __init__(self, cache_mb: float):
-        try:
-            size = float(cache_mb)
-        except (TypeError, ValueError):
-            size = float("nan")
-        if isinstance(cache_mb, bool) or not (size >= 0 and math.isfinite(size)):
-            raise input_error("cache_mb", f"{cache_mb!r} is not a size in MB", "use 0 (no cache) or a positive number")
-        self.budget = int(size * 2**20)
+        self.budget = int(checks.check_cache_mb(cache_mb) * 2**20)
         self.used = 0
         self.items: dict[int, dict[str, Any]] = {}
 
