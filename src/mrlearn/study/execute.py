@@ -34,7 +34,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from mrlearn.config import dump_config
 from mrlearn.errors import MrlearnError, RunInterrupted
@@ -111,6 +111,16 @@ class Job:
     @property
     def run_dir(self) -> Path:
         return safe_child(Path(self.out) / "runs", self.run.run_id, f"{self.spec.name}: run id")
+
+
+def next_ready(pending: Sequence[Job], running: Sequence[Job]) -> int | None:
+    """Index of the first pending job that may start: its ``after`` run is neither pending nor running (None: wait
+    for a running one; the first pending job when nothing runs, so a queue never stalls)."""
+    waiting = {j.run.run_id for j in [*pending, *running]}
+    for i, job in enumerate(pending):
+        if job.after is None or job.after not in waiting:
+            return i
+    return None if running else (0 if pending else None)
 
 
 def clear_folder(folder: Path, keep: str = RunLock.NAME) -> None:

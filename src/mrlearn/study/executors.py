@@ -22,7 +22,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from mrlearn.errors import MrlearnError, input_error
-from mrlearn.study.execute import Job, run_job
+from mrlearn.study.execute import Job, next_ready, run_job
 from mrlearn.study.ray_executor import RETRIES, ray_module, run_ray
 
 EXECUTORS = ("sequential", "local", "ray")
@@ -35,16 +35,6 @@ def run_sequential(jobs: Sequence[Job], on_done: OnDone, on_start: Callable[[Job
         if on_start is not None:
             on_start(job)
         on_done(job, run_job(job))
-
-
-def next_ready(pending: Sequence[Job], running: Sequence[Job]) -> int | None:
-    """Index of the first pending job that may start: its ``after`` run is neither pending nor running (None: wait
-    for a running one; the first pending job when nothing runs, so a queue never stalls)."""
-    waiting = {j.run.run_id for j in [*pending, *running]}
-    for i, job in enumerate(pending):
-        if job.after is None or job.after not in waiting:
-            return i
-    return None if running else (0 if pending else None)
 
 
 def default_threads(workers: int) -> int:

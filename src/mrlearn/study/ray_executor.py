@@ -26,7 +26,7 @@ import tempfile
 from typing import Any, Callable, Iterator, Sequence
 
 from mrlearn.errors import RunInterrupted, input_error
-from mrlearn.study.execute import Job, run_job
+from mrlearn.study.execute import Job, next_ready, run_job
 
 RETRIES = 3  #: task retries after a lost worker/node or a signal
 RETRY_DELAY_MS = 1000  #: Ray's delay before a retry (``RAY_task_retry_delay_ms``; the environment's value wins)
@@ -191,12 +191,8 @@ def run_ray(jobs: Sequence[Job], on_done: OnDone, address: str | None = None, wo
         pending: list[Job] = list(jobs)
         refs: dict[Any, Job] = {}
         while pending or refs:
-            held = {j.run.run_id for j in [*pending, *refs.values()]}
-            for job in [j for j in pending if j.after is None or j.after not in held]:  # a check after its run
-                pending.remove(job)
-                refs[remote.options(**_task_options(job)).remote(job)] = job
-            if not refs:  # only jobs waiting on each other: start them anyway
-                job = pending.pop(0)
+            while (ready := next_ready(pending, list(refs.values()))) is not None:  # a check after its run
+                job = pending.pop(ready)
                 refs[remote.options(**_task_options(job)).remote(job)] = job
             done, _ = ray.wait(list(refs), num_returns=1)
             job = refs.pop(done[0])
